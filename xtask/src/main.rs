@@ -1,0 +1,99 @@
+//! `cargo xtask`: the one entry point for setting up, building, running and testing sshtrace.
+
+mod cmd;
+mod setup;
+
+use std::{path::PathBuf, process::ExitCode};
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(about = "Set up, build, run and test sshtrace")]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Install what the build and the tests need (idempotent).
+    Setup,
+    /// Set up, build and run sshtrace with the given arguments (as root).
+    Run {
+        /// Build with optimisations.
+        #[arg(long)]
+        release: bool,
+        /// Arguments passed to sshtrace.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Set up, build and run every test: unit tests and the real-sshd integration suite.
+    Test {
+        /// Arguments passed to `cargo test` after `--` (e.g. a test name filter).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+}
+
+fn main() -> ExitCode {
+    match run(Cli::parse().task) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("xtask: error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(task: Task) -> Result<()> {
+    match task {
+        Task::Setup => setup::run(),
+        Task::Run { release, args } => {
+            setup::run()?;
+            let binary = build(release)?;
+            cmd::exec(&binary, &args)
+        }
+        Task::Test { args } => {
+            setup::run()?;
+            let binary = build(false)?;
+            cmd::run(
+                cmd::cargo()
+                    // The eBPF crate builds for the BPF target only (through sshtrace's build.rs).
+                    .args([
+                        "test",
+                        "--workspace",
+                        "--exclude",
+                        "sshtrace-ebpf",
+                        "--no-fail-fast",
+                        "--",
+                    ])
+                    .args(&args)
+                    .env("SSHTRACE_BIN", &binary),
+                "run the test suite",
+            )
+        }
+    }
+}
+
+/// Builds the sshtrace binary (its build script builds the eBPF object) and returns its path.
+fn build(release: bool) -> Result<PathBuf> {
+    let mut cargo = cmd::cargo();
+    cargo.args(["build", "--package", "sshtrace"]);
+    if release {
+        cargo.arg("--release");
+    }
+    cmd::run(&mut cargo, "build sshtrace")?;
+    let profile = if release { "release" } else { "debug" };
+    Ok(workspace_root()
+        .join("target")
+        .join(profile)
+        .join("sshtrace"))
+}
+
+fn workspace_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives one level below the workspace root")
+        .to_path_buf()
+}
