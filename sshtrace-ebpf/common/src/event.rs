@@ -1,0 +1,161 @@
+//! Ring-buffer records. Each starts with an [`EventHeader`] whose `kind` says which one it is.
+
+pub const COMM_LEN: usize = 16;
+pub const PATH_LEN: usize = 128;
+/// `struct sockaddr_in6` is the largest address an accept can return for TCP.
+pub const SOCKADDR_LEN: usize = 28;
+
+/// `seg_flags` when the flags of the segment that caused a reset could not be read.
+pub const SEG_FLAGS_UNKNOWN: u16 = u16::MAX;
+/// `reason` when the running kernel's `tcp_send_reset` has no reason field (before 6.10).
+pub const REASON_UNKNOWN: u32 = u32::MAX;
+
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EventKind {
+    SendReset = 1,
+    ReceiveReset = 2,
+    SockState = 3,
+    Accept = 4,
+    Fork = 5,
+    Exec = 6,
+    Exit = 7,
+    Signal = 8,
+}
+
+impl EventKind {
+    pub fn from_u32(kind: u32) -> Option<Self> {
+        Some(match kind {
+            1 => Self::SendReset,
+            2 => Self::ReceiveReset,
+            3 => Self::SockState,
+            4 => Self::Accept,
+            5 => Self::Fork,
+            6 => Self::Exec,
+            7 => Self::Exit,
+            8 => Self::Signal,
+            _ => return None,
+        })
+    }
+}
+
+/// Common to every record. `pid`/`tid`/`comm` describe the task that was current when the
+/// probe ran: meaningful in process context only (resets raised in softirq name a random task).
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct EventHeader {
+    pub kind: u32,
+    pub tid: u32,
+    pub pid: u32,
+    pub _pad: u32,
+    /// `bpf_ktime_get_ns`: CLOCK_MONOTONIC.
+    pub ts_ns: u64,
+    pub comm: [u8; COMM_LEN],
+}
+
+/// A TCP 4-tuple seen from this host: `local` is this host's side (the sshd side).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Endpoints {
+    /// AF_INET (2) or AF_INET6 (10).
+    pub family: u16,
+    pub local_port: u16,
+    pub remote_port: u16,
+    pub _pad: u16,
+    /// IPv4 addresses use the first four bytes.
+    pub local_addr: [u8; 16],
+    pub remote_addr: [u8; 16],
+}
+
+/// `tcp:tcp_send_reset`: this host's TCP stack sent a RST.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct SendResetEvent {
+    pub header: EventHeader,
+    /// 0 when no socket matched the segment (e.g. nothing listening).
+    pub skaddr: u64,
+    pub state: i32,
+    /// `enum sk_rst_reason`, or [`REASON_UNKNOWN`].
+    pub reason: u32,
+    /// TCP flags of the segment answered by a no-socket reset, or [`SEG_FLAGS_UNKNOWN`].
+    pub seg_flags: u16,
+    pub _pad: [u16; 3],
+    pub endpoints: Endpoints,
+}
+
+/// `tcp:tcp_receive_reset`: a RST arrived for one of this host's sockets.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct ReceiveResetEvent {
+    pub header: EventHeader,
+    pub skaddr: u64,
+    pub endpoints: Endpoints,
+}
+
+/// `sock:inet_sock_set_state` for TCP.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct SockStateEvent {
+    pub header: EventHeader,
+    pub skaddr: u64,
+    pub old_state: i32,
+    pub new_state: i32,
+    pub endpoints: Endpoints,
+}
+
+/// `accept`/`accept4` returned in a tracked process (process context: the header's pid owns it).
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct AcceptEvent {
+    pub header: EventHeader,
+    /// The new fd, or -errno.
+    pub ret: i64,
+    pub listen_fd: i32,
+    /// Bytes of `peer` that were read (0 when the caller passed no address buffer).
+    pub peer_len: u32,
+    /// The caller's `struct sockaddr` as the kernel filled it.
+    pub peer: [u8; SOCKADDR_LEN],
+    pub _pad: u32,
+}
+
+/// A tracked process created a new process (threads are not reported). The header is the parent.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct ForkEvent {
+    pub header: EventHeader,
+    pub child_pid: u32,
+    pub _pad: u32,
+}
+
+/// A tracked process executed a new program. The header is the process after exec.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct ExecEvent {
+    pub header: EventHeader,
+    pub filename: [u8; PATH_LEN],
+}
+
+/// A tracked process exited (its last thread). The header is the exiting process.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct ExitEvent {
+    pub header: EventHeader,
+    /// `task_struct.exit_code`: wait(2) status bits (signal in the low 7, 0x80 core, status << 8).
+    pub exit_code: i32,
+    pub _pad: u32,
+}
+
+/// `signal:signal_generate` for a terminating signal aimed at a tracked process.
+/// The header is the sender as the kernel saw it (the task itself for faults).
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct SignalEvent {
+    pub header: EventHeader,
+    pub target_pid: u32,
+    pub sig: i32,
+    /// `si_code`: > 0 the kernel (fault), 0 `SI_USER` (kill), -6 `SI_TKILL`, 0x80 `SI_KERNEL`.
+    pub code: i32,
+    /// `TRACE_SIGNAL_*`: 0 delivered, 1 ignored, 2 already pending, …
+    pub result: i32,
+    pub target_comm: [u8; COMM_LEN],
+}

@@ -1,0 +1,186 @@
+//! Where the fields the probes read live on the running kernel. Userspace fills this from
+//! tracefs `format` files and BTF at start-up and passes it as the `LAYOUT` global; nothing
+//! here hard-codes one kernel's layout.
+
+/// An offset the running kernel does not have.
+pub const ABSENT: u16 = u16::MAX;
+
+/// How a tracepoint records a connection's addresses.
+pub mod addr_style {
+    /// Not recorded.
+    pub const NONE: u16 = 0;
+    /// `__u8 saddr[28]`, `daddr[28]` holding `struct sockaddr_in`/`sockaddr_in6` (6.10+ resets).
+    pub const SOCKADDR: u16 = 1;
+    /// `family`, host-order `sport`/`dport`, `saddr[4]`/`daddr[4]` and `saddr_v6`/`daddr_v6`.
+    pub const SPLIT: u16 = 2;
+}
+
+/// Address fields of one tracepoint record; `s*` is the local side of the socket.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct AddrLayout {
+    pub style: u16,
+    pub family: u16,
+    pub sport: u16,
+    pub dport: u16,
+    pub saddr: u16,
+    pub daddr: u16,
+    pub saddr_v6: u16,
+    pub daddr_v6: u16,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct SendResetLayout {
+    pub skbaddr: u16,
+    pub skaddr: u16,
+    pub state: u16,
+    pub reason: u16,
+    pub addr: AddrLayout,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct ReceiveResetLayout {
+    pub skaddr: u16,
+    pub _pad: u16,
+    pub addr: AddrLayout,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct SockStateLayout {
+    pub skaddr: u16,
+    pub oldstate: u16,
+    pub newstate: u16,
+    pub protocol: u16,
+    pub addr: AddrLayout,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct ExecLayout {
+    /// A `__data_loc char[]` field.
+    pub filename: u16,
+    pub _pad: u16,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct ExitLayout {
+    /// `bool group_dead` (6.16+), or [`ABSENT`]: then the thread-group leader's exit counts.
+    pub group_dead: u16,
+    pub _pad: u16,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct SignalLayout {
+    pub sig: u16,
+    pub code: u16,
+    pub comm: u16,
+    pub pid: u16,
+    pub result: u16,
+    pub _pad: u16,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct SyscallLayout {
+    /// `sys_enter_accept*`: the `upeer_sockaddr` argument.
+    pub accept_peer: u16,
+    /// `sys_enter_accept*`: the listening `fd` argument.
+    pub accept_fd: u16,
+    /// `sys_exit_*`: the return value.
+    pub ret: u16,
+    pub _pad: u16,
+}
+
+/// Kernel structure members read with `bpf_probe_read_kernel`, from BTF.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct StructLayout {
+    pub task_tgid: u16,
+    pub task_exit_code: u16,
+    pub skb_head: u16,
+    pub skb_transport_header: u16,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct KernelLayout {
+    pub send_reset: SendResetLayout,
+    pub receive_reset: ReceiveResetLayout,
+    pub sock_state: SockStateLayout,
+    pub exec: ExecLayout,
+    pub exit: ExitLayout,
+    pub signal: SignalLayout,
+    pub syscall: SyscallLayout,
+    pub structs: StructLayout,
+}
+
+impl AddrLayout {
+    pub const NONE: Self = Self {
+        style: addr_style::NONE,
+        family: ABSENT,
+        sport: ABSENT,
+        dport: ABSENT,
+        saddr: ABSENT,
+        daddr: ABSENT,
+        saddr_v6: ABSENT,
+        daddr_v6: ABSENT,
+    };
+}
+
+impl KernelLayout {
+    /// Every field absent: what the programs see if userspace never set the global.
+    pub const ABSENT: Self = Self {
+        send_reset: SendResetLayout {
+            skbaddr: ABSENT,
+            skaddr: ABSENT,
+            state: ABSENT,
+            reason: ABSENT,
+            addr: AddrLayout::NONE,
+        },
+        receive_reset: ReceiveResetLayout {
+            skaddr: ABSENT,
+            _pad: 0,
+            addr: AddrLayout::NONE,
+        },
+        sock_state: SockStateLayout {
+            skaddr: ABSENT,
+            oldstate: ABSENT,
+            newstate: ABSENT,
+            protocol: ABSENT,
+            addr: AddrLayout::NONE,
+        },
+        exec: ExecLayout {
+            filename: ABSENT,
+            _pad: 0,
+        },
+        exit: ExitLayout {
+            group_dead: ABSENT,
+            _pad: 0,
+        },
+        signal: SignalLayout {
+            sig: ABSENT,
+            code: ABSENT,
+            comm: ABSENT,
+            pid: ABSENT,
+            result: ABSENT,
+            _pad: 0,
+        },
+        syscall: SyscallLayout {
+            accept_peer: ABSENT,
+            accept_fd: ABSENT,
+            ret: ABSENT,
+            _pad: 0,
+        },
+        structs: StructLayout {
+            task_tgid: ABSENT,
+            task_exit_code: ABSENT,
+            skb_head: ABSENT,
+            skb_transport_header: ABSENT,
+        },
+    };
+}

@@ -1,0 +1,44 @@
+//! The wire types shared by the eBPF programs (`sshtrace-ebpf`) and userspace (`sshtrace`).
+//!
+//! Everything here is `#[repr(C)]` and exists exactly once: the kernel side writes these
+//! records into the ring buffer and reads [`KernelLayout`] from a global; userspace decodes
+//! the records and fills the layout from tracefs `format` files and BTF at start-up.
+#![no_std]
+
+pub mod event;
+pub mod layout;
+
+pub use event::*;
+pub use layout::*;
+
+/// Keys of the kernel's `TRACKED_PIDS` map values (bit flags).
+pub mod pid_flags {
+    /// A listening sshd found by discovery or named with `--pid`.
+    pub const LISTENER: u8 = 1;
+    /// A descendant of a tracked process, added by the fork probe itself.
+    pub const DESCENDANT: u8 = 2;
+}
+
+/// Indexes of the per-CPU `COUNTERS` array.
+pub mod counter {
+    /// Records written to the ring buffer.
+    pub const PRODUCED: u32 = 0;
+    /// Records lost because the ring buffer was full.
+    pub const LOST: u32 = 1;
+    pub const COUNT: u32 = 2;
+}
+
+/// Run-time switches userspace sets through the `SETTINGS` global.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Settings {
+    /// Non-zero: report TCP resets on every port, not only the tracked ones.
+    pub all_ports: u32,
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    // SAFETY: plain-old-data: repr(C), integer fields only, no padding.
+    unsafe impl aya::Pod for super::KernelLayout {}
+    unsafe impl aya::Pod for super::Settings {}
+}

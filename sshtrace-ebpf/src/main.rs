@@ -1,0 +1,20 @@
+//! sshtrace's kernel side: tracepoint programs that report how connections to tracked sshd
+//! ports end and what happens to the tracked sshd processes. Everything is filtered here, in
+//! the kernel, by tracked port and tracked process, so unrelated traffic never reaches the
+//! ring buffer. Field offsets come from userspace through the `LAYOUT` global.
+#![no_std]
+#![no_main]
+
+mod maps;
+mod probes;
+mod record;
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}

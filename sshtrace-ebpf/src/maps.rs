@@ -1,0 +1,59 @@
+//! Maps and globals shared by the probes, and the filters built on them.
+
+use aya_ebpf::{
+    macros::map,
+    maps::{HashMap, PerCpuArray, RingBuf},
+};
+use sshtrace_common::{counter, KernelLayout, Settings};
+
+/// Every record for userspace, in one ring so that their order is the order they happened.
+#[map]
+pub static EVENTS: RingBuf = RingBuf::with_byte_size(1 << 20, 0);
+
+/// Local TCP ports whose connections are reported (sshd ports and `--port`).
+#[map]
+pub static TRACKED_PORTS: HashMap<u16, u8> = HashMap::with_max_entries(256, 0);
+
+/// Processes (tgid) whose forks, execs, exits, signals and accepts are reported. Userspace adds
+/// the sshd listeners; the fork probe adds their descendants at once, so no child is missed.
+#[map]
+pub static TRACKED_PIDS: HashMap<u32, u8> = HashMap::with_max_entries(65536, 0);
+
+/// `accept` arguments kept from syscall entry to exit, by pid_tgid.
+#[map]
+pub static ACCEPT_ARGS: HashMap<u64, [u64; 2]> = HashMap::with_max_entries(4096, 0);
+
+/// Produced and lost record counts, per CPU (see `sshtrace_common::counter`).
+#[map]
+pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::COUNT, 0);
+
+#[unsafe(no_mangle)]
+static LAYOUT: KernelLayout = KernelLayout::ABSENT;
+
+#[unsafe(no_mangle)]
+static SETTINGS: Settings = Settings { all_ports: 0 };
+
+/// The kernel layout userspace wrote before load. Read through a volatile load so that the
+/// compiler cannot fold the placeholder values of the static into the code.
+#[inline(always)]
+pub fn layout() -> KernelLayout {
+    unsafe { core::ptr::read_volatile(&raw const LAYOUT) }
+}
+
+#[inline(always)]
+pub fn port_tracked(port: u16) -> bool {
+    let all_ports = unsafe { core::ptr::read_volatile(&raw const SETTINGS.all_ports) };
+    all_ports != 0 || unsafe { TRACKED_PORTS.get(port) }.is_some()
+}
+
+#[inline(always)]
+pub fn pid_tracked(tgid: u32) -> bool {
+    unsafe { TRACKED_PIDS.get(tgid) }.is_some()
+}
+
+#[inline(always)]
+pub fn count(index: u32) {
+    if let Some(value) = COUNTERS.get_ptr_mut(index) {
+        unsafe { *value += 1 };
+    }
+}

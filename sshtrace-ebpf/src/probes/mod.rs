@@ -1,0 +1,18 @@
+//! One module per hook family.
+
+mod accept;
+mod process;
+mod signal;
+mod tcp;
+
+use aya_ebpf::programs::TracePointContext;
+use sshtrace_common::ABSENT;
+
+/// Reads a `T` at `offset` of a classic tracepoint record; an absent field is an error.
+#[inline(always)]
+fn field<T>(ctx: &TracePointContext, offset: u16) -> Result<T, i32> {
+    if offset == ABSENT {
+        return Err(-1);
+    }
+    unsafe { ctx.read_at::<T>(offset as usize) }
+}

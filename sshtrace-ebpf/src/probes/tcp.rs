@@ -1,0 +1,164 @@
+//! TCP resets and socket state changes on tracked local ports. These often run in softirq (or,
+//! on loopback, in the sending task): the header's pid is not the socket's owner, and
+//! userspace attributes them by `skaddr` and 4-tuple instead.
+
+use aya_ebpf::{helpers::bpf_probe_read_kernel, macros::tracepoint, programs::TracePointContext};
+use sshtrace_common::{
+    addr_style, AddrLayout, Endpoints, ReceiveResetEvent, SendResetEvent, SockStateEvent, ABSENT,
+    REASON_UNKNOWN, SEG_FLAGS_UNKNOWN,
+};
+
+use super::field;
+use crate::{
+    maps::{layout, port_tracked},
+    record::submit,
+};
+
+const AF_INET: u16 = 2;
+const AF_INET6: u16 = 10;
+const IPPROTO_TCP: u16 = 6;
+/// Offset of the flags byte in `struct tcphdr`.
+const TCPHDR_FLAGS: usize = 13;
+
+#[tracepoint]
+pub fn tcp_send_reset(ctx: TracePointContext) -> u32 {
+    let _ = try_send_reset(&ctx);
+    0
+}
+
+fn try_send_reset(ctx: &TracePointContext) -> Result<(), i32> {
+    let l = layout().send_reset;
+    let endpoints = read_endpoints(ctx, &l.addr)?;
+    if !port_tracked(endpoints.local_port) {
+        return Ok(());
+    }
+    let skaddr: u64 = field(ctx, l.skaddr)?;
+    let state: i32 = field(ctx, l.state).unwrap_or(-1);
+    let reason: u32 = field(ctx, l.reason).unwrap_or(REASON_UNKNOWN);
+    let seg_flags = if skaddr == 0 {
+        field::<u64>(ctx, l.skbaddr)
+            .and_then(segment_flags)
+            .unwrap_or(SEG_FLAGS_UNKNOWN)
+    } else {
+        SEG_FLAGS_UNKNOWN
+    };
+    submit(|e: &mut SendResetEvent| {
+        e.skaddr = skaddr;
+        e.state = state;
+        e.reason = reason;
+        e.seg_flags = seg_flags;
+        e.endpoints = endpoints;
+    });
+    Ok(())
+}
+
+/// The TCP flags of the segment in `skb` (which segment a no-socket reset answered: a SYN
+/// means a connection attempt was refused).
+fn segment_flags(skb: u64) -> Result<u16, i32> {
+    let s = layout().structs;
+    if s.skb_head == ABSENT || s.skb_transport_header == ABSENT {
+        return Err(-1);
+    }
+    let skb = skb as *const u8;
+    unsafe {
+        let head: u64 = bpf_probe_read_kernel(skb.add(s.skb_head as usize).cast())?;
+        let th: u16 = bpf_probe_read_kernel(skb.add(s.skb_transport_header as usize).cast())?;
+        if th == u16::MAX {
+            return Err(-1);
+        }
+        let flags: u8 = bpf_probe_read_kernel((head as *const u8).add(th as usize + TCPHDR_FLAGS))?;
+        Ok(flags as u16)
+    }
+}
+
+#[tracepoint]
+pub fn tcp_receive_reset(ctx: TracePointContext) -> u32 {
+    let _ = try_receive_reset(&ctx);
+    0
+}
+
+fn try_receive_reset(ctx: &TracePointContext) -> Result<(), i32> {
+    let l = layout().receive_reset;
+    let endpoints = read_endpoints(ctx, &l.addr)?;
+    if !port_tracked(endpoints.local_port) {
+        return Ok(());
+    }
+    let skaddr: u64 = field(ctx, l.skaddr)?;
+    submit(|e: &mut ReceiveResetEvent| {
+        e.skaddr = skaddr;
+        e.endpoints = endpoints;
+    });
+    Ok(())
+}
+
+#[tracepoint]
+pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
+    let _ = try_sock_state(&ctx);
+    0
+}
+
+fn try_sock_state(ctx: &TracePointContext) -> Result<(), i32> {
+    let l = layout().sock_state;
+    let protocol: u16 = field(ctx, l.protocol)?;
+    if protocol != IPPROTO_TCP {
+        return Ok(());
+    }
+    let endpoints = read_endpoints(ctx, &l.addr)?;
+    if !port_tracked(endpoints.local_port) {
+        return Ok(());
+    }
+    let skaddr: u64 = field(ctx, l.skaddr)?;
+    let old_state: i32 = field(ctx, l.oldstate)?;
+    let new_state: i32 = field(ctx, l.newstate)?;
+    submit(|e: &mut SockStateEvent| {
+        e.skaddr = skaddr;
+        e.old_state = old_state;
+        e.new_state = new_state;
+        e.endpoints = endpoints;
+    });
+    Ok(())
+}
+
+/// Reads the 4-tuple in whichever style this kernel's record uses.
+#[inline(always)]
+fn read_endpoints(ctx: &TracePointContext, l: &AddrLayout) -> Result<Endpoints, i32> {
+    let mut ep = Endpoints::default();
+    match l.style {
+        addr_style::SOCKADDR => {
+            // struct sockaddr_in{,6}: family, big-endian port, then the address
+            // (at 4 for IPv4, at 8 after sin6_flowinfo for IPv6).
+            ep.family = field(ctx, l.saddr)?;
+            ep.local_port = u16::from_be(field(ctx, l.saddr + 2)?);
+            ep.remote_port = u16::from_be(field(ctx, l.daddr + 2)?);
+            match ep.family {
+                AF_INET => {
+                    ep.local_addr[..4].copy_from_slice(&field::<[u8; 4]>(ctx, l.saddr + 4)?);
+                    ep.remote_addr[..4].copy_from_slice(&field::<[u8; 4]>(ctx, l.daddr + 4)?);
+                }
+                AF_INET6 => {
+                    ep.local_addr = field(ctx, l.saddr + 8)?;
+                    ep.remote_addr = field(ctx, l.daddr + 8)?;
+                }
+                _ => return Err(-1),
+            }
+        }
+        addr_style::SPLIT => {
+            ep.family = field(ctx, l.family)?;
+            ep.local_port = field(ctx, l.sport)?;
+            ep.remote_port = field(ctx, l.dport)?;
+            match ep.family {
+                AF_INET => {
+                    ep.local_addr[..4].copy_from_slice(&field::<[u8; 4]>(ctx, l.saddr)?);
+                    ep.remote_addr[..4].copy_from_slice(&field::<[u8; 4]>(ctx, l.daddr)?);
+                }
+                AF_INET6 => {
+                    ep.local_addr = field(ctx, l.saddr_v6)?;
+                    ep.remote_addr = field(ctx, l.daddr_v6)?;
+                }
+                _ => return Err(-1),
+            }
+        }
+        _ => return Err(-1),
+    }
+    Ok(ep)
+}

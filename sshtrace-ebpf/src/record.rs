@@ -1,0 +1,59 @@
+//! Writing records into the ring buffer, counting what could not be written.
+
+use aya_ebpf::helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns};
+use sshtrace_common::{counter, EventHeader, EventKind};
+
+use crate::maps::{count, EVENTS};
+
+/// A record type that begins with an [`EventHeader`].
+pub trait Record: 'static {
+    const KIND: EventKind;
+    fn header(&mut self) -> &mut EventHeader;
+}
+
+macro_rules! records {
+    ($($ty:ident => $kind:ident),* $(,)?) => {$(
+        impl Record for sshtrace_common::$ty {
+            const KIND: EventKind = EventKind::$kind;
+            fn header(&mut self) -> &mut EventHeader {
+                &mut self.header
+            }
+        }
+    )*};
+}
+
+records! {
+    SendResetEvent => SendReset,
+    ReceiveResetEvent => ReceiveReset,
+    SockStateEvent => SockState,
+    AcceptEvent => Accept,
+    ForkEvent => Fork,
+    ExecEvent => Exec,
+    ExitEvent => Exit,
+    SignalEvent => Signal,
+}
+
+/// Reserves a zeroed record, stamps the header with the current task, lets `fill` write the
+/// rest and submits it. A full ring buffer is counted as a lost record, never ignored.
+#[inline(always)]
+pub fn submit<T: Record>(fill: impl FnOnce(&mut T)) {
+    let Some(mut entry) = EVENTS.reserve::<T>(0) else {
+        count(counter::LOST);
+        return;
+    };
+    let record = unsafe {
+        let ptr = entry.as_mut_ptr();
+        core::ptr::write_bytes(ptr, 0, 1);
+        &mut *ptr
+    };
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let header = record.header();
+    header.kind = T::KIND as u32;
+    header.tid = pid_tgid as u32;
+    header.pid = (pid_tgid >> 32) as u32;
+    header.ts_ns = unsafe { bpf_ktime_get_ns() };
+    header.comm = bpf_get_current_comm().unwrap_or_default();
+    fill(record);
+    entry.submit(0);
+    count(counter::PRODUCED);
+}
