@@ -1,0 +1,306 @@
+//! Cause rules: small pure functions over a finished connection and its process tree. Each
+//! returns a [`Finding`] when its evidence is there; [`judge`] asks them from the most to the
+//! least specific and assembles the verdict. No evidence, no cause: the fallback is `unknown`
+//! with the raw facts.
+
+mod crashed;
+mod killed;
+mod not_listening;
+
+use serde_json::{Map, Value};
+
+use crate::{
+    clock::Clock,
+    discovery::Snapshot,
+    escape,
+    events::TCP_SYN,
+    kernel::names::KernelNames,
+    state::{Connection, Process, ProcessTable},
+    verdict::{signal_name, Cause, ConnInfo, Evidence, Outcome, Role, SshdInfo, Verdict, SCHEMA},
+};
+
+/// What the rules may look at besides the connection.
+pub struct Context<'a> {
+    pub names: &'a KernelNames,
+    pub sshd: &'a Snapshot,
+    /// Every tracked process still remembered (e.g. listeners that exited recently).
+    pub procs: &'a ProcessTable,
+    pub clock: &'a Clock,
+    pub host: &'a str,
+}
+
+/// A rule's conclusion.
+pub struct Finding {
+    pub cause: Cause,
+    /// The sshd process the cause is about, when there is one.
+    pub pid: Option<u32>,
+    pub details: Map<String, Value>,
+    pub evidence: Vec<Evidence>,
+    pub summary: String,
+    pub hint: String,
+}
+
+/// A connection and everything known about its end.
+pub struct Ended<'a> {
+    pub conn: &'a Connection,
+    /// The processes that served it, oldest first.
+    pub tree: &'a [Process],
+    pub outcome: Outcome,
+}
+
+impl Ended<'_> {
+    pub fn process(&self, pid: u32) -> Option<&Process> {
+        self.tree.iter().find(|p| p.pid == pid)
+    }
+
+    pub fn in_tree(&self, pid: u32) -> bool {
+        self.process(pid).is_some()
+    }
+
+    /// "sshd[812]" with the comm escaped, for summaries.
+    pub fn name(&self, pid: u32) -> String {
+        let comm = self.process(pid).map(|p| p.comm.as_str()).unwrap_or("?");
+        format!("{}[{pid}]", escape::text(comm))
+    }
+}
+
+type Rule = fn(&Ended, &Context) -> Option<Finding>;
+
+/// From the most specific to the least.
+const RULES: &[Rule] = &[not_listening::judge, killed::judge, crashed::judge];
+
+/// The verdict for a finished connection, or `None` for a healthy one (an orderly close with
+/// nothing abnormal in its process tree).
+pub fn judge(conn: &Connection, tree: &[Process], ctx: &Context) -> Option<Verdict> {
+    let ended = Ended {
+        conn,
+        tree,
+        outcome: outcome(conn),
+    };
+    let finding = RULES
+        .iter()
+        .find_map(|rule| rule(&ended, ctx))
+        .or_else(|| {
+            let deaths = unexplained_deaths(&ended, ctx);
+            (ended.outcome != Outcome::Closed || !deaths.is_empty())
+                .then(|| unexplained(&ended, deaths))
+        })?;
+    Some(assemble(&ended, finding, ctx))
+}
+
+fn outcome(conn: &Connection) -> Outcome {
+    let sent = conn.resets_sent.first().map(|r| r.ts_ns);
+    let received = conn.resets_received.first().copied();
+    match (sent, received) {
+        (Some(s), r) if r.is_none_or(|r| s <= r) => {
+            if conn.skaddr == 0 {
+                Outcome::Refused
+            } else {
+                Outcome::ResetSent
+            }
+        }
+        (_, Some(_)) => Outcome::ResetReceived,
+        _ => Outcome::Closed,
+    }
+}
+
+/// Processes of the connection killed by a signal that did not come from the connection's own
+/// sshd tree (sshd's monitor kills its children with SIGKILL as routine cleanup).
+fn unexplained_deaths(e: &Ended, ctx: &Context) -> Vec<Evidence> {
+    let mut out = Vec::new();
+    for p in e.tree {
+        let Some(sig) = p.exit.and_then(|x| x.signal()) else {
+            continue;
+        };
+        let from_tree = p.signals.iter().any(|s| {
+            s.sig == sig && s.from_process() && e.in_tree(s.sender.pid) && s.sender.pid != p.pid
+        });
+        if from_tree {
+            continue;
+        }
+        out.extend(
+            p.signals
+                .iter()
+                .filter(|s| s.sig == sig)
+                .map(|s| signal_evidence(p, s, ctx)),
+        );
+        out.extend(exit_evidence(p, ctx));
+    }
+    out
+}
+
+fn unexplained(e: &Ended, evidence: Vec<Evidence>) -> Finding {
+    let what = match e.outcome {
+        Outcome::ResetSent => "this host sent a reset",
+        Outcome::ResetReceived => "a reset arrived from the network",
+        Outcome::Refused => "this host answered a segment with a reset",
+        Outcome::Closed => "the connection closed after an sshd process was killed",
+    };
+    Finding {
+        cause: Cause::Unknown,
+        pid: None,
+        details: Map::new(),
+        evidence,
+        summary: format!("{what}; the kernel evidence does not decide why"),
+        hint: "the evidence lists every kernel event seen for this connection; run with -v and \
+               check sshd's log (journalctl -u ssh, /var/log/auth.log) around this time"
+            .into(),
+    }
+}
+
+fn assemble(e: &Ended, finding: Finding, ctx: &Context) -> Verdict {
+    let conn = e.conn;
+    let ts = conn.end_ts.unwrap_or(conn.first_ts);
+    let mut evidence = connection_evidence(e, ctx);
+    evidence.extend(finding.evidence);
+    // In time order (RFC 3339 strings of one length sort as times), undated facts last.
+    evidence.sort_by(|a, b| (a.ts().is_none(), a.ts()).cmp(&(b.ts().is_none(), b.ts())));
+    let sshd_pid = finding.pid.or(conn.session_pid).or(conn.listener_pid);
+    let sshd = sshd_pid.map(|pid| {
+        let comm = e
+            .process(pid)
+            .map(|p| p.comm.clone())
+            .unwrap_or_else(|| "sshd".into());
+        let role = if Some(pid) == conn.listener_pid || ctx.sshd.listeners.contains_key(&pid) {
+            Role::Listener
+        } else {
+            Role::Session
+        };
+        SshdInfo {
+            pid,
+            comm,
+            role,
+            listener_pid: conn.listener_pid,
+        }
+    });
+    Verdict {
+        schema: SCHEMA,
+        record_type: "verdict",
+        ts: ctx.clock.rfc3339(ts),
+        host: ctx.host.to_owned(),
+        outcome: e.outcome,
+        cause: finding.cause,
+        conn: ConnInfo {
+            local_addr: conn.tuple.local.ip().to_string(),
+            local_port: conn.tuple.local.port(),
+            remote_addr: conn.tuple.remote.ip().to_string(),
+            remote_port: conn.tuple.remote.port(),
+        },
+        sshd,
+        details: finding.details,
+        evidence,
+        summary: finding.summary,
+        hint: finding.hint,
+    }
+}
+
+/// The connection's own kernel events: accept, resets, close.
+fn connection_evidence(e: &Ended, ctx: &Context) -> Vec<Evidence> {
+    let conn = e.conn;
+    let mut out = Vec::new();
+    if let (Some(ts), Some(pid)) = (conn.accept_ts, conn.listener_pid) {
+        out.push(Evidence::Accept {
+            ts: ctx.clock.rfc3339(ts),
+            pid,
+        });
+    }
+    for r in &conn.resets_sent {
+        out.push(Evidence::TcpSendReset {
+            ts: ctx.clock.rfc3339(r.ts_ns),
+            reason: r
+                .reason
+                .map(|v| ctx.names.rst_reason(v))
+                .unwrap_or_else(|| "unknown".into()),
+            state: if conn.skaddr == 0 {
+                "none".into()
+            } else {
+                ctx.names.tcp_state(r.state)
+            },
+            current_pid: r.current.pid,
+            current_comm: r.current.comm.clone(),
+            segment_flags: r.seg_flags.map(tcp_flags),
+        });
+    }
+    for &ts in &conn.resets_received {
+        out.push(Evidence::TcpReceiveReset {
+            ts: ctx.clock.rfc3339(ts),
+        });
+    }
+    if let Some(ts) = conn.closed_ts {
+        out.push(Evidence::TcpClose {
+            ts: ctx.clock.rfc3339(ts),
+        });
+    }
+    out
+}
+
+/// E.g. `SYN` or `ACK|PSH`.
+pub fn tcp_flags(flags: u8) -> String {
+    const NAMES: [(u8, &str); 8] = [
+        (0x01, "FIN"),
+        (TCP_SYN, "SYN"),
+        (0x04, "RST"),
+        (0x08, "PSH"),
+        (0x10, "ACK"),
+        (0x20, "URG"),
+        (0x40, "ECE"),
+        (0x80, "CWR"),
+    ];
+    let names: Vec<&str> = NAMES
+        .iter()
+        .filter(|(b, _)| flags & b != 0)
+        .map(|(_, n)| *n)
+        .collect();
+    if names.is_empty() {
+        "none".into()
+    } else {
+        names.join("|")
+    }
+}
+
+/// Evidence of a process's death.
+pub(crate) fn exit_evidence(p: &Process, ctx: &Context) -> Option<Evidence> {
+    let exit = p.exit?;
+    Some(Evidence::Exit {
+        ts: ctx.clock.rfc3339(exit.ts_ns),
+        pid: p.pid,
+        comm: p.comm.clone(),
+        exit_status: exit.status(),
+        signal: exit.signal().map(signal_name),
+        core_dumped: exit.core_dumped(),
+    })
+}
+
+pub(crate) fn signal_evidence(
+    p: &Process,
+    s: &crate::state::SignalInfo,
+    ctx: &Context,
+) -> Evidence {
+    Evidence::Signal {
+        ts: ctx.clock.rfc3339(s.ts_ns),
+        pid: p.pid,
+        comm: p.comm.clone(),
+        signal: signal_name(s.sig),
+        si_code: s.code,
+        origin: if s.from_process() {
+            "process"
+        } else {
+            "kernel"
+        },
+        sender_pid: s.sender.pid,
+        sender_comm: s.sender.comm.clone(),
+    }
+}
+
+/// "the connection was reset when it closed" and the like, for summaries.
+fn consequence(outcome: Outcome) -> &'static str {
+    match outcome {
+        Outcome::ResetSent => "the kernel reset the connection (unread data) as its sockets closed",
+        Outcome::ResetReceived => "a reset then arrived from the peer",
+        Outcome::Closed => "the connection was closed (FIN)",
+        Outcome::Refused => "the connection attempt was refused",
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,149 @@
+//! `not_listening`: a connection attempt (SYN) to a tracked port was answered with a RST
+//! because no socket listens there. The evidence says where sshd does listen, and, when an
+//! sshd that listened there has gone, how it ended.
+
+use std::net::SocketAddr;
+
+use serde_json::{json, Map, Value};
+
+use super::{exit_evidence, signal_evidence, Context, Ended, Finding};
+use crate::{
+    discovery::Listener,
+    escape,
+    events::TCP_SYN,
+    verdict::{signal_name, Cause, Evidence, Outcome},
+};
+
+pub fn judge(e: &Ended, ctx: &Context) -> Option<Finding> {
+    if e.outcome != Outcome::Refused {
+        return None;
+    }
+    let reset = e.conn.resets_sent.first()?;
+    // Only a SYN proves a connection attempt; a stray segment could be anything.
+    if reset.seg_flags? & TCP_SYN == 0 {
+        return None;
+    }
+    if let (Some(reason), Some(no_socket)) = (reset.reason, ctx.names.rst_reason_value("NO_SOCKET"))
+    {
+        if reason != no_socket {
+            return None;
+        }
+    }
+    let target = e.conn.tuple.local;
+    let listening: Vec<String> = ctx
+        .sshd
+        .listening_addrs()
+        .iter()
+        .map(|a| a.to_string())
+        .collect();
+    let pids: Vec<u32> = ctx.sshd.listeners.keys().copied().collect();
+    let mut details = Map::new();
+    details.insert("sshd_running".into(), json!(!pids.is_empty()));
+    details.insert("listening".into(), json!(listening));
+    let mut evidence = vec![Evidence::Listening {
+        sshd_pids: pids.clone(),
+        addresses: listening.clone(),
+    }];
+
+    let mut summary =
+        format!("nothing listens on {target}: the kernel refused the connection with a RST; ");
+    if pids.is_empty() {
+        summary.push_str("no sshd is running");
+    } else {
+        summary.push_str(&format!(
+            "sshd is running (pid {}) and listens on {}",
+            join(&pids),
+            listening.join(", ")
+        ));
+    }
+    let previous = ctx.sshd.gone.iter().rev().find(|l| serves(l, target));
+    if let Some(gone) = previous {
+        let (how, info) = listener_end(gone, ctx, &mut evidence);
+        summary.push_str(&format!(
+            "; sshd[{}], which listened there, {how}",
+            gone.pid
+        ));
+        details.insert("previous_listener".into(), info);
+    }
+    let hint = match (pids.is_empty(), previous) {
+        (_, Some(gone)) => format!(
+            "sshd {} stopped listening on {target}: find out why (journalctl -u ssh; sshd -t) \
+             and start it again",
+            gone.pid
+        ),
+        (true, None) => {
+            "start sshd (systemctl start ssh) and check why it is not running: sshd -t; \
+                         journalctl -u ssh"
+                .into()
+        }
+        (false, None) => format!(
+            "sshd does not listen on {target}: compare the client's address and port with \
+             `sshd -T | grep -Ei '^(port|listenaddress)'` and restart sshd after fixing"
+        ),
+    };
+    Some(Finding {
+        cause: Cause::NotListening,
+        pid: None,
+        details,
+        evidence,
+        summary,
+        hint,
+    })
+}
+
+/// Whether `listener` accepted connections for `target` (same port, same or wildcard address).
+fn serves(listener: &Listener, target: SocketAddr) -> bool {
+    listener
+        .addrs
+        .iter()
+        .any(|a| a.port() == target.port() && (a.ip() == target.ip() || a.ip().is_unspecified()))
+}
+
+/// How a listener that is gone ended, from its exit and the signals it got.
+fn listener_end(gone: &Listener, ctx: &Context, evidence: &mut Vec<Evidence>) -> (String, Value) {
+    let mut info = Map::new();
+    info.insert("pid".into(), json!(gone.pid));
+    let Some(p) = ctx.procs.get(gone.pid) else {
+        return ("no longer listens".into(), Value::Object(info));
+    };
+    let Some(exit) = p.exit else {
+        return (
+            "closed its listening socket (still running)".into(),
+            Value::Object(info),
+        );
+    };
+    evidence.extend(exit_evidence(p, ctx));
+    let how = match exit.signal() {
+        Some(sig) => {
+            info.insert("signal".into(), json!(signal_name(sig)));
+            let sender = p.signals.iter().rev().find(|s| s.sig == sig);
+            if let Some(s) = sender {
+                evidence.push(signal_evidence(p, s, ctx));
+                info.insert("sender_pid".into(), json!(s.sender.pid));
+                info.insert("sender_comm".into(), json!(s.sender.comm));
+            }
+            match sender.filter(|s| s.from_process() && s.sender.pid != p.pid) {
+                Some(s) => format!(
+                    "died of {} sent by {}[{}]",
+                    signal_name(sig),
+                    escape::text(&s.sender.comm),
+                    s.sender.pid
+                ),
+                None => format!("died of {}", signal_name(sig)),
+            }
+        }
+        None => {
+            let status = exit.status().unwrap_or(-1);
+            info.insert("exit_status".into(), json!(status));
+            format!("exited with status {status}")
+        }
+    };
+    (how, Value::Object(info))
+}
+
+fn join(pids: &[u32]) -> String {
+    pids.iter()
+        .map(u32::to_string)
+        .collect::<Vec<_>>()
+        .join(", ")
+}

@@ -1,0 +1,401 @@
+//! Finding the sshd processes to trace: a process is a listening sshd when it holds a
+//! listening TCP socket and runs an sshd executable; the ports come from those sockets, from
+//! each sshd's configuration, and from `--port`. Per-connection processes are found through
+//! the process tree (and, once tracing, by the fork probe), never by their name.
+
+use std::{
+    collections::{BTreeMap, BTreeSet, HashMap},
+    fs,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
+    path::{Path, PathBuf},
+};
+
+use anyhow::{bail, Result};
+
+use crate::events::unmap;
+
+/// A listening sshd.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Listener {
+    pub pid: u32,
+    pub exe: String,
+    pub addrs: Vec<SocketAddr>,
+}
+
+/// What a scan of /proc found.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Snapshot {
+    pub listeners: BTreeMap<u32, Listener>,
+    /// Ports from listeners, their configuration and `--port`.
+    pub ports: BTreeSet<u16>,
+    /// Existing descendants of the listeners (per-connection processes).
+    pub descendants: BTreeSet<u32>,
+    /// Listeners seen earlier that no longer listen (most recent last, bounded).
+    pub gone: Vec<Listener>,
+}
+
+impl Snapshot {
+    /// Where sshd listens now, e.g. for "nothing listens on 127.0.0.5:2222; sshd listens on …".
+    pub fn listening_addrs(&self) -> Vec<SocketAddr> {
+        let mut all: Vec<SocketAddr> = self
+            .listeners
+            .values()
+            .flat_map(|l| l.addrs.iter().copied())
+            .collect();
+        all.sort();
+        all.dedup();
+        all
+    }
+}
+
+/// What to look for: from `--port` and `--pid`.
+#[derive(Clone, Debug, Default)]
+pub struct Scope {
+    pub ports: BTreeSet<u16>,
+    pub pids: BTreeSet<u32>,
+}
+
+pub struct Discovery {
+    scope: Scope,
+    proc_root: PathBuf,
+    /// Listening socket inodes and addresses of the last scan, to skip the fd walk when the
+    /// set did not change.
+    last_listen: HashMap<u64, SocketAddr>,
+    /// Every port traced so far: a port sshd stopped listening on stays traced, since that is
+    /// when clients are refused there.
+    seen_ports: BTreeSet<u16>,
+    last: Snapshot,
+}
+
+impl Discovery {
+    /// Checks `--pid` values: each must be a running sshd.
+    pub fn new(scope: Scope) -> Result<Self> {
+        let proc_root = PathBuf::from("/proc");
+        for pid in &scope.pids {
+            let dir = proc_root.join(pid.to_string());
+            if !dir.exists() {
+                bail!("--pid {pid}: no such process");
+            }
+            if !is_sshd_exe(&exe_of(&dir)) {
+                bail!("--pid {pid}: not an sshd process (runs {})", exe_of(&dir));
+            }
+        }
+        Ok(Self {
+            scope,
+            proc_root,
+            last_listen: HashMap::new(),
+            seen_ports: BTreeSet::new(),
+            last: Snapshot::default(),
+        })
+    }
+
+    /// Rescans; returns the new snapshot when anything changed.
+    pub fn scan(&mut self) -> Option<&Snapshot> {
+        let listen = listening_sockets(&self.proc_root);
+        let pids_alive = self
+            .last
+            .listeners
+            .keys()
+            .all(|p| self.proc_root.join(p.to_string()).exists());
+        if listen == self.last_listen && pids_alive && !self.last.ports.is_empty() {
+            return None;
+        }
+        self.last_listen = listen;
+        let mut snapshot = self.build();
+        self.seen_ports.extend(&snapshot.ports);
+        snapshot.ports.clone_from(&self.seen_ports);
+        snapshot.gone.clone_from(&self.last.gone);
+        for (pid, listener) in &self.last.listeners {
+            if !snapshot.listeners.contains_key(pid) {
+                snapshot.gone.retain(|l| l.pid != *pid);
+                snapshot.gone.push(listener.clone());
+            }
+        }
+        let excess = snapshot.gone.len().saturating_sub(MAX_GONE);
+        snapshot.gone.drain(..excess);
+        if snapshot == self.last {
+            return None;
+        }
+        self.last = snapshot;
+        Some(&self.last)
+    }
+
+    pub fn current(&self) -> &Snapshot {
+        &self.last
+    }
+
+    fn build(&self) -> Snapshot {
+        let mut listeners: BTreeMap<u32, Listener> = BTreeMap::new();
+        let processes = process_list(&self.proc_root);
+        for &pid in processes.keys() {
+            if !self.scope.pids.is_empty() && !self.scope.pids.contains(&pid) {
+                continue;
+            }
+            let dir = self.proc_root.join(pid.to_string());
+            let addrs: Vec<SocketAddr> = socket_inodes(&dir)
+                .iter()
+                .filter_map(|inode| self.last_listen.get(inode).copied())
+                .collect();
+            if addrs.is_empty() {
+                continue;
+            }
+            let exe = exe_of(&dir);
+            if is_sshd_exe(&exe) {
+                listeners.insert(pid, Listener { pid, exe, addrs });
+            }
+        }
+        // Children that inherited a listening socket are per-connection processes, not
+        // listeners: keep only the topmost sshd of each tree.
+        let ids: BTreeSet<u32> = listeners.keys().copied().collect();
+        listeners.retain(|_, l| !ancestors(&processes, l.pid).any(|a| ids.contains(&a)));
+
+        let mut ports: BTreeSet<u16> = self.scope.ports.clone();
+        for l in listeners.values() {
+            ports.extend(l.addrs.iter().map(|a| a.port()));
+            ports.extend(config_ports(&self.proc_root.join(l.pid.to_string())));
+        }
+        if listeners.is_empty() && self.scope.ports.is_empty() {
+            // Nothing runs: watch the configured ports, so refusals there are seen.
+            ports.extend(ports_from_config(Path::new(DEFAULT_CONFIG)));
+        }
+        let descendants = processes
+            .keys()
+            .copied()
+            .filter(|&pid| {
+                !listeners.contains_key(&pid)
+                    && ancestors(&processes, pid).any(|a| listeners.contains_key(&a))
+            })
+            .collect();
+        Snapshot {
+            listeners,
+            ports,
+            descendants,
+            gone: Vec::new(),
+        }
+    }
+}
+
+const DEFAULT_CONFIG: &str = "/etc/ssh/sshd_config";
+const MAX_GONE: usize = 16;
+
+fn is_sshd_exe(exe: &str) -> bool {
+    let name = exe.rsplit('/').next().unwrap_or(exe);
+    let name = name.strip_suffix(" (deleted)").unwrap_or(name);
+    name == "sshd"
+}
+
+fn exe_of(dir: &Path) -> String {
+    fs::read_link(dir.join("exe"))
+        .map(|p| p.to_string_lossy().into_owned())
+        .unwrap_or_default()
+}
+
+/// pid → parent pid of every process.
+fn process_list(proc_root: &Path) -> HashMap<u32, u32> {
+    let Ok(entries) = fs::read_dir(proc_root) else {
+        return HashMap::new();
+    };
+    entries
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter_map(|pid| {
+            let stat = fs::read_to_string(proc_root.join(pid.to_string()).join("stat")).ok()?;
+            Some((pid, parent_from_stat(&stat)?))
+        })
+        .collect()
+}
+
+/// The ppid field of /proc/PID/stat; the comm in parentheses may contain spaces and ')'.
+fn parent_from_stat(stat: &str) -> Option<u32> {
+    let after_comm = &stat[stat.rfind(')')? + 1..];
+    after_comm.split_whitespace().nth(1)?.parse().ok()
+}
+
+fn ancestors(processes: &HashMap<u32, u32>, pid: u32) -> impl Iterator<Item = u32> + '_ {
+    let mut current = pid;
+    std::iter::from_fn(move || {
+        let parent = *processes.get(&current)?;
+        (parent != 0 && parent != current).then(|| {
+            current = parent;
+            parent
+        })
+    })
+    .take(64)
+}
+
+fn socket_inodes(dir: &Path) -> Vec<u64> {
+    let Ok(fds) = fs::read_dir(dir.join("fd")) else {
+        return Vec::new();
+    };
+    fds.filter_map(|fd| {
+        let target = fs::read_link(fd.ok()?.path()).ok()?;
+        let target = target.to_str()?;
+        target
+            .strip_prefix("socket:[")?
+            .strip_suffix(']')?
+            .parse()
+            .ok()
+    })
+    .collect()
+}
+
+/// Listening TCP sockets of this network namespace: inode → address.
+fn listening_sockets(proc_root: &Path) -> HashMap<u64, SocketAddr> {
+    let mut found = HashMap::new();
+    for file in ["net/tcp", "net/tcp6"] {
+        if let Ok(text) = fs::read_to_string(proc_root.join(file)) {
+            found.extend(parse_proc_net_tcp(&text, true));
+        }
+    }
+    found
+}
+
+const TCP_LISTEN: &str = "0A";
+
+/// Parses /proc/net/tcp{,6}: `sl local_address rem_address st … uid timeout inode`.
+fn parse_proc_net_tcp(text: &str, listening_only: bool) -> Vec<(u64, SocketAddr)> {
+    text.lines()
+        .skip(1)
+        .filter_map(|line| {
+            let cols: Vec<&str> = line.split_whitespace().collect();
+            if cols.len() < 10 || (listening_only && cols[3] != TCP_LISTEN) {
+                return None;
+            }
+            Some((cols[9].parse().ok()?, parse_hex_addr(cols[1])?))
+        })
+        .collect()
+}
+
+/// `0100007F:0016` or 32 hex digits for IPv6; the address words are in host byte order.
+fn parse_hex_addr(text: &str) -> Option<SocketAddr> {
+    let (addr, port) = text.split_once(':')?;
+    let port = u16::from_str_radix(port, 16).ok()?;
+    let words: Vec<u32> = (0..addr.len() / 8)
+        .map(|i| u32::from_str_radix(&addr[i * 8..i * 8 + 8], 16).map(u32::from_be))
+        .collect::<Result<_, _>>()
+        .ok()?;
+    let ip = match words.as_slice() {
+        [w] => IpAddr::V4(Ipv4Addr::from(w.to_be_bytes())),
+        [a, b, c, d] => {
+            let mut bytes = [0u8; 16];
+            for (i, w) in [a, b, c, d].iter().enumerate() {
+                bytes[i * 4..i * 4 + 4].copy_from_slice(&w.to_be_bytes());
+            }
+            unmap(IpAddr::V6(Ipv6Addr::from(bytes)))
+        }
+        _ => return None,
+    };
+    Some(SocketAddr::new(ip, port))
+}
+
+/// Ports of the configuration a running sshd was started with (`-f`, `-p`).
+fn config_ports(dir: &Path) -> BTreeSet<u16> {
+    let cmdline = fs::read(dir.join("cmdline")).unwrap_or_default();
+    let args: Vec<String> = cmdline
+        .split(|&b| b == 0)
+        .map(|a| String::from_utf8_lossy(a).into_owned())
+        .collect();
+    let mut config = PathBuf::from(DEFAULT_CONFIG);
+    let mut ports = BTreeSet::new();
+    let mut it = args.iter().skip(1);
+    while let Some(arg) = it.next() {
+        let (flag, inline) = (arg.get(..2).unwrap_or(""), arg.get(2..).unwrap_or(""));
+        let mut value = || {
+            if inline.is_empty() {
+                it.next().cloned()
+            } else {
+                Some(inline.to_owned())
+            }
+        };
+        match flag {
+            "-f" => config = value().map(PathBuf::from).unwrap_or(config),
+            "-p" => ports.extend(value().and_then(|v| v.parse::<u16>().ok())),
+            _ => {}
+        }
+    }
+    // The configuration is read through the process's root, which differs in containers.
+    let rooted = dir
+        .join("root")
+        .join(config.strip_prefix("/").unwrap_or(&config));
+    ports.extend(ports_from_config(&rooted));
+    ports
+}
+
+/// `Port` and `ListenAddress host:port` lines; 22 when the file names no port.
+pub fn ports_from_config(path: &Path) -> BTreeSet<u16> {
+    let Ok(text) = fs::read_to_string(path) else {
+        return BTreeSet::new();
+    };
+    let mut ports = BTreeSet::new();
+    for line in text.lines() {
+        let mut words = line.split_whitespace();
+        let (Some(key), Some(value)) = (words.next(), words.next()) else {
+            continue;
+        };
+        if key.eq_ignore_ascii_case("match") {
+            break;
+        }
+        if key.eq_ignore_ascii_case("port") {
+            ports.extend(value.parse::<u16>().ok());
+        } else if key.eq_ignore_ascii_case("listenaddress") {
+            if let Ok(addr) = value.parse::<SocketAddr>() {
+                ports.insert(addr.port());
+            }
+        }
+    }
+    if ports.is_empty() {
+        ports.insert(22);
+    }
+    ports
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_listening_sockets_v4_and_v6() {
+        let v4 = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode
+   0: 0200007F:08AE 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 4242 1 0
+   1: 0100007F:9C40 0100007F:08AE 01 00000000:00000000 00:00000000 00000000     0        0 4343 1 0";
+        assert_eq!(
+            parse_proc_net_tcp(v4, true),
+            vec![(4242, "127.0.0.2:2222".parse().unwrap())]
+        );
+        let v6 = "  sl  local_address                         remote_address                        st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode
+   0: 00000000000000000000000001000000:0016 00000000000000000000000000000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 77 1 0";
+        assert_eq!(
+            parse_proc_net_tcp(v6, true),
+            vec![(77, "[::1]:22".parse().unwrap())]
+        );
+    }
+
+    #[test]
+    fn ppid_survives_parentheses_in_comm() {
+        assert_eq!(parent_from_stat("12 (a) b)) S 7 12 12 0"), Some(7));
+    }
+
+    #[test]
+    fn sshd_is_recognised_by_executable_not_comm() {
+        assert!(is_sshd_exe("/usr/sbin/sshd"));
+        assert!(is_sshd_exe("/usr/sbin/sshd (deleted)"));
+        assert!(!is_sshd_exe("/usr/lib/openssh/sshd-session"));
+        assert!(!is_sshd_exe("/usr/bin/not-sshd"));
+    }
+
+    #[test]
+    fn config_ports_and_defaults() {
+        let dir = std::env::temp_dir().join(format!("sshtrace-cfg-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("sshd_config");
+        fs::write(
+            &file,
+            "# Port 1\nPort 2222\nport 2223\nListenAddress 127.0.0.1:2224\nMatch User x\nPort 9\n",
+        )
+        .unwrap();
+        assert_eq!(ports_from_config(&file), BTreeSet::from([2222, 2223, 2224]));
+        fs::write(&file, "PermitRootLogin yes\n").unwrap();
+        assert_eq!(ports_from_config(&file), BTreeSet::from([22]));
+        assert!(ports_from_config(&dir.join("missing")).is_empty());
+        fs::remove_dir_all(dir).unwrap();
+    }
+}

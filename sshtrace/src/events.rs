@@ -1,0 +1,331 @@
+//! Decoding ring-buffer records into typed events. Records are read in place (unaligned
+//! reads of the shared `#[repr(C)]` types); nothing is trusted beyond its declared size.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+
+use sshtrace_common as wire;
+use wire::{EventHeader, EventKind};
+
+/// A connection seen from this host: `local` is the sshd side.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ConnTuple {
+    pub local: SocketAddr,
+    pub remote: SocketAddr,
+}
+
+/// The task that was current when a probe ran. Meaningful in process context only.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Task {
+    pub pid: u32,
+    pub tid: u32,
+    pub comm: String,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum Kind {
+    SendReset {
+        skaddr: u64,
+        state: i32,
+        /// `None` on kernels without reasons.
+        reason: Option<u32>,
+        /// Flags of the segment a no-socket reset answered, when readable.
+        seg_flags: Option<u8>,
+        conn: ConnTuple,
+    },
+    ReceiveReset {
+        skaddr: u64,
+        conn: ConnTuple,
+    },
+    SockState {
+        skaddr: u64,
+        old_state: i32,
+        new_state: i32,
+        conn: ConnTuple,
+    },
+    Accept {
+        ret: i64,
+        listen_fd: i32,
+        peer: Option<SocketAddr>,
+    },
+    Fork {
+        child: u32,
+    },
+    Exec {
+        filename: String,
+    },
+    Exit {
+        exit_code: i32,
+    },
+    Signal {
+        target: u32,
+        target_comm: String,
+        sig: i32,
+        code: i32,
+        result: i32,
+    },
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Event {
+    /// CLOCK_MONOTONIC nanoseconds.
+    pub ts_ns: u64,
+    pub task: Task,
+    pub kind: Kind,
+}
+
+pub const TCP_SYN: u8 = 0x02;
+
+/// Decodes one record; `None` for a record of unknown kind or short length.
+pub fn decode(bytes: &[u8]) -> Option<Event> {
+    let header: EventHeader = read(bytes)?;
+    let kind = match EventKind::from_u32(header.kind)? {
+        EventKind::SendReset => {
+            let e: wire::SendResetEvent = read(bytes)?;
+            Kind::SendReset {
+                skaddr: e.skaddr,
+                state: e.state,
+                reason: (e.reason != wire::REASON_UNKNOWN).then_some(e.reason),
+                seg_flags: (e.seg_flags != wire::SEG_FLAGS_UNKNOWN).then_some(e.seg_flags as u8),
+                conn: tuple(&e.endpoints)?,
+            }
+        }
+        EventKind::ReceiveReset => {
+            let e: wire::ReceiveResetEvent = read(bytes)?;
+            Kind::ReceiveReset {
+                skaddr: e.skaddr,
+                conn: tuple(&e.endpoints)?,
+            }
+        }
+        EventKind::SockState => {
+            let e: wire::SockStateEvent = read(bytes)?;
+            Kind::SockState {
+                skaddr: e.skaddr,
+                old_state: e.old_state,
+                new_state: e.new_state,
+                conn: tuple(&e.endpoints)?,
+            }
+        }
+        EventKind::Accept => {
+            let e: wire::AcceptEvent = read(bytes)?;
+            let peer = (e.peer_len > 0).then(|| sockaddr(&e.peer)).flatten();
+            Kind::Accept {
+                ret: e.ret,
+                listen_fd: e.listen_fd,
+                peer,
+            }
+        }
+        EventKind::Fork => {
+            let e: wire::ForkEvent = read(bytes)?;
+            Kind::Fork { child: e.child_pid }
+        }
+        EventKind::Exec => {
+            let e: wire::ExecEvent = read(bytes)?;
+            Kind::Exec {
+                filename: c_string(&e.filename),
+            }
+        }
+        EventKind::Exit => {
+            let e: wire::ExitEvent = read(bytes)?;
+            Kind::Exit {
+                exit_code: e.exit_code,
+            }
+        }
+        EventKind::Signal => {
+            let e: wire::SignalEvent = read(bytes)?;
+            Kind::Signal {
+                target: e.target_pid,
+                target_comm: c_string(&e.target_comm),
+                sig: e.sig,
+                code: e.code,
+                result: e.result,
+            }
+        }
+    };
+    Some(Event {
+        ts_ns: header.ts_ns,
+        task: Task {
+            pid: header.pid,
+            tid: header.tid,
+            comm: c_string(&header.comm),
+        },
+        kind,
+    })
+}
+
+fn read<T: Copy>(bytes: &[u8]) -> Option<T> {
+    (bytes.len() >= size_of::<T>())
+        // SAFETY: length checked; T is a repr(C) integer-only wire type, any bytes are valid.
+        .then(|| unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<T>()) })
+}
+
+/// Bytes up to the first NUL, lossily decoded; escaping is the outputs' job.
+pub fn c_string(bytes: &[u8]) -> String {
+    let end = bytes.iter().position(|&b| b == 0).unwrap_or(bytes.len());
+    String::from_utf8_lossy(&bytes[..end]).into_owned()
+}
+
+const AF_INET: u16 = 2;
+const AF_INET6: u16 = 10;
+
+fn ip(family: u16, bytes: &[u8; 16]) -> Option<IpAddr> {
+    match family {
+        AF_INET => Some(IpAddr::V4(Ipv4Addr::new(
+            bytes[0], bytes[1], bytes[2], bytes[3],
+        ))),
+        AF_INET6 => Some(unmap(IpAddr::V6(Ipv6Addr::from(*bytes)))),
+        _ => None,
+    }
+}
+
+/// IPv4-mapped IPv6 addresses (dual-stack sockets) are shown and matched as IPv4.
+pub fn unmap(addr: IpAddr) -> IpAddr {
+    match addr {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(addr),
+        v4 => v4,
+    }
+}
+
+fn tuple(e: &wire::Endpoints) -> Option<ConnTuple> {
+    Some(ConnTuple {
+        local: SocketAddr::new(ip(e.family, &e.local_addr)?, e.local_port),
+        remote: SocketAddr::new(ip(e.family, &e.remote_addr)?, e.remote_port),
+    })
+}
+
+/// A `struct sockaddr_in`/`sockaddr_in6` as a process received it.
+fn sockaddr(raw: &[u8; wire::SOCKADDR_LEN]) -> Option<SocketAddr> {
+    let family = u16::from_ne_bytes([raw[0], raw[1]]);
+    let port = u16::from_be_bytes([raw[2], raw[3]]);
+    let addr = match family {
+        AF_INET => IpAddr::V4(Ipv4Addr::new(raw[4], raw[5], raw[6], raw[7])),
+        AF_INET6 => unmap(IpAddr::V6(Ipv6Addr::from(
+            <[u8; 16]>::try_from(&raw[8..24]).ok()?,
+        ))),
+        _ => return None,
+    };
+    Some(SocketAddr::new(addr, port))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bytes_of<T>(value: &T) -> Vec<u8> {
+        // SAFETY: reading the bytes of a plain repr(C) value.
+        unsafe { std::slice::from_raw_parts((value as *const T).cast::<u8>(), size_of::<T>()) }
+            .to_vec()
+    }
+
+    fn header(kind: EventKind) -> EventHeader {
+        let mut comm = [0u8; 16];
+        comm[..4].copy_from_slice(b"sshd");
+        EventHeader {
+            kind: kind as u32,
+            tid: 41,
+            pid: 40,
+            _pad: 0,
+            ts_ns: 7,
+            comm,
+        }
+    }
+
+    #[test]
+    fn decodes_a_reset_with_mapped_ipv6_addresses() {
+        let mut local = [0u8; 16];
+        local[10..].copy_from_slice(&[0xff, 0xff, 127, 0, 0, 2]);
+        let e = wire::SendResetEvent {
+            header: header(EventKind::SendReset),
+            skaddr: 0,
+            state: 0,
+            reason: 2,
+            seg_flags: TCP_SYN as u16,
+            _pad: [0; 3],
+            endpoints: wire::Endpoints {
+                family: AF_INET6,
+                local_port: 2222,
+                remote_port: 5555,
+                _pad: 0,
+                local_addr: local,
+                remote_addr: local,
+            },
+        };
+        let event = decode(&bytes_of(&e)).unwrap();
+        assert_eq!(
+            event.task,
+            Task {
+                pid: 40,
+                tid: 41,
+                comm: "sshd".into()
+            }
+        );
+        let Kind::SendReset {
+            reason,
+            seg_flags,
+            conn,
+            ..
+        } = event.kind
+        else {
+            panic!()
+        };
+        assert_eq!((reason, seg_flags), (Some(2), Some(TCP_SYN)));
+        assert_eq!(conn.local, "127.0.0.2:2222".parse().unwrap());
+    }
+
+    #[test]
+    fn unknown_reason_and_flags_are_none() {
+        let e = wire::SendResetEvent {
+            header: header(EventKind::SendReset),
+            skaddr: 1,
+            state: 1,
+            reason: wire::REASON_UNKNOWN,
+            seg_flags: wire::SEG_FLAGS_UNKNOWN,
+            _pad: [0; 3],
+            endpoints: wire::Endpoints {
+                family: AF_INET,
+                ..Default::default()
+            },
+        };
+        let Kind::SendReset {
+            reason, seg_flags, ..
+        } = decode(&bytes_of(&e)).unwrap().kind
+        else {
+            panic!()
+        };
+        assert_eq!((reason, seg_flags), (None, None));
+    }
+
+    #[test]
+    fn accept_peer_is_parsed_from_the_callers_sockaddr() {
+        let mut peer = [0u8; wire::SOCKADDR_LEN];
+        peer[..2].copy_from_slice(&AF_INET.to_ne_bytes());
+        peer[2..4].copy_from_slice(&40000u16.to_be_bytes());
+        peer[4..8].copy_from_slice(&[127, 0, 0, 9]);
+        let e = wire::AcceptEvent {
+            header: header(EventKind::Accept),
+            ret: 5,
+            listen_fd: 3,
+            peer_len: wire::SOCKADDR_LEN as u32,
+            peer,
+            _pad: 0,
+        };
+        let Kind::Accept { ret, peer, .. } = decode(&bytes_of(&e)).unwrap().kind else {
+            panic!()
+        };
+        assert_eq!((ret, peer), (5, Some("127.0.0.9:40000".parse().unwrap())));
+    }
+
+    #[test]
+    fn short_or_unknown_records_are_rejected() {
+        let e = header(EventKind::Exit);
+        assert!(decode(&bytes_of(&e)).is_none());
+        let mut unknown = header(EventKind::Exit);
+        unknown.kind = 99;
+        assert!(decode(&bytes_of(&unknown)).is_none());
+    }
+
+    #[test]
+    fn c_strings_stop_at_nul_and_keep_raw_bytes() {
+        assert_eq!(c_string(b"a\nb\0junk"), "a\nb");
+        assert_eq!(c_string(b"\xff"), "\u{fffd}");
+    }
+}

@@ -1,0 +1,152 @@
+//! Builds the [`KernelLayout`] the probes read their fields with, from the running kernel's
+//! tracepoint `format` files and BTF.
+
+use std::path::Path;
+
+use anyhow::{Context, Result};
+use sshtrace_common::{addr_style, AddrLayout, KernelLayout, ABSENT};
+
+use super::{btf::Btf, tracefs::Format};
+
+/// The tracepoints sshtrace reads fields from, as `(category, name)`.
+pub const TRACEPOINTS: &[(&str, &str)] = &[
+    ("tcp", "tcp_send_reset"),
+    ("tcp", "tcp_receive_reset"),
+    ("sock", "inet_sock_set_state"),
+    ("sched", "sched_process_exec"),
+    ("sched", "sched_process_exit"),
+    ("signal", "signal_generate"),
+    ("syscalls", "sys_enter_accept4"),
+    ("syscalls", "sys_exit_accept4"),
+];
+
+pub fn discover(tracefs: &Path, btf: &Btf) -> Result<KernelLayout> {
+    let load = |category: &str, name: &str| Format::load(tracefs, category, name);
+    let mut layout = KernelLayout::ABSENT;
+
+    let f = load("tcp", "tcp_send_reset")?;
+    let tp = "tcp:tcp_send_reset";
+    layout.send_reset.skbaddr = f.offset("skbaddr").unwrap_or(ABSENT);
+    layout.send_reset.skaddr = f.require(tp, "skaddr")?;
+    layout.send_reset.state = f.offset("state").unwrap_or(ABSENT);
+    // Before 6.10 there is no reason field.
+    layout.send_reset.reason = f.offset("reason").unwrap_or(ABSENT);
+    layout.send_reset.addr = addresses(&f, tp)?;
+
+    let f = load("tcp", "tcp_receive_reset")?;
+    let tp = "tcp:tcp_receive_reset";
+    layout.receive_reset.skaddr = f.require(tp, "skaddr")?;
+    layout.receive_reset.addr = addresses(&f, tp)?;
+
+    let f = load("sock", "inet_sock_set_state")?;
+    let tp = "sock:inet_sock_set_state";
+    layout.sock_state.skaddr = f.require(tp, "skaddr")?;
+    layout.sock_state.oldstate = f.require(tp, "oldstate")?;
+    layout.sock_state.newstate = f.require(tp, "newstate")?;
+    layout.sock_state.protocol = f.require(tp, "protocol")?;
+    layout.sock_state.addr = addresses(&f, tp)?;
+
+    let f = load("sched", "sched_process_exec")?;
+    layout.exec.filename = f.require("sched:sched_process_exec", "filename")?;
+
+    let f = load("sched", "sched_process_exit")?;
+    // 6.16+ says whether the whole thread group is gone; before, the leader's exit is used.
+    layout.exit.group_dead = f.offset("group_dead").unwrap_or(ABSENT);
+
+    let f = load("signal", "signal_generate")?;
+    let tp = "signal:signal_generate";
+    layout.signal.sig = f.require(tp, "sig")?;
+    layout.signal.code = f.require(tp, "code")?;
+    layout.signal.comm = f.require(tp, "comm")?;
+    layout.signal.pid = f.require(tp, "pid")?;
+    layout.signal.result = f.offset("result").unwrap_or(ABSENT);
+
+    // accept and accept4 share their argument layout; both are attached.
+    let enter = load("syscalls", "sys_enter_accept4")?;
+    let tp = "syscalls:sys_enter_accept4";
+    layout.syscall.accept_peer = enter.require(tp, "upeer_sockaddr")?;
+    layout.syscall.accept_fd = enter.require(tp, "fd")?;
+    let exit = load("syscalls", "sys_exit_accept4")?;
+    layout.syscall.ret = exit.require("syscalls:sys_exit_accept4", "ret")?;
+
+    let member = |s: &str, m: &str| -> Result<u16> {
+        let offset = btf
+            .member_offset(s, m)
+            .with_context(|| format!("kernel BTF has no member {m} in struct {s}"))?;
+        u16::try_from(offset).with_context(|| format!("struct {s}.{m} is at offset {offset}"))
+    };
+    layout.structs.task_tgid = member("task_struct", "tgid")?;
+    layout.structs.task_exit_code = member("task_struct", "exit_code")?;
+    layout.structs.skb_head = member("sk_buff", "head").unwrap_or(ABSENT);
+    layout.structs.skb_transport_header = member("sk_buff", "transport_header").unwrap_or(ABSENT);
+    Ok(layout)
+}
+
+/// The address fields in either style the kernel has used for TCP tracepoints.
+fn addresses(f: &Format, tracepoint: &str) -> Result<AddrLayout> {
+    let sockaddr = f.get("saddr").is_some_and(|s| s.size >= 16);
+    if sockaddr {
+        return Ok(AddrLayout {
+            style: addr_style::SOCKADDR,
+            saddr: f.require(tracepoint, "saddr")?,
+            daddr: f.require(tracepoint, "daddr")?,
+            ..AddrLayout::NONE
+        });
+    }
+    Ok(AddrLayout {
+        style: addr_style::SPLIT,
+        family: f.require(tracepoint, "family")?,
+        sport: f.require(tracepoint, "sport")?,
+        dport: f.require(tracepoint, "dport")?,
+        saddr: f.require(tracepoint, "saddr")?,
+        daddr: f.require(tracepoint, "daddr")?,
+        saddr_v6: f.require(tracepoint, "saddr_v6")?,
+        daddr_v6: f.require(tracepoint, "daddr_v6")?,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn format(fields: &[(&str, u16, u16)]) -> Format {
+        let text: String = fields
+            .iter()
+            .map(|(decl, off, size)| {
+                format!("\tfield:{decl};\toffset:{off};\tsize:{size};\tsigned:0;\n")
+            })
+            .collect();
+        Format::parse(&text)
+    }
+
+    #[test]
+    fn sockaddr_style_of_6_10_and_later() {
+        let f = format(&[("__u8 saddr[28]", 32, 28), ("__u8 daddr[28]", 60, 28)]);
+        let a = addresses(&f, "tp").unwrap();
+        assert_eq!((a.style, a.saddr, a.daddr), (addr_style::SOCKADDR, 32, 60));
+    }
+
+    /// `tcp_send_reset` as 6.1 lays it out: split fields, no reason.
+    #[test]
+    fn split_style_of_older_kernels() {
+        let f = format(&[
+            ("__u16 sport", 28, 2),
+            ("__u16 dport", 30, 2),
+            ("__u16 family", 32, 2),
+            ("__u8 saddr[4]", 34, 4),
+            ("__u8 daddr[4]", 38, 4),
+            ("__u8 saddr_v6[16]", 42, 16),
+            ("__u8 daddr_v6[16]", 58, 16),
+        ]);
+        let a = addresses(&f, "tp").unwrap();
+        assert_eq!(a.style, addr_style::SPLIT);
+        assert_eq!((a.family, a.sport, a.saddr_v6), (32, 28, 42));
+    }
+
+    #[test]
+    fn missing_address_fields_are_named() {
+        let f = format(&[("__u16 sport", 28, 2)]);
+        let err = addresses(&f, "tcp:x").unwrap_err().to_string();
+        assert!(err.contains("tcp:x") && err.contains("family"), "{err}");
+    }
+}

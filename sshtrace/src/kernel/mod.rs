@@ -1,0 +1,8 @@
+//! What sshtrace learns about the running kernel at start-up: where tracefs is, how each
+//! tracepoint lays out its record, what the kernel's enums are called. Nothing here assumes
+//! one kernel version.
+
+pub mod btf;
+pub mod layout;
+pub mod names;
+pub mod tracefs;

@@ -1,0 +1,18 @@
+//! sshtrace: who reset that SSH connection, and why.
+//!
+//! Data flows one way: kernel event ([`events`]) → state update ([`state`]) → cause rules
+//! ([`causes`]) → verdict ([`verdict`]) → outputs ([`output`]). [`tracer`] drives it.
+
+pub mod causes;
+pub mod cli;
+pub mod clock;
+pub mod discovery;
+pub mod escape;
+pub mod events;
+pub mod kernel;
+pub mod output;
+pub mod preflight;
+pub mod probes;
+pub mod state;
+pub mod tracer;
+pub mod verdict;

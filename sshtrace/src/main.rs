@@ -1,0 +1,26 @@
+use std::process::ExitCode;
+
+use anyhow::Result;
+use clap::Parser;
+use sshtrace::{cli::Cli, kernel::tracefs, preflight, tracer};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("sshtrace: error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
+    preflight::check()?;
+    // Before any thread exists: mounting tracefs may need a private mount namespace.
+    let tracefs = tracefs::ensure_mounted()?;
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?
+        .block_on(tracer::run(cli, tracefs))
+}

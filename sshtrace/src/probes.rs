@@ -1,0 +1,180 @@
+//! Loading the eBPF object with this kernel's layout, attaching every hook, and the handles
+//! userspace keeps: the kernel-side filters, the event ring and the loss counters.
+
+use std::collections::BTreeSet;
+
+use anyhow::{Context, Result};
+use aya::{
+    maps::{HashMap, MapData, PerCpuArray, RingBuf},
+    programs::{RawTracePoint, TracePoint},
+    Ebpf, EbpfLoader,
+};
+use sshtrace_common::{counter, pid_flags, KernelLayout, Settings};
+
+/// The object built by `build.rs` from `sshtrace-ebpf`.
+static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/sshtrace"));
+
+enum Attach {
+    TracePoint(&'static str, &'static str),
+    RawTracePoint(&'static str),
+}
+
+/// Every program, how it attaches, and what it is for (shown in the start-up report).
+const HOOKS: &[(&str, Attach)] = &[
+    (
+        "tcp_send_reset",
+        Attach::TracePoint("tcp", "tcp_send_reset"),
+    ),
+    (
+        "tcp_receive_reset",
+        Attach::TracePoint("tcp", "tcp_receive_reset"),
+    ),
+    (
+        "inet_sock_set_state",
+        Attach::TracePoint("sock", "inet_sock_set_state"),
+    ),
+    (
+        "sched_process_fork",
+        Attach::RawTracePoint("sched_process_fork"),
+    ),
+    (
+        "sched_process_exec",
+        Attach::TracePoint("sched", "sched_process_exec"),
+    ),
+    (
+        "sched_process_exit",
+        Attach::TracePoint("sched", "sched_process_exit"),
+    ),
+    (
+        "signal_generate",
+        Attach::TracePoint("signal", "signal_generate"),
+    ),
+    (
+        "sys_enter_accept",
+        Attach::TracePoint("syscalls", "sys_enter_accept"),
+    ),
+    (
+        "sys_exit_accept",
+        Attach::TracePoint("syscalls", "sys_exit_accept"),
+    ),
+    (
+        "sys_enter_accept4",
+        Attach::TracePoint("syscalls", "sys_enter_accept4"),
+    ),
+    (
+        "sys_exit_accept4",
+        Attach::TracePoint("syscalls", "sys_exit_accept4"),
+    ),
+];
+
+pub struct Probes {
+    /// Keeps programs and links alive; dropping it detaches everything.
+    _ebpf: Ebpf,
+    pub attached: Vec<String>,
+    pub events: RingBuf<MapData>,
+    pub filters: KernelFilters,
+    pub counters: LossCounters,
+}
+
+impl Probes {
+    pub fn load(layout: KernelLayout, settings: Settings) -> Result<Self> {
+        let mut ebpf = EbpfLoader::new()
+            .override_global("LAYOUT", &layout, true)
+            .override_global("SETTINGS", &settings, true)
+            .load(OBJECT)
+            .context("cannot load the eBPF programs")?;
+        let mut attached = Vec::new();
+        for (name, how) in HOOKS {
+            let program = ebpf
+                .program_mut(name)
+                .with_context(|| format!("the eBPF object has no program {name}"))?;
+            let hook = match how {
+                Attach::TracePoint(category, tp) => {
+                    let p: &mut TracePoint = program.try_into()?;
+                    p.load().with_context(|| format!("cannot load {name}"))?;
+                    p.attach(category, tp)
+                        .with_context(|| format!("cannot attach tracepoint {category}:{tp}"))?;
+                    format!("tracepoint {category}:{tp}")
+                }
+                Attach::RawTracePoint(tp) => {
+                    let p: &mut RawTracePoint = program.try_into()?;
+                    p.load().with_context(|| format!("cannot load {name}"))?;
+                    p.attach(tp)
+                        .with_context(|| format!("cannot attach raw tracepoint {tp}"))?;
+                    format!("raw_tracepoint {tp}")
+                }
+            };
+            attached.push(hook);
+        }
+        let mut take = |name: &str| {
+            ebpf.take_map(name)
+                .with_context(|| format!("no map {name}"))
+        };
+        let events = RingBuf::try_from(take("EVENTS")?)?;
+        let filters = KernelFilters {
+            ports: HashMap::try_from(take("TRACKED_PORTS")?)?,
+            pids: HashMap::try_from(take("TRACKED_PIDS")?)?,
+        };
+        let counters = LossCounters(PerCpuArray::try_from(take("COUNTERS")?)?);
+        Ok(Self {
+            _ebpf: ebpf,
+            attached,
+            events,
+            filters,
+            counters,
+        })
+    }
+}
+
+/// The kernel's view of what to report: tracked local ports and tracked processes.
+pub struct KernelFilters {
+    ports: HashMap<MapData, u16, u8>,
+    pids: HashMap<MapData, u32, u8>,
+}
+
+impl KernelFilters {
+    /// Makes the kernel's port set equal to `ports`.
+    pub fn set_ports(&mut self, ports: &BTreeSet<u16>) -> Result<()> {
+        let current: BTreeSet<u16> = self.ports.keys().filter_map(|k| k.ok()).collect();
+        for stale in current.difference(ports) {
+            let _ = self.ports.remove(stale);
+        }
+        for port in ports.difference(&current) {
+            self.ports
+                .insert(port, 1, 0)
+                .context("cannot update the tracked ports")?;
+        }
+        Ok(())
+    }
+
+    pub fn track_listener(&mut self, pid: u32) -> Result<()> {
+        self.pids
+            .insert(pid, pid_flags::LISTENER, 0)
+            .context("cannot track a process")
+    }
+
+    /// A process that already existed at discovery (the fork probe adds new ones itself).
+    pub fn track_descendant(&mut self, pid: u32) -> Result<()> {
+        if self.pids.get(&pid, 0).is_ok() {
+            return Ok(());
+        }
+        self.pids
+            .insert(pid, pid_flags::DESCENDANT, 0)
+            .context("cannot track a process")
+    }
+}
+
+/// Records produced and lost by the probes, summed over CPUs.
+pub struct LossCounters(PerCpuArray<MapData, u64>);
+
+impl LossCounters {
+    pub fn read(&self) -> (u64, u64) {
+        let sum = |index| {
+            self.0
+                .get(&index, 0)
+                .map(|values| values.iter().sum())
+                .unwrap_or(0)
+        };
+        (sum(counter::PRODUCED), sum(counter::LOST))
+    }
+}

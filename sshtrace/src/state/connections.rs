@@ -1,0 +1,161 @@
+//! Connections on tracked ports, keyed by their kernel socket address while it lives.
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    net::SocketAddr,
+};
+
+use crate::events::{ConnTuple, Task};
+
+pub type ConnId = u64;
+
+/// A reset this host's TCP stack sent for the connection.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ResetSent {
+    pub ts_ns: u64,
+    pub reason: Option<u32>,
+    pub state: i32,
+    pub seg_flags: Option<u8>,
+    /// The task that was current: the closer for resets sent from process context.
+    pub current: Task,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Connection {
+    pub id: ConnId,
+    pub tuple: ConnTuple,
+    /// 0 for resets answered without a socket.
+    pub skaddr: u64,
+    pub first_ts: u64,
+    pub established_ts: Option<u64>,
+    pub accept_ts: Option<u64>,
+    /// The sshd that accepted it (process context: accept returned in this process).
+    pub listener_pid: Option<u32>,
+    /// The process the listener forked for it.
+    pub session_pid: Option<u32>,
+    pub resets_sent: Vec<ResetSent>,
+    pub resets_received: Vec<u64>,
+    pub closed_ts: Option<u64>,
+    /// When it first ended (reset or close); verdicts are judged after the settle time.
+    pub end_ts: Option<u64>,
+}
+
+impl Connection {
+    fn new(id: ConnId, skaddr: u64, tuple: ConnTuple, ts: u64) -> Self {
+        Self {
+            id,
+            tuple,
+            skaddr,
+            first_ts: ts,
+            established_ts: None,
+            accept_ts: None,
+            listener_pid: None,
+            session_pid: None,
+            resets_sent: Vec::new(),
+            resets_received: Vec::new(),
+            closed_ts: None,
+            end_ts: None,
+        }
+    }
+
+    pub fn end(&mut self, ts: u64) {
+        self.end_ts.get_or_insert(ts);
+    }
+}
+
+/// Bound on connections kept at once; the oldest are dropped past it.
+const MAX_CONNECTIONS: usize = 65_536;
+
+#[derive(Default)]
+pub struct ConnectionTable {
+    conns: BTreeMap<ConnId, Connection>,
+    by_skaddr: HashMap<u64, ConnId>,
+    next_id: ConnId,
+}
+
+impl ConnectionTable {
+    /// A new connection on `skaddr`, replacing one whose socket was freed and reused.
+    pub fn open(&mut self, skaddr: u64, tuple: ConnTuple, ts: u64) -> ConnId {
+        if let Some(old) = self.by_skaddr.remove(&skaddr) {
+            // The kernel reused the socket: the old connection has ended.
+            if let Some(c) = self.conns.get_mut(&old) {
+                c.end(ts);
+            }
+        }
+        let id = self.insert(skaddr, tuple, ts);
+        self.by_skaddr.insert(skaddr, id);
+        id
+    }
+
+    /// The connection of `skaddr`, opened now when it was established before sshtrace started.
+    pub fn by_skaddr_or_open(&mut self, skaddr: u64, tuple: ConnTuple, ts: u64) -> ConnId {
+        match self.by_skaddr.get(&skaddr) {
+            Some(&id) if self.conns.get(&id).is_some_and(|c| c.tuple == tuple) => id,
+            _ => self.open(skaddr, tuple, ts),
+        }
+    }
+
+    /// A reset sent with no connection socket: a late segment of a connection just closed
+    /// joins that one; anything else is a connection of its own (e.g. a refused SYN).
+    pub fn orphan_reset(&mut self, tuple: ConnTuple, ts: u64) -> ConnId {
+        let recent = self
+            .conns
+            .values()
+            .rev()
+            .find(|c| c.tuple == tuple && c.skaddr != 0)
+            .map(|c| c.id);
+        recent.unwrap_or_else(|| self.insert(0, tuple, ts))
+    }
+
+    /// The newest connection from `peer` no process has accepted yet.
+    pub fn unaccepted_from(&self, peer: SocketAddr) -> Option<ConnId> {
+        self.conns
+            .values()
+            .rev()
+            .find(|c| c.tuple.remote == peer && c.listener_pid.is_none() && c.skaddr != 0)
+            .map(|c| c.id)
+    }
+
+    pub fn get_mut(&mut self, id: ConnId) -> Option<&mut Connection> {
+        self.conns.get_mut(&id)
+    }
+
+    pub fn len(&self) -> usize {
+        self.conns.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.conns.is_empty()
+    }
+
+    /// Removes and returns the connections that ended at or before `cutoff_ns`.
+    pub fn take_ended_before(&mut self, cutoff_ns: u64) -> Vec<Connection> {
+        let ids: Vec<ConnId> = self
+            .conns
+            .values()
+            .filter(|c| c.end_ts.is_some_and(|t| t <= cutoff_ns))
+            .map(|c| c.id)
+            .collect();
+        ids.into_iter().filter_map(|id| self.remove(id)).collect()
+    }
+
+    fn insert(&mut self, skaddr: u64, tuple: ConnTuple, ts: u64) -> ConnId {
+        self.next_id += 1;
+        let id = self.next_id;
+        self.conns
+            .insert(id, Connection::new(id, skaddr, tuple, ts));
+        while self.conns.len() > MAX_CONNECTIONS {
+            let oldest = *self.conns.keys().next().expect("not empty");
+            self.remove(oldest);
+        }
+        id
+    }
+
+    fn remove(&mut self, id: ConnId) -> Option<Connection> {
+        let c = self.conns.remove(&id)?;
+        if self.by_skaddr.get(&c.skaddr) == Some(&id) {
+            self.by_skaddr.remove(&c.skaddr);
+        }
+        Some(c)
+    }
+}

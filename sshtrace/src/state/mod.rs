@@ -1,0 +1,186 @@
+//! What sshtrace knows between events: the connections on tracked ports and the tracked sshd
+//! process tree. Events update it in order; causes read it when a connection has ended.
+
+pub mod connections;
+pub mod processes;
+
+use crate::{
+    events::{Event, Kind},
+    kernel::names::KernelNames,
+};
+pub use connections::{ConnId, Connection, ConnectionTable, ResetSent};
+pub use processes::{ExitInfo, Process, ProcessTable, SignalInfo};
+
+/// How long after a connection ends its verdict waits for late evidence (the exit of the
+/// process that closed it, a signal's sender, a privsep child's status). Documented in
+/// docs/events.md.
+pub const SETTLE_NS: u64 = 300_000_000;
+
+/// TCP states used to follow a connection's life, by their numbers on this kernel.
+#[derive(Clone, Copy, Debug)]
+pub struct TcpStates {
+    pub established: i32,
+    pub syn_recv: i32,
+    pub close: i32,
+    pub listen: i32,
+}
+
+impl TcpStates {
+    pub fn from_names(names: &KernelNames) -> Self {
+        // The values have been the same since TCP states were numbered; BTF decides anyway.
+        Self {
+            established: names.tcp_state_value("TCP_ESTABLISHED").unwrap_or(1),
+            syn_recv: names.tcp_state_value("TCP_SYN_RECV").unwrap_or(3),
+            close: names.tcp_state_value("TCP_CLOSE").unwrap_or(7),
+            listen: names.tcp_state_value("TCP_LISTEN").unwrap_or(10),
+        }
+    }
+}
+
+pub struct State {
+    pub conns: ConnectionTable,
+    pub procs: ProcessTable,
+    states: TcpStates,
+}
+
+impl State {
+    pub fn new(states: TcpStates) -> Self {
+        Self {
+            conns: ConnectionTable::default(),
+            procs: ProcessTable::default(),
+            states,
+        }
+    }
+
+    pub fn apply(&mut self, event: &Event) {
+        let ts = event.ts_ns;
+        let s = self.states;
+        match &event.kind {
+            Kind::SockState {
+                skaddr,
+                old_state,
+                new_state,
+                conn,
+            } => {
+                if *new_state == s.listen || (*old_state == s.listen && *new_state != s.syn_recv) {
+                    return; // the listening socket itself
+                }
+                let id = if *new_state == s.syn_recv {
+                    self.conns.open(*skaddr, *conn, ts)
+                } else {
+                    self.conns.by_skaddr_or_open(*skaddr, *conn, ts)
+                };
+                let c = self.conns.get_mut(id).expect("just looked up");
+                if *new_state == s.established {
+                    c.established_ts.get_or_insert(ts);
+                }
+                if *new_state == s.close {
+                    c.closed_ts.get_or_insert(ts);
+                    c.end(ts);
+                }
+            }
+            Kind::SendReset {
+                skaddr,
+                state,
+                reason,
+                seg_flags,
+                conn,
+            } => {
+                let reset = ResetSent {
+                    ts_ns: ts,
+                    reason: *reason,
+                    state: *state,
+                    seg_flags: *seg_flags,
+                    current: event.task.clone(),
+                };
+                let id = if *skaddr == 0 || *state == s.listen {
+                    // No connection socket: answered by the stack or by the listener.
+                    self.conns.orphan_reset(*conn, ts)
+                } else {
+                    self.conns.by_skaddr_or_open(*skaddr, *conn, ts)
+                };
+                let c = self.conns.get_mut(id).expect("just looked up");
+                c.resets_sent.push(reset);
+                c.end(ts);
+            }
+            Kind::ReceiveReset { skaddr, conn } => {
+                let id = self.conns.by_skaddr_or_open(*skaddr, *conn, ts);
+                let c = self.conns.get_mut(id).expect("just looked up");
+                c.resets_received.push(ts);
+                c.end(ts);
+            }
+            Kind::Accept { ret, peer, .. } => {
+                let pid = event.task.pid;
+                self.procs.touch(pid, &event.task.comm, ts);
+                if *ret < 0 {
+                    return;
+                }
+                if let Some(id) = peer.and_then(|p| self.conns.unaccepted_from(p)) {
+                    let c = self.conns.get_mut(id).expect("just looked up");
+                    c.listener_pid = Some(pid);
+                    c.accept_ts = Some(ts);
+                    self.procs.touch(pid, &event.task.comm, ts).pending_accept = Some(id);
+                }
+            }
+            Kind::Fork { child } => {
+                let parent = self.procs.touch(event.task.pid, &event.task.comm, ts);
+                // sshd forks the per-connection process right after accepting.
+                let conn = parent.pending_accept.take().or(parent.conn);
+                let new = self
+                    .procs
+                    .fork(event.task.pid, *child, &event.task.comm, ts);
+                new.conn = conn;
+                if let Some(c) = conn.and_then(|id| self.conns.get_mut(id)) {
+                    c.session_pid.get_or_insert(*child);
+                }
+            }
+            Kind::Exec { filename } => {
+                let p = self.procs.touch(event.task.pid, &event.task.comm, ts);
+                p.comm = event.task.comm.clone();
+                p.exe = Some(filename.clone());
+            }
+            Kind::Exit { exit_code } => {
+                let p = self.procs.touch(event.task.pid, &event.task.comm, ts);
+                p.exit = Some(ExitInfo {
+                    ts_ns: ts,
+                    code: *exit_code,
+                });
+            }
+            Kind::Signal {
+                target,
+                target_comm,
+                sig,
+                code,
+                result,
+            } => {
+                let p = self.procs.touch(*target, target_comm, ts);
+                p.signals.push(SignalInfo {
+                    ts_ns: ts,
+                    sig: *sig,
+                    code: *code,
+                    result: *result,
+                    sender: event.task.clone(),
+                });
+            }
+        }
+    }
+
+    /// Connections whose settle time has passed at `now_ns`, removed from the table together
+    /// with the exited processes that belonged only to them.
+    pub fn take_settled(&mut self, now_ns: u64) -> Vec<(Connection, Vec<Process>)> {
+        self.conns
+            .take_ended_before(now_ns.saturating_sub(SETTLE_NS))
+            .into_iter()
+            .map(|c| {
+                let tree = self.procs.detach_connection(c.id);
+                (c, tree)
+            })
+            .collect()
+    }
+
+    /// Forgets processes that exited long ago and belong to no connection.
+    pub fn prune(&mut self, now_ns: u64) {
+        self.procs
+            .prune_exited_before(now_ns.saturating_sub(60 * 1_000_000_000));
+    }
+}

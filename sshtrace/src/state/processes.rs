@@ -1,0 +1,165 @@
+//! The tracked sshd process tree: listeners, per-connection processes and their children.
+
+use std::collections::HashMap;
+
+use super::ConnId;
+use crate::events::Task;
+
+/// How a process ended, from `task_struct.exit_code` (wait(2) status bits).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ExitInfo {
+    pub ts_ns: u64,
+    pub code: i32,
+}
+
+impl ExitInfo {
+    /// The signal that killed it, if any.
+    pub fn signal(&self) -> Option<i32> {
+        let sig = self.code & 0x7f;
+        (self.code >= 0 && sig != 0).then_some(sig)
+    }
+
+    pub fn core_dumped(&self) -> bool {
+        self.signal().is_some() && self.code & 0x80 != 0
+    }
+
+    /// The exit status when it exited by itself.
+    pub fn status(&self) -> Option<i32> {
+        (self.code >= 0 && self.signal().is_none()).then_some((self.code >> 8) & 0xff)
+    }
+}
+
+/// A terminating signal generated for the process.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SignalInfo {
+    pub ts_ns: u64,
+    pub sig: i32,
+    /// `si_code`: > 0 or `SI_KERNEL` (0x80) from the kernel, <= 0 from a process.
+    pub code: i32,
+    pub result: i32,
+    /// The current task when the signal was generated: the sender for kill/tgkill, the task
+    /// itself for faults.
+    pub sender: Task,
+}
+
+pub const SI_KERNEL: i32 = 0x80;
+
+impl SignalInfo {
+    /// Sent by a process through kill/tgkill/sigqueue (as opposed to raised by the kernel).
+    pub fn from_process(&self) -> bool {
+        self.code <= 0
+    }
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Process {
+    pub pid: u32,
+    pub parent: Option<u32>,
+    pub comm: String,
+    pub exe: Option<String>,
+    pub first_ts: u64,
+    /// The connection this process serves (inherited from the process that forked it).
+    pub conn: Option<ConnId>,
+    /// A connection accepted and not yet handed to a forked child.
+    pub pending_accept: Option<ConnId>,
+    pub exit: Option<ExitInfo>,
+    pub signals: Vec<SignalInfo>,
+}
+
+#[derive(Default)]
+pub struct ProcessTable {
+    procs: HashMap<u32, Process>,
+}
+
+impl ProcessTable {
+    /// The process `pid`, created when first seen.
+    pub fn touch(&mut self, pid: u32, comm: &str, ts: u64) -> &mut Process {
+        self.procs.entry(pid).or_insert_with(|| Process {
+            pid,
+            parent: None,
+            comm: comm.to_owned(),
+            exe: None,
+            first_ts: ts,
+            conn: None,
+            pending_accept: None,
+            exit: None,
+            signals: Vec::new(),
+        })
+    }
+
+    /// A new child of `parent`; a reused pid starts afresh.
+    pub fn fork(&mut self, parent: u32, child: u32, comm: &str, ts: u64) -> &mut Process {
+        self.procs.remove(&child);
+        let p = self.touch(child, comm, ts);
+        p.parent = Some(parent);
+        p
+    }
+
+    pub fn get(&self, pid: u32) -> Option<&Process> {
+        self.procs.get(&pid)
+    }
+
+    /// Detaches every process of connection `id`: exited ones are returned and forgotten,
+    /// living ones stay tracked but no longer belong to it.
+    pub fn detach_connection(&mut self, id: ConnId) -> Vec<Process> {
+        let mut tree: Vec<Process> = self
+            .procs
+            .values()
+            .filter(|p| p.conn == Some(id))
+            .cloned()
+            .collect();
+        tree.sort_by_key(|p| p.first_ts);
+        for p in &tree {
+            if p.exit.is_some() {
+                self.procs.remove(&p.pid);
+            } else if let Some(live) = self.procs.get_mut(&p.pid) {
+                live.conn = None;
+            }
+        }
+        tree
+    }
+
+    pub fn prune_exited_before(&mut self, cutoff_ns: u64) {
+        self.procs
+            .retain(|_, p| p.conn.is_some() || p.exit.is_none_or(|e| e.ts_ns > cutoff_ns));
+    }
+
+    pub fn len(&self) -> usize {
+        self.procs.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.procs.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exit_codes_decode_like_wait_status() {
+        let segv_core = ExitInfo {
+            ts_ns: 0,
+            code: 11 | 0x80,
+        };
+        assert_eq!(
+            (
+                segv_core.signal(),
+                segv_core.core_dumped(),
+                segv_core.status()
+            ),
+            (Some(11), true, None)
+        );
+        let status_255 = ExitInfo {
+            ts_ns: 0,
+            code: 255 << 8,
+        };
+        assert_eq!(
+            (status_255.signal(), status_255.status()),
+            (None, Some(255))
+        );
+        let unreadable = ExitInfo { ts_ns: 0, code: -1 };
+        assert_eq!((unreadable.signal(), unreadable.status()), (None, None));
+    }
+}

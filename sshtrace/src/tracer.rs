@@ -1,0 +1,240 @@
+//! The event loop: ring buffer → decode → state → causes → outputs, with periodic sshd
+//! discovery and loss accounting.
+
+use std::{path::PathBuf, time::Duration};
+
+use anyhow::{Context as _, Result};
+use aya::maps::{MapData, RingBuf};
+use sshtrace_common::Settings;
+use tokio::{
+    io::{unix::AsyncFd, Interest},
+    signal::unix::{signal, SignalKind},
+    time::{interval, Instant, MissedTickBehavior},
+};
+
+use crate::{
+    causes::{self, Context},
+    cli::Cli,
+    clock::Clock,
+    discovery::{Discovery, Scope, Snapshot},
+    events,
+    kernel::{btf::Btf, layout, names::KernelNames},
+    output::{self, Sink},
+    probes::{KernelFilters, LossCounters, Probes},
+    state::{State, TcpStates, SETTLE_NS},
+};
+
+const TICK: Duration = Duration::from_millis(100);
+const DISCOVERY_EVERY_TICKS: u64 = 5;
+const LOSS_CHECK_EVERY_TICKS: u64 = 10;
+
+pub async fn run(cli: Cli, tracefs: PathBuf) -> Result<()> {
+    let btf = Btf::load()?;
+    let layout = layout::discover(&tracefs, &btf)?;
+    let names = KernelNames::from_btf(&btf);
+    let discovery = Discovery::new(Scope {
+        ports: cli.ports.iter().copied().collect(),
+        pids: cli.pids.iter().copied().collect(),
+    })?;
+    let probes = Probes::load(
+        layout,
+        Settings {
+            all_ports: cli.all_tcp as u32,
+        },
+    )?;
+    eprintln!(
+        "sshtrace: attached {} hooks: {}",
+        probes.attached.len(),
+        probes.attached.join(", ")
+    );
+    // SAFETY: the ring buffer owns its fd and keeps it open for as long as the AsyncFd lives.
+    let ring = unsafe { AsyncFd::register_with_interest(probes.events, Interest::READABLE) }
+        .map_err(|e| e.into_parts().1)
+        .context("cannot poll the ring buffer")?;
+    let format = if cli.json {
+        output::Format::Json
+    } else {
+        output::Format::Text {
+            verbose: cli.verbose,
+        }
+    };
+    let mut tracer = Tracer {
+        state: State::new(TcpStates::from_names(&names)),
+        names,
+        discovery,
+        filters: probes.filters,
+        counters: probes.counters,
+        sinks: vec![Box::new(output::Stdout::new(format))],
+        clock: Clock::new(),
+        host: hostname(),
+        stats: Stats::default(),
+    };
+    tracer.rediscover()?;
+    tracer.event_loop(ring, &cli).await?;
+    tracer.finish();
+    Ok(())
+}
+
+struct Tracer {
+    state: State,
+    names: KernelNames,
+    discovery: Discovery,
+    filters: KernelFilters,
+    counters: LossCounters,
+    sinks: Vec<Box<dyn Sink>>,
+    clock: Clock,
+    host: String,
+    stats: Stats,
+}
+
+#[derive(Default)]
+struct Stats {
+    verdicts: u64,
+    undecodable: u64,
+    lost_reported: u64,
+}
+
+impl Tracer {
+    async fn event_loop(&mut self, mut ring: AsyncFd<RingBuf<MapData>>, cli: &Cli) -> Result<()> {
+        let mut tick = interval(TICK);
+        tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let mut sigint = signal(SignalKind::interrupt())?;
+        let mut sigterm = signal(SignalKind::terminate())?;
+        let deadline = cli.duration.map(|d| Instant::now() + d);
+        let mut ticks: u64 = 0;
+        loop {
+            tokio::select! {
+                guard = ring.readable_mut() => {
+                    let mut guard = guard?;
+                    self.drain(guard.get_inner_mut());
+                    guard.clear_ready();
+                }
+                _ = tick.tick() => {
+                    ticks += 1;
+                    self.emit_settled(Clock::monotonic_now_ns())?;
+                    if ticks.is_multiple_of(DISCOVERY_EVERY_TICKS) {
+                        self.rediscover()?;
+                    }
+                    if ticks.is_multiple_of(LOSS_CHECK_EVERY_TICKS) {
+                        self.report_loss();
+                        self.state.prune(Clock::monotonic_now_ns());
+                    }
+                }
+                _ = sigint.recv() => break,
+                _ = sigterm.recv() => break,
+            }
+            let counted_out = cli.count.is_some_and(|n| self.stats.verdicts >= n);
+            if counted_out || deadline.is_some_and(|d| Instant::now() >= d) {
+                break;
+            }
+        }
+        // Whatever is still in the ring, then every connection that has ended, without waiting.
+        self.drain(ring.get_mut());
+        self.emit_settled(Clock::monotonic_now_ns() + SETTLE_NS)
+    }
+
+    fn drain(&mut self, ring: &mut RingBuf<MapData>) {
+        while let Some(item) = ring.next() {
+            match events::decode(&item) {
+                Some(event) => self.state.apply(&event),
+                None => self.stats.undecodable += 1,
+            }
+        }
+    }
+
+    fn emit_settled(&mut self, now_ns: u64) -> Result<()> {
+        let settled = self.state.take_settled(now_ns);
+        if settled.is_empty() {
+            return Ok(());
+        }
+        // Verdicts say where sshd listens now, not at the last periodic scan.
+        self.rediscover()?;
+        let ctx = Context {
+            names: &self.names,
+            sshd: self.discovery.current(),
+            procs: &self.state.procs,
+            clock: &self.clock,
+            host: &self.host,
+        };
+        for (conn, tree) in settled {
+            let Some(verdict) = causes::judge(&conn, &tree, &ctx) else {
+                continue;
+            };
+            self.stats.verdicts += 1;
+            for sink in self.sinks.iter_mut() {
+                if let Err(err) = sink.emit(&verdict) {
+                    eprintln!("sshtrace: output failed: {err:#}");
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn rediscover(&mut self) -> Result<()> {
+        let Some(snapshot) = self.discovery.scan() else {
+            return Ok(());
+        };
+        apply_discovery(&mut self.filters, snapshot)?;
+        report_tracking(snapshot);
+        Ok(())
+    }
+
+    /// Lost records are never silent: each increase is reported once.
+    fn report_loss(&mut self) {
+        let (_, lost) = self.counters.read();
+        if lost > self.stats.lost_reported {
+            eprintln!(
+                "sshtrace: warning: {} kernel events lost (ring buffer full), {lost} in total",
+                lost - self.stats.lost_reported
+            );
+            self.stats.lost_reported = lost;
+        }
+    }
+
+    fn finish(&mut self) {
+        self.report_loss();
+        let (produced, lost) = self.counters.read();
+        eprintln!(
+            "sshtrace: {} verdicts; {produced} kernel events, {lost} lost, {} undecodable",
+            self.stats.verdicts, self.stats.undecodable
+        );
+    }
+}
+
+fn apply_discovery(filters: &mut KernelFilters, snapshot: &Snapshot) -> Result<()> {
+    filters.set_ports(&snapshot.ports)?;
+    for &pid in snapshot.listeners.keys() {
+        filters.track_listener(pid)?;
+    }
+    for &pid in &snapshot.descendants {
+        filters.track_descendant(pid)?;
+    }
+    Ok(())
+}
+
+fn report_tracking(snapshot: &Snapshot) {
+    let ports: Vec<String> = snapshot.ports.iter().map(u16::to_string).collect();
+    let listeners: Vec<String> = snapshot
+        .listeners
+        .values()
+        .map(|l| {
+            let addrs: Vec<String> = l.addrs.iter().map(|a| a.to_string()).collect();
+            format!("{} on {}", l.pid, addrs.join(" "))
+        })
+        .collect();
+    eprintln!(
+        "sshtrace: tracking ports [{}]; sshd listeners: {}",
+        ports.join(", "),
+        if listeners.is_empty() {
+            "none".to_owned()
+        } else {
+            listeners.join("; ")
+        }
+    );
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .unwrap_or_else(|_| "localhost".into())
+}

@@ -1,0 +1,221 @@
+//! The verdict record: one per SSH connection that died, as documented in docs/events.md
+//! (schema `sshtrace/1`). Later versions only add fields.
+
+use serde::Serialize;
+use serde_json::{Map, Value};
+
+pub const SCHEMA: &str = "sshtrace/1";
+
+/// How the connection ended, as the network saw it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    /// This host sent a RST on the connection.
+    ResetSent,
+    /// A RST arrived for the connection.
+    ResetReceived,
+    /// An orderly close (FIN).
+    Closed,
+    /// A connection attempt was answered with a RST (no socket).
+    Refused,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Cause {
+    NotListening,
+    SshdCrashed,
+    SshdKilled,
+    Unknown,
+}
+
+impl Cause {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::NotListening => "not_listening",
+            Self::SshdCrashed => "sshd_crashed",
+            Self::SshdKilled => "sshd_killed",
+            Self::Unknown => "unknown",
+        }
+    }
+}
+
+impl Outcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::ResetSent => "reset_sent",
+            Self::ResetReceived => "reset_received",
+            Self::Closed => "closed",
+            Self::Refused => "refused",
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct ConnInfo {
+    pub local_addr: String,
+    pub local_port: u16,
+    pub remote_addr: String,
+    pub remote_port: u16,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    Listener,
+    Session,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct SshdInfo {
+    pub pid: u32,
+    pub comm: String,
+    pub role: Role,
+    pub listener_pid: Option<u32>,
+}
+
+/// One kernel event behind a verdict.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum Evidence {
+    /// `tcp:tcp_send_reset`; `current_*` is the task that was running (the closer when the
+    /// reset came from a close in process context).
+    TcpSendReset {
+        ts: String,
+        reason: String,
+        state: String,
+        current_pid: u32,
+        current_comm: String,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        segment_flags: Option<String>,
+    },
+    TcpReceiveReset {
+        ts: String,
+    },
+    /// `sock:inet_sock_set_state` into TCP_CLOSE.
+    TcpClose {
+        ts: String,
+    },
+    /// `accept` returned the connection in this process.
+    Accept {
+        ts: String,
+        pid: u32,
+    },
+    /// `sched_process_exit`.
+    Exit {
+        ts: String,
+        pid: u32,
+        comm: String,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        exit_status: Option<i32>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        signal: Option<String>,
+        core_dumped: bool,
+    },
+    /// `signal:signal_generate`.
+    Signal {
+        ts: String,
+        pid: u32,
+        comm: String,
+        signal: String,
+        si_code: i32,
+        /// `kernel` (a fault or the kernel's own) or `process` (kill, tgkill, sigqueue).
+        origin: &'static str,
+        sender_pid: u32,
+        sender_comm: String,
+    },
+    /// Where sshd listened when the verdict was made (from /proc).
+    Listening {
+        sshd_pids: Vec<u32>,
+        addresses: Vec<String>,
+    },
+}
+
+impl Evidence {
+    /// When it happened; `None` for facts read at verdict time.
+    pub fn ts(&self) -> Option<&str> {
+        match self {
+            Self::TcpSendReset { ts, .. }
+            | Self::TcpReceiveReset { ts }
+            | Self::TcpClose { ts }
+            | Self::Accept { ts, .. }
+            | Self::Exit { ts, .. }
+            | Self::Signal { ts, .. } => Some(ts),
+            Self::Listening { .. } => None,
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Verdict {
+    pub schema: &'static str,
+    #[serde(rename = "type")]
+    pub record_type: &'static str,
+    pub ts: String,
+    pub host: String,
+    pub outcome: Outcome,
+    pub cause: Cause,
+    pub conn: ConnInfo,
+    pub sshd: Option<SshdInfo>,
+    /// Cause-specific fields (docs/events.md lists them per cause).
+    pub details: Map<String, Value>,
+    pub evidence: Vec<Evidence>,
+    pub summary: String,
+    pub hint: String,
+}
+
+/// Signal names for numbers; real-time signals as `SIGRTMIN+n`.
+pub fn signal_name(sig: i32) -> String {
+    const NAMES: [&str; 32] = [
+        "",
+        "SIGHUP",
+        "SIGINT",
+        "SIGQUIT",
+        "SIGILL",
+        "SIGTRAP",
+        "SIGABRT",
+        "SIGBUS",
+        "SIGFPE",
+        "SIGKILL",
+        "SIGUSR1",
+        "SIGSEGV",
+        "SIGUSR2",
+        "SIGPIPE",
+        "SIGALRM",
+        "SIGTERM",
+        "SIGSTKFLT",
+        "SIGCHLD",
+        "SIGCONT",
+        "SIGSTOP",
+        "SIGTSTP",
+        "SIGTTIN",
+        "SIGTTOU",
+        "SIGURG",
+        "SIGXCPU",
+        "SIGXFSZ",
+        "SIGVTALRM",
+        "SIGPROF",
+        "SIGWINCH",
+        "SIGIO",
+        "SIGPWR",
+        "SIGSYS",
+    ];
+    match sig {
+        1..=31 => NAMES[sig as usize].to_owned(),
+        32..=64 => format!("SIGRTMIN+{}", sig - 32),
+        _ => format!("signal {sig}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn signal_names() {
+        assert_eq!(signal_name(11), "SIGSEGV");
+        assert_eq!(signal_name(9), "SIGKILL");
+        assert_eq!(signal_name(34), "SIGRTMIN+2");
+        assert_eq!(signal_name(0), "signal 0");
+    }
+}
