@@ -1,0 +1,118 @@
+//! The integration-test harness: a real OpenSSH sshd started directly (own keys and config in
+//! a temporary directory, on a 127.0.0.0/8 address unique per test), a real `ssh` client, and
+//! the real sshtrace binary with its eBPF programs. Everything a test starts is stopped and
+//! removed when its guard drops, also when the test fails.
+
+pub mod sshd;
+pub mod tracer;
+
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+    thread,
+    time::{Duration, Instant},
+};
+
+pub use sshd::{Sshd, SshdOptions};
+pub use tracer::Tracer;
+
+/// The address and port a test uses: 127.0.N.1 and 22000+N, so tests never share either.
+#[derive(Clone, Copy, Debug)]
+pub struct Endpoint {
+    pub n: u8,
+}
+
+impl Endpoint {
+    pub const fn new(n: u8) -> Self {
+        Self { n }
+    }
+
+    pub fn addr(&self) -> String {
+        format!("127.0.{}.1", self.n)
+    }
+
+    pub fn port(&self) -> u16 {
+        22000 + self.n as u16
+    }
+}
+
+/// True when the test may run. Privileged tests need root; outside CI a non-root run skips
+/// them loudly, in CI a missing privilege is a failure (nothing may be skipped there).
+pub fn privileged(test: &str) -> bool {
+    // SAFETY: geteuid cannot fail.
+    if unsafe { libc::geteuid() } == 0 {
+        return true;
+    }
+    if std::env::var_os("CI").is_some() {
+        panic!("{test} needs root, and CI must run every privileged test");
+    }
+    eprintln!("SKIPPED {test}: needs root to load eBPF programs and start sshd (run `sudo cargo xtask test`)");
+    false
+}
+
+/// The sshtrace binary: `SSHTRACE_BIN` (set by `cargo xtask test`), else the one built next to
+/// this test binary.
+pub fn sshtrace_bin() -> PathBuf {
+    if let Some(bin) = std::env::var_os("SSHTRACE_BIN") {
+        // Tests run in their package directory: resolve a relative path from the workspace.
+        return Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(bin);
+    }
+    let exe = std::env::current_exe().expect("test binary path");
+    let profile_dir = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .expect("target/<profile>/deps");
+    let bin = profile_dir.join("sshtrace");
+    assert!(
+        bin.exists(),
+        "{} not built: run `cargo xtask test`",
+        bin.display()
+    );
+    bin
+}
+
+/// Polls `check` every 50 ms until it returns `Some`, or panics with `what` after `timeout`.
+pub fn wait_for<T>(what: &str, timeout: Duration, mut check: impl FnMut() -> Option<T>) -> T {
+    let start = Instant::now();
+    loop {
+        if let Some(value) = check() {
+            return value;
+        }
+        if start.elapsed() > timeout {
+            panic!("timed out after {timeout:?} waiting for {what}");
+        }
+        thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Runs a command to completion, panicking with its output when it cannot start.
+pub fn run(command: &mut Command) -> std::process::Output {
+    command
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {command:?}: {e}"))
+}
+
+/// Child processes of `pid`, from /proc.
+pub fn children(pid: u32) -> Vec<u32> {
+    let path = format!("/proc/{pid}/task/{pid}/children");
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .split_whitespace()
+        .filter_map(|p| p.parse().ok())
+        .collect()
+}
+
+/// `pid` and all its descendants, deepest first.
+pub fn process_tree(pid: u32) -> Vec<u32> {
+    let mut out = Vec::new();
+    for child in children(pid) {
+        out.extend(process_tree(child));
+    }
+    out.push(pid);
+    out
+}
+
+pub fn kill(pid: u32, signal: i32) {
+    // SAFETY: sending a signal has no memory-safety preconditions.
+    unsafe { libc::kill(pid as i32, signal) };
+}

@@ -1,0 +1,184 @@
+//! A real OpenSSH sshd, started directly (not through systemd) with its own host key, client
+//! key, `authorized_keys` and configuration in a temporary directory.
+
+use std::{
+    fs,
+    io::Read,
+    net::TcpStream,
+    path::{Path, PathBuf},
+    process::{Child, Command, Output, Stdio},
+    time::Duration,
+};
+
+use crate::{kill, process_tree, run, wait_for, Endpoint};
+
+const SSHD: &str = "/usr/sbin/sshd";
+/// Where sshd's unprivileged child chroots; Debian's package creates it at boot only.
+const PRIVSEP_DIR: &str = "/run/sshd";
+
+#[derive(Default)]
+pub struct SshdOptions {
+    /// Extra sshd_config lines.
+    pub config: Vec<String>,
+    /// Extra environment.
+    pub env: Vec<(String, String)>,
+    /// A C fixture from tests/fixtures to build and preload into sshd (it lives in sshd's
+    /// directory, so every re-executed sshd process can load it).
+    pub preload: Option<&'static str>,
+}
+
+pub struct Sshd {
+    pub endpoint: Endpoint,
+    pub dir: PathBuf,
+    child: Child,
+}
+
+impl Sshd {
+    pub fn start(name: &str, endpoint: Endpoint, options: SshdOptions) -> Self {
+        let dir = std::env::temp_dir().join(format!("sshtrace-test-{name}-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).expect("create test dir");
+        fs::create_dir_all(PRIVSEP_DIR).expect("create /run/sshd");
+        for key in ["host_key", "client_key"] {
+            let out = run(Command::new("ssh-keygen")
+                .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+                .arg(dir.join(key)));
+            assert!(
+                out.status.success(),
+                "ssh-keygen: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        fs::copy(dir.join("client_key.pub"), dir.join("authorized_keys")).expect("authorized_keys");
+        let mut config = format!(
+            "Port {port}\nListenAddress {addr}\nHostKey {d}/host_key\nPidFile {d}/sshd.pid\n\
+             AuthorizedKeysFile {d}/authorized_keys\nStrictModes no\nUsePAM no\n\
+             PermitRootLogin prohibit-password\nLogLevel VERBOSE\n",
+            port = endpoint.port(),
+            addr = endpoint.addr(),
+            d = dir.display()
+        );
+        for line in &options.config {
+            config.push_str(line);
+            config.push('\n');
+        }
+        fs::write(dir.join("sshd_config"), config).expect("write sshd_config");
+        let log = fs::File::create(dir.join("sshd.log")).expect("sshd.log");
+        let mut command = Command::new(SSHD);
+        command
+            .args(["-D", "-e", "-f"])
+            .arg(dir.join("sshd_config"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log);
+        for (k, v) in &options.env {
+            command.env(k, v);
+        }
+        if let Some(fixture) = options.preload {
+            command.env("LD_PRELOAD", build_fixture(fixture, &dir));
+        }
+        let child = command.spawn().expect("start sshd");
+        let sshd = Self {
+            endpoint,
+            dir,
+            child,
+        };
+        wait_for("sshd to listen", Duration::from_secs(10), || {
+            TcpStream::connect((endpoint.addr().as_str(), endpoint.port())).ok()
+        });
+        sshd
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn log(&self) -> String {
+        fs::read_to_string(self.dir.join("sshd.log")).unwrap_or_default()
+    }
+
+    /// A real `ssh` client logging in with the test key and running `command`.
+    pub fn ssh_command(&self, command: &str) -> Command {
+        self.ssh_command_to(self.endpoint.port(), command)
+    }
+
+    /// Like [`Self::ssh_command`], to another port of the same address.
+    pub fn ssh_command_to(&self, port: u16, command: &str) -> Command {
+        let mut ssh = Command::new("ssh");
+        ssh.args(["-F", "/dev/null", "-i"])
+            .arg(self.dir.join("client_key"))
+            .args([
+                "-o",
+                "BatchMode=yes",
+                "-o",
+                "StrictHostKeyChecking=no",
+                "-o",
+                "UserKnownHostsFile=/dev/null",
+                "-o",
+                "ConnectTimeout=10",
+                "-o",
+                "LogLevel=ERROR",
+                "-p",
+            ])
+            .arg(port.to_string())
+            .arg(format!("root@{}", self.endpoint.addr()))
+            .arg(command)
+            .stdin(Stdio::null());
+        ssh
+    }
+
+    pub fn ssh(&self, command: &str) -> Output {
+        run(&mut self.ssh_command(command))
+    }
+
+    /// Stops the listener and everything it started.
+    pub fn stop(&mut self) {
+        for pid in process_tree(self.pid()) {
+            kill(pid, libc::SIGKILL);
+        }
+        let _ = self.child.wait();
+    }
+
+    /// The config/keys directory, for tests that break a file on purpose.
+    pub fn path(&self, file: &str) -> PathBuf {
+        self.dir.join(file)
+    }
+}
+
+impl Drop for Sshd {
+    fn drop(&mut self) {
+        self.stop();
+        let _ = fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Reads what a raw TCP peer receives until EOF or error; Err carries the error kind.
+pub fn read_until_closed(stream: &mut TcpStream) -> Result<Vec<u8>, std::io::ErrorKind> {
+    let mut data = Vec::new();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    match stream.read_to_end(&mut data) {
+        Ok(_) => Ok(data),
+        Err(e) => Err(e.kind()),
+    }
+}
+
+/// Compiles a C fixture from tests/fixtures into `dir` as a shared object.
+pub fn build_fixture(source: &str, dir: &Path) -> PathBuf {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("fixtures")
+        .join(source);
+    let out = dir.join(source.replace(".c", ".so"));
+    let result = run(Command::new("gcc")
+        .args(["-shared", "-fPIC", "-O2", "-o"])
+        .arg(&out)
+        .arg(&src)
+        .arg("-ldl"));
+    assert!(
+        result.status.success(),
+        "gcc {source}: {}",
+        String::from_utf8_lossy(&result.stderr)
+    );
+    out
+}

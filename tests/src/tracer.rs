@@ -1,0 +1,119 @@
+//! The real sshtrace binary, run with `--json`; its verdicts are collected as they arrive.
+
+use std::{
+    io::{BufRead, BufReader},
+    process::{Child, Command, Stdio},
+    sync::{Arc, Mutex},
+    thread,
+    time::Duration,
+};
+
+use serde_json::Value;
+
+use crate::{kill, sshtrace_bin, wait_for};
+
+pub struct Tracer {
+    child: Child,
+    verdicts: Arc<Mutex<Vec<Value>>>,
+    stderr: Arc<Mutex<Vec<String>>>,
+}
+
+impl Tracer {
+    /// Starts `sshtrace --json ARGS` and waits until it reports its hooks attached.
+    pub fn start(args: &[&str]) -> Self {
+        let mut child = Command::new(sshtrace_bin())
+            .arg("--json")
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start sshtrace");
+        let verdicts = Arc::new(Mutex::new(Vec::new()));
+        let stderr = Arc::new(Mutex::new(Vec::new()));
+        let out = child.stdout.take().expect("stdout");
+        let sink = verdicts.clone();
+        thread::spawn(move || {
+            for line in BufReader::new(out).lines().map_while(Result::ok) {
+                let value: Value = serde_json::from_str(&line).unwrap_or_else(|e| {
+                    panic!("sshtrace printed a line that is not JSON ({e}): {line}")
+                });
+                sink.lock().unwrap().push(value);
+            }
+        });
+        let err = child.stderr.take().expect("stderr");
+        let log = stderr.clone();
+        thread::spawn(move || {
+            for line in BufReader::new(err).lines().map_while(Result::ok) {
+                eprintln!("[sshtrace] {line}");
+                log.lock().unwrap().push(line);
+            }
+        });
+        let tracer = Self {
+            child,
+            verdicts,
+            stderr,
+        };
+        tracer.wait_stderr("sshtrace to attach", |l| {
+            l.starts_with("sshtrace: attached")
+        });
+        tracer
+    }
+
+    /// Waits for a line on sshtrace's standard error; panics if sshtrace exits first.
+    pub fn wait_stderr(&self, what: &str, matches: impl Fn(&str) -> bool) -> String {
+        wait_for(what, Duration::from_secs(15), || {
+            let lines = self.stderr.lock().unwrap();
+            if let Some(found) = lines.iter().find(|l| matches(l)) {
+                return Some(found.clone());
+            }
+            if lines.iter().any(|l| l.starts_with("sshtrace: error")) {
+                panic!("sshtrace failed: {lines:?}");
+            }
+            None
+        })
+    }
+
+    /// Waits for the first verdict about local port `port` that satisfies `matches`.
+    pub fn verdict_for(&self, port: u16, matches: impl Fn(&Value) -> bool) -> Value {
+        wait_for(
+            &format!("a verdict on port {port}"),
+            Duration::from_secs(15),
+            || self.verdicts(port).into_iter().find(|v| matches(v)),
+        )
+    }
+
+    /// Every verdict so far about local port `port`.
+    pub fn verdicts(&self, port: u16) -> Vec<Value> {
+        self.verdicts
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|v| v["conn"]["local_port"] == port)
+            .cloned()
+            .collect()
+    }
+
+    pub fn stderr_lines(&self) -> Vec<String> {
+        self.stderr.lock().unwrap().clone()
+    }
+
+    /// Stops sshtrace with SIGINT (as Ctrl-C does) and returns its exit status.
+    pub fn stop(&mut self) -> std::process::ExitStatus {
+        kill(self.child.id(), libc::SIGINT);
+        wait_for("sshtrace to exit", Duration::from_secs(10), || {
+            self.child.try_wait().ok().flatten()
+        })
+    }
+}
+
+impl Drop for Tracer {
+    fn drop(&mut self) {
+        if self.child.try_wait().ok().flatten().is_none() {
+            kill(self.child.id(), libc::SIGINT);
+            thread::sleep(Duration::from_millis(200));
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}

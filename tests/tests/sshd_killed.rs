@@ -1,0 +1,48 @@
+//! `sshd_killed`: another process kills the per-connection sshd. Also proves discovery: the
+//! tracer starts first, with no flags, and finds the sshd that starts after it.
+
+use std::{process::Command, time::Duration};
+
+use sshtrace_tests::{
+    children, privileged, process_tree, wait_for, Endpoint, Sshd, SshdOptions, Tracer,
+};
+
+#[test]
+fn kill_of_the_session_names_the_sender() {
+    if !privileged("kill_of_the_session_names_the_sender") {
+        return;
+    }
+    let tracer = Tracer::start(&[]);
+    let ep = Endpoint::new(40);
+    let sshd = Sshd::start("killed", ep, SshdOptions::default());
+    let port = ep.port().to_string();
+    tracer.wait_stderr("sshd to be discovered", |l| {
+        l.starts_with("sshtrace: tracking ports")
+            && l.contains(&port)
+            && l.contains(&sshd.pid().to_string())
+    });
+
+    let mut client = sshd.ssh_command("sleep 60").spawn().expect("ssh");
+    let session = wait_for("the session's shell", Duration::from_secs(10), || {
+        let session = *children(sshd.pid()).first()?;
+        let shell_running = process_tree(session).iter().any(|&p| {
+            std::fs::read_to_string(format!("/proc/{p}/comm")).is_ok_and(|c| c.trim() == "sleep")
+        });
+        shell_running.then_some(session)
+    });
+    let killer = Command::new("kill")
+        .args(["-KILL", &session.to_string()])
+        .spawn()
+        .expect("kill");
+    let killer_pid = killer.id();
+    assert!(killer.wait_with_output().unwrap().status.success());
+    let _ = client.wait();
+
+    let v = tracer.verdict_for(ep.port(), |v| v["cause"] == "sshd_killed");
+    assert_eq!(v["details"]["signal"], "SIGKILL");
+    assert_eq!(v["details"]["sender_pid"], killer_pid);
+    assert_eq!(v["details"]["sender_comm"], "kill");
+    assert_eq!(v["sshd"]["pid"], session);
+    assert_eq!(v["sshd"]["listener_pid"], sshd.pid());
+    assert_eq!(v["sshd"]["role"], "session");
+}
