@@ -31,6 +31,8 @@ records! {
     ExecEvent => Exec,
     ExitEvent => Exit,
     SignalEvent => Signal,
+    SyscallErrorEvent => SyscallError,
+    OomVictimEvent => OomVictim,
 }
 
 /// Reserves a zeroed record, stamps the header with the current task, lets `fill` write the

@@ -53,6 +53,10 @@ pub struct Cli {
     /// Stop after this many verdicts.
     #[arg(long, value_name = "N")]
     pub count: Option<u64>,
+
+    /// Print every decoded kernel event on standard error (for bug reports).
+    #[arg(long, hide = true)]
+    pub dump_events: bool,
 }
 
 fn parse_duration(text: &str) -> Result<Duration, String> {

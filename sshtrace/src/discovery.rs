@@ -287,37 +287,77 @@ fn parse_hex_addr(text: &str) -> Option<SocketAddr> {
     Some(SocketAddr::new(ip, port))
 }
 
-/// Ports of the configuration a running sshd was started with (`-f`, `-p`).
-fn config_ports(dir: &Path) -> BTreeSet<u16> {
-    let cmdline = fs::read(dir.join("cmdline")).unwrap_or_default();
-    let args: Vec<String> = cmdline
+/// The command-line arguments of process `dir`.
+fn cmdline(dir: &Path) -> Vec<String> {
+    fs::read(dir.join("cmdline"))
+        .unwrap_or_default()
         .split(|&b| b == 0)
         .map(|a| String::from_utf8_lossy(a).into_owned())
-        .collect();
-    let mut config = PathBuf::from(DEFAULT_CONFIG);
-    let mut ports = BTreeSet::new();
+        .collect()
+}
+
+/// The values of sshd option `flag` (`-f`, `-p`, `-o`) on a command line, attached or not.
+fn flag_values(args: &[String], flag: &str) -> Vec<String> {
+    let mut values = Vec::new();
     let mut it = args.iter().skip(1);
     while let Some(arg) = it.next() {
-        let (flag, inline) = (arg.get(..2).unwrap_or(""), arg.get(2..).unwrap_or(""));
-        let mut value = || {
-            if inline.is_empty() {
-                it.next().cloned()
-            } else {
-                Some(inline.to_owned())
+        if let Some(inline) = arg.strip_prefix(flag) {
+            match inline {
+                "" => values.extend(it.next().cloned()),
+                value => values.push(value.to_owned()),
             }
-        };
-        match flag {
-            "-f" => config = value().map(PathBuf::from).unwrap_or(config),
-            "-p" => ports.extend(value().and_then(|v| v.parse::<u16>().ok())),
-            _ => {}
         }
     }
-    // The configuration is read through the process's root, which differs in containers.
-    let rooted = dir
-        .join("root")
-        .join(config.strip_prefix("/").unwrap_or(&config));
-    ports.extend(ports_from_config(&rooted));
+    values
+}
+
+/// The configuration file a running sshd reads, through its root (containers differ).
+fn config_path(dir: &Path, args: &[String]) -> PathBuf {
+    let config = flag_values(args, "-f")
+        .pop()
+        .map(PathBuf::from)
+        .unwrap_or_else(|| DEFAULT_CONFIG.into());
+    dir.join("root")
+        .join(config.strip_prefix("/").unwrap_or(&config))
+}
+
+/// Ports of the configuration a running sshd was started with (`-f`, `-p`).
+fn config_ports(dir: &Path) -> BTreeSet<u16> {
+    let args = cmdline(dir);
+    let mut ports: BTreeSet<u16> = flag_values(&args, "-p")
+        .iter()
+        .filter_map(|p| p.parse().ok())
+        .collect();
+    ports.extend(ports_from_config(&config_path(dir, &args)));
     ports
+}
+
+/// A global option of a running sshd: `-o Key=value` on its command line, else the first
+/// `Key value` line of its configuration before any `Match`.
+pub fn sshd_config_value(pid: u32, key: &str) -> Option<String> {
+    let dir = PathBuf::from("/proc").join(pid.to_string());
+    let args = cmdline(&dir);
+    let from_args = flag_values(&args, "-o").into_iter().find_map(|o| {
+        let (k, v) = o.split_once(['=', ' '])?;
+        k.eq_ignore_ascii_case(key).then(|| v.trim().to_owned())
+    });
+    from_args.or_else(|| config_value(&fs::read_to_string(config_path(&dir, &args)).ok()?, key))
+}
+
+fn config_value(text: &str, key: &str) -> Option<String> {
+    for line in text.lines() {
+        let mut words = line.split_whitespace();
+        let (Some(k), Some(v)) = (words.next(), words.next()) else {
+            continue;
+        };
+        if k.eq_ignore_ascii_case("match") {
+            return None;
+        }
+        if k.eq_ignore_ascii_case(key) {
+            return Some(v.to_owned());
+        }
+    }
+    None
 }
 
 /// `Port` and `ListenAddress host:port` lines; 22 when the file names no port.
@@ -380,6 +420,24 @@ mod tests {
         assert!(is_sshd_exe("/usr/sbin/sshd (deleted)"));
         assert!(!is_sshd_exe("/usr/lib/openssh/sshd-session"));
         assert!(!is_sshd_exe("/usr/bin/not-sshd"));
+    }
+
+    #[test]
+    fn command_line_flags_attached_or_not() {
+        let args: Vec<String> = ["sshd", "-D", "-f", "/a", "-p2222", "-o", "MaxStartups=3"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        assert_eq!(flag_values(&args, "-f"), vec!["/a"]);
+        assert_eq!(flag_values(&args, "-p"), vec!["2222"]);
+        assert_eq!(flag_values(&args, "-o"), vec!["MaxStartups=3"]);
+    }
+
+    #[test]
+    fn config_values_stop_at_match() {
+        let text = "# MaxStartups 1\nmaxstartups 3:50:10\nMatch User x\nLoginGraceTime 5\n";
+        assert_eq!(config_value(text, "MaxStartups"), Some("3:50:10".into()));
+        assert_eq!(config_value(text, "LoginGraceTime"), None);
     }
 
     #[test]

@@ -4,6 +4,8 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use sshtrace_common as wire;
+
+use crate::{kernel::syscalls::syscall_name, limits::LimitFacts};
 use wire::{EventHeader, EventKind};
 
 /// A connection seen from this host: `local` is the sshd side.
@@ -19,6 +21,8 @@ pub struct Task {
     pub pid: u32,
     pub tid: u32,
     pub comm: String,
+    /// The probe ran in interrupt context: this task merely happened to be running.
+    pub in_interrupt: bool,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -62,6 +66,25 @@ pub enum Kind {
         sig: i32,
         code: i32,
         result: i32,
+    },
+    SyscallError {
+        syscall: String,
+        errno: i32,
+        /// Identical failures the kernel counted since the previous record.
+        suppressed: u32,
+        /// The path of a failed open.
+        path: Option<String>,
+        /// The limit behind a resource failure, read from /proc when the event arrived.
+        limit: Option<LimitFacts>,
+    },
+    OomVictim {
+        pid: u32,
+        uid: Option<u32>,
+        /// kB: total_vm, anon_rss, file_rss, shmem_rss, pgtables (None where not reported).
+        memory_kb: [Option<u64>; 5],
+        oom_score_adj: i16,
+        /// The victim's memory cgroup limit, read when the event arrived.
+        memcg: Option<LimitFacts>,
     },
 }
 
@@ -140,6 +163,28 @@ pub fn decode(bytes: &[u8]) -> Option<Event> {
                 result: e.result,
             }
         }
+        EventKind::SyscallError => {
+            let e: wire::SyscallErrorEvent = read(bytes)?;
+            let path = c_string(&e.path);
+            Kind::SyscallError {
+                syscall: syscall_name(e.nr),
+                errno: -e.ret,
+                suppressed: e.suppressed,
+                path: (!path.is_empty()).then_some(path),
+                limit: None,
+            }
+        }
+        EventKind::OomVictim => {
+            let e: wire::OomVictimEvent = read(bytes)?;
+            let known = |v: u64| (v != wire::UNKNOWN_U64).then_some(v);
+            Kind::OomVictim {
+                pid: e.pid,
+                uid: (e.uid != u32::MAX).then_some(e.uid),
+                memory_kb: [e.total_vm, e.anon_rss, e.file_rss, e.shmem_rss, e.pgtables].map(known),
+                oom_score_adj: e.oom_score_adj,
+                memcg: None,
+            }
+        }
     };
     Some(Event {
         ts_ns: header.ts_ns,
@@ -147,6 +192,7 @@ pub fn decode(bytes: &[u8]) -> Option<Event> {
             pid: header.pid,
             tid: header.tid,
             comm: c_string(&header.comm),
+            in_interrupt: header.context & wire::CONTEXT_INTERRUPT != 0,
         },
         kind,
     })
@@ -223,7 +269,7 @@ mod tests {
             kind: kind as u32,
             tid: 41,
             pid: 40,
-            _pad: 0,
+            context: 0,
             ts_ns: 7,
             comm,
         }
@@ -255,7 +301,8 @@ mod tests {
             Task {
                 pid: 40,
                 tid: 41,
-                comm: "sshd".into()
+                comm: "sshd".into(),
+                in_interrupt: false,
             }
         );
         let Kind::SendReset {

@@ -10,6 +10,7 @@ pub mod discovery;
 pub mod escape;
 pub mod events;
 pub mod kernel;
+pub mod limits;
 pub mod output;
 pub mod preflight;
 pub mod probes;

@@ -17,6 +17,8 @@ static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/ss
 enum Attach {
     TracePoint(&'static str, &'static str),
     RawTracePoint(&'static str),
+    /// A hook some kernels lack; missing, it is reported and skipped.
+    Optional(&'static Attach),
 }
 
 /// Every program, how it attaches, and what it is for (shown in the start-up report).
@@ -65,12 +67,28 @@ const HOOKS: &[(&str, Attach)] = &[
         "sys_exit_accept4",
         Attach::TracePoint("syscalls", "sys_exit_accept4"),
     ),
+    ("sys_exit", Attach::TracePoint("raw_syscalls", "sys_exit")),
+    (
+        "sys_enter_openat",
+        Attach::TracePoint("syscalls", "sys_enter_openat"),
+    ),
+    (
+        "sys_enter_open",
+        Attach::Optional(&Attach::TracePoint("syscalls", "sys_enter_open")),
+    ),
+    (
+        "sys_enter_openat2",
+        Attach::Optional(&Attach::TracePoint("syscalls", "sys_enter_openat2")),
+    ),
+    ("mark_victim", Attach::TracePoint("oom", "mark_victim")),
 ];
 
 pub struct Probes {
     /// Keeps programs and links alive; dropping it detaches everything.
     _ebpf: Ebpf,
     pub attached: Vec<String>,
+    /// Optional hooks this kernel lacks, with the reason.
+    pub skipped: Vec<String>,
     pub events: RingBuf<MapData>,
     pub filters: KernelFilters,
     pub counters: LossCounters,
@@ -84,27 +102,17 @@ impl Probes {
             .load(OBJECT)
             .context("cannot load the eBPF programs")?;
         let mut attached = Vec::new();
+        let mut skipped = Vec::new();
         for (name, how) in HOOKS {
-            let program = ebpf
-                .program_mut(name)
-                .with_context(|| format!("the eBPF object has no program {name}"))?;
-            let hook = match how {
-                Attach::TracePoint(category, tp) => {
-                    let p: &mut TracePoint = program.try_into()?;
-                    p.load().with_context(|| format!("cannot load {name}"))?;
-                    p.attach(category, tp)
-                        .with_context(|| format!("cannot attach tracepoint {category}:{tp}"))?;
-                    format!("tracepoint {category}:{tp}")
-                }
-                Attach::RawTracePoint(tp) => {
-                    let p: &mut RawTracePoint = program.try_into()?;
-                    p.load().with_context(|| format!("cannot load {name}"))?;
-                    p.attach(tp)
-                        .with_context(|| format!("cannot attach raw tracepoint {tp}"))?;
-                    format!("raw_tracepoint {tp}")
-                }
+            let (how, optional) = match how {
+                Attach::Optional(inner) => (*inner, true),
+                other => (other, false),
             };
-            attached.push(hook);
+            match attach(&mut ebpf, name, how) {
+                Ok(hook) => attached.push(hook),
+                Err(err) if optional => skipped.push(format!("{name} ({err:#})")),
+                Err(err) => return Err(err),
+            }
         }
         let mut take = |name: &str| {
             ebpf.take_map(name)
@@ -119,11 +127,35 @@ impl Probes {
         Ok(Self {
             _ebpf: ebpf,
             attached,
+            skipped,
             events,
             filters,
             counters,
         })
     }
+}
+
+fn attach(ebpf: &mut Ebpf, name: &str, how: &Attach) -> Result<String> {
+    let program = ebpf
+        .program_mut(name)
+        .with_context(|| format!("the eBPF object has no program {name}"))?;
+    Ok(match how {
+        Attach::TracePoint(category, tp) => {
+            let p: &mut TracePoint = program.try_into()?;
+            p.load().with_context(|| format!("cannot load {name}"))?;
+            p.attach(category, tp)
+                .with_context(|| format!("cannot attach tracepoint {category}:{tp}"))?;
+            format!("tracepoint {category}:{tp}")
+        }
+        Attach::RawTracePoint(tp) => {
+            let p: &mut RawTracePoint = program.try_into()?;
+            p.load().with_context(|| format!("cannot load {name}"))?;
+            p.attach(tp)
+                .with_context(|| format!("cannot attach raw tracepoint {tp}"))?;
+            format!("raw_tracepoint {tp}")
+        }
+        Attach::Optional(inner) => return attach(ebpf, name, inner),
+    })
 }
 
 /// The kernel's view of what to report: tracked local ports and tracked processes.

@@ -1,7 +1,7 @@
 //! The event loop: ring buffer → decode → state → causes → outputs, with periodic sshd
 //! discovery and loss accounting.
 
-use std::{path::PathBuf, time::Duration};
+use std::{collections::HashMap, path::PathBuf, time::Duration};
 
 use anyhow::{Context as _, Result};
 use aya::maps::{MapData, RingBuf};
@@ -17,8 +17,10 @@ use crate::{
     cli::Cli,
     clock::Clock,
     discovery::{Discovery, Scope, Snapshot},
-    events,
+    escape,
+    events::{self, Kind},
     kernel::{btf::Btf, layout, names::KernelNames},
+    limits,
     output::{self, Sink},
     probes::{KernelFilters, LossCounters, Probes},
     state::{State, TcpStates, SETTLE_NS},
@@ -27,6 +29,7 @@ use crate::{
 const TICK: Duration = Duration::from_millis(100);
 const DISCOVERY_EVERY_TICKS: u64 = 5;
 const LOSS_CHECK_EVERY_TICKS: u64 = 10;
+const STALL_REPORT_INTERVAL_NS: u64 = 10_000_000_000;
 
 pub async fn run(cli: Cli, tracefs: PathBuf) -> Result<()> {
     let btf = Btf::load()?;
@@ -68,6 +71,8 @@ pub async fn run(cli: Cli, tracefs: PathBuf) -> Result<()> {
         clock: Clock::new(),
         host: hostname(),
         stats: Stats::default(),
+        dump_events: cli.dump_events,
+        stalls_reported: HashMap::new(),
     };
     tracer.rediscover()?;
     tracer.event_loop(ring, &cli).await?;
@@ -85,6 +90,9 @@ struct Tracer {
     clock: Clock,
     host: String,
     stats: Stats,
+    dump_events: bool,
+    /// When each listener's last stall verdict was made.
+    stalls_reported: HashMap<u32, u64>,
 }
 
 #[derive(Default)]
@@ -116,6 +124,7 @@ impl Tracer {
                         self.rediscover()?;
                     }
                     if ticks.is_multiple_of(LOSS_CHECK_EVERY_TICKS) {
+                        self.report_stalls();
                         self.report_loss();
                         self.state.prune(Clock::monotonic_now_ns());
                     }
@@ -136,7 +145,13 @@ impl Tracer {
     fn drain(&mut self, ring: &mut RingBuf<MapData>) {
         while let Some(item) = ring.next() {
             match events::decode(&item) {
-                Some(event) => self.state.apply(&event),
+                Some(mut event) => {
+                    enrich(&mut event);
+                    if self.dump_events {
+                        eprintln!("sshtrace: event: {}", escape::text(&format!("{event:?}")));
+                    }
+                    self.state.apply(&event);
+                }
                 None => self.stats.undecodable += 1,
             }
         }
@@ -151,6 +166,7 @@ impl Tracer {
         self.rediscover()?;
         let ctx = Context {
             names: &self.names,
+            conns: &self.state.conns,
             sshd: self.discovery.current(),
             procs: &self.state.procs,
             clock: &self.clock,
@@ -168,6 +184,47 @@ impl Tracer {
             }
         }
         Ok(())
+    }
+
+    /// Listeners failing to accept while connections wait: at most one verdict per listener
+    /// every [`STALL_REPORT_INTERVAL_NS`].
+    fn report_stalls(&mut self) {
+        let now = Clock::monotonic_now_ns();
+        let ctx = Context {
+            names: &self.names,
+            conns: &self.state.conns,
+            sshd: self.discovery.current(),
+            procs: &self.state.procs,
+            clock: &self.clock,
+            host: &self.host,
+        };
+        let mut verdicts = Vec::new();
+        for listener in ctx.sshd.listeners.values() {
+            if self
+                .stalls_reported
+                .get(&listener.pid)
+                .is_some_and(|&t| t + STALL_REPORT_INTERVAL_NS > now)
+            {
+                continue;
+            }
+            let ports: Vec<u16> = listener.addrs.iter().map(|a| a.port()).collect();
+            if let Some(v) = causes::judge_stalled(listener.pid, &ports, now, &ctx) {
+                self.stalls_reported.insert(listener.pid, now);
+                verdicts.push(v);
+            }
+        }
+        for verdict in verdicts {
+            self.emit(&verdict);
+        }
+    }
+
+    fn emit(&mut self, verdict: &crate::verdict::Verdict) {
+        self.stats.verdicts += 1;
+        for sink in self.sinks.iter_mut() {
+            if let Err(err) = sink.emit(verdict) {
+                eprintln!("sshtrace: output failed: {err:#}");
+            }
+        }
     }
 
     fn rediscover(&mut self) -> Result<()> {
@@ -198,6 +255,23 @@ impl Tracer {
             "sshtrace: {} verdicts; {produced} kernel events, {lost} lost, {} undecodable",
             self.stats.verdicts, self.stats.undecodable
         );
+    }
+}
+
+/// Facts that must be read while the process still exists: the limit behind a resource
+/// failure, the memory cgroup of an OOM victim.
+fn enrich(event: &mut events::Event) {
+    match &mut event.kind {
+        Kind::SyscallError {
+            syscall,
+            errno,
+            limit,
+            ..
+        } => {
+            *limit = limits::for_failure(event.task.pid, syscall, *errno);
+        }
+        Kind::OomVictim { pid, memcg, .. } => *memcg = Some(limits::memory(*pid)),
+        _ => {}
     }
 }
 

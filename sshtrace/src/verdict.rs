@@ -4,6 +4,8 @@
 use serde::Serialize;
 use serde_json::{Map, Value};
 
+use crate::limits::LimitFacts;
+
 pub const SCHEMA: &str = "sshtrace/1";
 
 /// How the connection ended, as the network saw it.
@@ -18,6 +20,8 @@ pub enum Outcome {
     Closed,
     /// A connection attempt was answered with a RST (no socket).
     Refused,
+    /// Nothing ended yet, but sshd cannot take the connection (e.g. accept failing).
+    Stalled,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -26,6 +30,14 @@ pub enum Cause {
     NotListening,
     SshdCrashed,
     SshdKilled,
+    OomKilled,
+    ResourceLimit,
+    SshdDropped,
+    SshdExited,
+    SocketKilled,
+    PeerReset,
+    KernelAbort,
+    ClosedPreauth,
     Unknown,
 }
 
@@ -35,6 +47,14 @@ impl Cause {
             Self::NotListening => "not_listening",
             Self::SshdCrashed => "sshd_crashed",
             Self::SshdKilled => "sshd_killed",
+            Self::OomKilled => "oom_killed",
+            Self::ResourceLimit => "resource_limit",
+            Self::SshdDropped => "sshd_dropped",
+            Self::SshdExited => "sshd_exited",
+            Self::SocketKilled => "socket_killed",
+            Self::PeerReset => "peer_reset",
+            Self::KernelAbort => "kernel_abort",
+            Self::ClosedPreauth => "closed_preauth",
             Self::Unknown => "unknown",
         }
     }
@@ -47,6 +67,7 @@ impl Outcome {
             Self::ResetReceived => "reset_received",
             Self::Closed => "closed",
             Self::Refused => "refused",
+            Self::Stalled => "stalled",
         }
     }
 }
@@ -86,6 +107,8 @@ pub enum Evidence {
         state: String,
         current_pid: u32,
         current_comm: String,
+        /// Sent from interrupt context: `current_*` is just the task that was running.
+        current_in_interrupt: bool,
         #[serde(skip_serializing_if = "Option::is_none")]
         segment_flags: Option<String>,
     },
@@ -129,6 +152,39 @@ pub enum Evidence {
         sshd_pids: Vec<u32>,
         addresses: Vec<String>,
     },
+    /// `raw_syscalls:sys_exit` with an error, for a tracked process.
+    SyscallError {
+        ts: String,
+        pid: u32,
+        comm: String,
+        syscall: String,
+        errno: String,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        path: Option<String>,
+        /// Identical failures before this one that the kernel counted without sending.
+        repeated: u32,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        limit: Option<LimitFacts>,
+    },
+    /// `oom:mark_victim`.
+    OomKill {
+        ts: String,
+        pid: u32,
+        comm: String,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        total_vm_kb: Option<u64>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        anon_rss_kb: Option<u64>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        file_rss_kb: Option<u64>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        shmem_rss_kb: Option<u64>,
+        oom_score_adj: i16,
+        trigger_pid: u32,
+        trigger_comm: String,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        memcg: Option<LimitFacts>,
+    },
 }
 
 impl Evidence {
@@ -140,7 +196,9 @@ impl Evidence {
             | Self::TcpClose { ts }
             | Self::Accept { ts, .. }
             | Self::Exit { ts, .. }
-            | Self::Signal { ts, .. } => Some(ts),
+            | Self::Signal { ts, .. }
+            | Self::SyscallError { ts, .. }
+            | Self::OomKill { ts, .. } => Some(ts),
             Self::Listening { .. } => None,
         }
     }

@@ -21,6 +21,8 @@ pub enum EventKind {
     Exec = 6,
     Exit = 7,
     Signal = 8,
+    SyscallError = 9,
+    OomVictim = 10,
 }
 
 impl EventKind {
@@ -34,10 +36,16 @@ impl EventKind {
             6 => Self::Exec,
             7 => Self::Exit,
             8 => Self::Signal,
+            9 => Self::SyscallError,
+            10 => Self::OomVictim,
             _ => return None,
         })
     }
 }
+
+pub const CONTEXT_INTERRUPT: u32 = 1;
+/// `common_flags` bits of a tracepoint record: TRACE_FLAG_HARDIRQ, _SOFTIRQ and _NMI.
+pub const TRACE_FLAGS_INTERRUPT: u8 = 0x08 | 0x10 | 0x40;
 
 /// Common to every record. `pid`/`tid`/`comm` describe the task that was current when the
 /// probe ran: meaningful in process context only (resets raised in softirq name a random task).
@@ -47,7 +55,9 @@ pub struct EventHeader {
     pub kind: u32,
     pub tid: u32,
     pub pid: u32,
-    pub _pad: u32,
+    /// [`CONTEXT_INTERRUPT`] when the probe ran in (soft)irq or NMI context: then the task
+    /// named here merely happened to be running. 0 for records from process context.
+    pub context: u32,
     /// `bpf_ktime_get_ns`: CLOCK_MONOTONIC.
     pub ts_ns: u64,
     pub comm: [u8; COMM_LEN],
@@ -159,3 +169,42 @@ pub struct SignalEvent {
     pub result: i32,
     pub target_comm: [u8; COMM_LEN],
 }
+
+/// A system call of a tracked process failed. Identical failures (same process, syscall and
+/// error) within [`SYSCALL_ERROR_INTERVAL_NS`] are counted in the kernel, not sent one by one.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct SyscallErrorEvent {
+    pub header: EventHeader,
+    /// The architecture's syscall number.
+    pub nr: i32,
+    /// -errno.
+    pub ret: i32,
+    /// Identical failures since the previous record for the same key.
+    pub suppressed: u32,
+    pub _pad: u32,
+    /// The path argument of a failed open, else empty.
+    pub path: [u8; PATH_LEN],
+}
+
+pub const SYSCALL_ERROR_INTERVAL_NS: u64 = 100_000_000;
+
+/// `oom:mark_victim` for a tracked process. The header is the task that ran into the OOM.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct OomVictimEvent {
+    pub header: EventHeader,
+    pub pid: u32,
+    pub uid: u32,
+    /// kB, as the tracepoint reports them; u64::MAX when this kernel does not.
+    pub total_vm: u64,
+    pub anon_rss: u64,
+    pub file_rss: u64,
+    pub shmem_rss: u64,
+    pub pgtables: u64,
+    pub oom_score_adj: i16,
+    pub _pad: [u16; 3],
+}
+
+/// "Not reported by this kernel" for optional numbers.
+pub const UNKNOWN_U64: u64 = u64::MAX;

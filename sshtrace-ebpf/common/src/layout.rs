@@ -93,7 +93,28 @@ pub struct SyscallLayout {
     pub accept_fd: u16,
     /// `sys_exit_*`: the return value.
     pub ret: u16,
-    pub _pad: u16,
+    /// `raw_syscalls:sys_exit`: the syscall number and return value.
+    pub raw_exit_id: u16,
+    pub raw_exit_ret: u16,
+    /// `sys_enter_open`, `sys_enter_openat`, `sys_enter_openat2`: the `filename` argument.
+    pub open_filename: u16,
+    pub openat_filename: u16,
+    pub openat2_filename: u16,
+    /// `__syscall_nr` of the `sys_enter_*` records.
+    pub enter_nr: u16,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct OomLayout {
+    pub pid: u16,
+    pub uid: u16,
+    pub total_vm: u16,
+    pub anon_rss: u16,
+    pub file_rss: u16,
+    pub shmem_rss: u16,
+    pub pgtables: u16,
+    pub oom_score_adj: u16,
 }
 
 /// Kernel structure members read with `bpf_probe_read_kernel`, from BTF.
@@ -109,6 +130,9 @@ pub struct StructLayout {
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
 pub struct KernelLayout {
+    /// `common_flags`, shared by every classic tracepoint record.
+    pub common_flags: u16,
+    pub _pad: u16,
     pub send_reset: SendResetLayout,
     pub receive_reset: ReceiveResetLayout,
     pub sock_state: SockStateLayout,
@@ -116,6 +140,7 @@ pub struct KernelLayout {
     pub exit: ExitLayout,
     pub signal: SignalLayout,
     pub syscall: SyscallLayout,
+    pub oom: OomLayout,
     pub structs: StructLayout,
 }
 
@@ -135,6 +160,8 @@ impl AddrLayout {
 impl KernelLayout {
     /// Every field absent: what the programs see if userspace never set the global.
     pub const ABSENT: Self = Self {
+        common_flags: ABSENT,
+        _pad: 0,
         send_reset: SendResetLayout {
             skbaddr: ABSENT,
             skaddr: ABSENT,
@@ -174,7 +201,22 @@ impl KernelLayout {
             accept_peer: ABSENT,
             accept_fd: ABSENT,
             ret: ABSENT,
-            _pad: 0,
+            raw_exit_id: ABSENT,
+            raw_exit_ret: ABSENT,
+            open_filename: ABSENT,
+            openat_filename: ABSENT,
+            openat2_filename: ABSENT,
+            enter_nr: ABSENT,
+        },
+        oom: OomLayout {
+            pid: ABSENT,
+            uid: ABSENT,
+            total_vm: ABSENT,
+            anon_rss: ABSENT,
+            file_rss: ABSENT,
+            shmem_rss: ABSENT,
+            pgtables: ABSENT,
+            oom_score_adj: ABSENT,
         },
         structs: StructLayout {
             task_tgid: ABSENT,

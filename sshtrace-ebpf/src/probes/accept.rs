@@ -1,4 +1,4 @@
-//! `accept`/`accept4` in tracked processes. The peer address is read at exit, in the accepting
+//! Successful `accept`/`accept4` in tracked processes. The peer address is read at exit, in the accepting
 //! process, so each accepted connection gets its owner from process context.
 
 use aya_ebpf::{
@@ -57,13 +57,14 @@ fn try_exit(ctx: &TracePointContext) -> Result<(), i32> {
     };
     let _ = ACCEPT_ARGS.remove(pid_tgid);
     let ret: i64 = field(ctx, layout().syscall.ret)?;
+    // Failures are reported, rate-limited, by the syscall-error probe.
+    if ret < 0 {
+        return Ok(());
+    }
     submit(|e: &mut AcceptEvent| {
         e.ret = ret;
         e.listen_fd = fd as i32;
-        if ret >= 0
-            && peer != 0
-            && unsafe { bpf_probe_read_user_buf(peer as *const u8, &mut e.peer) }.is_ok()
-        {
+        if peer != 0 && unsafe { bpf_probe_read_user_buf(peer as *const u8, &mut e.peer) }.is_ok() {
             e.peer_len = SOCKADDR_LEN as u32;
         }
     });

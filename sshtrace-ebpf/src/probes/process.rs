@@ -2,8 +2,8 @@
 
 use aya_ebpf::{
     helpers::{
-        bpf_get_current_pid_tgid, bpf_get_current_task, bpf_probe_read_kernel,
-        bpf_probe_read_kernel_str_bytes,
+        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_task,
+        bpf_probe_read_kernel, bpf_probe_read_kernel_str_bytes,
     },
     macros::{raw_tracepoint, tracepoint},
     programs::{RawTracePointContext, TracePointContext},
@@ -56,7 +56,8 @@ pub fn sched_process_exec(ctx: TracePointContext) -> u32 {
 }
 
 fn try_exec(ctx: &TracePointContext) -> Result<(), i32> {
-    if !pid_tracked(current_tgid()) {
+    let tgid = current_tgid();
+    if !pid_tracked(tgid) {
         return Ok(());
     }
     // A `__data_loc` field: the low 16 bits are the string's offset in the record.
@@ -65,6 +66,13 @@ fn try_exec(ctx: &TracePointContext) -> Result<(), i32> {
     submit(|e: &mut ExecEvent| {
         let _ = unsafe { bpf_probe_read_kernel_str_bytes(name, &mut e.filename) };
     });
+    // A user's shell or command: the connection is in use, and what that program and its
+    // children do is not sshd's doing. Stop following them (volume, not identification:
+    // sshd processes are found by the process tree, this only prunes it).
+    let comm = bpf_get_current_comm().unwrap_or_default();
+    if !comm.starts_with(b"sshd") {
+        let _ = TRACKED_PIDS.remove(tgid);
+    }
     Ok(())
 }
 

@@ -8,7 +8,7 @@ use sshtrace_common::{
     REASON_UNKNOWN, SEG_FLAGS_UNKNOWN,
 };
 
-use super::field;
+use super::{context, field};
 use crate::{
     maps::{layout, port_tracked},
     record::submit,
@@ -43,6 +43,7 @@ fn try_send_reset(ctx: &TracePointContext) -> Result<(), i32> {
         SEG_FLAGS_UNKNOWN
     };
     submit(|e: &mut SendResetEvent| {
+        e.header.context = context(ctx);
         e.skaddr = skaddr;
         e.state = state;
         e.reason = reason;
@@ -85,6 +86,7 @@ fn try_receive_reset(ctx: &TracePointContext) -> Result<(), i32> {
     }
     let skaddr: u64 = field(ctx, l.skaddr)?;
     submit(|e: &mut ReceiveResetEvent| {
+        e.header.context = context(ctx);
         e.skaddr = skaddr;
         e.endpoints = endpoints;
     });
@@ -111,6 +113,7 @@ fn try_sock_state(ctx: &TracePointContext) -> Result<(), i32> {
     let old_state: i32 = field(ctx, l.oldstate)?;
     let new_state: i32 = field(ctx, l.newstate)?;
     submit(|e: &mut SockStateEvent| {
+        e.header.context = context(ctx);
         e.skaddr = skaddr;
         e.old_state = old_state;
         e.new_state = new_state;

@@ -3,9 +3,17 @@
 //! least specific and assembles the verdict. No evidence, no cause: the fallback is `unknown`
 //! with the raw facts.
 
+mod closed_preauth;
 mod crashed;
+mod kernel_abort;
 mod killed;
 mod not_listening;
+mod oom_killed;
+mod peer_reset;
+mod resource_limit;
+mod socket_killed;
+mod sshd_dropped;
+mod sshd_exited;
 
 use serde_json::{Map, Value};
 
@@ -15,13 +23,16 @@ use crate::{
     escape,
     events::TCP_SYN,
     kernel::names::KernelNames,
-    state::{Connection, Process, ProcessTable},
+    kernel::syscalls::errno_name,
+    state::{Connection, ConnectionTable, Process, ProcessTable, SyscallError},
     verdict::{signal_name, Cause, ConnInfo, Evidence, Outcome, Role, SshdInfo, Verdict, SCHEMA},
 };
 
 /// What the rules may look at besides the connection.
 pub struct Context<'a> {
     pub names: &'a KernelNames,
+    /// The other connections still followed (e.g. a listener's pending ones).
+    pub conns: &'a ConnectionTable,
     pub sshd: &'a Snapshot,
     /// Every tracked process still remembered (e.g. listeners that exited recently).
     pub procs: &'a ProcessTable,
@@ -57,6 +68,11 @@ impl Ended<'_> {
         self.process(pid).is_some()
     }
 
+    /// When the connection ended, or began if it has not.
+    pub fn end_ts(&self) -> u64 {
+        self.conn.end_ts.unwrap_or(self.conn.first_ts)
+    }
+
     /// "sshd[812]" with the comm escaped, for summaries.
     pub fn name(&self, pid: u32) -> String {
         let comm = self.process(pid).map(|p| p.comm.as_str()).unwrap_or("?");
@@ -66,8 +82,21 @@ impl Ended<'_> {
 
 type Rule = fn(&Ended, &Context) -> Option<Finding>;
 
-/// From the most specific to the least.
-const RULES: &[Rule] = &[not_listening::judge, killed::judge, crashed::judge];
+/// From the most specific to the least: what killed or starved sshd comes before what sshd
+/// then did about it, and the network-level explanations come last.
+const RULES: &[Rule] = &[
+    not_listening::judge,
+    oom_killed::judge,
+    killed::judge,
+    crashed::judge,
+    resource_limit::judge,
+    socket_killed::judge,
+    sshd_dropped::judge,
+    sshd_exited::judge,
+    peer_reset::judge,
+    kernel_abort::judge,
+    closed_preauth::judge,
+];
 
 /// The verdict for a finished connection, or `None` for a healthy one (an orderly close with
 /// nothing abnormal in its process tree).
@@ -88,6 +117,27 @@ pub fn judge(conn: &Connection, tree: &[Process], ctx: &Context) -> Option<Verdi
     Some(assemble(&ended, finding, ctx))
 }
 
+/// A verdict for a listener that cannot accept the connections waiting for it (no
+/// connection has ended: the clients are timing out).
+pub fn judge_stalled(listener: u32, ports: &[u16], now_ns: u64, ctx: &Context) -> Option<Verdict> {
+    let process = ctx.procs.get(listener)?;
+    let waiting: Vec<&Connection> = ctx
+        .conns
+        .waiting()
+        .filter(|c| ports.contains(&c.tuple.local.port()))
+        .collect();
+    let oldest = *waiting.iter().min_by_key(|c| c.first_ts)?;
+    let finding = resource_limit::stalled(process, oldest, waiting.len(), now_ns, ctx)?;
+    let ended = Ended {
+        conn: oldest,
+        tree: &[],
+        outcome: Outcome::Stalled,
+    };
+    let mut verdict = assemble(&ended, finding, ctx);
+    verdict.ts = ctx.clock.rfc3339(now_ns);
+    Some(verdict)
+}
+
 fn outcome(conn: &Connection) -> Outcome {
     let sent = conn.resets_sent.first().map(|r| r.ts_ns);
     let received = conn.resets_received.first().copied();
@@ -106,7 +156,7 @@ fn outcome(conn: &Connection) -> Outcome {
 
 /// Processes of the connection killed by a signal that did not come from the connection's own
 /// sshd tree (sshd's monitor kills its children with SIGKILL as routine cleanup).
-fn unexplained_deaths(e: &Ended, ctx: &Context) -> Vec<Evidence> {
+pub(crate) fn unexplained_deaths(e: &Ended, ctx: &Context) -> Vec<Evidence> {
     let mut out = Vec::new();
     for p in e.tree {
         let Some(sig) = p.exit.and_then(|x| x.signal()) else {
@@ -135,6 +185,7 @@ fn unexplained(e: &Ended, evidence: Vec<Evidence>) -> Finding {
         Outcome::ResetReceived => "a reset arrived from the network",
         Outcome::Refused => "this host answered a segment with a reset",
         Outcome::Closed => "the connection closed after an sshd process was killed",
+        Outcome::Stalled => "the connection is stalled",
     };
     Finding {
         cause: Cause::Unknown,
@@ -218,6 +269,7 @@ fn connection_evidence(e: &Ended, ctx: &Context) -> Vec<Evidence> {
             },
             current_pid: r.current.pid,
             current_comm: r.current.comm.clone(),
+            current_in_interrupt: r.current.in_interrupt,
             segment_flags: r.seg_flags.map(tcp_flags),
         });
     }
@@ -292,6 +344,38 @@ pub(crate) fn signal_evidence(
     }
 }
 
+/// Evidence of a failed system call.
+pub(crate) fn syscall_evidence(p: &Process, e: &SyscallError, ctx: &Context) -> Evidence {
+    Evidence::SyscallError {
+        ts: ctx.clock.rfc3339(e.ts_ns),
+        pid: p.pid,
+        comm: p.comm.clone(),
+        syscall: e.syscall.clone(),
+        errno: errno_name(e.errno),
+        path: e.path.clone(),
+        repeated: e.suppressed,
+        limit: e.limit.clone(),
+    }
+}
+
+/// Whether the connection got past authentication, judged from its process tree: a program
+/// other than sshd ran (a shell, a command, a subsystem), or a child of the per-connection
+/// sshd — OpenSSH's pre-authentication process (`sshd-auth` since 10.0) — exited with status
+/// 0, which it does only after a successful login.
+pub fn authenticated<'p>(
+    tree: impl IntoIterator<Item = &'p Process>,
+    session_pid: Option<u32>,
+) -> bool {
+    tree.into_iter().any(|p| {
+        let ran_program = p.exe.is_some() && !p.runs_sshd();
+        let auth_child_succeeded = session_pid.is_some()
+            && p.parent == session_pid
+            && p.runs_sshd()
+            && p.exit.and_then(|x| x.status()) == Some(0);
+        ran_program || auth_child_succeeded
+    })
+}
+
 /// "the connection was reset when it closed" and the like, for summaries.
 fn consequence(outcome: Outcome) -> &'static str {
     match outcome {
@@ -299,6 +383,7 @@ fn consequence(outcome: Outcome) -> &'static str {
         Outcome::ResetReceived => "a reset then arrived from the peer",
         Outcome::Closed => "the connection was closed (FIN)",
         Outcome::Refused => "the connection attempt was refused",
+        Outcome::Stalled => "the connection waits for sshd",
     }
 }
 

@@ -10,8 +10,12 @@ const ESTABLISHED: i32 = 1;
 const SYN_RECV: i32 = 3;
 const CLOSE: i32 = 7;
 const LISTEN: i32 = 10;
+const FIN_WAIT1: i32 = 4;
+const CLOSE_WAIT: i32 = 8;
 const NO_SOCKET: u32 = 2;
 const ABORT_ON_CLOSE: u32 = 5;
+const TCP_STATE: u32 = 6;
+const KEEPALIVE: u32 = 7;
 const LISTENER: u32 = 100;
 const SESSION: u32 = 200;
 const PREAUTH: u32 = 201;
@@ -23,11 +27,15 @@ fn names() -> KernelNames {
             (1, "NOT_SPECIFIED"),
             (NO_SOCKET, "NO_SOCKET"),
             (ABORT_ON_CLOSE, "TCP_ABORT_ON_CLOSE"),
+            (TCP_STATE, "TCP_STATE"),
+            (KEEPALIVE, "TCP_KEEPALIVE_TIMEOUT"),
         ],
         &[
             (ESTABLISHED, "TCP_ESTABLISHED"),
             (SYN_RECV, "TCP_SYN_RECV"),
+            (FIN_WAIT1, "TCP_FIN_WAIT1"),
             (CLOSE, "TCP_CLOSE"),
+            (CLOSE_WAIT, "TCP_CLOSE_WAIT"),
             (LISTEN, "TCP_LISTEN"),
         ],
     )
@@ -45,6 +53,17 @@ fn task(pid: u32, comm: &str) -> Task {
         pid,
         tid: pid,
         comm: comm.into(),
+        in_interrupt: false,
+    }
+}
+
+/// Softirq work runs in whatever task was current (on loopback, often the client).
+fn irq_task() -> Task {
+    Task {
+        pid: 4242,
+        tid: 4242,
+        comm: "ssh".into(),
+        in_interrupt: true,
     }
 }
 
@@ -73,7 +92,7 @@ impl Script {
     }
 
     fn softirq(&mut self, kind: Kind) -> &mut Self {
-        self.ev(task(4242, "ssh"), kind)
+        self.ev(irq_task(), kind)
     }
 
     /// SYN_RECV → ESTABLISHED, accept in the listener, fork of the session process.
@@ -162,6 +181,7 @@ impl Script {
         let settled = self.state.take_settled(self.ts + SETTLE_NS);
         let ctx = Context {
             names: &names,
+            conns: &self.state.conns,
             sshd,
             procs: &self.state.procs,
             clock: &clock,
@@ -258,6 +278,7 @@ fn handled_sigterm_followed_by_exit_is_a_kill() {
     );
 }
 
+/// The monitor killing its own child is cleanup; the monitor's error exit is the story.
 #[test]
 fn sigkill_within_the_tree_is_not_a_crash_nor_a_kill() {
     let mut s = Script::new();
@@ -267,7 +288,8 @@ fn sigkill_within_the_tree_is_not_a_crash_nor_a_kill() {
         .exit(SESSION, 255 << 8)
         .reset_on_close(SESSION);
     let v = one(&mut s);
-    assert_eq!(v.cause, Cause::Unknown);
+    assert_eq!(v.cause, Cause::SshdExited);
+    assert_eq!(v.details["exited_pid"], SESSION);
     assert_eq!(v.outcome, Outcome::ResetSent);
 }
 
@@ -402,4 +424,307 @@ fn refused_after_the_listener_died_names_its_exit() {
         .evidence
         .iter()
         .any(|e| matches!(e, Evidence::Exit { pid: LISTENER, .. })));
+}
+
+fn syscall_error(
+    s: &mut Script,
+    pid: u32,
+    syscall: &str,
+    errno: i32,
+    path: Option<&str>,
+    limit: Option<crate::limits::LimitFacts>,
+) {
+    s.ev(
+        task(pid, "sshd"),
+        Kind::SyscallError {
+            syscall: syscall.into(),
+            errno,
+            suppressed: 0,
+            path: path.map(Into::into),
+            limit,
+        },
+    );
+}
+
+fn nofile(value: &str) -> Option<crate::limits::LimitFacts> {
+    Some(crate::limits::LimitFacts {
+        limit: "nofile",
+        value: Some(value.into()),
+        current: Some(value.into()),
+        source: "/proc/100/limits".into(),
+    })
+}
+
+/// SYN_RECV → ESTABLISHED and the accept, with no fork after it.
+fn accepted_without_fork(s: &mut Script) {
+    s.softirq(Kind::SockState {
+        skaddr: SK,
+        old_state: LISTEN,
+        new_state: SYN_RECV,
+        conn: tuple(),
+    })
+    .softirq(Kind::SockState {
+        skaddr: SK,
+        old_state: SYN_RECV,
+        new_state: ESTABLISHED,
+        conn: tuple(),
+    })
+    .ev(
+        task(LISTENER, "sshd"),
+        Kind::Accept {
+            ret: 5,
+            listen_fd: 3,
+            peer: Some(tuple().remote),
+        },
+    );
+}
+
+#[test]
+fn listener_out_of_descriptors_after_accept_is_a_resource_limit() {
+    let mut s = Script::new();
+    accepted_without_fork(&mut s);
+    syscall_error(
+        &mut s,
+        LISTENER,
+        "pipe2",
+        crate::kernel::syscalls::EMFILE,
+        None,
+        nofile("8"),
+    );
+    s.reset_on_close(LISTENER);
+    let v = one(&mut s);
+    assert_eq!(
+        (v.cause, v.outcome),
+        (Cause::ResourceLimit, Outcome::ResetSent)
+    );
+    assert_eq!(v.details["limit"], "nofile");
+    assert_eq!(v.details["syscall"], "pipe2");
+    assert_eq!(v.details["errno"], "EMFILE");
+    assert_eq!(v.details["limit_value"], "8");
+    assert_eq!(v.sshd.unwrap().role, Role::Listener);
+}
+
+#[test]
+fn listener_closing_without_fork_and_without_errors_is_a_drop() {
+    let mut s = Script::new();
+    accepted_without_fork(&mut s);
+    s.reset_on_close(LISTENER);
+    let v = one(&mut s);
+    assert_eq!(v.cause, Cause::SshdDropped);
+    assert_eq!(v.details["listener_pid"], LISTENER);
+    assert_eq!(v.details["unauthenticated_connections"], 0);
+}
+
+#[test]
+fn oom_kill_of_the_session() {
+    let mut s = Script::new();
+    s.accepted()
+        .ev(
+            task(PREAUTH, "sshd"),
+            Kind::OomVictim {
+                pid: SESSION,
+                uid: Some(0),
+                memory_kb: [Some(300_000), Some(200_000), Some(1000), Some(0), Some(100)],
+                oom_score_adj: 0,
+                memcg: None,
+            },
+        )
+        .signal(task(PREAUTH, "sshd"), SESSION, 9, SI_KERNEL_CODE)
+        .exit(SESSION, 9)
+        .fin_close();
+    let v = one(&mut s);
+    assert_eq!(v.cause, Cause::OomKilled);
+    assert_eq!(v.details["victim_pid"], SESSION);
+    assert_eq!(v.details["anon_rss_kb"], 200_000);
+    assert!(v.summary.contains("anon-rss 195 MiB"), "{}", v.summary);
+}
+
+#[test]
+fn ss_k_from_process_context_is_socket_killed() {
+    let mut s = Script::new();
+    s.accepted().ev(
+        task(900, "ss"),
+        Kind::SendReset {
+            skaddr: SK,
+            state: ESTABLISHED,
+            reason: Some(TCP_STATE),
+            seg_flags: None,
+            conn: tuple(),
+        },
+    );
+    let v = one(&mut s);
+    assert_eq!(v.cause, Cause::SocketKilled);
+    assert_eq!(v.details["actor_comm"], "ss");
+}
+
+#[test]
+fn tcp_state_reset_in_softirq_is_the_kernels_own() {
+    let mut s = Script::new();
+    s.accepted().softirq(Kind::SendReset {
+        skaddr: SK,
+        state: ESTABLISHED,
+        reason: Some(TCP_STATE),
+        seg_flags: None,
+        conn: tuple(),
+    });
+    let v = one(&mut s);
+    assert_eq!(v.cause, Cause::KernelAbort);
+    assert_eq!(v.details["reason"], "TCP_STATE");
+}
+
+#[test]
+fn keepalive_timeout_is_a_kernel_abort() {
+    let mut s = Script::new();
+    s.accepted().softirq(Kind::SendReset {
+        skaddr: SK,
+        state: ESTABLISHED,
+        reason: Some(KEEPALIVE),
+        seg_flags: None,
+        conn: tuple(),
+    });
+    let v = one(&mut s);
+    assert_eq!(v.cause, Cause::KernelAbort);
+    assert!(v.summary.contains("keepalive"), "{}", v.summary);
+}
+
+#[test]
+fn reset_received_and_none_sent_is_a_peer_reset() {
+    let mut s = Script::new();
+    s.accepted().softirq(Kind::ReceiveReset {
+        skaddr: SK,
+        conn: tuple(),
+    });
+    let v = one(&mut s);
+    assert_eq!(
+        (v.cause, v.outcome),
+        (Cause::PeerReset, Outcome::ResetReceived)
+    );
+}
+
+#[test]
+fn error_exit_with_reset_names_the_failed_open() {
+    let mut s = Script::new();
+    s.accepted();
+    syscall_error(
+        &mut s,
+        SESSION,
+        "openat",
+        2,
+        Some("/etc/ssh/ssh_host_ed25519_key"),
+        None,
+    );
+    s.exit(SESSION, 255 << 8).reset_on_close(SESSION);
+    let v = one(&mut s);
+    assert_eq!(v.cause, Cause::SshdExited);
+    assert_eq!(v.details["exit_status"], 255);
+    assert!(
+        v.summary
+            .contains("openat(/etc/ssh/ssh_host_ed25519_key) failed with ENOENT"),
+        "{}",
+        v.summary
+    );
+}
+
+#[test]
+fn client_giving_up_before_auth_is_closed_preauth() {
+    let mut s = Script::new();
+    s.accepted()
+        .softirq(Kind::SockState {
+            skaddr: SK,
+            old_state: ESTABLISHED,
+            new_state: CLOSE_WAIT,
+            conn: tuple(),
+        })
+        .exit(PREAUTH, 255 << 8)
+        .exit(SESSION, 255 << 8)
+        .ev(
+            task(SESSION, "sshd"),
+            Kind::SockState {
+                skaddr: SK,
+                old_state: 9,
+                new_state: CLOSE,
+                conn: tuple(),
+            },
+        );
+    let v = one(&mut s);
+    assert_eq!(v.cause, Cause::ClosedPreauth);
+    assert_eq!(v.details["closed_by"], "client");
+}
+
+#[test]
+fn login_grace_time_is_closed_preauth_by_sshd() {
+    let mut s = Script::new();
+    s.accepted()
+        .signal(irq_task(), SESSION, 14, SI_KERNEL_CODE)
+        .signal(task(SESSION, "sshd"), PREAUTH, 9, 0)
+        .exit(PREAUTH, 9)
+        .softirq(Kind::SockState {
+            skaddr: SK,
+            old_state: ESTABLISHED,
+            new_state: FIN_WAIT1,
+            conn: tuple(),
+        })
+        .exit(SESSION, 255 << 8)
+        .fin_close();
+    let v = one(&mut s);
+    assert_eq!(v.cause, Cause::ClosedPreauth);
+    assert_eq!(v.details["closed_by"], "sshd");
+    assert_eq!(v.details["login_grace_time_expired"], true);
+}
+
+#[test]
+fn auth_child_exiting_zero_means_authenticated_even_without_a_shell() {
+    // `ssh -N`: no program runs, but the pre-auth child exits 0 after the login.
+    let mut s = Script::new();
+    s.accepted()
+        .exit(PREAUTH, 0)
+        .fin_close()
+        .exit(SESSION, 255 << 8);
+    assert!(s.verdicts(&Snapshot::default()).is_empty());
+}
+
+#[test]
+fn stalled_listener_is_reported_before_anything_ends() {
+    let mut s = Script::new();
+    s.softirq(Kind::SockState {
+        skaddr: SK,
+        old_state: LISTEN,
+        new_state: SYN_RECV,
+        conn: tuple(),
+    })
+    .softirq(Kind::SockState {
+        skaddr: SK,
+        old_state: SYN_RECV,
+        new_state: ESTABLISHED,
+        conn: tuple(),
+    });
+    s.ev(
+        task(LISTENER, "sshd"),
+        Kind::SyscallError {
+            syscall: "accept4".into(),
+            errno: crate::kernel::syscalls::EMFILE,
+            suppressed: 199,
+            path: None,
+            limit: nofile("8"),
+        },
+    );
+    let names = names();
+    let clock = Clock::epoch();
+    let sshd = Snapshot::default();
+    let ctx = Context {
+        names: &names,
+        conns: &s.state.conns,
+        sshd: &sshd,
+        procs: &s.state.procs,
+        clock: &clock,
+        host: "h",
+    };
+    let v = judge_stalled(LISTENER, &[2222], s.ts, &ctx).unwrap();
+    assert_eq!(
+        (v.cause, v.outcome),
+        (Cause::ResourceLimit, Outcome::Stalled)
+    );
+    assert_eq!(v.details["failures_per_second"], 100.0);
+    assert_eq!(v.details["waiting_connections"], 1);
+    assert_eq!(v.conn.remote_port, 40000);
 }

@@ -18,6 +18,9 @@ pub const TRACEPOINTS: &[(&str, &str)] = &[
     ("signal", "signal_generate"),
     ("syscalls", "sys_enter_accept4"),
     ("syscalls", "sys_exit_accept4"),
+    ("raw_syscalls", "sys_exit"),
+    ("syscalls", "sys_enter_openat"),
+    ("oom", "mark_victim"),
 ];
 
 pub fn discover(tracefs: &Path, btf: &Btf) -> Result<KernelLayout> {
@@ -26,6 +29,7 @@ pub fn discover(tracefs: &Path, btf: &Btf) -> Result<KernelLayout> {
 
     let f = load("tcp", "tcp_send_reset")?;
     let tp = "tcp:tcp_send_reset";
+    layout.common_flags = f.require(tp, "common_flags")?;
     layout.send_reset.skbaddr = f.offset("skbaddr").unwrap_or(ABSENT);
     layout.send_reset.skaddr = f.require(tp, "skaddr")?;
     layout.send_reset.state = f.offset("state").unwrap_or(ABSENT);
@@ -68,6 +72,35 @@ pub fn discover(tracefs: &Path, btf: &Btf) -> Result<KernelLayout> {
     layout.syscall.accept_fd = enter.require(tp, "fd")?;
     let exit = load("syscalls", "sys_exit_accept4")?;
     layout.syscall.ret = exit.require("syscalls:sys_exit_accept4", "ret")?;
+    let raw = load("raw_syscalls", "sys_exit")?;
+    layout.syscall.raw_exit_id = raw.require("raw_syscalls:sys_exit", "id")?;
+    layout.syscall.raw_exit_ret = raw.require("raw_syscalls:sys_exit", "ret")?;
+    let openat = load("syscalls", "sys_enter_openat")?;
+    layout.syscall.openat_filename = openat.require("syscalls:sys_enter_openat", "filename")?;
+    layout.syscall.enter_nr = openat.require("syscalls:sys_enter_openat", "__syscall_nr")?;
+    // open(2) does not exist on every architecture, openat2(2) not before 5.6.
+    let optional = |name: &str| {
+        load("syscalls", name)
+            .ok()
+            .and_then(|f| f.offset("filename"))
+    };
+    layout.syscall.open_filename = optional("sys_enter_open").unwrap_or(ABSENT);
+    layout.syscall.openat2_filename = optional("sys_enter_openat2").unwrap_or(ABSENT);
+
+    let f = load("oom", "mark_victim")?;
+    layout.oom.pid = f.require("oom:mark_victim", "pid")?;
+    // The memory numbers were added in 6.2; before, only the pid.
+    for (slot, name) in [
+        (&mut layout.oom.uid, "uid"),
+        (&mut layout.oom.total_vm, "total_vm"),
+        (&mut layout.oom.anon_rss, "anon_rss"),
+        (&mut layout.oom.file_rss, "file_rss"),
+        (&mut layout.oom.shmem_rss, "shmem_rss"),
+        (&mut layout.oom.pgtables, "pgtables"),
+        (&mut layout.oom.oom_score_adj, "oom_score_adj"),
+    ] {
+        *slot = f.offset(name).unwrap_or(ABSENT);
+    }
 
     let member = |s: &str, m: &str| -> Result<u16> {
         let offset = btf

@@ -5,4 +5,5 @@
 pub mod btf;
 pub mod layout;
 pub mod names;
+pub mod syscalls;
 pub mod tracefs;

@@ -9,6 +9,14 @@ use crate::events::{ConnTuple, Task};
 
 pub type ConnId = u64;
 
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Closer {
+    /// This host's side (sshd) closed first: ESTABLISHED → FIN_WAIT1.
+    Sshd,
+    /// The client closed first: ESTABLISHED → CLOSE_WAIT.
+    Peer,
+}
+
 /// A reset this host's TCP stack sent for the connection.
 #[derive(Clone, Debug, PartialEq)]
 pub struct ResetSent {
@@ -36,6 +44,8 @@ pub struct Connection {
     pub resets_sent: Vec<ResetSent>,
     pub resets_received: Vec<u64>,
     pub closed_ts: Option<u64>,
+    /// Which side sent the first FIN of an orderly close.
+    pub closed_first_by: Option<Closer>,
     /// When it first ended (reset or close); verdicts are judged after the settle time.
     pub end_ts: Option<u64>,
 }
@@ -54,6 +64,7 @@ impl Connection {
             resets_sent: Vec::new(),
             resets_received: Vec::new(),
             closed_ts: None,
+            closed_first_by: None,
             end_ts: None,
         }
     }
@@ -114,6 +125,22 @@ impl ConnectionTable {
             .rev()
             .find(|c| c.tuple.remote == peer && c.listener_pid.is_none() && c.skaddr != 0)
             .map(|c| c.id)
+    }
+
+    /// Connections that are established and waiting in a listener's queue (never accepted).
+    pub fn waiting(&self) -> impl Iterator<Item = &Connection> {
+        self.conns.values().filter(|c| {
+            c.established_ts.is_some() && c.listener_pid.is_none() && c.end_ts.is_none()
+        })
+    }
+
+    /// Open connections `listener` accepted at or before `at_ns` and that had not ended then.
+    pub fn open_of_listener(&self, listener: u32, at_ns: u64) -> impl Iterator<Item = &Connection> {
+        self.conns.values().filter(move |c| {
+            c.listener_pid == Some(listener)
+                && c.accept_ts.is_some_and(|t| t <= at_ns)
+                && c.end_ts.is_none_or(|t| t > at_ns)
+        })
     }
 
     pub fn get_mut(&mut self, id: ConnId) -> Option<&mut Connection> {

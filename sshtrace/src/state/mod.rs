@@ -8,8 +8,8 @@ use crate::{
     events::{Event, Kind},
     kernel::names::KernelNames,
 };
-pub use connections::{ConnId, Connection, ConnectionTable, ResetSent};
-pub use processes::{ExitInfo, Process, ProcessTable, SignalInfo};
+pub use connections::{Closer, ConnId, Connection, ConnectionTable, ResetSent};
+pub use processes::{ExitInfo, OomKill, Process, ProcessTable, SignalInfo, SyscallError};
 
 /// How long after a connection ends its verdict waits for late evidence (the exit of the
 /// process that closed it, a signal's sender, a privsep child's status). Documented in
@@ -21,7 +21,9 @@ pub const SETTLE_NS: u64 = 300_000_000;
 pub struct TcpStates {
     pub established: i32,
     pub syn_recv: i32,
+    pub fin_wait1: i32,
     pub close: i32,
+    pub close_wait: i32,
     pub listen: i32,
 }
 
@@ -31,7 +33,9 @@ impl TcpStates {
         Self {
             established: names.tcp_state_value("TCP_ESTABLISHED").unwrap_or(1),
             syn_recv: names.tcp_state_value("TCP_SYN_RECV").unwrap_or(3),
+            fin_wait1: names.tcp_state_value("TCP_FIN_WAIT1").unwrap_or(4),
             close: names.tcp_state_value("TCP_CLOSE").unwrap_or(7),
+            close_wait: names.tcp_state_value("TCP_CLOSE_WAIT").unwrap_or(8),
             listen: names.tcp_state_value("TCP_LISTEN").unwrap_or(10),
         }
     }
@@ -73,6 +77,13 @@ impl State {
                 let c = self.conns.get_mut(id).expect("just looked up");
                 if *new_state == s.established {
                     c.established_ts.get_or_insert(ts);
+                }
+                if *old_state == s.established && c.closed_first_by.is_none() {
+                    if *new_state == s.fin_wait1 {
+                        c.closed_first_by = Some(Closer::Sshd);
+                    } else if *new_state == s.close_wait {
+                        c.closed_first_by = Some(Closer::Peer);
+                    }
                 }
                 if *new_state == s.close {
                     c.closed_ts.get_or_insert(ts);
@@ -160,6 +171,40 @@ impl State {
                     code: *code,
                     result: *result,
                     sender: event.task.clone(),
+                });
+            }
+            Kind::SyscallError {
+                syscall,
+                errno,
+                suppressed,
+                path,
+                limit,
+            } => {
+                let p = self.procs.touch(event.task.pid, &event.task.comm, ts);
+                p.record_error(SyscallError {
+                    ts_ns: ts,
+                    syscall: syscall.clone(),
+                    errno: *errno,
+                    suppressed: *suppressed,
+                    path: path.clone(),
+                    limit: limit.clone(),
+                });
+            }
+            Kind::OomVictim {
+                pid,
+                uid,
+                memory_kb,
+                oom_score_adj,
+                memcg,
+            } => {
+                let p = self.procs.touch(*pid, "", ts);
+                p.oom = Some(OomKill {
+                    ts_ns: ts,
+                    uid: *uid,
+                    memory_kb: *memory_kb,
+                    oom_score_adj: *oom_score_adj,
+                    memcg: memcg.clone(),
+                    trigger: event.task.clone(),
                 });
             }
         }

@@ -1,9 +1,35 @@
 //! The tracked sshd process tree: listeners, per-connection processes and their children.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 
 use super::ConnId;
-use crate::events::Task;
+use crate::{events::Task, limits::LimitFacts};
+
+/// How many failed system calls are kept per process.
+const KEPT_SYSCALL_ERRORS: usize = 16;
+
+/// A failed system call (and identical ones the kernel counted before it).
+#[derive(Clone, Debug, PartialEq)]
+pub struct SyscallError {
+    pub ts_ns: u64,
+    pub syscall: String,
+    pub errno: i32,
+    pub suppressed: u32,
+    pub path: Option<String>,
+    pub limit: Option<LimitFacts>,
+}
+
+/// The OOM killer chose this process.
+#[derive(Clone, Debug, PartialEq)]
+pub struct OomKill {
+    pub ts_ns: u64,
+    pub uid: Option<u32>,
+    pub memory_kb: [Option<u64>; 5],
+    pub oom_score_adj: i16,
+    pub memcg: Option<LimitFacts>,
+    /// The task whose allocation ran into the OOM.
+    pub trigger: Task,
+}
 
 /// How a process ended, from `task_struct.exit_code` (wait(2) status bits).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -64,6 +90,28 @@ pub struct Process {
     pub pending_accept: Option<ConnId>,
     pub exit: Option<ExitInfo>,
     pub signals: Vec<SignalInfo>,
+    /// The latest failed system calls, oldest first.
+    pub syscall_errors: VecDeque<SyscallError>,
+    pub oom: Option<OomKill>,
+}
+
+impl Process {
+    pub fn record_error(&mut self, error: SyscallError) {
+        if self.syscall_errors.len() == KEPT_SYSCALL_ERRORS {
+            self.syscall_errors.pop_front();
+        }
+        self.syscall_errors.push_back(error);
+    }
+
+    /// Whether this runs an sshd program (sshd, sshd-session, sshd-auth), judging by what it
+    /// executed; a process seen only through fork inherits its parent's program.
+    pub fn runs_sshd(&self) -> bool {
+        let program = self.exe.as_deref().unwrap_or(&self.comm);
+        program
+            .rsplit('/')
+            .next()
+            .is_some_and(|name| name.starts_with("sshd"))
+    }
 }
 
 #[derive(Default)]
@@ -84,6 +132,8 @@ impl ProcessTable {
             pending_accept: None,
             exit: None,
             signals: Vec::new(),
+            syscall_errors: VecDeque::new(),
+            oom: None,
         })
     }
 
@@ -97,6 +147,11 @@ impl ProcessTable {
 
     pub fn get(&self, pid: u32) -> Option<&Process> {
         self.procs.get(&pid)
+    }
+
+    /// The processes currently serving connection `id`.
+    pub fn of_connection(&self, id: ConnId) -> Vec<&Process> {
+        self.procs.values().filter(|p| p.conn == Some(id)).collect()
     }
 
     /// Detaches every process of connection `id`: exited ones are returned and forgotten,

@@ -1,0 +1,138 @@
+//! Failed system calls of tracked processes (EMFILE on accept, EAGAIN on clone, ENOENT on a
+//! host key, …), with the path of failed opens. Bursts of the same failure (a listener
+//! spinning on accept with EMFILE) are counted here and sent at most every 100 ms per key.
+
+use aya_ebpf::{
+    helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_user_str_bytes},
+    macros::{map, tracepoint},
+    maps::LruHashMap,
+    programs::TracePointContext,
+};
+use sshtrace_common::{SyscallErrorEvent, SYSCALL_ERROR_INTERVAL_NS};
+
+use super::field;
+use crate::{
+    maps::{layout, pid_tracked},
+    record::submit,
+};
+
+/// The path argument of an open in progress: `[syscall nr, user pointer]` by pid_tgid.
+#[map]
+static OPEN_ARGS: LruHashMap<u64, [u64; 2]> = LruHashMap::with_max_entries(4096, 0);
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct BurstKey {
+    tgid: u32,
+    nr: i32,
+    ret: i32,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct Burst {
+    last_sent_ns: u64,
+    suppressed: u32,
+    _pad: u32,
+}
+
+#[map]
+static BURSTS: LruHashMap<BurstKey, Burst> = LruHashMap::with_max_entries(4096, 0);
+
+#[tracepoint]
+pub fn sys_enter_open(ctx: TracePointContext) -> u32 {
+    let _ = save_path(&ctx, layout().syscall.open_filename);
+    0
+}
+
+#[tracepoint]
+pub fn sys_enter_openat(ctx: TracePointContext) -> u32 {
+    let _ = save_path(&ctx, layout().syscall.openat_filename);
+    0
+}
+
+#[tracepoint]
+pub fn sys_enter_openat2(ctx: TracePointContext) -> u32 {
+    let _ = save_path(&ctx, layout().syscall.openat2_filename);
+    0
+}
+
+fn save_path(ctx: &TracePointContext, offset: u16) -> Result<(), i32> {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    if !pid_tracked((pid_tgid >> 32) as u32) {
+        return Ok(());
+    }
+    let nr: i32 = field(ctx, layout().syscall.enter_nr)?;
+    let path: u64 = field(ctx, offset)?;
+    OPEN_ARGS.insert(pid_tgid, [nr as u64, path], 0)
+}
+
+const MAX_ERRNO: i64 = 4095;
+/// ERESTARTSYS … ERESTART_RESTARTBLOCK: internal codes a process never sees.
+const KERNEL_RESTART_MIN: i64 = 512;
+const KERNEL_RESTART_MAX: i64 = 516;
+
+#[tracepoint]
+pub fn sys_exit(ctx: TracePointContext) -> u32 {
+    let _ = try_sys_exit(&ctx);
+    0
+}
+
+fn try_sys_exit(ctx: &TracePointContext) -> Result<(), i32> {
+    let l = layout().syscall;
+    let ret: i64 = field(ctx, l.raw_exit_ret)?;
+    // The cheap test first: this runs for every system call on the host.
+    if !(-MAX_ERRNO..0).contains(&ret) || (-KERNEL_RESTART_MAX..=-KERNEL_RESTART_MIN).contains(&ret)
+    {
+        return Ok(());
+    }
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let tgid = (pid_tgid >> 32) as u32;
+    if !pid_tracked(tgid) {
+        return Ok(());
+    }
+    let nr: i64 = field(ctx, l.raw_exit_id)?;
+    let open = unsafe { OPEN_ARGS.get(pid_tgid) }.copied();
+    if open.is_some() {
+        let _ = OPEN_ARGS.remove(pid_tgid);
+    }
+
+    let key = BurstKey {
+        tgid,
+        nr: nr as i32,
+        ret: ret as i32,
+    };
+    let now = unsafe { bpf_ktime_get_ns() };
+    let mut suppressed = 0;
+    if let Some(burst) = BURSTS.get_ptr_mut(key) {
+        let burst = unsafe { &mut *burst };
+        if now.wrapping_sub(burst.last_sent_ns) < SYSCALL_ERROR_INTERVAL_NS {
+            burst.suppressed += 1;
+            return Ok(());
+        }
+        suppressed = burst.suppressed;
+        burst.last_sent_ns = now;
+        burst.suppressed = 0;
+    } else {
+        BURSTS.insert(
+            key,
+            Burst {
+                last_sent_ns: now,
+                suppressed: 0,
+                _pad: 0,
+            },
+            0,
+        )?;
+    }
+    submit(|e: &mut SyscallErrorEvent| {
+        e.nr = nr as i32;
+        e.ret = ret as i32;
+        e.suppressed = suppressed;
+        if let Some([open_nr, path]) = open {
+            if open_nr == nr as u64 {
+                let _ = unsafe { bpf_probe_read_user_str_bytes(path as *const u8, &mut e.path) };
+            }
+        }
+    });
+    Ok(())
+}

@@ -1,0 +1,190 @@
+//! The limits behind a resource failure, read from /proc and cgroupfs when the failure is
+//! seen (the process may be gone by the time its verdict is made).
+
+use std::{fs, path::PathBuf};
+
+use serde::Serialize;
+
+use crate::kernel::syscalls::{creates_process, EAGAIN, EMFILE, ENFILE, ENOMEM};
+
+/// What a failure with this errno in this syscall ran into, as far as can be read.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct LimitFacts {
+    /// `nofile`, `file_max`, `pids`, `nproc` or `memory`.
+    pub limit: &'static str,
+    /// The limit's value, as the kernel shows it (e.g. "8", "max").
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub value: Option<String>,
+    /// Current use against it, when known.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub current: Option<String>,
+    /// Where the value was read.
+    pub source: String,
+}
+
+/// The limit an errno from a syscall points at, with its value for `pid`.
+pub fn for_failure(pid: u32, syscall: &str, errno: i32) -> Option<LimitFacts> {
+    match errno {
+        EMFILE => Some(nofile(pid)),
+        ENFILE => Some(file_max()),
+        EAGAIN if creates_process(syscall) => Some(process_limit(pid)),
+        ENOMEM => Some(memory(pid)),
+        _ => None,
+    }
+}
+
+fn nofile(pid: u32) -> LimitFacts {
+    let source = format!("/proc/{pid}/limits");
+    let open = fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| d.count().to_string())
+        .ok();
+    LimitFacts {
+        limit: "nofile",
+        value: limit_line(pid, "Max open files"),
+        current: open,
+        source,
+    }
+}
+
+fn file_max() -> LimitFacts {
+    let nr = fs::read_to_string("/proc/sys/fs/file-nr").unwrap_or_default();
+    let cols: Vec<&str> = nr.split_whitespace().collect();
+    LimitFacts {
+        limit: "file_max",
+        value: cols.get(2).map(|s| s.to_string()),
+        current: cols.first().map(|s| s.to_string()),
+        source: "/proc/sys/fs/file-nr".into(),
+    }
+}
+
+/// EAGAIN from fork: a pids cgroup at its maximum, else RLIMIT_NPROC (never for root).
+fn process_limit(pid: u32) -> LimitFacts {
+    if let Some(dir) = cgroup_dir(pid, "pids") {
+        let read = |f: &str| {
+            fs::read_to_string(dir.join(f))
+                .ok()
+                .map(|s| s.trim().to_owned())
+        };
+        let (max, current) = (read("pids.max"), read("pids.current"));
+        if max.as_deref().is_some_and(|m| m != "max") {
+            return LimitFacts {
+                limit: "pids",
+                value: max,
+                current,
+                source: dir.join("pids.max").display().to_string(),
+            };
+        }
+    }
+    LimitFacts {
+        limit: "nproc",
+        value: limit_line(pid, "Max processes"),
+        current: None,
+        source: format!("/proc/{pid}/limits"),
+    }
+}
+
+pub fn memory(pid: u32) -> LimitFacts {
+    let (value, current, source) = match cgroup_dir(pid, "memory") {
+        Some(dir) => {
+            let read = |f: &str| {
+                fs::read_to_string(dir.join(f))
+                    .ok()
+                    .map(|s| s.trim().to_owned())
+            };
+            let (limit_file, usage_file) = if dir.join("memory.max").exists() {
+                ("memory.max", "memory.current")
+            } else {
+                ("memory.limit_in_bytes", "memory.usage_in_bytes")
+            };
+            (
+                read(limit_file),
+                read(usage_file),
+                dir.join(limit_file).display().to_string(),
+            )
+        }
+        None => (None, None, format!("/proc/{pid}/cgroup")),
+    };
+    LimitFacts {
+        limit: "memory",
+        value,
+        current,
+        source,
+    }
+}
+
+/// `Max open files  8  8  files` → "8" (soft limit).
+fn limit_line(pid: u32, name: &str) -> Option<String> {
+    let text = fs::read_to_string(format!("/proc/{pid}/limits")).ok()?;
+    let line = text.lines().find(|l| l.starts_with(name))?;
+    line[name.len()..]
+        .split_whitespace()
+        .next()
+        .map(str::to_owned)
+}
+
+/// The cgroupfs directory of `pid` for `controller`: cgroup v1 hierarchy, else v2.
+pub fn cgroup_dir(pid: u32, controller: &str) -> Option<PathBuf> {
+    let text = fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
+    let (v1, v2) = parse_proc_cgroup(&text, controller);
+    if let Some(path) = v1 {
+        let dir = PathBuf::from("/sys/fs/cgroup")
+            .join(controller)
+            .join(path.trim_start_matches('/'));
+        if dir.exists() {
+            return Some(dir);
+        }
+    }
+    let path = v2?;
+    ["/sys/fs/cgroup", "/sys/fs/cgroup/unified"]
+        .iter()
+        .map(|root| PathBuf::from(root).join(path.trim_start_matches('/')))
+        .find(|dir| dir.join(format!("{controller}.max")).exists())
+}
+
+/// From /proc/PID/cgroup: the v1 path of `controller` and the v2 path.
+fn parse_proc_cgroup(text: &str, controller: &str) -> (Option<String>, Option<String>) {
+    let mut v1 = None;
+    let mut v2 = None;
+    for line in text.lines() {
+        let mut parts = line.splitn(3, ':');
+        let (Some(id), Some(controllers), Some(path)) = (parts.next(), parts.next(), parts.next())
+        else {
+            continue;
+        };
+        if id == "0" && controllers.is_empty() {
+            v2 = Some(path.to_owned());
+        } else if controllers.split(',').any(|c| c == controller) {
+            v1 = Some(path.to_owned());
+        }
+    }
+    (v1, v2)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_hybrid_proc_cgroup() {
+        let text = "8:pids:/sshtrace-test\n4:memory:/a/b\n1:cpu,cpuacct:/\n0::/user.slice\n";
+        assert_eq!(
+            parse_proc_cgroup(text, "pids"),
+            (Some("/sshtrace-test".into()), Some("/user.slice".into()))
+        );
+        assert_eq!(parse_proc_cgroup(text, "cpuacct").0, Some("/".into()));
+        assert_eq!(
+            parse_proc_cgroup("0::/x\n", "pids"),
+            (None, Some("/x".into()))
+        );
+    }
+
+    #[test]
+    fn errno_selects_the_limit() {
+        let me = std::process::id();
+        assert_eq!(for_failure(me, "pipe2", EMFILE).unwrap().limit, "nofile");
+        assert!(for_failure(me, "pipe2", EMFILE).unwrap().value.is_some());
+        assert_eq!(for_failure(me, "open", ENFILE).unwrap().limit, "file_max");
+        assert!(for_failure(me, "read", EAGAIN).is_none());
+        assert!(for_failure(me, "openat", 2).is_none());
+    }
+}
