@@ -31,7 +31,15 @@ pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::C
 static LAYOUT: KernelLayout = KernelLayout::ABSENT;
 
 #[unsafe(no_mangle)]
-static SETTINGS: Settings = Settings { all_ports: 0 };
+static SETTINGS: Settings = Settings {
+    all_ports: 0,
+    netfilter_drop: u32::MAX,
+};
+
+#[inline(always)]
+pub fn settings() -> Settings {
+    unsafe { core::ptr::read_volatile(&raw const SETTINGS) }
+}
 
 /// The kernel layout userspace wrote before load. Read through a volatile load so that the
 /// compiler cannot fold the placeholder values of the static into the code.

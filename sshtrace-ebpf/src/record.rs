@@ -33,6 +33,7 @@ records! {
     SignalEvent => Signal,
     SyscallErrorEvent => SyscallError,
     OomVictimEvent => OomVictim,
+    FirewallDropEvent => FirewallDrop,
 }
 
 /// Reserves a zeroed record, stamps the header with the current task, lets `fill` write the

@@ -23,6 +23,7 @@ pub enum EventKind {
     Signal = 8,
     SyscallError = 9,
     OomVictim = 10,
+    FirewallDrop = 11,
 }
 
 impl EventKind {
@@ -38,14 +39,11 @@ impl EventKind {
             8 => Self::Signal,
             9 => Self::SyscallError,
             10 => Self::OomVictim,
+            11 => Self::FirewallDrop,
             _ => return None,
         })
     }
 }
-
-pub const CONTEXT_INTERRUPT: u32 = 1;
-/// `common_flags` bits of a tracepoint record: TRACE_FLAG_HARDIRQ, _SOFTIRQ and _NMI.
-pub const TRACE_FLAGS_INTERRUPT: u8 = 0x08 | 0x10 | 0x40;
 
 /// Common to every record. `pid`/`tid`/`comm` describe the task that was current when the
 /// probe ran: meaningful in process context only (resets raised in softirq name a random task).
@@ -55,9 +53,7 @@ pub struct EventHeader {
     pub kind: u32,
     pub tid: u32,
     pub pid: u32,
-    /// [`CONTEXT_INTERRUPT`] when the probe ran in (soft)irq or NMI context: then the task
-    /// named here merely happened to be running. 0 for records from process context.
-    pub context: u32,
+    pub _pad: u32,
     /// `bpf_ktime_get_ns`: CLOCK_MONOTONIC.
     pub ts_ns: u64,
     pub comm: [u8; COMM_LEN],
@@ -99,6 +95,10 @@ pub struct SendResetEvent {
 pub struct ReceiveResetEvent {
     pub header: EventHeader,
     pub skaddr: u64,
+    /// Non-zero: the receiving socket is a client of a tracked port (its remote port is
+    /// tracked), e.g. an `ssh` client on this host getting a firewall's reset.
+    pub client_side: u32,
+    pub _pad: u32,
     pub endpoints: Endpoints,
 }
 
@@ -208,3 +208,18 @@ pub struct OomVictimEvent {
 
 /// "Not reported by this kernel" for optional numbers.
 pub const UNKNOWN_U64: u64 = u64::MAX;
+
+/// Netfilter dropped a TCP segment to or from a tracked port (`skb:kfree_skb` with reason
+/// NETFILTER_DROP; REJECT targets drop the segment too, after answering it).
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct FirewallDropEvent {
+    pub header: EventHeader,
+    /// Flags of the dropped segment.
+    pub tcp_flags: u16,
+    /// Non-zero when the segment was on its way to the tracked port (inbound to sshd).
+    pub inbound: u16,
+    pub _pad: u32,
+    /// `local` is the tracked (sshd) side.
+    pub endpoints: Endpoints,
+}

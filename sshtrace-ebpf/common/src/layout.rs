@@ -5,6 +5,22 @@
 /// An offset the running kernel does not have.
 pub const ABSENT: u16 = u16::MAX;
 
+/// `syscalls:sys_enter_*` tracepoints whose `filename` argument is kept, so that a failure of
+/// the call names the path. Not every architecture or kernel has all of them.
+pub const PATH_SYSCALLS: [&str; 11] = [
+    "sys_enter_open",
+    "sys_enter_openat",
+    "sys_enter_openat2",
+    "sys_enter_newstat",
+    "sys_enter_newlstat",
+    "sys_enter_newfstatat",
+    "sys_enter_statx",
+    "sys_enter_access",
+    "sys_enter_faccessat",
+    "sys_enter_faccessat2",
+    "sys_enter_execve",
+];
+
 /// How a tracepoint records a connection's addresses.
 pub mod addr_style {
     /// Not recorded.
@@ -96,10 +112,8 @@ pub struct SyscallLayout {
     /// `raw_syscalls:sys_exit`: the syscall number and return value.
     pub raw_exit_id: u16,
     pub raw_exit_ret: u16,
-    /// `sys_enter_open`, `sys_enter_openat`, `sys_enter_openat2`: the `filename` argument.
-    pub open_filename: u16,
-    pub openat_filename: u16,
-    pub openat2_filename: u16,
+    /// The `filename` argument of each of [`PATH_SYSCALLS`], in that order.
+    pub path_arg: [u16; PATH_SYSCALLS.len()],
     /// `__syscall_nr` of the `sys_enter_*` records.
     pub enter_nr: u16,
 }
@@ -125,14 +139,22 @@ pub struct StructLayout {
     pub task_exit_code: u16,
     pub skb_head: u16,
     pub skb_transport_header: u16,
+    pub skb_network_header: u16,
+    pub _pad: u16,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct KfreeSkbLayout {
+    pub skbaddr: u16,
+    pub protocol: u16,
+    pub reason: u16,
+    pub _pad: u16,
 }
 
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
 pub struct KernelLayout {
-    /// `common_flags`, shared by every classic tracepoint record.
-    pub common_flags: u16,
-    pub _pad: u16,
     pub send_reset: SendResetLayout,
     pub receive_reset: ReceiveResetLayout,
     pub sock_state: SockStateLayout,
@@ -141,6 +163,7 @@ pub struct KernelLayout {
     pub signal: SignalLayout,
     pub syscall: SyscallLayout,
     pub oom: OomLayout,
+    pub kfree_skb: KfreeSkbLayout,
     pub structs: StructLayout,
 }
 
@@ -160,8 +183,6 @@ impl AddrLayout {
 impl KernelLayout {
     /// Every field absent: what the programs see if userspace never set the global.
     pub const ABSENT: Self = Self {
-        common_flags: ABSENT,
-        _pad: 0,
         send_reset: SendResetLayout {
             skbaddr: ABSENT,
             skaddr: ABSENT,
@@ -203,9 +224,7 @@ impl KernelLayout {
             ret: ABSENT,
             raw_exit_id: ABSENT,
             raw_exit_ret: ABSENT,
-            open_filename: ABSENT,
-            openat_filename: ABSENT,
-            openat2_filename: ABSENT,
+            path_arg: [ABSENT; PATH_SYSCALLS.len()],
             enter_nr: ABSENT,
         },
         oom: OomLayout {
@@ -218,11 +237,19 @@ impl KernelLayout {
             pgtables: ABSENT,
             oom_score_adj: ABSENT,
         },
+        kfree_skb: KfreeSkbLayout {
+            skbaddr: ABSENT,
+            protocol: ABSENT,
+            reason: ABSENT,
+            _pad: 0,
+        },
         structs: StructLayout {
             task_tgid: ABSENT,
             task_exit_code: ABSENT,
             skb_head: ABSENT,
             skb_transport_header: ABSENT,
+            skb_network_header: ABSENT,
+            _pad: 0,
         },
     };
 }

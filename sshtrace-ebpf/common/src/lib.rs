@@ -34,6 +34,8 @@ pub mod counter {
 pub struct Settings {
     /// Non-zero: report TCP resets on every port, not only the tracked ones.
     pub all_ports: u32,
+    /// This kernel's `SKB_DROP_REASON_NETFILTER_DROP`, or `u32::MAX` when it has none.
+    pub netfilter_drop: u32,
 }
 
 #[cfg(feature = "user")]

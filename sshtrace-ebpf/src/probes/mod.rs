@@ -4,22 +4,12 @@ mod accept;
 mod oom;
 mod process;
 mod signal;
+mod skb;
 mod syscalls;
 mod tcp;
 
 use aya_ebpf::programs::TracePointContext;
-use sshtrace_common::{ABSENT, CONTEXT_INTERRUPT, TRACE_FLAGS_INTERRUPT};
-
-use crate::maps::layout;
-
-/// Whether a classic tracepoint fired in interrupt context, from the record's common_flags.
-#[inline(always)]
-fn context(ctx: &TracePointContext) -> u32 {
-    match field::<u8>(ctx, layout().common_flags) {
-        Ok(flags) if flags & TRACE_FLAGS_INTERRUPT != 0 => CONTEXT_INTERRUPT,
-        _ => 0,
-    }
-}
+use sshtrace_common::ABSENT;
 
 /// Reads a `T` at `offset` of a classic tracepoint record; an absent field is an error.
 #[inline(always)]

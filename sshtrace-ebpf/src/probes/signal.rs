@@ -3,7 +3,7 @@
 use aya_ebpf::{macros::tracepoint, programs::TracePointContext};
 use sshtrace_common::SignalEvent;
 
-use super::{context, field};
+use super::field;
 use crate::{
     maps::{layout, pid_tracked},
     record::submit,
@@ -34,7 +34,6 @@ fn try_signal(ctx: &TracePointContext) -> Result<(), i32> {
     let result: i32 = field(ctx, l.result).unwrap_or(-1);
     let comm: [u8; 16] = field(ctx, l.comm).unwrap_or_default();
     submit(|e: &mut SignalEvent| {
-        e.header.context = context(ctx);
         e.target_pid = target as u32;
         e.sig = sig;
         e.code = code;

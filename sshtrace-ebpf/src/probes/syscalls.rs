@@ -1,5 +1,5 @@
 //! Failed system calls of tracked processes (EMFILE on accept, EAGAIN on clone, ENOENT on a
-//! host key, …), with the path of failed opens. Bursts of the same failure (a listener
+//! host key, …), with the path argument of failed opens, stats, accesses and execs. Bursts of the same failure (a listener
 //! spinning on accept with EMFILE) are counted here and sent at most every 100 ms per key.
 
 use aya_ebpf::{
@@ -16,7 +16,7 @@ use crate::{
     record::submit,
 };
 
-/// The path argument of an open in progress: `[syscall nr, user pointer]` by pid_tgid.
+/// The path argument of a call in progress: `[syscall nr, user pointer]` by pid_tgid.
 #[map]
 static OPEN_ARGS: LruHashMap<u64, [u64; 2]> = LruHashMap::with_max_entries(4096, 0);
 
@@ -26,6 +26,9 @@ struct BurstKey {
     tgid: u32,
     nr: i32,
     ret: i32,
+    _pad: u32,
+    /// The path argument's address: failures on different paths are different stories.
+    path: u64,
 }
 
 #[repr(C)]
@@ -39,22 +42,29 @@ struct Burst {
 #[map]
 static BURSTS: LruHashMap<BurstKey, Burst> = LruHashMap::with_max_entries(4096, 0);
 
-#[tracepoint]
-pub fn sys_enter_open(ctx: TracePointContext) -> u32 {
-    let _ = save_path(&ctx, layout().syscall.open_filename);
-    0
+/// One program per entry of `PATH_SYSCALLS`, each reading the path at its own offset.
+macro_rules! path_programs {
+    ($($name:ident => $index:expr),* $(,)?) => {$(
+        #[tracepoint]
+        pub fn $name(ctx: TracePointContext) -> u32 {
+            let _ = save_path(&ctx, layout().syscall.path_arg[$index]);
+            0
+        }
+    )*};
 }
 
-#[tracepoint]
-pub fn sys_enter_openat(ctx: TracePointContext) -> u32 {
-    let _ = save_path(&ctx, layout().syscall.openat_filename);
-    0
-}
-
-#[tracepoint]
-pub fn sys_enter_openat2(ctx: TracePointContext) -> u32 {
-    let _ = save_path(&ctx, layout().syscall.openat2_filename);
-    0
+path_programs! {
+    sys_enter_open => 0,
+    sys_enter_openat => 1,
+    sys_enter_openat2 => 2,
+    sys_enter_newstat => 3,
+    sys_enter_newlstat => 4,
+    sys_enter_newfstatat => 5,
+    sys_enter_statx => 6,
+    sys_enter_access => 7,
+    sys_enter_faccessat => 8,
+    sys_enter_faccessat2 => 9,
+    sys_enter_execve => 10,
 }
 
 fn save_path(ctx: &TracePointContext, offset: u16) -> Result<(), i32> {
@@ -92,15 +102,23 @@ fn try_sys_exit(ctx: &TracePointContext) -> Result<(), i32> {
         return Ok(());
     }
     let nr: i64 = field(ctx, l.raw_exit_id)?;
-    let open = unsafe { OPEN_ARGS.get(pid_tgid) }.copied();
-    if open.is_some() {
-        let _ = OPEN_ARGS.remove(pid_tgid);
-    }
-
+    let path = match unsafe { OPEN_ARGS.get(pid_tgid) }.copied() {
+        Some([path_nr, path]) => {
+            let _ = OPEN_ARGS.remove(pid_tgid);
+            if path_nr == nr as u64 {
+                path
+            } else {
+                0
+            }
+        }
+        None => 0,
+    };
     let key = BurstKey {
         tgid,
         nr: nr as i32,
         ret: ret as i32,
+        _pad: 0,
+        path,
     };
     let now = unsafe { bpf_ktime_get_ns() };
     let mut suppressed = 0;
@@ -128,10 +146,8 @@ fn try_sys_exit(ctx: &TracePointContext) -> Result<(), i32> {
         e.nr = nr as i32;
         e.ret = ret as i32;
         e.suppressed = suppressed;
-        if let Some([open_nr, path]) = open {
-            if open_nr == nr as u64 {
-                let _ = unsafe { bpf_probe_read_user_str_bytes(path as *const u8, &mut e.path) };
-            }
+        if path != 0 {
+            let _ = unsafe { bpf_probe_read_user_str_bytes(path as *const u8, &mut e.path) };
         }
     });
     Ok(())

@@ -8,7 +8,7 @@ use sshtrace_common::{
     REASON_UNKNOWN, SEG_FLAGS_UNKNOWN,
 };
 
-use super::{context, field};
+use super::field;
 use crate::{
     maps::{layout, port_tracked},
     record::submit,
@@ -43,7 +43,6 @@ fn try_send_reset(ctx: &TracePointContext) -> Result<(), i32> {
         SEG_FLAGS_UNKNOWN
     };
     submit(|e: &mut SendResetEvent| {
-        e.header.context = context(ctx);
         e.skaddr = skaddr;
         e.state = state;
         e.reason = reason;
@@ -81,13 +80,19 @@ pub fn tcp_receive_reset(ctx: TracePointContext) -> u32 {
 fn try_receive_reset(ctx: &TracePointContext) -> Result<(), i32> {
     let l = layout().receive_reset;
     let endpoints = read_endpoints(ctx, &l.addr)?;
-    if !port_tracked(endpoints.local_port) {
+    // A client of a tracked port on this host (its peer's port is tracked) is reported too:
+    // the reset a firewall sends reaches the client, not sshd.
+    let client_side = if port_tracked(endpoints.local_port) {
+        0
+    } else if port_tracked(endpoints.remote_port) {
+        1
+    } else {
         return Ok(());
-    }
+    };
     let skaddr: u64 = field(ctx, l.skaddr)?;
     submit(|e: &mut ReceiveResetEvent| {
-        e.header.context = context(ctx);
         e.skaddr = skaddr;
+        e.client_side = client_side;
         e.endpoints = endpoints;
     });
     Ok(())
@@ -113,7 +118,6 @@ fn try_sock_state(ctx: &TracePointContext) -> Result<(), i32> {
     let old_state: i32 = field(ctx, l.oldstate)?;
     let new_state: i32 = field(ctx, l.newstate)?;
     submit(|e: &mut SockStateEvent| {
-        e.header.context = context(ctx);
         e.skaddr = skaddr;
         e.old_state = old_state;
         e.new_state = new_state;
@@ -124,7 +128,7 @@ fn try_sock_state(ctx: &TracePointContext) -> Result<(), i32> {
 
 /// Reads the 4-tuple in whichever style this kernel's record uses.
 #[inline(always)]
-fn read_endpoints(ctx: &TracePointContext, l: &AddrLayout) -> Result<Endpoints, i32> {
+pub(super) fn read_endpoints(ctx: &TracePointContext, l: &AddrLayout) -> Result<Endpoints, i32> {
     let mut ep = Endpoints::default();
     match l.style {
         addr_style::SOCKADDR => {
