@@ -289,11 +289,25 @@ fn parse_hex_addr(text: &str) -> Option<SocketAddr> {
 
 /// The command-line arguments of process `dir`.
 fn cmdline(dir: &Path) -> Vec<String> {
-    fs::read(dir.join("cmdline"))
-        .unwrap_or_default()
+    parse_cmdline(&fs::read(dir.join("cmdline")).unwrap_or_default())
+}
+
+/// NUL-separated arguments; sshd rewrites its own as one string (setproctitle), e.g.
+/// `sshd: /usr/sbin/sshd -D -f /etc/ssh/sshd_config [listener] 0 of 10-100 startups`.
+fn parse_cmdline(raw: &[u8]) -> Vec<String> {
+    let args: Vec<String> = raw
         .split(|&b| b == 0)
+        .filter(|a| !a.is_empty())
         .map(|a| String::from_utf8_lossy(a).into_owned())
-        .collect()
+        .collect();
+    match args.as_slice() {
+        [title] if title.contains(' ') => title
+            .split_whitespace()
+            .skip_while(|w| w.ends_with(':'))
+            .map(str::to_owned)
+            .collect(),
+        _ => args,
+    }
 }
 
 /// The values of sshd option `flag` (`-f`, `-p`, `-o`) on a command line, attached or not.
@@ -420,6 +434,19 @@ mod tests {
         assert!(is_sshd_exe("/usr/sbin/sshd (deleted)"));
         assert!(!is_sshd_exe("/usr/lib/openssh/sshd-session"));
         assert!(!is_sshd_exe("/usr/bin/not-sshd"));
+    }
+
+    #[test]
+    fn sshd_process_titles_are_split_into_arguments() {
+        let title =
+            b"sshd: /usr/sbin/sshd -D -e -f /tmp/x/sshd_config [listener] 0 of 10-100 startups\0\0";
+        let args = parse_cmdline(title);
+        assert_eq!(args[0], "/usr/sbin/sshd");
+        assert_eq!(flag_values(&args, "-f"), vec!["/tmp/x/sshd_config"]);
+        assert_eq!(
+            parse_cmdline(b"/usr/sbin/sshd\0-D\0-f\0/a b\0"),
+            vec!["/usr/sbin/sshd", "-D", "-f", "/a b"]
+        );
     }
 
     #[test]

@@ -21,8 +21,6 @@ pub struct Task {
     pub pid: u32,
     pub tid: u32,
     pub comm: String,
-    /// The probe ran in interrupt context: this task merely happened to be running.
-    pub in_interrupt: bool,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -38,7 +36,15 @@ pub enum Kind {
     },
     ReceiveReset {
         skaddr: u64,
+        /// The receiver is a client of a tracked port on this host; `conn` is its own view.
+        client_side: bool,
         conn: ConnTuple,
+    },
+    /// Netfilter dropped a segment; `conn.local` is the tracked (sshd) side.
+    FirewallDrop {
+        conn: ConnTuple,
+        tcp_flags: u8,
+        inbound: bool,
     },
     SockState {
         skaddr: u64,
@@ -116,7 +122,16 @@ pub fn decode(bytes: &[u8]) -> Option<Event> {
             let e: wire::ReceiveResetEvent = read(bytes)?;
             Kind::ReceiveReset {
                 skaddr: e.skaddr,
+                client_side: e.client_side != 0,
                 conn: tuple(&e.endpoints)?,
+            }
+        }
+        EventKind::FirewallDrop => {
+            let e: wire::FirewallDropEvent = read(bytes)?;
+            Kind::FirewallDrop {
+                conn: tuple(&e.endpoints)?,
+                tcp_flags: e.tcp_flags as u8,
+                inbound: e.inbound != 0,
             }
         }
         EventKind::SockState => {
@@ -192,7 +207,6 @@ pub fn decode(bytes: &[u8]) -> Option<Event> {
             pid: header.pid,
             tid: header.tid,
             comm: c_string(&header.comm),
-            in_interrupt: header.context & wire::CONTEXT_INTERRUPT != 0,
         },
         kind,
     })
@@ -269,7 +283,7 @@ mod tests {
             kind: kind as u32,
             tid: 41,
             pid: 40,
-            context: 0,
+            _pad: 0,
             ts_ns: 7,
             comm,
         }
@@ -302,7 +316,6 @@ mod tests {
                 pid: 40,
                 tid: 41,
                 comm: "sshd".into(),
-                in_interrupt: false,
             }
         );
         let Kind::SendReset {

@@ -9,78 +9,54 @@ use aya::{
     programs::{RawTracePoint, TracePoint},
     Ebpf, EbpfLoader,
 };
-use sshtrace_common::{counter, pid_flags, KernelLayout, Settings};
+use sshtrace_common::{counter, pid_flags, KernelLayout, Settings, PATH_SYSCALLS};
 
 /// The object built by `build.rs` from `sshtrace-ebpf`.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/sshtrace"));
 
+#[derive(Clone, Copy)]
 enum Attach {
     TracePoint(&'static str, &'static str),
     RawTracePoint(&'static str),
-    /// A hook some kernels lack; missing, it is reported and skipped.
-    Optional(&'static Attach),
 }
 
-/// Every program, how it attaches, and what it is for (shown in the start-up report).
-const HOOKS: &[(&str, Attach)] = &[
-    (
-        "tcp_send_reset",
-        Attach::TracePoint("tcp", "tcp_send_reset"),
-    ),
-    (
-        "tcp_receive_reset",
-        Attach::TracePoint("tcp", "tcp_receive_reset"),
-    ),
-    (
-        "inet_sock_set_state",
-        Attach::TracePoint("sock", "inet_sock_set_state"),
-    ),
-    (
-        "sched_process_fork",
-        Attach::RawTracePoint("sched_process_fork"),
-    ),
-    (
-        "sched_process_exec",
-        Attach::TracePoint("sched", "sched_process_exec"),
-    ),
-    (
-        "sched_process_exit",
-        Attach::TracePoint("sched", "sched_process_exit"),
-    ),
-    (
-        "signal_generate",
-        Attach::TracePoint("signal", "signal_generate"),
-    ),
-    (
-        "sys_enter_accept",
-        Attach::TracePoint("syscalls", "sys_enter_accept"),
-    ),
-    (
-        "sys_exit_accept",
-        Attach::TracePoint("syscalls", "sys_exit_accept"),
-    ),
-    (
-        "sys_enter_accept4",
-        Attach::TracePoint("syscalls", "sys_enter_accept4"),
-    ),
-    (
-        "sys_exit_accept4",
-        Attach::TracePoint("syscalls", "sys_exit_accept4"),
-    ),
-    ("sys_exit", Attach::TracePoint("raw_syscalls", "sys_exit")),
-    (
-        "sys_enter_openat",
-        Attach::TracePoint("syscalls", "sys_enter_openat"),
-    ),
-    (
-        "sys_enter_open",
-        Attach::Optional(&Attach::TracePoint("syscalls", "sys_enter_open")),
-    ),
-    (
-        "sys_enter_openat2",
-        Attach::Optional(&Attach::TracePoint("syscalls", "sys_enter_openat2")),
-    ),
-    ("mark_victim", Attach::TracePoint("oom", "mark_victim")),
+/// A program and how it attaches. An optional hook (some kernels or architectures lack it)
+/// that cannot attach is reported and skipped; a required one is an error.
+#[derive(Clone, Copy)]
+struct Hook {
+    program: &'static str,
+    attach: Attach,
+    required: bool,
+}
+
+const fn tracepoint(category: &'static str, name: &'static str) -> Hook {
+    Hook {
+        program: name,
+        attach: Attach::TracePoint(category, name),
+        required: true,
+    }
+}
+
+/// Every required program; the path-capturing `PATH_SYSCALLS` programs are added as optional.
+const HOOKS: &[Hook] = &[
+    tracepoint("tcp", "tcp_send_reset"),
+    tracepoint("tcp", "tcp_receive_reset"),
+    tracepoint("sock", "inet_sock_set_state"),
+    Hook {
+        program: "sched_process_fork",
+        attach: Attach::RawTracePoint("sched_process_fork"),
+        required: true,
+    },
+    tracepoint("sched", "sched_process_exec"),
+    tracepoint("sched", "sched_process_exit"),
+    tracepoint("signal", "signal_generate"),
+    tracepoint("syscalls", "sys_enter_accept"),
+    tracepoint("syscalls", "sys_exit_accept"),
+    tracepoint("syscalls", "sys_enter_accept4"),
+    tracepoint("syscalls", "sys_exit_accept4"),
+    tracepoint("raw_syscalls", "sys_exit"),
+    tracepoint("oom", "mark_victim"),
+    tracepoint("skb", "kfree_skb"),
 ];
 
 pub struct Probes {
@@ -103,14 +79,14 @@ impl Probes {
             .context("cannot load the eBPF programs")?;
         let mut attached = Vec::new();
         let mut skipped = Vec::new();
-        for (name, how) in HOOKS {
-            let (how, optional) = match how {
-                Attach::Optional(inner) => (*inner, true),
-                other => (other, false),
-            };
-            match attach(&mut ebpf, name, how) {
-                Ok(hook) => attached.push(hook),
-                Err(err) if optional => skipped.push(format!("{name} ({err:#})")),
+        let path_hooks = PATH_SYSCALLS.iter().map(|name| Hook {
+            required: false,
+            ..tracepoint("syscalls", name)
+        });
+        for hook in HOOKS.iter().copied().chain(path_hooks) {
+            match attach(&mut ebpf, hook.program, hook.attach) {
+                Ok(done) => attached.push(done),
+                Err(err) if !hook.required => skipped.push(format!("{} ({err:#})", hook.program)),
                 Err(err) => return Err(err),
             }
         }
@@ -135,7 +111,7 @@ impl Probes {
     }
 }
 
-fn attach(ebpf: &mut Ebpf, name: &str, how: &Attach) -> Result<String> {
+fn attach(ebpf: &mut Ebpf, name: &str, how: Attach) -> Result<String> {
     let program = ebpf
         .program_mut(name)
         .with_context(|| format!("the eBPF object has no program {name}"))?;
@@ -154,7 +130,6 @@ fn attach(ebpf: &mut Ebpf, name: &str, how: &Attach) -> Result<String> {
                 .with_context(|| format!("cannot attach raw tracepoint {tp}"))?;
             format!("raw_tracepoint {tp}")
         }
-        Attach::Optional(inner) => return attach(ebpf, name, inner),
     })
 }
 

@@ -43,13 +43,13 @@ pub async fn run(cli: Cli, tracefs: PathBuf) -> Result<()> {
         layout,
         Settings {
             all_ports: cli.all_tcp as u32,
+            netfilter_drop: names
+                .drop_reason_value("NETFILTER_DROP")
+                .unwrap_or(u32::MAX),
         },
     )?;
-    eprintln!(
-        "sshtrace: attached {} hooks: {}",
-        probes.attached.len(),
-        probes.attached.join(", ")
-    );
+    let (attached, skipped) = (probes.attached.join(", "), probes.skipped.join(", "));
+    let hooks = probes.attached.len();
     // SAFETY: the ring buffer owns its fd and keeps it open for as long as the AsyncFd lives.
     let ring = unsafe { AsyncFd::register_with_interest(probes.events, Interest::READABLE) }
         .map_err(|e| e.into_parts().1)
@@ -74,7 +74,12 @@ pub async fn run(cli: Cli, tracefs: PathBuf) -> Result<()> {
         dump_events: cli.dump_events,
         stalls_reported: HashMap::new(),
     };
+    // Tracking starts before the report: whoever waits for it may connect at once.
     tracer.rediscover()?;
+    eprintln!("sshtrace: attached {hooks} hooks: {attached}");
+    if !skipped.is_empty() {
+        eprintln!("sshtrace: skipped hooks this kernel lacks: {skipped}");
+    }
     tracer.event_loop(ring, &cli).await?;
     tracer.finish();
     Ok(())

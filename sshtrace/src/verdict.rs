@@ -22,6 +22,8 @@ pub enum Outcome {
     Refused,
     /// Nothing ended yet, but sshd cannot take the connection (e.g. accept failing).
     Stalled,
+    /// The connection's segments were dropped (by a firewall) and nothing answered them.
+    Dropped,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -31,6 +33,7 @@ pub enum Cause {
     SshdCrashed,
     SshdKilled,
     OomKilled,
+    Firewall,
     ResourceLimit,
     SshdDropped,
     SshdExited,
@@ -48,6 +51,7 @@ impl Cause {
             Self::SshdCrashed => "sshd_crashed",
             Self::SshdKilled => "sshd_killed",
             Self::OomKilled => "oom_killed",
+            Self::Firewall => "firewall",
             Self::ResourceLimit => "resource_limit",
             Self::SshdDropped => "sshd_dropped",
             Self::SshdExited => "sshd_exited",
@@ -68,6 +72,7 @@ impl Outcome {
             Self::Closed => "closed",
             Self::Refused => "refused",
             Self::Stalled => "stalled",
+            Self::Dropped => "dropped",
         }
     }
 }
@@ -107,8 +112,6 @@ pub enum Evidence {
         state: String,
         current_pid: u32,
         current_comm: String,
-        /// Sent from interrupt context: `current_*` is just the task that was running.
-        current_in_interrupt: bool,
         #[serde(skip_serializing_if = "Option::is_none")]
         segment_flags: Option<String>,
     },
@@ -166,6 +169,17 @@ pub enum Evidence {
         #[serde(skip_serializing_if = "Option::is_none")]
         limit: Option<LimitFacts>,
     },
+    /// `skb:kfree_skb` with reason NETFILTER_DROP.
+    FirewallDrop {
+        ts: String,
+        /// `inbound` (to sshd) or `outbound`.
+        direction: &'static str,
+        tcp_flags: String,
+    },
+    /// `tcp:tcp_receive_reset` on a client socket of this host for this connection.
+    ClientReceivedReset {
+        ts: String,
+    },
     /// `oom:mark_victim`.
     OomKill {
         ts: String,
@@ -198,6 +212,8 @@ impl Evidence {
             | Self::Exit { ts, .. }
             | Self::Signal { ts, .. }
             | Self::SyscallError { ts, .. }
+            | Self::FirewallDrop { ts, .. }
+            | Self::ClientReceivedReset { ts }
             | Self::OomKill { ts, .. } => Some(ts),
             Self::Listening { .. } => None,
         }

@@ -5,6 +5,7 @@
 
 mod closed_preauth;
 mod crashed;
+mod firewall;
 mod kernel_abort;
 mod killed;
 mod not_listening;
@@ -86,6 +87,7 @@ type Rule = fn(&Ended, &Context) -> Option<Finding>;
 /// then did about it, and the network-level explanations come last.
 const RULES: &[Rule] = &[
     not_listening::judge,
+    firewall::judge,
     oom_killed::judge,
     killed::judge,
     crashed::judge,
@@ -150,6 +152,14 @@ fn outcome(conn: &Connection) -> Outcome {
             }
         }
         (_, Some(_)) => Outcome::ResetReceived,
+        // Only a firewall saw it: it never reached a socket.
+        _ if conn.skaddr == 0 && !conn.drops.is_empty() => {
+            if conn.client_resets.is_empty() {
+                Outcome::Dropped
+            } else {
+                Outcome::Refused
+            }
+        }
         _ => Outcome::Closed,
     }
 }
@@ -186,6 +196,7 @@ fn unexplained(e: &Ended, evidence: Vec<Evidence>) -> Finding {
         Outcome::Refused => "this host answered a segment with a reset",
         Outcome::Closed => "the connection closed after an sshd process was killed",
         Outcome::Stalled => "the connection is stalled",
+        Outcome::Dropped => "its segments were dropped",
     };
     Finding {
         cause: Cause::Unknown,
@@ -269,7 +280,6 @@ fn connection_evidence(e: &Ended, ctx: &Context) -> Vec<Evidence> {
             },
             current_pid: r.current.pid,
             current_comm: r.current.comm.clone(),
-            current_in_interrupt: r.current.in_interrupt,
             segment_flags: r.seg_flags.map(tcp_flags),
         });
     }
@@ -280,6 +290,18 @@ fn connection_evidence(e: &Ended, ctx: &Context) -> Vec<Evidence> {
     }
     if let Some(ts) = conn.closed_ts {
         out.push(Evidence::TcpClose {
+            ts: ctx.clock.rfc3339(ts),
+        });
+    }
+    for d in &conn.drops {
+        out.push(Evidence::FirewallDrop {
+            ts: ctx.clock.rfc3339(d.ts_ns),
+            direction: if d.inbound { "inbound" } else { "outbound" },
+            tcp_flags: tcp_flags(d.tcp_flags),
+        });
+    }
+    for &ts in &conn.client_resets {
+        out.push(Evidence::ClientReceivedReset {
             ts: ctx.clock.rfc3339(ts),
         });
     }
@@ -384,6 +406,7 @@ fn consequence(outcome: Outcome) -> &'static str {
         Outcome::Closed => "the connection was closed (FIN)",
         Outcome::Refused => "the connection attempt was refused",
         Outcome::Stalled => "the connection waits for sshd",
+        Outcome::Dropped => "nothing answered the client",
     }
 }
 

@@ -1,5 +1,6 @@
 //! `socket_killed`: a process outside sshd destroyed the socket (sock_diag destroy, as `ss -K`
-//! does): the kernel aborted it with reset reason TCP_STATE in that process's context.
+//! does). Resets with reason TCP_STATE come from tcp_abort() and tcp_disconnect(), which run in
+//! the context of the process that asked for them, so the current task is the actor.
 
 use serde_json::{json, Map};
 
@@ -10,11 +11,7 @@ pub fn judge(e: &Ended, ctx: &Context) -> Option<Finding> {
     let reset = e.conn.resets_sent.first()?;
     let reason = reset.reason.map(|r| ctx.names.rst_reason(r))?;
     let actor = &reset.current;
-    if reason != "TCP_STATE"
-        || actor.in_interrupt
-        || e.in_tree(actor.pid)
-        || Some(actor.pid) == e.conn.listener_pid
-    {
+    if reason != "TCP_STATE" || e.in_tree(actor.pid) || is_sshd(actor.pid, e, ctx) {
         return None;
     }
     let mut details = Map::new();
@@ -37,4 +34,12 @@ pub fn judge(e: &Ended, ctx: &Context) -> Option<Finding> {
             actor.pid, actor.pid
         ),
     })
+}
+
+/// sshd itself aborting sockets (a listener closing with connections queued) is not a kill.
+pub(super) fn is_sshd(pid: u32, e: &Ended, ctx: &Context) -> bool {
+    Some(pid) == e.conn.listener_pid
+        || ctx.sshd.listeners.contains_key(&pid)
+        || ctx.sshd.gone.iter().any(|l| l.pid == pid)
+        || ctx.procs.get(pid).is_some_and(|p| p.runs_sshd())
 }

@@ -1,5 +1,6 @@
 //! `sshd_dropped`: the listening sshd accepted the connection and closed it without starting
-//! a per-connection process (MaxStartups, PerSourcePenalties, …).
+//! a per-connection process (MaxStartups, PerSourcePenalties, …), or closed its listening
+//! socket while the connection waited in its accept queue (sshd stopped or restarted).
 
 use serde_json::{json, Map};
 
@@ -11,16 +12,15 @@ use crate::{
 };
 
 pub fn judge(e: &Ended, ctx: &Context) -> Option<Finding> {
+    if e.conn.listener_pid.is_none() {
+        return dropped_from_queue(e, ctx);
+    }
     let listener = e.conn.listener_pid?;
     if e.conn.session_pid.is_some() || e.outcome == Outcome::Refused {
         return None;
     }
     // The listener itself closed it: the reset was sent while it ran, or it sent the FIN.
-    let closed_by_listener = e
-        .conn
-        .resets_sent
-        .iter()
-        .any(|r| r.current.pid == listener && !r.current.in_interrupt)
+    let closed_by_listener = e.conn.resets_sent.iter().any(|r| r.current.pid == listener)
         || e.conn.closed_first_by == Some(Closer::Sshd);
     if !closed_by_listener {
         return None;
@@ -55,5 +55,33 @@ pub fn judge(e: &Ended, ctx: &Context) -> Option<Finding> {
              who holds unauthenticated connections (`ss -tn state established '( sport = :{} )'`)",
             e.conn.tuple.local.port()
         ),
+    })
+}
+
+/// A connection never accepted, reset (TCP_STATE, from tcp_disconnect of the queued child) by
+/// the sshd that closed its listening socket.
+fn dropped_from_queue(e: &Ended, ctx: &Context) -> Option<Finding> {
+    let reset = e.conn.resets_sent.first()?;
+    let closer = reset.current.pid;
+    if reset.reason.map(|r| ctx.names.rst_reason(r)).as_deref() != Some("TCP_STATE")
+        || !super::socket_killed::is_sshd(closer, e, ctx)
+    {
+        return None;
+    }
+    let mut details = Map::new();
+    details.insert("listener_pid".into(), json!(closer));
+    details.insert("queued".into(), json!(true));
+    Some(Finding {
+        cause: Cause::SshdDropped,
+        pid: Some(closer),
+        details,
+        evidence: Vec::new(),
+        summary: format!(
+            "sshd[{closer}] closed its listening socket while the connection waited in the accept \
+             queue (sshd stopped or restarted); the kernel reset it"
+        ),
+        hint: "sshd was stopped or restarted: clients connecting at that moment are reset; \
+               restart sshd with `systemctl reload ssh` (SIGHUP keeps the listener) where possible"
+            .into(),
     })
 }

@@ -53,7 +53,6 @@ fn task(pid: u32, comm: &str) -> Task {
         pid,
         tid: pid,
         comm: comm.into(),
-        in_interrupt: false,
     }
 }
 
@@ -63,7 +62,6 @@ fn irq_task() -> Task {
         pid: 4242,
         tid: 4242,
         comm: "ssh".into(),
-        in_interrupt: true,
     }
 }
 
@@ -178,7 +176,9 @@ impl Script {
     fn verdicts(&mut self, sshd: &Snapshot) -> Vec<Verdict> {
         let names = names();
         let clock = Clock::epoch();
-        let settled = self.state.take_settled(self.ts + SETTLE_NS);
+        let settled = self
+            .state
+            .take_settled(self.ts + SETTLE_NS + crate::state::FIREWALL_SETTLE_NS);
         let ctx = Context {
             names: &names,
             conns: &self.state.conns,
@@ -557,19 +557,41 @@ fn ss_k_from_process_context_is_socket_killed() {
     assert_eq!(v.details["actor_comm"], "ss");
 }
 
+/// sshd closing its listening socket with a connection queued resets it (tcp_disconnect).
 #[test]
-fn tcp_state_reset_in_softirq_is_the_kernels_own() {
+fn tcp_state_reset_by_the_listener_is_a_drop_not_a_kill() {
     let mut s = Script::new();
-    s.accepted().softirq(Kind::SendReset {
+    s.softirq(Kind::SockState {
         skaddr: SK,
-        state: ESTABLISHED,
-        reason: Some(TCP_STATE),
-        seg_flags: None,
+        old_state: LISTEN,
+        new_state: SYN_RECV,
         conn: tuple(),
+    })
+    .softirq(Kind::SockState {
+        skaddr: SK,
+        old_state: SYN_RECV,
+        new_state: ESTABLISHED,
+        conn: tuple(),
+    })
+    .ev(
+        task(LISTENER, "sshd"),
+        Kind::SendReset {
+            skaddr: SK,
+            state: ESTABLISHED,
+            reason: Some(TCP_STATE),
+            seg_flags: None,
+            conn: tuple(),
+        },
+    );
+    let mut sshd = Snapshot::default();
+    sshd.gone.push(crate::discovery::Listener {
+        pid: LISTENER,
+        exe: "/usr/sbin/sshd".into(),
+        addrs: vec![],
     });
-    let v = one(&mut s);
-    assert_eq!(v.cause, Cause::KernelAbort);
-    assert_eq!(v.details["reason"], "TCP_STATE");
+    let v = s.verdicts(&sshd).remove(0);
+    assert_eq!(v.cause, Cause::SshdDropped);
+    assert_eq!(v.details["queued"], true);
 }
 
 #[test]
@@ -592,6 +614,7 @@ fn reset_received_and_none_sent_is_a_peer_reset() {
     let mut s = Script::new();
     s.accepted().softirq(Kind::ReceiveReset {
         skaddr: SK,
+        client_side: false,
         conn: tuple(),
     });
     let v = one(&mut s);
@@ -727,4 +750,108 @@ fn stalled_listener_is_reported_before_anything_ends() {
     assert_eq!(v.details["failures_per_second"], 100.0);
     assert_eq!(v.details["waiting_connections"], 1);
     assert_eq!(v.conn.remote_port, 40000);
+}
+
+fn dropped_syn(s: &mut Script) -> &mut Script {
+    s.softirq(Kind::FirewallDrop {
+        conn: tuple(),
+        tcp_flags: 0x02,
+        inbound: true,
+    })
+}
+
+#[test]
+fn reject_seen_by_a_local_client_is_a_refusing_firewall() {
+    let mut s = Script::new();
+    dropped_syn(&mut s).softirq(Kind::ReceiveReset {
+        skaddr: 0x77,
+        client_side: true,
+        conn: ConnTuple {
+            local: tuple().remote,
+            remote: tuple().local,
+        },
+    });
+    let v = one(&mut s);
+    assert_eq!((v.cause, v.outcome), (Cause::Firewall, Outcome::Refused));
+    assert_eq!(v.details["action"], "REJECT");
+    assert!(v
+        .evidence
+        .iter()
+        .any(|e| matches!(e, Evidence::ClientReceivedReset { .. })));
+}
+
+#[test]
+fn retransmitted_syns_mean_drop() {
+    let mut s = Script::new();
+    dropped_syn(&mut s);
+    dropped_syn(&mut s);
+    let v = one(&mut s);
+    assert_eq!((v.cause, v.outcome), (Cause::Firewall, Outcome::Dropped));
+    assert_eq!(v.details["action"], "DROP");
+    assert_eq!(v.details["dropped_segments"], 2);
+}
+
+/// Drops of the client's segments starve the session; the kernel's keepalive reset reaching
+/// the local client is not a REJECT.
+#[test]
+fn keepalive_reset_after_drops_is_the_firewall_but_not_a_reject() {
+    let mut s = Script::new();
+    s.accepted()
+        .softirq(Kind::FirewallDrop {
+            conn: tuple(),
+            tcp_flags: 0x10,
+            inbound: true,
+        })
+        .softirq(Kind::SendReset {
+            skaddr: SK,
+            state: ESTABLISHED,
+            reason: Some(KEEPALIVE),
+            seg_flags: None,
+            conn: tuple(),
+        })
+        .softirq(Kind::ReceiveReset {
+            skaddr: 0x77,
+            client_side: true,
+            conn: ConnTuple {
+                local: tuple().remote,
+                remote: tuple().local,
+            },
+        });
+    let v = one(&mut s);
+    assert_eq!(v.cause, Cause::Firewall);
+    assert_eq!(v.details["action"], "DROP or REJECT");
+    assert_eq!(v.details["first_dropped_flags"], "ACK");
+}
+
+#[test]
+fn one_dropped_syn_does_not_tell_drop_from_reject() {
+    let mut s = Script::new();
+    dropped_syn(&mut s);
+    assert_eq!(one(&mut s).details["action"], "DROP or REJECT");
+}
+
+#[test]
+fn a_stray_drop_on_a_healthy_session_is_no_verdict() {
+    let mut s = Script::new();
+    s.accepted()
+        .softirq(Kind::FirewallDrop {
+            conn: tuple(),
+            tcp_flags: 0x10,
+            inbound: true,
+        })
+        .exit(PREAUTH, 0)
+        .fin_close()
+        .exit(SESSION, 0);
+    assert!(s.verdicts(&Snapshot::default()).is_empty());
+}
+
+#[test]
+fn client_side_reset_without_a_server_connection_is_ignored() {
+    let mut s = Script::new();
+    s.softirq(Kind::ReceiveReset {
+        skaddr: 0x77,
+        client_side: true,
+        conn: tuple(),
+    });
+    assert!(s.verdicts(&Snapshot::default()).is_empty());
 }

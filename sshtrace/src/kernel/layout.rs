@@ -4,24 +4,9 @@
 use std::path::Path;
 
 use anyhow::{Context, Result};
-use sshtrace_common::{addr_style, AddrLayout, KernelLayout, ABSENT};
+use sshtrace_common::{addr_style, AddrLayout, KernelLayout, ABSENT, PATH_SYSCALLS};
 
 use super::{btf::Btf, tracefs::Format};
-
-/// The tracepoints sshtrace reads fields from, as `(category, name)`.
-pub const TRACEPOINTS: &[(&str, &str)] = &[
-    ("tcp", "tcp_send_reset"),
-    ("tcp", "tcp_receive_reset"),
-    ("sock", "inet_sock_set_state"),
-    ("sched", "sched_process_exec"),
-    ("sched", "sched_process_exit"),
-    ("signal", "signal_generate"),
-    ("syscalls", "sys_enter_accept4"),
-    ("syscalls", "sys_exit_accept4"),
-    ("raw_syscalls", "sys_exit"),
-    ("syscalls", "sys_enter_openat"),
-    ("oom", "mark_victim"),
-];
 
 pub fn discover(tracefs: &Path, btf: &Btf) -> Result<KernelLayout> {
     let load = |category: &str, name: &str| Format::load(tracefs, category, name);
@@ -29,7 +14,6 @@ pub fn discover(tracefs: &Path, btf: &Btf) -> Result<KernelLayout> {
 
     let f = load("tcp", "tcp_send_reset")?;
     let tp = "tcp:tcp_send_reset";
-    layout.common_flags = f.require(tp, "common_flags")?;
     layout.send_reset.skbaddr = f.offset("skbaddr").unwrap_or(ABSENT);
     layout.send_reset.skaddr = f.require(tp, "skaddr")?;
     layout.send_reset.state = f.offset("state").unwrap_or(ABSENT);
@@ -76,16 +60,21 @@ pub fn discover(tracefs: &Path, btf: &Btf) -> Result<KernelLayout> {
     layout.syscall.raw_exit_id = raw.require("raw_syscalls:sys_exit", "id")?;
     layout.syscall.raw_exit_ret = raw.require("raw_syscalls:sys_exit", "ret")?;
     let openat = load("syscalls", "sys_enter_openat")?;
-    layout.syscall.openat_filename = openat.require("syscalls:sys_enter_openat", "filename")?;
     layout.syscall.enter_nr = openat.require("syscalls:sys_enter_openat", "__syscall_nr")?;
-    // open(2) does not exist on every architecture, openat2(2) not before 5.6.
-    let optional = |name: &str| {
-        load("syscalls", name)
+    // Not every architecture has open(2) or stat(2); openat2(2) came in 5.6.
+    for (slot, name) in layout.syscall.path_arg.iter_mut().zip(PATH_SYSCALLS) {
+        *slot = load("syscalls", name)
             .ok()
             .and_then(|f| f.offset("filename"))
-    };
-    layout.syscall.open_filename = optional("sys_enter_open").unwrap_or(ABSENT);
-    layout.syscall.openat2_filename = optional("sys_enter_openat2").unwrap_or(ABSENT);
+            .unwrap_or(ABSENT);
+    }
+
+    let f = load("skb", "kfree_skb")?;
+    let tp = "skb:kfree_skb";
+    layout.kfree_skb.skbaddr = f.require(tp, "skbaddr")?;
+    layout.kfree_skb.protocol = f.require(tp, "protocol")?;
+    // Drop reasons came in 5.17; without them netfilter drops cannot be told apart.
+    layout.kfree_skb.reason = f.offset("reason").unwrap_or(ABSENT);
 
     let f = load("oom", "mark_victim")?;
     layout.oom.pid = f.require("oom:mark_victim", "pid")?;
@@ -112,6 +101,7 @@ pub fn discover(tracefs: &Path, btf: &Btf) -> Result<KernelLayout> {
     layout.structs.task_exit_code = member("task_struct", "exit_code")?;
     layout.structs.skb_head = member("sk_buff", "head").unwrap_or(ABSENT);
     layout.structs.skb_transport_header = member("sk_buff", "transport_header").unwrap_or(ABSENT);
+    layout.structs.skb_network_header = member("sk_buff", "network_header").unwrap_or(ABSENT);
     Ok(layout)
 }
 

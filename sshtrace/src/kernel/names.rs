@@ -77,6 +77,13 @@ impl KernelNames {
             .map(|(v, _)| *v)
     }
 
+    pub fn drop_reason_value(&self, name: &str) -> Option<u32> {
+        self.drop_reasons
+            .iter()
+            .find(|(_, n)| *n == name)
+            .map(|(v, _)| *v)
+    }
+
     pub fn tcp_state_value(&self, name: &str) -> Option<i32> {
         self.tcp_states
             .iter()

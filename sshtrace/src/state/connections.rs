@@ -9,6 +9,15 @@ use crate::events::{ConnTuple, Task};
 
 pub type ConnId = u64;
 
+/// A segment of the connection netfilter dropped.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Drop {
+    pub ts_ns: u64,
+    pub tcp_flags: u8,
+    /// On its way to sshd (else from it).
+    pub inbound: bool,
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Closer {
     /// This host's side (sshd) closed first: ESTABLISHED → FIN_WAIT1.
@@ -46,6 +55,12 @@ pub struct Connection {
     pub closed_ts: Option<u64>,
     /// Which side sent the first FIN of an orderly close.
     pub closed_first_by: Option<Closer>,
+    /// Segments netfilter dropped.
+    pub drops: Vec<Drop>,
+    /// Resets a client on this host received for this connection.
+    pub client_resets: Vec<u64>,
+    /// Waited on top of `SETTLE_NS` before judging.
+    pub extra_settle_ns: u64,
     /// When it first ended (reset or close); verdicts are judged after the settle time.
     pub end_ts: Option<u64>,
 }
@@ -65,6 +80,9 @@ impl Connection {
             resets_received: Vec::new(),
             closed_ts: None,
             closed_first_by: None,
+            drops: Vec::new(),
+            client_resets: Vec::new(),
+            extra_settle_ns: 0,
             end_ts: None,
         }
     }
@@ -118,6 +136,21 @@ impl ConnectionTable {
         recent.unwrap_or_else(|| self.insert(0, tuple, ts))
     }
 
+    /// The newest connection with this 4-tuple.
+    pub fn by_tuple_mut(&mut self, tuple: ConnTuple) -> Option<&mut Connection> {
+        self.conns.values_mut().rev().find(|c| c.tuple == tuple)
+    }
+
+    /// The newest connection with this 4-tuple that has not been judged, else a new one
+    /// without a socket (e.g. a SYN that never reached TCP).
+    pub fn by_tuple_or_orphan(&mut self, tuple: ConnTuple, ts: u64) -> &mut Connection {
+        let id = match self.conns.values().rev().find(|c| c.tuple == tuple) {
+            Some(c) => c.id,
+            None => self.insert(0, tuple, ts),
+        };
+        self.conns.get_mut(&id).expect("present")
+    }
+
     /// The newest connection from `peer` no process has accepted yet.
     pub fn unaccepted_from(&self, peer: SocketAddr) -> Option<ConnId> {
         self.conns
@@ -160,7 +193,7 @@ impl ConnectionTable {
         let ids: Vec<ConnId> = self
             .conns
             .values()
-            .filter(|c| c.end_ts.is_some_and(|t| t <= cutoff_ns))
+            .filter(|c| c.end_ts.is_some_and(|t| t + c.extra_settle_ns <= cutoff_ns))
             .map(|c| c.id)
             .collect();
         ids.into_iter().filter_map(|id| self.remove(id)).collect()

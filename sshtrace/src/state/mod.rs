@@ -5,16 +5,20 @@ pub mod connections;
 pub mod processes;
 
 use crate::{
-    events::{Event, Kind},
+    events::{ConnTuple, Event, Kind},
     kernel::names::KernelNames,
 };
-pub use connections::{Closer, ConnId, Connection, ConnectionTable, ResetSent};
+pub use connections::{Closer, ConnId, Connection, ConnectionTable, Drop, ResetSent};
 pub use processes::{ExitInfo, OomKill, Process, ProcessTable, SignalInfo, SyscallError};
 
 /// How long after a connection ends its verdict waits for late evidence (the exit of the
 /// process that closed it, a signal's sender, a privsep child's status). Documented in
 /// docs/events.md.
 pub const SETTLE_NS: u64 = 300_000_000;
+
+/// Extra wait for connections seen only through firewall drops: the first SYN retransmission
+/// (1 s) tells a DROP from a REJECT.
+pub const FIREWALL_SETTLE_NS: u64 = 1_200_000_000;
 
 /// TCP states used to follow a connection's life, by their numbers on this kernel.
 #[derive(Clone, Copy, Debug)]
@@ -114,11 +118,48 @@ impl State {
                 c.resets_sent.push(reset);
                 c.end(ts);
             }
-            Kind::ReceiveReset { skaddr, conn } => {
+            Kind::ReceiveReset {
+                skaddr,
+                client_side: false,
+                conn,
+            } => {
                 let id = self.conns.by_skaddr_or_open(*skaddr, *conn, ts);
                 let c = self.conns.get_mut(id).expect("just looked up");
                 c.resets_received.push(ts);
                 c.end(ts);
+            }
+            Kind::ReceiveReset {
+                client_side: true,
+                conn,
+                ..
+            } => {
+                // A client on this host got a reset: evidence for the server-side connection
+                // it belongs to (e.g. a firewall's REJECT), never a connection of its own.
+                let server_view = ConnTuple {
+                    local: conn.remote,
+                    remote: conn.local,
+                };
+                if let Some(c) = self.conns.by_tuple_mut(server_view) {
+                    c.client_resets.push(ts);
+                }
+            }
+            Kind::FirewallDrop {
+                conn,
+                tcp_flags,
+                inbound,
+            } => {
+                let c = self.conns.by_tuple_or_orphan(*conn, ts);
+                c.drops.push(Drop {
+                    ts_ns: ts,
+                    tcp_flags: *tcp_flags,
+                    inbound: *inbound,
+                });
+                if c.skaddr == 0 {
+                    // No socket will ever close it: a verdict once the client had time to
+                    // retransmit (DROP) or get the reset (REJECT).
+                    c.extra_settle_ns = FIREWALL_SETTLE_NS;
+                    c.end(ts);
+                }
             }
             Kind::Accept { ret, peer, .. } => {
                 let pid = event.task.pid;

@@ -1,0 +1,74 @@
+//! `firewall`: netfilter on this host dropped the connection's segments (`skb:kfree_skb`,
+//! reason NETFILTER_DROP). A REJECT rule drops the segment too, after answering it with a
+//! reset: seen when the client is on this host (it receives that reset), or told by the
+//! client's retransmissions, which only a silent DROP causes.
+
+use serde_json::{json, Map};
+
+use super::{tcp_flags, Context, Ended, Finding};
+use crate::{
+    events::TCP_SYN,
+    verdict::{Cause, Outcome},
+};
+
+pub fn judge(e: &Ended, _ctx: &Context) -> Option<Finding> {
+    let drops = &e.conn.drops;
+    let first = drops.first()?;
+    // An orderly close despite a stray drop is not the firewall's doing.
+    if e.conn.skaddr != 0 && e.outcome == Outcome::Closed {
+        return None;
+    }
+    let retransmitted = drops
+        .iter()
+        .filter(|d| d.inbound && d.tcp_flags & TCP_SYN != 0)
+        .count()
+        > 1;
+    // A reset a local client received is the REJECT's only if this host's TCP sent none.
+    let rejected = !e.conn.client_resets.is_empty() && e.conn.resets_sent.is_empty();
+    let action = if rejected {
+        "REJECT"
+    } else if retransmitted {
+        "DROP"
+    } else {
+        "DROP or REJECT"
+    };
+    let what = if first.tcp_flags & TCP_SYN != 0 && first.inbound {
+        "the client's connection attempt (SYN)"
+    } else if first.inbound {
+        "segments from the client"
+    } else {
+        "sshd's segments to the client"
+    };
+    let answer = match action {
+        "REJECT" => "a reset was sent back (REJECT --reject-with tcp-reset): the client sees \"Connection refused\" or \"reset\"",
+        "DROP" => "nothing was answered (DROP): the client retransmitted and times out",
+        _ => "whether a reset was sent back (REJECT) is not visible here",
+    };
+    let mut details = Map::new();
+    details.insert("action".into(), json!(action));
+    details.insert("dropped_segments".into(), json!(drops.len()));
+    details.insert(
+        "first_dropped_flags".into(),
+        json!(tcp_flags(first.tcp_flags)),
+    );
+    details.insert(
+        "direction".into(),
+        json!(if first.inbound { "inbound" } else { "outbound" }),
+    );
+    Some(Finding {
+        cause: Cause::Firewall,
+        pid: None,
+        details,
+        evidence: Vec::new(),
+        summary: format!(
+            "this host's firewall (netfilter) dropped {what} — {} segment(s); {answer}",
+            drops.len()
+        ),
+        hint: format!(
+            "find the rule: `iptables -S; ip6tables -S; nft list ruleset` and look for REJECT/DROP \
+             matching port {} or {}; also `fail2ban-client status sshd`",
+            e.conn.tuple.local.port(),
+            e.conn.tuple.remote.ip()
+        ),
+    })
+}
