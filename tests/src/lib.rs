@@ -3,6 +3,7 @@
 //! the real sshtrace binary with its eBPF programs. Everything a test starts is stopped and
 //! removed when its guard drops, also when the test fails.
 
+pub mod sandbox;
 pub mod sshd;
 pub mod tracer;
 
@@ -13,22 +14,36 @@ use std::{
     time::{Duration, Instant},
 };
 
+pub use sandbox::{Cgroup, Link, NetNs};
 pub use sshd::{Sshd, SshdOptions};
 pub use tracer::Tracer;
 
-/// The address and port a test uses: 127.0.N.1 and 22000+N, so tests never share either.
+/// The address and port a test uses: 127.0.N.1 (or an address of a namespace the test made)
+/// and 22000+N, so tests never share either.
 #[derive(Clone, Copy, Debug)]
 pub struct Endpoint {
     pub n: u8,
+    addr: Option<&'static str>,
 }
 
 impl Endpoint {
     pub const fn new(n: u8) -> Self {
-        Self { n }
+        Self { n, addr: None }
+    }
+
+    /// Port 22000+N on an address of a network namespace the test made.
+    pub const fn at(n: u8, addr: &'static str) -> Self {
+        Self {
+            n,
+            addr: Some(addr),
+        }
     }
 
     pub fn addr(&self) -> String {
-        format!("127.0.{}.1", self.n)
+        match self.addr {
+            Some(addr) => addr.to_owned(),
+            None => format!("127.0.{}.1", self.n),
+        }
     }
 
     pub fn port(&self) -> u16 {

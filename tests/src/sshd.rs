@@ -25,12 +25,17 @@ pub struct SshdOptions {
     /// A C fixture from tests/fixtures to build and preload into sshd (it lives in sshd's
     /// directory, so every re-executed sshd process can load it).
     pub preload: Option<&'static str>,
+    /// A network namespace (made by the test) to run sshd and its clients in.
+    pub netns: Option<String>,
+    /// Where the clients run instead, when not beside sshd.
+    pub client_netns: Option<String>,
 }
 
 pub struct Sshd {
     pub endpoint: Endpoint,
     pub dir: PathBuf,
     child: Child,
+    client_netns: Option<String>,
 }
 
 impl Sshd {
@@ -64,7 +69,7 @@ impl Sshd {
         }
         fs::write(dir.join("sshd_config"), config).expect("write sshd_config");
         let log = fs::File::create(dir.join("sshd.log")).expect("sshd.log");
-        let mut command = Command::new(SSHD);
+        let mut command = in_netns(options.netns.as_deref(), SSHD);
         command
             .args(["-D", "-e", "-f"])
             .arg(dir.join("sshd_config"))
@@ -78,13 +83,16 @@ impl Sshd {
             command.env("LD_PRELOAD", build_fixture(fixture, &dir));
         }
         let child = command.spawn().expect("start sshd");
+        let client_netns = options.client_netns.or(options.netns);
         let sshd = Self {
             endpoint,
             dir,
             child,
+            client_netns,
         };
+        // Its own log line, not a test connection: a connection would be a verdict of its own.
         wait_for("sshd to listen", Duration::from_secs(10), || {
-            TcpStream::connect((endpoint.addr().as_str(), endpoint.port())).ok()
+            sshd.log().contains("Server listening on").then_some(())
         });
         sshd
     }
@@ -99,15 +107,22 @@ impl Sshd {
 
     /// A real `ssh` client logging in with the test key and running `command`.
     pub fn ssh_command(&self, command: &str) -> Command {
-        self.ssh_command_to(self.endpoint.port(), command)
+        self.ssh_command_with(self.endpoint.port(), &self.dir.join("client_key"), command)
     }
 
     /// Like [`Self::ssh_command`], to another port of the same address.
     pub fn ssh_command_to(&self, port: u16, command: &str) -> Command {
-        let mut ssh = Command::new("ssh");
+        self.ssh_command_with(port, &self.dir.join("client_key"), command)
+    }
+
+    /// An `ssh` client to `port` offering only the key `identity`.
+    pub fn ssh_command_with(&self, port: u16, identity: &Path, command: &str) -> Command {
+        let mut ssh = in_netns(self.client_netns.as_deref(), "ssh");
         ssh.args(["-F", "/dev/null", "-i"])
-            .arg(self.dir.join("client_key"))
+            .arg(identity)
             .args([
+                "-o",
+                "IdentitiesOnly=yes",
                 "-o",
                 "BatchMode=yes",
                 "-o",
@@ -115,7 +130,7 @@ impl Sshd {
                 "-o",
                 "UserKnownHostsFile=/dev/null",
                 "-o",
-                "ConnectTimeout=10",
+                "ConnectTimeout=5",
                 "-o",
                 "LogLevel=ERROR",
                 "-p",
@@ -149,6 +164,19 @@ impl Drop for Sshd {
     fn drop(&mut self) {
         self.stop();
         let _ = fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// `program`, inside network namespace `netns` when there is one (`ip netns exec` execs it, so
+/// the child's pid is the program's).
+pub fn in_netns(netns: Option<&str>, program: &str) -> Command {
+    match netns {
+        Some(ns) => {
+            let mut c = Command::new("ip");
+            c.args(["netns", "exec", ns, program]);
+            c
+        }
+        None => Command::new(program),
     }
 }
 

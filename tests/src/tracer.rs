@@ -74,13 +74,22 @@ impl Tracer {
         })
     }
 
-    /// Waits for the first verdict about local port `port` that satisfies `matches`.
+    /// Waits for the first verdict about local port `port` that satisfies `matches`; on
+    /// time-out, fails with the verdicts that did arrive for that port.
     pub fn verdict_for(&self, port: u16, matches: impl Fn(&Value) -> bool) -> Value {
-        wait_for(
-            &format!("a verdict on port {port}"),
-            Duration::from_secs(15),
-            || self.verdicts(port).into_iter().find(|v| matches(v)),
-        )
+        let start = std::time::Instant::now();
+        loop {
+            if let Some(v) = self.verdicts(port).into_iter().find(|v| matches(v)) {
+                return v;
+            }
+            if start.elapsed() > Duration::from_secs(15) {
+                panic!(
+                    "no matching verdict on port {port} within 15 s; got {:#?}",
+                    self.verdicts(port)
+                );
+            }
+            thread::sleep(Duration::from_millis(50));
+        }
     }
 
     /// Every verdict so far about local port `port`.

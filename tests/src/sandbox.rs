@@ -1,0 +1,122 @@
+//! Resources a test makes for itself and removes on drop, even when it fails: cgroups with a
+//! limit, network namespaces.
+
+use std::{fs, path::PathBuf, process::Command, thread, time::Duration};
+
+use crate::run;
+
+/// A cgroup v1 (or v2) directory of one controller, e.g. `pids` or `memory`.
+pub struct Cgroup {
+    pub dir: PathBuf,
+    root: PathBuf,
+}
+
+impl Cgroup {
+    pub fn new(controller: &str, name: &str) -> Self {
+        let v1 = PathBuf::from("/sys/fs/cgroup").join(controller);
+        let root = if v1.join("cgroup.procs").exists() {
+            v1
+        } else {
+            PathBuf::from("/sys/fs/cgroup")
+        };
+        let dir = root.join(format!("sshtrace-test-{name}-{}", std::process::id()));
+        let _ = fs::remove_dir(&dir);
+        fs::create_dir(&dir)
+            .unwrap_or_else(|e| panic!("cannot create cgroup {}: {e}", dir.display()));
+        Self { dir, root }
+    }
+
+    pub fn set(&self, file: &str, value: &str) {
+        fs::write(self.dir.join(file), value)
+            .unwrap_or_else(|e| panic!("cannot write {value} to {file}: {e}"));
+    }
+
+    pub fn add(&self, pid: u32) {
+        self.set("cgroup.procs", &pid.to_string());
+    }
+}
+
+impl Drop for Cgroup {
+    fn drop(&mut self) {
+        // Whatever is left goes back to the root; dying processes may need a moment.
+        for _ in 0..50 {
+            let procs = fs::read_to_string(self.dir.join("cgroup.procs")).unwrap_or_default();
+            for pid in procs.split_whitespace() {
+                let _ = fs::write(self.root.join("cgroup.procs"), pid);
+            }
+            if fs::remove_dir(&self.dir).is_ok() || !self.dir.exists() {
+                return;
+            }
+            thread::sleep(Duration::from_millis(100));
+        }
+        eprintln!("warning: could not remove {}", self.dir.display());
+    }
+}
+
+/// A network namespace with its loopback up.
+pub struct NetNs {
+    pub name: String,
+}
+
+impl NetNs {
+    pub fn new(name: &str) -> Self {
+        let name = format!("sshtrace-{name}-{}", std::process::id());
+        let _ = run(Command::new("ip").args(["netns", "del", &name]));
+        let out = run(Command::new("ip").args(["netns", "add", &name]));
+        assert!(
+            out.status.success(),
+            "ip netns add: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let ns = Self { name };
+        ns.exec(&["ip", "link", "set", "lo", "up"]);
+        ns
+    }
+
+    /// Runs a command inside the namespace and asserts it succeeded.
+    pub fn exec(&self, args: &[&str]) -> String {
+        let out = run(Command::new("ip")
+            .args(["netns", "exec", &self.name])
+            .args(args));
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+}
+
+/// Two namespaces joined by a veth pair: `a` has 10.254.N.1/30, `b` 10.254.N.2/30.
+pub struct Link {
+    pub a: NetNs,
+    pub b: NetNs,
+}
+
+impl Link {
+    pub fn new(name: &str, n: u8) -> Self {
+        let a = NetNs::new(&format!("{name}-a"));
+        let b = NetNs::new(&format!("{name}-b"));
+        let (va, vb) = (format!("st{n}a"), format!("st{n}b"));
+        a.exec(&[
+            "ip", "link", "add", &va, "type", "veth", "peer", "name", &vb, "netns", &b.name,
+        ]);
+        a.exec(&["ip", "addr", "add", &format!("10.254.{n}.1/30"), "dev", &va]);
+        b.exec(&["ip", "addr", "add", &format!("10.254.{n}.2/30"), "dev", &vb]);
+        a.exec(&["ip", "link", "set", &va, "up"]);
+        b.exec(&["ip", "link", "set", &vb, "up"]);
+        Self { a, b }
+    }
+
+    /// Takes `b`'s end down: from then on nothing crosses the link.
+    pub fn cut(&self, n: u8) {
+        self.b
+            .exec(&["ip", "link", "set", &format!("st{n}b"), "down"]);
+    }
+}
+
+impl Drop for NetNs {
+    fn drop(&mut self) {
+        let _ = run(Command::new("ip").args(["netns", "del", &self.name]));
+    }
+}

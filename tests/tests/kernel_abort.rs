@@ -1,0 +1,57 @@
+//! `kernel_abort`: the TCP stack gives up on its own. sshd and its client sit in two network
+//! namespaces the test makes, joined by a veth pair; with keepalive sysctls of seconds in
+//! sshd's namespace, the link is cut (no firewall involved) and the server's keepalive probes
+//! go unanswered: the kernel resets the session (TCP_KEEPALIVE_TIMEOUT).
+
+use std::time::Duration;
+
+use sshtrace_tests::{
+    children, privileged, process_tree, wait_for, Endpoint, Link, Sshd, SshdOptions, Tracer,
+};
+
+const N: u8 = 120;
+
+#[test]
+fn keepalive_timeout() {
+    if !privileged("keepalive_timeout") {
+        return;
+    }
+    let link = Link::new("keepalive", N);
+    for (sysctl, value) in [
+        ("tcp_keepalive_time", "1"),
+        ("tcp_keepalive_intvl", "1"),
+        ("tcp_keepalive_probes", "2"),
+    ] {
+        link.a
+            .exec(&["sysctl", "-q", &format!("net.ipv4.{sysctl}={value}")]);
+    }
+    let ep = Endpoint::at(N, "10.254.120.1");
+    let sshd = Sshd::start(
+        "keepalive",
+        ep,
+        SshdOptions {
+            netns: Some(link.a.name.clone()),
+            client_netns: Some(link.b.name.clone()),
+            ..Default::default()
+        },
+    );
+    let tracer = Tracer::start(&["--port", &ep.port().to_string()]);
+    let mut client = sshd.ssh_command("sleep 60").spawn().unwrap();
+    wait_for("the session", Duration::from_secs(10), || {
+        let session = *children(sshd.pid()).first()?;
+        process_tree(session)
+            .iter()
+            .any(|&p| {
+                std::fs::read_to_string(format!("/proc/{p}/comm"))
+                    .is_ok_and(|c| c.trim() == "sleep")
+            })
+            .then_some(())
+    });
+    link.cut(N);
+
+    let v = tracer.verdict_for(ep.port(), |v| v["cause"] == "kernel_abort");
+    assert_eq!(v["details"]["reason"], "TCP_KEEPALIVE_TIMEOUT");
+    assert_eq!(v["outcome"], "reset_sent");
+    let _ = client.kill();
+    let _ = client.wait();
+}

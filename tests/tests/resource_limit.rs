@@ -1,0 +1,115 @@
+//! `resource_limit`: sshd runs out of descriptors (RLIMIT_NOFILE lowered on the running
+//! listener with prlimit) or processes (a pids cgroup at its maximum).
+
+use std::{io::Write, net::TcpStream, process::Command, time::Duration};
+
+use sshtrace_tests::{privileged, run, Cgroup, Endpoint, Sshd, SshdOptions, Tracer};
+
+fn open_fds(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .count()
+}
+
+fn set_nofile(pid: u32, limit: usize) {
+    let value = format!("--nofile={limit}:{limit}");
+    let out = run(Command::new("prlimit").args([&value, "--pid", &pid.to_string()]));
+    assert!(
+        out.status.success(),
+        "prlimit: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// One descriptor left: accept succeeds, the pipe sshd makes next fails with EMFILE.
+#[test]
+fn listener_out_of_descriptors_after_accept() {
+    if !privileged("listener_out_of_descriptors_after_accept") {
+        return;
+    }
+    let ep = Endpoint::new(60);
+    let sshd = Sshd::start("nofile", ep, SshdOptions::default());
+    let tracer = Tracer::start(&["--port", &ep.port().to_string()]);
+    let limit = open_fds(sshd.pid()) + 1;
+    set_nofile(sshd.pid(), limit);
+
+    assert!(!sshd.ssh("true").status.success());
+
+    let v = tracer.verdict_for(ep.port(), |v| v["cause"] == "resource_limit");
+    assert_eq!(v["details"]["limit"], "nofile");
+    assert_eq!(v["details"]["errno"], "EMFILE");
+    assert_eq!(v["details"]["limit_value"], limit.to_string());
+    assert_eq!(v["details"]["failed_pid"], sshd.pid());
+    assert!(
+        v["details"]["syscall"]
+            .as_str()
+            .unwrap()
+            .starts_with("pipe"),
+        "{v}"
+    );
+    assert_eq!(v["sshd"]["role"], "listener");
+}
+
+/// No descriptor left: accept itself fails, over and over; the client only waits. Reported
+/// while it happens, with the failure rate.
+#[test]
+fn listener_stalled_on_accept() {
+    if !privileged("listener_stalled_on_accept") {
+        return;
+    }
+    let ep = Endpoint::new(61);
+    let sshd = Sshd::start("stalled", ep, SshdOptions::default());
+    let tracer = Tracer::start(&["--port", &ep.port().to_string()]);
+    set_nofile(sshd.pid(), open_fds(sshd.pid()));
+
+    let mut client = TcpStream::connect((ep.addr().as_str(), ep.port())).unwrap();
+    client.write_all(b"SSH-2.0-sshtrace-test\r\n").unwrap();
+    let v = tracer.verdict_for(ep.port(), |v| v["outcome"] == "stalled");
+    assert_eq!(v["cause"], "resource_limit");
+    assert_eq!(v["details"]["limit"], "nofile");
+    assert!(
+        v["details"]["syscall"]
+            .as_str()
+            .unwrap()
+            .starts_with("accept"),
+        "{v}"
+    );
+    assert!(v["details"]["failures_per_second"].as_f64().unwrap() > 0.0);
+    assert_eq!(v["details"]["waiting_connections"], 1);
+    assert_eq!(
+        v["conn"]["remote_port"],
+        client.local_addr().unwrap().port()
+    );
+    drop(client);
+    std::thread::sleep(Duration::from_millis(100));
+}
+
+/// sshd in a pids cgroup that is full: fork fails with EAGAIN.
+#[test]
+fn pids_cgroup_full() {
+    if !privileged("pids_cgroup_full") {
+        return;
+    }
+    let cgroup = Cgroup::new("pids", "pids");
+    let ep = Endpoint::new(62);
+    let sshd = Sshd::start("pids", ep, SshdOptions::default());
+    cgroup.add(sshd.pid());
+    cgroup.set("pids.max", "1");
+    let tracer = Tracer::start(&["--port", &ep.port().to_string()]);
+
+    assert!(!sshd.ssh("true").status.success());
+
+    let v = tracer.verdict_for(ep.port(), |v| v["cause"] == "resource_limit");
+    assert_eq!(v["details"]["limit"], "pids");
+    assert_eq!(v["details"]["errno"], "EAGAIN");
+    assert_eq!(v["details"]["limit_value"], "1");
+    assert!(
+        v["details"]["limit_source"]
+            .as_str()
+            .unwrap()
+            .contains("sshtrace-test-pids"),
+        "{v}"
+    );
+    assert_eq!(v["details"]["failed_pid"], sshd.pid());
+    drop(sshd);
+}

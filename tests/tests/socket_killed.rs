@@ -1,0 +1,48 @@
+//! `socket_killed`: an administrator destroys the session's socket with `ss -K`.
+
+use std::{process::Command, time::Duration};
+
+use sshtrace_tests::{
+    children, privileged, process_tree, run, wait_for, Endpoint, Sshd, SshdOptions, Tracer,
+};
+
+#[test]
+fn ss_kill_of_an_established_session() {
+    if !privileged("ss_kill_of_an_established_session") {
+        return;
+    }
+    let ep = Endpoint::new(90);
+    let sshd = Sshd::start("sskill", ep, SshdOptions::default());
+    let tracer = Tracer::start(&["--port", &ep.port().to_string()]);
+    let mut client = sshd.ssh_command("sleep 60").spawn().unwrap();
+    wait_for("the session", Duration::from_secs(10), || {
+        let session = *children(sshd.pid()).first()?;
+        process_tree(session)
+            .iter()
+            .any(|&p| {
+                std::fs::read_to_string(format!("/proc/{p}/comm"))
+                    .is_ok_and(|c| c.trim() == "sleep")
+            })
+            .then_some(())
+    });
+
+    let filter = format!("( sport = :{} )", ep.port());
+    let out = run(Command::new("ss").args(["-K", "-t", "state", "established", &filter]));
+    assert!(
+        out.status.success(),
+        "ss -K: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let _ = client.wait();
+
+    let v = tracer.verdict_for(ep.port(), |v| v["cause"] == "socket_killed");
+    assert_eq!(v["outcome"], "reset_sent");
+    assert_eq!(v["details"]["actor_comm"], "ss");
+    let reset = v["evidence"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["event"] == "tcp_send_reset")
+        .unwrap();
+    assert_eq!(reset["reason"], "TCP_STATE");
+}
