@@ -83,7 +83,21 @@ fn process_limit(pid: u32) -> LimitFacts {
     }
 }
 
+/// ENOMEM: RLIMIT_AS when one is set (mappings beyond it fail), else the memory cgroup.
 pub fn memory(pid: u32) -> LimitFacts {
+    if let Some(value) = limit_line(pid, "Max address space").filter(|v| v != "unlimited") {
+        return LimitFacts {
+            limit: "memory",
+            value: Some(value),
+            current: None,
+            source: format!("/proc/{pid}/limits (RLIMIT_AS)"),
+        };
+    }
+    memory_cgroup(pid)
+}
+
+/// The memory cgroup's limit and usage (what the OOM killer enforces).
+pub fn memory_cgroup(pid: u32) -> LimitFacts {
     let (value, current, source) = match cgroup_dir(pid, "memory") {
         Some(dir) => {
             let read = |f: &str| {

@@ -275,7 +275,7 @@ fn enrich(event: &mut events::Event) {
         } => {
             *limit = limits::for_failure(event.task.pid, syscall, *errno);
         }
-        Kind::OomVictim { pid, memcg, .. } => *memcg = Some(limits::memory(*pid)),
+        Kind::OomVictim { pid, memcg, .. } => *memcg = Some(limits::memory_cgroup(*pid)),
         _ => {}
     }
 }

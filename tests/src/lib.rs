@@ -14,7 +14,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-pub use sandbox::{Cgroup, Link, NetNs};
+pub use sandbox::{Cgroup, Link, NetNs, User};
 pub use sshd::{Sshd, SshdOptions};
 pub use tracer::Tracer;
 

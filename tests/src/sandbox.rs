@@ -120,3 +120,37 @@ impl Drop for NetNs {
         let _ = run(Command::new("ip").args(["netns", "del", &self.name]));
     }
 }
+
+/// A system user for a test's non-root login, removed on drop.
+pub struct User {
+    pub name: String,
+}
+
+impl User {
+    pub fn new(name: &str) -> Self {
+        // useradd limits names to 32 characters.
+        let name = format!("st-{name}-{}", std::process::id());
+        let _ = run(Command::new("userdel").arg(&name));
+        // Password '*': no password login, yet not a locked account sshd would refuse.
+        let out = run(Command::new("useradd").args([
+            "--no-create-home",
+            "--shell",
+            "/bin/sh",
+            "--password",
+            "*",
+            &name,
+        ]));
+        assert!(
+            out.status.success(),
+            "useradd: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Self { name }
+    }
+}
+
+impl Drop for User {
+    fn drop(&mut self) {
+        let _ = run(Command::new("userdel").arg(&self.name));
+    }
+}

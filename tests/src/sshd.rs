@@ -117,6 +117,11 @@ impl Sshd {
 
     /// An `ssh` client to `port` offering only the key `identity`.
     pub fn ssh_command_with(&self, port: u16, identity: &Path, command: &str) -> Command {
+        self.ssh_command_as("root", port, identity, command)
+    }
+
+    /// An `ssh` client logging in as `user`.
+    pub fn ssh_command_as(&self, user: &str, port: u16, identity: &Path, command: &str) -> Command {
         let mut ssh = in_netns(self.client_netns.as_deref(), "ssh");
         ssh.args(["-F", "/dev/null", "-i"])
             .arg(identity)
@@ -136,7 +141,7 @@ impl Sshd {
                 "-p",
             ])
             .arg(port.to_string())
-            .arg(format!("root@{}", self.endpoint.addr()))
+            .arg(format!("{user}@{}", self.endpoint.addr()))
             .arg(command)
             .stdin(Stdio::null());
         ssh

@@ -3,7 +3,7 @@
 
 use std::{io::Write, net::TcpStream, process::Command, time::Duration};
 
-use sshtrace_tests::{privileged, run, Cgroup, Endpoint, Sshd, SshdOptions, Tracer};
+use sshtrace_tests::{privileged, run, Cgroup, Endpoint, Sshd, SshdOptions, Tracer, User};
 
 fn open_fds(pid: u32) -> usize {
     std::fs::read_dir(format!("/proc/{pid}/fd"))
@@ -112,4 +112,32 @@ fn pids_cgroup_full() {
     );
     assert_eq!(v["details"]["failed_pid"], sshd.pid());
     drop(sshd);
+}
+
+/// A non-root login whose RLIMIT_NPROC (inherited from sshd) is already used up: the session
+/// process, running as the user, cannot fork the shell. Root is exempt from RLIMIT_NPROC, so
+/// only the user's processes fail.
+#[test]
+fn non_root_session_over_nproc() {
+    if !privileged("non_root_session_over_nproc") {
+        return;
+    }
+    let user = User::new("nproc");
+    let ep = Endpoint::new(63);
+    let sshd = Sshd::start("nproc", ep, SshdOptions::default());
+    let out = run(Command::new("prlimit").args(["--nproc=1:1", "--pid", &sshd.pid().to_string()]));
+    assert!(out.status.success());
+    let tracer = Tracer::start(&["--port", &ep.port().to_string()]);
+
+    let out = sshd
+        .ssh_command_as(&user.name, ep.port(), &sshd.path("client_key"), "true")
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "{out:?}");
+
+    let v = tracer.verdict_for(ep.port(), |v| v["cause"] == "resource_limit");
+    assert_eq!(v["details"]["limit"], "nproc", "{v}");
+    assert_eq!(v["details"]["errno"], "EAGAIN");
+    assert_eq!(v["details"]["limit_value"], "1");
+    assert_eq!(v["sshd"]["listener_pid"], sshd.pid());
 }

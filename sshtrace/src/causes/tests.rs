@@ -855,3 +855,75 @@ fn client_side_reset_without_a_server_connection_is_ignored() {
     });
     assert!(s.verdicts(&Snapshot::default()).is_empty());
 }
+
+fn limit(name: &'static str, value: &str, source: &str) -> Option<crate::limits::LimitFacts> {
+    Some(crate::limits::LimitFacts {
+        limit: name,
+        value: Some(value.into()),
+        current: None,
+        source: source.into(),
+    })
+}
+
+#[test]
+fn system_file_table_full_in_the_session() {
+    let mut s = Script::new();
+    s.accepted();
+    let facts = limit("file_max", "9223372036854775807", "/proc/sys/fs/file-nr");
+    syscall_error(
+        &mut s,
+        SESSION,
+        "openat",
+        crate::kernel::syscalls::ENFILE,
+        Some("/etc/passwd"),
+        facts,
+    );
+    s.exit(SESSION, 255 << 8).reset_on_close(SESSION);
+    let v = one(&mut s);
+    assert_eq!(v.cause, Cause::ResourceLimit);
+    assert_eq!(v.details["limit"], "file_max");
+    assert!(v.hint.contains("fs.file-max"), "{}", v.hint);
+}
+
+#[test]
+fn out_of_address_space_in_the_preauth_child() {
+    let mut s = Script::new();
+    s.accepted();
+    let facts = limit("memory", "16777216", "/proc/201/limits (RLIMIT_AS)");
+    syscall_error(
+        &mut s,
+        PREAUTH,
+        "mmap",
+        crate::kernel::syscalls::ENOMEM,
+        None,
+        facts,
+    );
+    s.exit(PREAUTH, 255 << 8)
+        .exit(SESSION, 255 << 8)
+        .reset_on_close(SESSION);
+    let v = one(&mut s);
+    assert_eq!(v.cause, Cause::ResourceLimit);
+    assert_eq!(v.details["limit"], "memory");
+    assert_eq!(v.details["failed_pid"], PREAUTH);
+    assert!(
+        v.summary.contains("mmap failed with ENOMEM"),
+        "{}",
+        v.summary
+    );
+}
+
+#[test]
+fn listener_errors_before_the_accept_belong_to_no_connection() {
+    let mut s = Script::new();
+    syscall_error(
+        &mut s,
+        LISTENER,
+        "pipe2",
+        crate::kernel::syscalls::EMFILE,
+        None,
+        nofile("8"),
+    );
+    accepted_without_fork(&mut s);
+    s.reset_on_close(LISTENER);
+    assert_eq!(one(&mut s).cause, Cause::SshdDropped);
+}
