@@ -34,6 +34,7 @@ records! {
     SyscallErrorEvent => SyscallError,
     OomVictimEvent => OomVictim,
     FirewallDropEvent => FirewallDrop,
+    SelinuxAuditedEvent => SelinuxAudited,
 }
 
 /// Reserves a zeroed record, stamps the header with the current task, lets `fill` write the

@@ -24,6 +24,7 @@ pub enum EventKind {
     SyscallError = 9,
     OomVictim = 10,
     FirewallDrop = 11,
+    SelinuxAudited = 12,
 }
 
 impl EventKind {
@@ -40,6 +41,7 @@ impl EventKind {
             9 => Self::SyscallError,
             10 => Self::OomVictim,
             11 => Self::FirewallDrop,
+            12 => Self::SelinuxAudited,
             _ => return None,
         })
     }
@@ -222,4 +224,22 @@ pub struct FirewallDropEvent {
     pub _pad: u32,
     /// `local` is the tracked (sshd) side.
     pub endpoints: Endpoints,
+}
+
+pub const CONTEXT_LEN: usize = 128;
+pub const TCLASS_LEN: usize = 32;
+
+/// `avc:selinux_audited` with denied permissions, in a tracked process (the subject: SELinux
+/// audits in the context of the task whose access was checked).
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct SelinuxAuditedEvent {
+    pub header: EventHeader,
+    pub requested: u32,
+    pub denied: u32,
+    pub audited: u32,
+    pub result: i32,
+    pub scontext: [u8; CONTEXT_LEN],
+    pub tcontext: [u8; CONTEXT_LEN],
+    pub tclass: [u8; TCLASS_LEN],
 }

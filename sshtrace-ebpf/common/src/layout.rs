@@ -143,6 +143,20 @@ pub struct StructLayout {
     pub _pad: u16,
 }
 
+/// `avc:selinux_audited`; the three contexts are `__data_loc char[]` fields.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct SelinuxAuditedLayout {
+    pub requested: u16,
+    pub denied: u16,
+    pub audited: u16,
+    pub result: u16,
+    pub scontext: u16,
+    pub tcontext: u16,
+    pub tclass: u16,
+    pub _pad: u16,
+}
+
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
 pub struct KfreeSkbLayout {
@@ -164,6 +178,7 @@ pub struct KernelLayout {
     pub syscall: SyscallLayout,
     pub oom: OomLayout,
     pub kfree_skb: KfreeSkbLayout,
+    pub selinux: SelinuxAuditedLayout,
     pub structs: StructLayout,
 }
 
@@ -241,6 +256,16 @@ impl KernelLayout {
             skbaddr: ABSENT,
             protocol: ABSENT,
             reason: ABSENT,
+            _pad: 0,
+        },
+        selinux: SelinuxAuditedLayout {
+            requested: ABSENT,
+            denied: ABSENT,
+            audited: ABSENT,
+            result: ABSENT,
+            scontext: ABSENT,
+            tcontext: ABSENT,
+            tclass: ABSENT,
             _pad: 0,
         },
         structs: StructLayout {

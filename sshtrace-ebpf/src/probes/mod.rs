@@ -1,6 +1,7 @@
 //! One module per hook family.
 
 mod accept;
+mod avc;
 mod oom;
 mod process;
 mod signal;
