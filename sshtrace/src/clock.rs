@@ -35,6 +35,11 @@ impl Clock {
         now(libc::CLOCK_MONOTONIC) as u64
     }
 
+    /// The probes' time base for a wall-clock time (audit records carry wall-clock times).
+    pub fn monotonic_from_unix_ns(&self, unix_ns: i128) -> u64 {
+        (unix_ns - self.realtime_minus_monotonic_ns).max(0) as u64
+    }
+
     pub fn unix_ns(&self, monotonic_ns: u64) -> i128 {
         monotonic_ns as i128 + self.realtime_minus_monotonic_ns
     }

@@ -5,7 +5,18 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use sshtrace_common as wire;
 
-use crate::{kernel::syscalls::syscall_name, limits::LimitFacts};
+use crate::{dac::DacFacts, kernel::syscalls::syscall_name, limits::LimitFacts};
+
+/// What an LSM said about a denial.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LsmDenial {
+    /// `selinux_audited` (tracepoint) or `audit` (netlink record).
+    pub source: &'static str,
+    pub lsm: &'static str,
+    pub operation: Option<String>,
+    pub path: Option<String>,
+    pub facts: std::collections::BTreeMap<String, String>,
+}
 use wire::{EventHeader, EventKind};
 
 /// A connection seen from this host: `local` is the sshd side.
@@ -82,7 +93,11 @@ pub enum Kind {
         path: Option<String>,
         /// The limit behind a resource failure, read from /proc when the event arrived.
         limit: Option<LimitFacts>,
+        /// For EACCES on a path: whether the mode bits would have allowed it.
+        dac: Option<DacFacts>,
     },
+    /// An LSM reported a denial for the task: `avc:selinux_audited`, or an audit record.
+    LsmDenial(LsmDenial),
     OomVictim {
         pid: u32,
         uid: Option<u32>,
@@ -125,6 +140,22 @@ pub fn decode(bytes: &[u8]) -> Option<Event> {
                 client_side: e.client_side != 0,
                 conn: tuple(&e.endpoints)?,
             }
+        }
+        EventKind::SelinuxAudited => {
+            let e: wire::SelinuxAuditedEvent = read(bytes)?;
+            let mut facts = std::collections::BTreeMap::new();
+            facts.insert("scontext".into(), c_string(&e.scontext));
+            facts.insert("tcontext".into(), c_string(&e.tcontext));
+            facts.insert("tclass".into(), c_string(&e.tclass));
+            facts.insert("denied".into(), format!("{:#x}", e.denied));
+            facts.insert("requested".into(), format!("{:#x}", e.requested));
+            Kind::LsmDenial(LsmDenial {
+                source: "selinux_audited",
+                lsm: "selinux",
+                operation: None,
+                path: None,
+                facts,
+            })
         }
         EventKind::FirewallDrop => {
             let e: wire::FirewallDropEvent = read(bytes)?;
@@ -187,6 +218,7 @@ pub fn decode(bytes: &[u8]) -> Option<Event> {
                 suppressed: e.suppressed,
                 path: (!path.is_empty()).then_some(path),
                 limit: None,
+                dac: None,
             }
         }
         EventKind::OomVictim => {
@@ -387,5 +419,91 @@ mod tests {
     fn c_strings_stop_at_nul_and_keep_raw_bytes() {
         assert_eq!(c_string(b"a\nb\0junk"), "a\nb");
         assert_eq!(c_string(b"\xff"), "\u{fffd}");
+    }
+}
+
+#[cfg(test)]
+mod selinux_tests {
+    use super::*;
+    use crate::kernel::tracefs::Format;
+
+    /// `avc:selinux_audited` exactly as this project's CI kernel (6.18) lays it out.
+    const FORMAT_6_18: &str = "\tfield:u32 requested;\toffset:8;\tsize:4;\tsigned:0;
+\tfield:u32 denied;\toffset:12;\tsize:4;\tsigned:0;
+\tfield:u32 audited;\toffset:16;\tsize:4;\tsigned:0;
+\tfield:int result;\toffset:20;\tsize:4;\tsigned:1;
+\tfield:__data_loc char[] scontext;\toffset:24;\tsize:4;\tsigned:0;
+\tfield:__data_loc char[] tcontext;\toffset:28;\tsize:4;\tsigned:0;
+\tfield:__data_loc char[] tclass;\toffset:32;\tsize:4;\tsigned:0;";
+
+    /// Lays out a record by the format, reads it the way the probe does (offsets, then the
+    /// `__data_loc` strings), and decodes the ring-buffer record the probe would write.
+    #[test]
+    fn decodes_a_record_laid_out_by_this_kernels_format() {
+        let f = Format::parse(FORMAT_6_18);
+        let mut record = vec![0u8; 40];
+        let strings = [
+            "system_u:system_r:sshd_t:s0",
+            "unconfined_u:object_r:user_home_t:s0",
+            "file",
+        ];
+        let put = |rec: &mut Vec<u8>, name: &str, v: u32| {
+            let off = f.offset(name).unwrap() as usize;
+            rec[off..off + 4].copy_from_slice(&v.to_ne_bytes());
+        };
+        put(&mut record, "requested", 0x4);
+        put(&mut record, "denied", 0x4);
+        for (name, s) in ["scontext", "tcontext", "tclass"].iter().zip(strings) {
+            let loc = ((s.len() as u32 + 1) << 16) | record.len() as u32;
+            put(&mut record, name, loc);
+            record.extend(s.as_bytes());
+            record.push(0);
+        }
+        let read_loc = |name: &str| -> String {
+            let off = f.offset(name).unwrap() as usize;
+            let loc = u32::from_ne_bytes(record[off..off + 4].try_into().unwrap());
+            let start = (loc & 0xffff) as usize;
+            c_string(&record[start..start + (loc >> 16) as usize])
+        };
+        let mut e = wire::SelinuxAuditedEvent {
+            header: wire::EventHeader {
+                kind: wire::EventKind::SelinuxAudited as u32,
+                tid: 9,
+                pid: 9,
+                _pad: 0,
+                ts_ns: 1,
+                comm: [0; 16],
+            },
+            requested: 4,
+            denied: 4,
+            audited: 4,
+            result: -13,
+            scontext: [0; wire::CONTEXT_LEN],
+            tcontext: [0; wire::CONTEXT_LEN],
+            tclass: [0; wire::TCLASS_LEN],
+        };
+        for (dst, name) in [
+            (&mut e.scontext[..], "scontext"),
+            (&mut e.tcontext[..], "tcontext"),
+            (&mut e.tclass[..], "tclass"),
+        ] {
+            let s = read_loc(name);
+            dst[..s.len()].copy_from_slice(s.as_bytes());
+        }
+        // SAFETY: reading the bytes of a plain repr(C) value.
+        let bytes = unsafe {
+            std::slice::from_raw_parts(
+                (&e as *const wire::SelinuxAuditedEvent).cast::<u8>(),
+                size_of::<wire::SelinuxAuditedEvent>(),
+            )
+        };
+        let Kind::LsmDenial(d) = decode(bytes).unwrap().kind else {
+            panic!()
+        };
+        assert_eq!((d.lsm, d.source), ("selinux", "selinux_audited"));
+        assert_eq!(d.facts["scontext"], strings[0]);
+        assert_eq!(d.facts["tcontext"], strings[1]);
+        assert_eq!(d.facts["tclass"], "file");
+        assert_eq!(d.facts["denied"], "0x4");
     }
 }

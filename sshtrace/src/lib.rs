@@ -3,9 +3,11 @@
 //! Data flows one way: kernel event ([`events`]) → state update ([`state`]) → cause rules
 //! ([`causes`]) → verdict ([`verdict`]) → outputs ([`output`]). [`tracer`] drives it.
 
+pub mod audit;
 pub mod causes;
 pub mod cli;
 pub mod clock;
+pub mod dac;
 pub mod discovery;
 pub mod escape;
 pub mod events;

@@ -2,7 +2,11 @@ use std::process::ExitCode;
 
 use anyhow::Result;
 use clap::Parser;
-use sshtrace::{cli::Cli, kernel::tracefs, preflight, tracer};
+use sshtrace::{
+    cli::Cli,
+    kernel::{lsm::ActiveLsms, tracefs},
+    preflight, tracer,
+};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -19,8 +23,9 @@ fn run(cli: Cli) -> Result<()> {
     preflight::check()?;
     // Before any thread exists: mounting tracefs may need a private mount namespace.
     let tracefs = tracefs::ensure_mounted()?;
+    let lsms = ActiveLsms::discover();
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?
-        .block_on(tracer::run(cli, tracefs))
+        .block_on(tracer::run(cli, tracefs, lsms))
 }

@@ -83,7 +83,11 @@ impl Probes {
             required: false,
             ..tracepoint("syscalls", name)
         });
-        for hook in HOOKS.iter().copied().chain(path_hooks) {
+        let selinux = Hook {
+            required: false,
+            ..tracepoint("avc", "selinux_audited")
+        };
+        for hook in HOOKS.iter().copied().chain(path_hooks).chain([selinux]) {
             match attach(&mut ebpf, hook.program, hook.attach) {
                 Ok(done) => attached.push(done),
                 Err(err) if !hook.required => skipped.push(format!("{} ({err:#})", hook.program)),

@@ -12,13 +12,19 @@ use tokio::{
     time::{interval, Instant, MissedTickBehavior},
 };
 
+use tokio::sync::mpsc::UnboundedReceiver;
+
 use crate::{
+    audit::{self, AuditDenial},
     causes::{self, Context},
     cli::Cli,
     clock::Clock,
+    dac,
     discovery::{Discovery, Scope, Snapshot},
     escape,
     events::{self, Kind},
+    kernel::lsm::ActiveLsms,
+    kernel::syscalls::EACCES,
     kernel::{btf::Btf, layout, names::KernelNames},
     limits,
     output::{self, Sink},
@@ -31,7 +37,7 @@ const DISCOVERY_EVERY_TICKS: u64 = 5;
 const LOSS_CHECK_EVERY_TICKS: u64 = 10;
 const STALL_REPORT_INTERVAL_NS: u64 = 10_000_000_000;
 
-pub async fn run(cli: Cli, tracefs: PathBuf) -> Result<()> {
+pub async fn run(cli: Cli, tracefs: PathBuf, lsms: ActiveLsms) -> Result<()> {
     let btf = Btf::load()?;
     let layout = layout::discover(&tracefs, &btf)?;
     let names = KernelNames::from_btf(&btf);
@@ -73,14 +79,21 @@ pub async fn run(cli: Cli, tracefs: PathBuf) -> Result<()> {
         stats: Stats::default(),
         dump_events: cli.dump_events,
         stalls_reported: HashMap::new(),
+        lsms,
     };
     // Tracking starts before the report: whoever waits for it may connect at once.
     tracer.rediscover()?;
+    let (audit_tx, mut audit_rx) = tokio::sync::mpsc::unbounded_channel();
+    let audit = audit::start(audit_tx).unwrap_or_else(|e| format!("unavailable ({e:#})"));
     eprintln!("sshtrace: attached {hooks} hooks: {attached}");
+    eprintln!(
+        "sshtrace: {}; audit records: {audit}",
+        describe_lsms(&tracer.lsms)
+    );
     if !skipped.is_empty() {
         eprintln!("sshtrace: skipped hooks this kernel lacks: {skipped}");
     }
-    tracer.event_loop(ring, &cli).await?;
+    tracer.event_loop(ring, &mut audit_rx, &cli).await?;
     tracer.finish();
     Ok(())
 }
@@ -98,6 +111,7 @@ struct Tracer {
     dump_events: bool,
     /// When each listener's last stall verdict was made.
     stalls_reported: HashMap<u32, u64>,
+    lsms: ActiveLsms,
 }
 
 #[derive(Default)]
@@ -108,7 +122,12 @@ struct Stats {
 }
 
 impl Tracer {
-    async fn event_loop(&mut self, mut ring: AsyncFd<RingBuf<MapData>>, cli: &Cli) -> Result<()> {
+    async fn event_loop(
+        &mut self,
+        mut ring: AsyncFd<RingBuf<MapData>>,
+        audit: &mut UnboundedReceiver<AuditDenial>,
+        cli: &Cli,
+    ) -> Result<()> {
         let mut tick = interval(TICK);
         tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
         let mut sigint = signal(SignalKind::interrupt())?;
@@ -134,6 +153,7 @@ impl Tracer {
                         self.state.prune(Clock::monotonic_now_ns());
                     }
                 }
+                Some(denial) = audit.recv() => self.apply_audit(denial),
                 _ = sigint.recv() => break,
                 _ = sigterm.recv() => break,
             }
@@ -162,6 +182,28 @@ impl Tracer {
         }
     }
 
+    fn apply_audit(&mut self, d: AuditDenial) {
+        let event = events::Event {
+            ts_ns: self.clock.monotonic_from_unix_ns(d.unix_ns),
+            task: events::Task {
+                pid: d.pid,
+                tid: d.pid,
+                comm: d.comm,
+            },
+            kind: Kind::LsmDenial(events::LsmDenial {
+                source: "audit",
+                lsm: d.lsm,
+                operation: d.operation,
+                path: d.path,
+                facts: d.facts,
+            }),
+        };
+        if self.dump_events {
+            eprintln!("sshtrace: event: {}", escape::text(&format!("{event:?}")));
+        }
+        self.state.apply(&event);
+    }
+
     fn emit_settled(&mut self, now_ns: u64) -> Result<()> {
         let settled = self.state.take_settled(now_ns);
         if settled.is_empty() {
@@ -171,6 +213,7 @@ impl Tracer {
         self.rediscover()?;
         let ctx = Context {
             names: &self.names,
+            lsms: &self.lsms,
             conns: &self.state.conns,
             sshd: self.discovery.current(),
             procs: &self.state.procs,
@@ -197,6 +240,7 @@ impl Tracer {
         let now = Clock::monotonic_now_ns();
         let ctx = Context {
             names: &self.names,
+            lsms: &self.lsms,
             conns: &self.state.conns,
             sshd: self.discovery.current(),
             procs: &self.state.procs,
@@ -264,16 +308,24 @@ impl Tracer {
 }
 
 /// Facts that must be read while the process still exists: the limit behind a resource
-/// failure, the memory cgroup of an OOM victim.
+/// failure, whether the mode bits allowed a refused access, the memory cgroup of an OOM
+/// victim.
 fn enrich(event: &mut events::Event) {
     match &mut event.kind {
         Kind::SyscallError {
             syscall,
             errno,
             limit,
+            path,
+            dac,
             ..
         } => {
             *limit = limits::for_failure(event.task.pid, syscall, *errno);
+            if *errno == EACCES {
+                *dac = path
+                    .as_deref()
+                    .and_then(|p| dac::check(event.task.pid, syscall, p));
+            }
         }
         Kind::OomVictim { pid, memcg, .. } => *memcg = Some(limits::memory_cgroup(*pid)),
         _ => {}
@@ -310,6 +362,21 @@ fn report_tracking(snapshot: &Snapshot) {
             listeners.join("; ")
         }
     );
+}
+
+fn describe_lsms(lsms: &ActiveLsms) -> String {
+    match &lsms.unknown_because {
+        Some(why) => format!("active LSMs unknown ({why})"),
+        None => format!(
+            "active LSMs: {} (can deny file access: {})",
+            lsms.all.join(","),
+            if lsms.access_control.is_empty() {
+                "none".to_owned()
+            } else {
+                lsms.access_control.join(",")
+            }
+        ),
+    }
 }
 
 fn hostname() -> String {

@@ -4,7 +4,7 @@
 use serde::Serialize;
 use serde_json::{Map, Value};
 
-use crate::limits::LimitFacts;
+use crate::{dac::DacFacts, limits::LimitFacts};
 
 pub const SCHEMA: &str = "sshtrace/1";
 
@@ -34,6 +34,8 @@ pub enum Cause {
     SshdKilled,
     OomKilled,
     Firewall,
+    LsmDenied,
+    PermissionDenied,
     ResourceLimit,
     SshdDropped,
     SshdExited,
@@ -52,6 +54,8 @@ impl Cause {
             Self::SshdKilled => "sshd_killed",
             Self::OomKilled => "oom_killed",
             Self::Firewall => "firewall",
+            Self::LsmDenied => "lsm_denied",
+            Self::PermissionDenied => "permission_denied",
             Self::ResourceLimit => "resource_limit",
             Self::SshdDropped => "sshd_dropped",
             Self::SshdExited => "sshd_exited",
@@ -168,6 +172,22 @@ pub enum Evidence {
         repeated: u32,
         #[serde(skip_serializing_if = "Option::is_none")]
         limit: Option<LimitFacts>,
+        /// For EACCES on a path: what the mode bits would have decided.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        dac: Option<DacFacts>,
+    },
+    /// An LSM's own report of a denial: `avc:selinux_audited`, or an audit record.
+    LsmDenial {
+        ts: String,
+        pid: u32,
+        comm: String,
+        source: &'static str,
+        lsm: &'static str,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        operation: Option<String>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        path: Option<String>,
+        facts: std::collections::BTreeMap<String, String>,
     },
     /// `skb:kfree_skb` with reason NETFILTER_DROP.
     FirewallDrop {
@@ -213,6 +233,7 @@ impl Evidence {
             | Self::Signal { ts, .. }
             | Self::SyscallError { ts, .. }
             | Self::FirewallDrop { ts, .. }
+            | Self::LsmDenial { ts, .. }
             | Self::ClientReceivedReset { ts }
             | Self::OomKill { ts, .. } => Some(ts),
             Self::Listening { .. } => None,

@@ -8,6 +8,7 @@ mod crashed;
 mod firewall;
 mod kernel_abort;
 mod killed;
+mod lsm_denied;
 mod not_listening;
 mod oom_killed;
 mod peer_reset;
@@ -23,8 +24,8 @@ use crate::{
     discovery::Snapshot,
     escape,
     events::TCP_SYN,
-    kernel::names::KernelNames,
     kernel::syscalls::errno_name,
+    kernel::{lsm::ActiveLsms, names::KernelNames},
     state::{Connection, ConnectionTable, Process, ProcessTable, SyscallError},
     verdict::{signal_name, Cause, ConnInfo, Evidence, Outcome, Role, SshdInfo, Verdict, SCHEMA},
 };
@@ -32,6 +33,8 @@ use crate::{
 /// What the rules may look at besides the connection.
 pub struct Context<'a> {
     pub names: &'a KernelNames,
+    /// Which LSMs could have denied an access here.
+    pub lsms: &'a ActiveLsms,
     /// The other connections still followed (e.g. a listener's pending ones).
     pub conns: &'a ConnectionTable,
     pub sshd: &'a Snapshot,
@@ -92,6 +95,8 @@ const RULES: &[Rule] = &[
     killed::judge,
     crashed::judge,
     resource_limit::judge,
+    lsm_denied::judge,
+    lsm_denied::judge_permission,
     socket_killed::judge,
     sshd_dropped::judge,
     sshd_exited::judge,
@@ -377,6 +382,7 @@ pub(crate) fn syscall_evidence(p: &Process, e: &SyscallError, ctx: &Context) -> 
         path: e.path.clone(),
         repeated: e.suppressed,
         limit: e.limit.clone(),
+        dac: e.dac.clone(),
     }
 }
 

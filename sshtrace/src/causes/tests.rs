@@ -41,6 +41,11 @@ fn names() -> KernelNames {
     )
 }
 
+/// This machine's set: Landlock is the only LSM that can deny file access.
+fn lsms() -> crate::kernel::lsm::ActiveLsms {
+    crate::kernel::lsm::ActiveLsms::from_list("lockdown,capability,landlock,bpf", false)
+}
+
 fn tuple() -> ConnTuple {
     ConnTuple {
         local: "127.0.0.2:2222".parse().unwrap(),
@@ -181,6 +186,7 @@ impl Script {
             .take_settled(self.ts + SETTLE_NS + crate::state::FIREWALL_SETTLE_NS);
         let ctx = Context {
             names: &names,
+            lsms: &lsms(),
             conns: &self.state.conns,
             sshd,
             procs: &self.state.procs,
@@ -442,6 +448,7 @@ fn syscall_error(
             suppressed: 0,
             path: path.map(Into::into),
             limit,
+            dac: None,
         },
     );
 }
@@ -729,6 +736,7 @@ fn stalled_listener_is_reported_before_anything_ends() {
             suppressed: 199,
             path: None,
             limit: nofile("8"),
+            dac: None,
         },
     );
     let names = names();
@@ -736,6 +744,7 @@ fn stalled_listener_is_reported_before_anything_ends() {
     let sshd = Snapshot::default();
     let ctx = Context {
         names: &names,
+        lsms: &lsms(),
         conns: &s.state.conns,
         sshd: &sshd,
         procs: &s.state.procs,
@@ -926,4 +935,124 @@ fn listener_errors_before_the_accept_belong_to_no_connection() {
     accepted_without_fork(&mut s);
     s.reset_on_close(LISTENER);
     assert_eq!(one(&mut s).cause, Cause::SshdDropped);
+}
+
+fn eacces(s: &mut Script, pid: u32, path: &str, mode_allows: bool) {
+    s.ev(
+        task(pid, "sshd"),
+        Kind::SyscallError {
+            syscall: "openat".into(),
+            errno: crate::kernel::syscalls::EACCES,
+            suppressed: 0,
+            path: Some(path.into()),
+            limit: None,
+            dac: Some(crate::dac::DacFacts {
+                allows: mode_allows,
+                file: "0600 0:0".into(),
+                process: "0:0".into(),
+                refused: (!mode_allows).then(|| format!("read on {path}")),
+            }),
+        },
+    );
+}
+
+#[test]
+fn refused_host_key_the_mode_allows_is_the_sole_lsm() {
+    let mut s = Script::new();
+    s.accepted();
+    eacces(&mut s, SESSION, "/etc/ssh/ssh_host_ed25519_key", true);
+    s.exit(SESSION, 1 << 8).reset_on_close(SESSION);
+    let v = one(&mut s);
+    assert_eq!(v.cause, Cause::LsmDenied);
+    assert_eq!(v.details["lsm"], "landlock");
+    assert_eq!(v.details["decided_by"], "errno and the active-LSM set");
+    assert_eq!(v.details["path"], "/etc/ssh/ssh_host_ed25519_key");
+    assert!(
+        v.summary
+            .contains("denied openat of /etc/ssh/ssh_host_ed25519_key by landlock"),
+        "{}",
+        v.summary
+    );
+}
+
+#[test]
+fn refused_access_the_mode_refuses_is_a_permission_problem() {
+    let mut s = Script::new();
+    s.accepted();
+    eacces(&mut s, SESSION, "/home/u/.ssh/authorized_keys", false);
+    s.softirq(Kind::SockState {
+        skaddr: SK,
+        old_state: ESTABLISHED,
+        new_state: CLOSE_WAIT,
+        conn: tuple(),
+    })
+    .exit(SESSION, 255 << 8)
+    .fin_close();
+    let v = one(&mut s);
+    assert_eq!(v.cause, Cause::PermissionDenied);
+    assert_eq!(v.details["refused"], "read on /home/u/.ssh/authorized_keys");
+}
+
+#[test]
+fn an_lsm_report_names_the_lsm_and_its_contexts() {
+    let mut s = Script::new();
+    s.accepted();
+    let mut facts = std::collections::BTreeMap::new();
+    facts.insert(
+        "scontext".to_string(),
+        "system_u:system_r:sshd_t:s0".to_string(),
+    );
+    facts.insert(
+        "tcontext".to_string(),
+        "unconfined_u:object_r:user_home_t:s0".to_string(),
+    );
+    facts.insert("tclass".to_string(), "file".to_string());
+    facts.insert("permissions".to_string(), "read".to_string());
+    s.ev(
+        task(SESSION, "sshd"),
+        Kind::LsmDenial(crate::events::LsmDenial {
+            source: "audit",
+            lsm: "selinux",
+            operation: Some("openat".into()),
+            path: Some("/root/.ssh/authorized_keys".into()),
+            facts,
+        }),
+    );
+    eacces(&mut s, SESSION, "/root/.ssh/authorized_keys", true);
+    s.softirq(Kind::SockState {
+        skaddr: SK,
+        old_state: ESTABLISHED,
+        new_state: CLOSE_WAIT,
+        conn: tuple(),
+    })
+    .exit(SESSION, 255 << 8)
+    .fin_close();
+    let v = one(&mut s);
+    assert_eq!(v.cause, Cause::LsmDenied);
+    assert_eq!(v.details["lsm"], "selinux");
+    assert_eq!(v.details["scontext"], "system_u:system_r:sshd_t:s0");
+    assert_eq!(v.details["tclass"], "file");
+    assert!(
+        v.summary
+            .contains("tcontext unconfined_u:object_r:user_home_t:s0"),
+        "{}",
+        v.summary
+    );
+    assert!(v
+        .evidence
+        .iter()
+        .any(|e| matches!(e, Evidence::LsmDenial { .. })));
+    assert!(v
+        .evidence
+        .iter()
+        .any(|e| matches!(e, Evidence::SyscallError { .. })));
+}
+
+#[test]
+fn denials_in_a_healthy_session_are_no_verdict() {
+    let mut s = Script::new();
+    s.accepted();
+    eacces(&mut s, SESSION, "/etc/motd.d", true);
+    s.exit(PREAUTH, 0).fin_close().exit(SESSION, 0);
+    assert!(s.verdicts(&Snapshot::default()).is_empty());
 }

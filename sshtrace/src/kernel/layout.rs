@@ -76,6 +76,22 @@ pub fn discover(tracefs: &Path, btf: &Btf) -> Result<KernelLayout> {
     // Drop reasons came in 5.17; without them netfilter drops cannot be told apart.
     layout.kfree_skb.reason = f.offset("reason").unwrap_or(ABSENT);
 
+    // Present in tracefs even where SELinux is off; absent on kernels without SELinux.
+    if let Ok(f) = load("avc", "selinux_audited") {
+        let s = &mut layout.selinux;
+        for (slot, name) in [
+            (&mut s.requested, "requested"),
+            (&mut s.denied, "denied"),
+            (&mut s.audited, "audited"),
+            (&mut s.result, "result"),
+            (&mut s.scontext, "scontext"),
+            (&mut s.tcontext, "tcontext"),
+            (&mut s.tclass, "tclass"),
+        ] {
+            *slot = f.offset(name).unwrap_or(ABSENT);
+        }
+    }
+
     let f = load("oom", "mark_victim")?;
     layout.oom.pid = f.require("oom:mark_victim", "pid")?;
     // The memory numbers were added in 6.2; before, only the pid.

@@ -4,6 +4,8 @@
 
 pub mod btf;
 pub mod layout;
+pub mod lsm;
+pub mod mounts;
 pub mod names;
 pub mod syscalls;
 pub mod tracefs;

@@ -2,7 +2,6 @@
 
 use std::{
     collections::HashMap,
-    ffi::CString,
     fs,
     path::{Path, PathBuf},
 };
@@ -11,10 +10,7 @@ use anyhow::{bail, Context, Result};
 
 const MOUNT_POINTS: [&str; 2] = ["/sys/kernel/tracing", "/sys/kernel/debug/tracing"];
 
-/// The tracefs directory, mounting tracefs when no mount exists. The mount is made in a
-/// private mount namespace of this process, so nothing is left behind on the host (not even
-/// after `kill -9`). Must run before any thread is started: unshare(CLONE_NEWNS) refuses
-/// multi-threaded processes.
+/// The tracefs directory, mounting tracefs (privately, see `mounts`) when no mount exists.
 pub fn ensure_mounted() -> Result<PathBuf> {
     if let Some(found) = find() {
         return Ok(found);
@@ -26,45 +22,8 @@ pub fn ensure_mounted() -> Result<PathBuf> {
             target.display()
         );
     }
-    // SAFETY: plain syscalls with valid, NUL-terminated arguments.
-    unsafe {
-        if libc::unshare(libc::CLONE_NEWNS) != 0 {
-            bail!(
-                "no tracefs mounted, and cannot make a private mount namespace to mount it: {}",
-                std::io::Error::last_os_error()
-            );
-        }
-        let root = CString::new("/").unwrap();
-        if libc::mount(
-            std::ptr::null(),
-            root.as_ptr(),
-            std::ptr::null(),
-            libc::MS_REC | libc::MS_PRIVATE,
-            std::ptr::null(),
-        ) != 0
-        {
-            bail!(
-                "cannot make the mount namespace private: {}",
-                std::io::Error::last_os_error()
-            );
-        }
-        let fstype = CString::new("tracefs").unwrap();
-        let dir = CString::new(MOUNT_POINTS[0]).unwrap();
-        if libc::mount(
-            fstype.as_ptr(),
-            dir.as_ptr(),
-            fstype.as_ptr(),
-            0,
-            std::ptr::null(),
-        ) != 0
-        {
-            bail!(
-                "no tracefs mounted, and mounting it on {} failed: {}",
-                MOUNT_POINTS[0],
-                std::io::Error::last_os_error()
-            );
-        }
-    }
+    super::mounts::mount_private("tracefs", target)
+        .map_err(|e| anyhow::anyhow!("no tracefs mounted, and mounting it failed: {e:#}"))?;
     find().context("tracefs was mounted but has no events directory")
 }
 

@@ -220,6 +220,7 @@ impl State {
                 suppressed,
                 path,
                 limit,
+                dac,
             } => {
                 let p = self.procs.touch(event.task.pid, &event.task.comm, ts);
                 p.record_error(SyscallError {
@@ -229,7 +230,14 @@ impl State {
                     suppressed: *suppressed,
                     path: path.clone(),
                     limit: limit.clone(),
+                    dac: dac.clone(),
                 });
+            }
+            Kind::LsmDenial(denial) => {
+                // Audit records cover every process on the host: keep only tracked ones.
+                if let Some(p) = self.procs.get_mut(event.task.pid) {
+                    p.lsm_denials.push((ts, denial.clone()));
+                }
             }
             Kind::OomVictim {
                 pid,

@@ -3,7 +3,11 @@
 use std::collections::{HashMap, VecDeque};
 
 use super::ConnId;
-use crate::{events::Task, limits::LimitFacts};
+use crate::{
+    dac::DacFacts,
+    events::{LsmDenial, Task},
+    limits::LimitFacts,
+};
 
 /// How many failed system calls are kept per process.
 const KEPT_SYSCALL_ERRORS: usize = 16;
@@ -17,6 +21,7 @@ pub struct SyscallError {
     pub suppressed: u32,
     pub path: Option<String>,
     pub limit: Option<LimitFacts>,
+    pub dac: Option<DacFacts>,
 }
 
 /// The OOM killer chose this process.
@@ -93,6 +98,8 @@ pub struct Process {
     /// The latest failed system calls, oldest first.
     pub syscall_errors: VecDeque<SyscallError>,
     pub oom: Option<OomKill>,
+    /// Denials an LSM reported for this process, with when.
+    pub lsm_denials: Vec<(u64, LsmDenial)>,
 }
 
 impl Process {
@@ -134,6 +141,7 @@ impl ProcessTable {
             signals: Vec::new(),
             syscall_errors: VecDeque::new(),
             oom: None,
+            lsm_denials: Vec::new(),
         })
     }
 
@@ -147,6 +155,10 @@ impl ProcessTable {
 
     pub fn get(&self, pid: u32) -> Option<&Process> {
         self.procs.get(&pid)
+    }
+
+    pub fn get_mut(&mut self, pid: u32) -> Option<&mut Process> {
+        self.procs.get_mut(&pid)
     }
 
     /// The processes currently serving connection `id`.
