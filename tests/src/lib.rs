@@ -14,7 +14,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-pub use sandbox::{Cgroup, Link, NetNs, User};
+pub use sandbox::{AuditOn, Cgroup, Link, NetNs, User};
 pub use sshd::{Sshd, SshdOptions};
 pub use tracer::Tracer;
 
@@ -50,6 +50,10 @@ impl Endpoint {
         22000 + self.n as u16
     }
 }
+
+/// Directories a per-connection sshd reads from, all but /tmp where tests keep their files:
+/// a Landlock ruleset allowing reads beneath these refuses the tests' own key files.
+pub const SYSTEM_DIRS: &str = "/etc:/usr:/lib:/lib64:/proc:/dev:/run:/var:/sys:/bin:/sbin:/root";
 
 /// True when the test may run. Privileged tests need root; outside CI a non-root run skips
 /// them loudly, in CI a missing privilege is a failure (nothing may be skipped there).

@@ -154,3 +154,95 @@ impl Drop for User {
         let _ = run(Command::new("userdel").arg(&self.name));
     }
 }
+
+/// Kernel auditing switched on for the test's duration (so that LSMs emit audit records),
+/// switched back to what it was on drop.
+pub struct AuditOn {
+    was_enabled: bool,
+}
+
+const NETLINK_AUDIT: i32 = 9;
+const AUDIT_GET: u16 = 1000;
+const AUDIT_SET: u16 = 1001;
+const AUDIT_STATUS_ENABLED: u32 = 1;
+
+/// Sends one audit netlink request and returns the first reply.
+fn audit_request(kind: u16, flags: i32, payload: &[u8]) -> Vec<u8> {
+    // SAFETY: a netlink request/response with buffers we own.
+    unsafe {
+        let fd = libc::socket(
+            libc::AF_NETLINK,
+            libc::SOCK_RAW | libc::SOCK_CLOEXEC,
+            NETLINK_AUDIT,
+        );
+        assert!(fd >= 0, "audit netlink socket");
+        let mut msg = Vec::with_capacity(16 + payload.len());
+        msg.extend(((16 + payload.len()) as u32).to_ne_bytes());
+        msg.extend(kind.to_ne_bytes());
+        msg.extend(((libc::NLM_F_REQUEST | flags) as u16).to_ne_bytes());
+        msg.extend(1u32.to_ne_bytes());
+        msg.extend(0u32.to_ne_bytes());
+        msg.extend(payload);
+        let mut addr: libc::sockaddr_nl = std::mem::zeroed();
+        addr.nl_family = libc::AF_NETLINK as u16;
+        let sent = libc::sendto(
+            fd,
+            msg.as_ptr().cast(),
+            msg.len(),
+            0,
+            (&addr as *const libc::sockaddr_nl).cast(),
+            std::mem::size_of::<libc::sockaddr_nl>() as u32,
+        );
+        assert!(
+            sent > 0,
+            "audit request: {}",
+            std::io::Error::last_os_error()
+        );
+        let mut buf = vec![0u8; 1024];
+        let n = libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), 0);
+        libc::close(fd);
+        buf.truncate(n.max(0) as usize);
+        buf
+    }
+}
+
+fn audit_enabled() -> bool {
+    let reply = audit_request(AUDIT_GET, 0, &[]);
+    assert!(
+        reply.len() >= 24 && u16::from_ne_bytes([reply[4], reply[5]]) == AUDIT_GET,
+        "no audit status reply"
+    );
+    // struct audit_status after the header: mask, enabled, …
+    u32::from_ne_bytes(reply[20..24].try_into().unwrap()) != 0
+}
+
+fn set_audit(enabled: bool) {
+    let mut status = [0u8; 40];
+    status[0..4].copy_from_slice(&AUDIT_STATUS_ENABLED.to_ne_bytes());
+    status[4..8].copy_from_slice(&(enabled as u32).to_ne_bytes());
+    let reply = audit_request(AUDIT_SET, libc::NLM_F_ACK, &status);
+    let error = i32::from_ne_bytes(reply[16..20].try_into().unwrap());
+    assert_eq!(error, 0, "AUDIT_SET enabled={enabled}");
+}
+
+impl AuditOn {
+    pub fn new() -> Self {
+        let was_enabled = audit_enabled();
+        set_audit(true);
+        Self { was_enabled }
+    }
+}
+
+impl Default for AuditOn {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Drop for AuditOn {
+    fn drop(&mut self) {
+        if !self.was_enabled {
+            set_audit(false);
+        }
+    }
+}

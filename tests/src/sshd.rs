@@ -29,6 +29,8 @@ pub struct SshdOptions {
     pub netns: Option<String>,
     /// Where the clients run instead, when not beside sshd.
     pub client_netns: Option<String>,
+    /// Keep `authorized_keys` in a directory of its own (`<dir>-keys`), apart from the host key.
+    pub keys_apart: bool,
 }
 
 pub struct Sshd {
@@ -54,14 +56,22 @@ impl Sshd {
                 String::from_utf8_lossy(&out.stderr)
             );
         }
-        fs::copy(dir.join("client_key.pub"), dir.join("authorized_keys")).expect("authorized_keys");
+        let keys_dir = if options.keys_apart {
+            keys_dir_of(&dir)
+        } else {
+            dir.clone()
+        };
+        fs::create_dir_all(&keys_dir).expect("create keys dir");
+        fs::copy(dir.join("client_key.pub"), keys_dir.join("authorized_keys"))
+            .expect("authorized_keys");
         let mut config = format!(
             "Port {port}\nListenAddress {addr}\nHostKey {d}/host_key\nPidFile {d}/sshd.pid\n\
-             AuthorizedKeysFile {d}/authorized_keys\nStrictModes no\nUsePAM no\n\
+             AuthorizedKeysFile {k}/authorized_keys\nStrictModes no\nUsePAM no\n\
              PermitRootLogin prohibit-password\nLogLevel VERBOSE\n",
             port = endpoint.port(),
             addr = endpoint.addr(),
-            d = dir.display()
+            d = dir.display(),
+            k = keys_dir.display()
         );
         for line in &options.config {
             config.push_str(line);
@@ -169,7 +179,12 @@ impl Drop for Sshd {
     fn drop(&mut self) {
         self.stop();
         let _ = fs::remove_dir_all(&self.dir);
+        let _ = fs::remove_dir_all(keys_dir_of(&self.dir));
     }
+}
+
+fn keys_dir_of(dir: &Path) -> PathBuf {
+    PathBuf::from(format!("{}-keys", dir.display()))
 }
 
 /// `program`, inside network namespace `netns` when there is one (`ip netns exec` execs it, so

@@ -1,0 +1,45 @@
+//! `lsm_denied` named by the LSM itself: with kernel auditing on (for this test only),
+//! Landlock reports its denial in an audit record, which sshtrace reads from the audit
+//! multicast group and joins to the denied sshd process.
+
+use sshtrace_tests::{privileged, AuditOn, Endpoint, Sshd, SshdOptions, Tracer, SYSTEM_DIRS};
+
+#[test]
+fn landlock_audit_record_names_the_denial() {
+    if !privileged("landlock_audit_record_names_the_denial") {
+        return;
+    }
+    let _audit = AuditOn::new();
+    let ep = Endpoint::new(150);
+    let sshd = Sshd::start(
+        "ll-audit",
+        ep,
+        SshdOptions {
+            env: vec![("SSHTRACE_TEST_LANDLOCK".into(), SYSTEM_DIRS.into())],
+            preload: Some("crash_preload.c"),
+            ..Default::default()
+        },
+    );
+    let tracer = Tracer::start(&["--port", &ep.port().to_string()]);
+    tracer.wait_stderr("the audit listener", |l| {
+        l.contains("audit records: listening") && !l.contains("disabled")
+    });
+    assert!(!sshd.ssh("true").status.success());
+
+    let v = tracer.verdict_for(ep.port(), |v| v["cause"] == "lsm_denied");
+    assert_eq!(v["details"]["lsm"], "landlock");
+    assert_eq!(v["details"]["decided_by"], "lsm_report");
+    assert_eq!(v["details"]["source"], "audit");
+    assert_eq!(v["details"]["blockers"], "fs.read_file");
+    assert_eq!(
+        v["details"]["path"],
+        sshd.path("host_key").display().to_string()
+    );
+    let report = v["evidence"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["event"] == "lsm_denial")
+        .unwrap();
+    assert_eq!(report["pid"], v["details"]["denied_pid"]);
+}

@@ -1,0 +1,79 @@
+//! `lsm_denied`: a real Landlock ruleset (applied to the per-connection sshd by a fixture
+//! preloaded into the real sshd) refuses reading a file sshd needs. Auditing is off here, so
+//! the LSM is decided by the active-LSM set: the mode bits allow root the read, and Landlock is
+//! the only LSM on this kernel that can refuse it. Both symptoms: a host key (the client is
+//! reset) and `authorized_keys` ("Permission denied (publickey)").
+
+use sshtrace_tests::{privileged, Endpoint, Sshd, SshdOptions, Tracer, SYSTEM_DIRS};
+
+fn landlocked(name: &str, ep: Endpoint, allow_test_dir: bool) -> Sshd {
+    let options = |allow: String| SshdOptions {
+        env: vec![("SSHTRACE_TEST_LANDLOCK".into(), allow)],
+        preload: Some("crash_preload.c"),
+        keys_apart: true,
+        ..Default::default()
+    };
+    // Where Sshd::start puts its files (the fixture is preloaded before the ruleset applies).
+    let dir = std::env::temp_dir().join(format!("sshtrace-test-{name}-{}", std::process::id()));
+    let allow = if allow_test_dir {
+        format!("{SYSTEM_DIRS}:{}", dir.display())
+    } else {
+        SYSTEM_DIRS.into()
+    };
+    Sshd::start(name, ep, options(allow))
+}
+
+#[test]
+fn host_key_refused_resets_the_client() {
+    if !privileged("host_key_refused_resets_the_client") {
+        return;
+    }
+    let ep = Endpoint::new(140);
+    let sshd = landlocked("ll-hostkey", ep, false);
+    let tracer = Tracer::start(&["--port", &ep.port().to_string()]);
+    assert!(!sshd.ssh("true").status.success());
+
+    let v = tracer.verdict_for(ep.port(), |v| v["cause"] == "lsm_denied");
+    assert_eq!(v["outcome"], "reset_sent");
+    assert_eq!(v["details"]["lsm"], "landlock");
+    assert_eq!(
+        v["details"]["path"],
+        sshd.path("host_key").display().to_string()
+    );
+    assert_ne!(v["details"]["denied_pid"], sshd.pid());
+    assert_eq!(v["sshd"]["listener_pid"], sshd.pid());
+    let failure = v["evidence"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["event"] == "syscall_error")
+        .unwrap();
+    assert_eq!(failure["errno"], "EACCES");
+    assert_eq!(failure["dac"]["allows"], true);
+}
+
+#[test]
+fn authorized_keys_refused_denies_the_publickey() {
+    if !privileged("authorized_keys_refused_denies_the_publickey") {
+        return;
+    }
+    let ep = Endpoint::new(141);
+    let sshd = landlocked("ll-authkeys", ep, true);
+    let tracer = Tracer::start(&["--port", &ep.port().to_string()]);
+    let out = sshd.ssh("true");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("Permission denied (publickey"),
+        "{out:?}"
+    );
+
+    let v = tracer.verdict_for(ep.port(), |v| v["cause"] == "lsm_denied");
+    assert_eq!(v["outcome"], "closed");
+    assert_eq!(v["details"]["lsm"], "landlock");
+    assert!(
+        v["details"]["path"]
+            .as_str()
+            .unwrap()
+            .ends_with("-keys/authorized_keys"),
+        "{v}"
+    );
+}
