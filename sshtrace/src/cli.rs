@@ -12,7 +12,8 @@ Examples:
   Only some ports or one sshd:
     sudo sshtrace --port 2222 --pid 812
   For a log collector or a script:
-    sudo sshtrace --json | tee verdicts.jsonl";
+    sudo sshtrace --json | tee verdicts.jsonl
+    sudo sshtrace -o syslog+tcp://127.0.0.1:514 -o tcp://127.0.0.1:9000 -o -";
 
 #[derive(Debug, Parser)]
 #[command(
@@ -28,6 +29,14 @@ pub struct Cli {
     /// Print verdicts as JSON Lines (schema sshtrace/1, see docs/events.md).
     #[arg(long)]
     pub json: bool,
+
+    /// Where verdicts go (repeatable; default: stdout): `-`, `file:///PATH`, `tcp://HOST:PORT`,
+    /// `udp://HOST:PORT`, `unix:///PATH` (JSON Lines), `syslog+tcp://HOST:PORT` (RFC 5424,
+    /// octet counting), `syslog+udp://HOST:PORT`, `syslog+unix:///dev/log`, `journald`.
+    /// Options: `?queue=N` (records held while the destination is away; default 4096),
+    /// `?max_size=10M&keep=5` (file rotation).
+    #[arg(long = "output", short = 'o', value_name = "URL")]
+    pub outputs: Vec<String>,
 
     /// Trace this TCP port whether or not anything listens on it (repeatable). Without it,
     /// the ports of every running sshd and of its configuration are traced.

@@ -5,6 +5,7 @@ use clap::Parser;
 use sshtrace::{
     cli::Cli,
     kernel::{lsm::ActiveLsms, tracefs},
+    output::SinkSpec,
     preflight, tracer,
 };
 
@@ -20,6 +21,14 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: Cli) -> Result<()> {
+    let outputs = if cli.outputs.is_empty() {
+        vec![SinkSpec::parse("-", cli.json, cli.verbose)?]
+    } else {
+        cli.outputs
+            .iter()
+            .map(|o| SinkSpec::parse(o, cli.json, cli.verbose))
+            .collect::<Result<Vec<_>>>()?
+    };
     preflight::check()?;
     // Before any thread exists: mounting tracefs may need a private mount namespace.
     let tracefs = tracefs::ensure_mounted()?;
@@ -27,5 +36,5 @@ fn run(cli: Cli) -> Result<()> {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?
-        .block_on(tracer::run(cli, tracefs, lsms))
+        .block_on(tracer::run(cli, outputs, tracefs, lsms))
 }

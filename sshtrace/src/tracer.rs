@@ -27,7 +27,7 @@ use crate::{
     kernel::syscalls::EACCES,
     kernel::{btf::Btf, layout, names::KernelNames},
     limits,
-    output::{self, Sink},
+    output::{Outputs, Record, SinkSpec},
     probes::{KernelFilters, LossCounters, Probes},
     state::{State, TcpStates, SETTLE_NS},
 };
@@ -36,8 +36,15 @@ const TICK: Duration = Duration::from_millis(100);
 const DISCOVERY_EVERY_TICKS: u64 = 5;
 const LOSS_CHECK_EVERY_TICKS: u64 = 10;
 const STALL_REPORT_INTERVAL_NS: u64 = 10_000_000_000;
+/// How long outputs may take to deliver what is queued when sshtrace stops.
+const OUTPUT_GRACE: Duration = Duration::from_secs(2);
 
-pub async fn run(cli: Cli, tracefs: PathBuf, lsms: ActiveLsms) -> Result<()> {
+pub async fn run(
+    cli: Cli,
+    outputs: Vec<SinkSpec>,
+    tracefs: PathBuf,
+    lsms: ActiveLsms,
+) -> Result<()> {
     let btf = Btf::load()?;
     let layout = layout::discover(&tracefs, &btf)?;
     let names = KernelNames::from_btf(&btf);
@@ -60,22 +67,17 @@ pub async fn run(cli: Cli, tracefs: PathBuf, lsms: ActiveLsms) -> Result<()> {
     let ring = unsafe { AsyncFd::register_with_interest(probes.events, Interest::READABLE) }
         .map_err(|e| e.into_parts().1)
         .context("cannot poll the ring buffer")?;
-    let format = if cli.json {
-        output::Format::Json
-    } else {
-        output::Format::Text {
-            verbose: cli.verbose,
-        }
-    };
+    let clock = Clock::new();
+    let host = hostname();
     let mut tracer = Tracer {
         state: State::new(TcpStates::from_names(&names)),
         names,
         discovery,
         filters: probes.filters,
         counters: probes.counters,
-        sinks: vec![Box::new(output::Stdout::new(format))],
-        clock: Clock::new(),
-        host: hostname(),
+        outputs: Outputs::start(outputs, host.clone(), clock),
+        clock,
+        host,
         stats: Stats::default(),
         dump_events: cli.dump_events,
         stalls_reported: HashMap::new(),
@@ -94,7 +96,7 @@ pub async fn run(cli: Cli, tracefs: PathBuf, lsms: ActiveLsms) -> Result<()> {
         eprintln!("sshtrace: skipped hooks this kernel lacks: {skipped}");
     }
     tracer.event_loop(ring, &mut audit_rx, &cli).await?;
-    tracer.finish();
+    tracer.finish().await;
     Ok(())
 }
 
@@ -104,7 +106,7 @@ struct Tracer {
     discovery: Discovery,
     filters: KernelFilters,
     counters: LossCounters,
-    sinks: Vec<Box<dyn Sink>>,
+    outputs: Outputs,
     clock: Clock,
     host: String,
     stats: Stats,
@@ -220,16 +222,12 @@ impl Tracer {
             clock: &self.clock,
             host: &self.host,
         };
-        for (conn, tree) in settled {
-            let Some(verdict) = causes::judge(&conn, &tree, &ctx) else {
-                continue;
-            };
-            self.stats.verdicts += 1;
-            for sink in self.sinks.iter_mut() {
-                if let Err(err) = sink.emit(&verdict) {
-                    eprintln!("sshtrace: output failed: {err:#}");
-                }
-            }
+        let verdicts: Vec<_> = settled
+            .iter()
+            .filter_map(|(conn, tree)| causes::judge(conn, tree, &ctx))
+            .collect();
+        for verdict in verdicts {
+            self.emit(verdict);
         }
         Ok(())
     }
@@ -263,17 +261,13 @@ impl Tracer {
             }
         }
         for verdict in verdicts {
-            self.emit(&verdict);
+            self.emit(verdict);
         }
     }
 
-    fn emit(&mut self, verdict: &crate::verdict::Verdict) {
+    fn emit(&mut self, verdict: crate::verdict::Verdict) {
         self.stats.verdicts += 1;
-        for sink in self.sinks.iter_mut() {
-            if let Err(err) = sink.emit(verdict) {
-                eprintln!("sshtrace: output failed: {err:#}");
-            }
-        }
+        self.outputs.publish(Record::Verdict(verdict));
     }
 
     fn rediscover(&mut self) -> Result<()> {
@@ -294,12 +288,16 @@ impl Tracer {
                 lost - self.stats.lost_reported
             );
             self.stats.lost_reported = lost;
+            self.outputs.kernel_lost(lost);
         }
     }
 
-    fn finish(&mut self) {
+    async fn finish(mut self) {
         self.report_loss();
         let (produced, lost) = self.counters.read();
+        for line in self.outputs.finish(OUTPUT_GRACE).await {
+            eprintln!("sshtrace: {line}");
+        }
         eprintln!(
             "sshtrace: {} verdicts; {produced} kernel events, {lost} lost, {} undecodable",
             self.stats.verdicts, self.stats.undecodable

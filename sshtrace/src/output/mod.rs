@@ -1,44 +1,106 @@
-//! Where verdicts go. One module per format; each escapes kernel strings its own way.
+//! Where verdicts go: stdout, files, collectors (TCP/UDP/unix JSON Lines, RFC 5424 syslog,
+//! journald). The event path hands each record to every output's queue and never waits; one
+//! task per output writes it out. Each format escapes kernel strings its own way.
 
+pub mod journald;
 pub mod json;
+pub mod record;
+pub mod sink;
+pub mod syslog;
 pub mod text;
+pub mod url;
 
-use std::io::Write;
+use std::{
+    sync::{atomic::Ordering::Relaxed, Arc},
+    time::Duration,
+};
 
-use anyhow::Result;
+pub use record::{LossRecord, Record};
+use sink::{LossContext, Shared};
+use tokio::{sync::watch, task::JoinHandle};
+pub use url::SinkSpec;
 
-use crate::verdict::Verdict;
+use crate::clock::Clock;
 
-pub trait Sink {
-    fn emit(&mut self, verdict: &Verdict) -> Result<()>;
+pub struct Outputs {
+    sinks: Vec<Arc<Shared>>,
+    tasks: Vec<JoinHandle<()>>,
+    loss: Arc<LossContext>,
+    stop: watch::Sender<bool>,
 }
 
-/// Writes whole lines to standard output and flushes each, so a pipe reader sees verdicts as
-/// they happen.
-pub struct Stdout {
-    format: Format,
-}
+impl Outputs {
+    /// Starts one writer task per output (inside the tokio runtime).
+    pub fn start(specs: Vec<SinkSpec>, host: String, clock: Clock) -> Self {
+        let loss = Arc::new(LossContext {
+            host,
+            clock,
+            kernel_lost: Default::default(),
+        });
+        let (stop, stopped) = watch::channel(false);
+        let sinks: Vec<Arc<Shared>> = specs
+            .into_iter()
+            .map(|s| Arc::new(Shared::new(s)))
+            .collect();
+        let tasks = sinks
+            .iter()
+            .map(|s| tokio::spawn(sink::run(s.clone(), loss.clone(), stopped.clone())))
+            .collect();
+        Self {
+            sinks,
+            tasks,
+            loss,
+            stop,
+        }
+    }
 
-pub enum Format {
-    Text { verbose: bool },
-    Json,
-}
+    pub fn publish(&self, record: Record) {
+        let record = Arc::new(record);
+        for sink in &self.sinks {
+            sink.push(record.clone());
+        }
+    }
 
-impl Stdout {
-    pub fn new(format: Format) -> Self {
-        Self { format }
+    /// Kernel events lost so far; an increase is also published as a loss record.
+    pub fn kernel_lost(&self, total: u64) {
+        let before = self.loss.kernel_lost.swap(total, Relaxed);
+        if total > before {
+            let ts = self.loss.clock.rfc3339(Clock::monotonic_now_ns());
+            self.publish(Record::Loss(LossRecord::new(
+                ts,
+                self.loss.host.clone(),
+                None,
+                0,
+                0,
+                total,
+            )));
+        }
+    }
+
+    /// Lets the outputs drain for up to `grace`, then reports what each delivered and dropped.
+    pub async fn finish(self, grace: Duration) -> Vec<String> {
+        let _ = self.stop.send(true);
+        let all = futures_join(self.tasks);
+        let _ = tokio::time::timeout(grace, all).await;
+        self.sinks
+            .iter()
+            .map(|s| {
+                let c = &s.counters;
+                format!(
+                    "output {}: {} produced, {} delivered, {} dropped, {} undelivered at exit",
+                    s.spec.name,
+                    c.produced.load(Relaxed),
+                    c.delivered.load(Relaxed),
+                    c.dropped.load(Relaxed),
+                    s.pending()
+                )
+            })
+            .collect()
     }
 }
 
-impl Sink for Stdout {
-    fn emit(&mut self, verdict: &Verdict) -> Result<()> {
-        let line = match self.format {
-            Format::Text { verbose } => text::render(verdict, verbose),
-            Format::Json => json::render(verdict)?,
-        };
-        let mut out = std::io::stdout().lock();
-        out.write_all(&line)?;
-        out.flush()?;
-        Ok(())
+async fn futures_join(tasks: Vec<JoinHandle<()>>) {
+    for task in tasks {
+        let _ = task.await;
     }
 }

@@ -1,17 +1,32 @@
-//! The human view: one line per verdict; `-v` adds the hint and the evidence chain.
+//! The human view: one line per verdict; `-v` adds the hint and the evidence chain. Every
+//! string is passed through `escape::text`: no control characters, so no forged lines and no
+//! terminal escape sequences.
 
 use std::fmt::Write;
 
 use bytes::BytesMut;
 
+use super::Record;
 use crate::{escape, verdict::Verdict};
 
-pub fn render(v: &Verdict, verbose: bool) -> BytesMut {
+pub fn render(record: &Record, verbose: bool) -> BytesMut {
+    let line = match record {
+        Record::Verdict(v) => verdict(v, verbose),
+        Record::Loss(l) => format!("{} loss: {}\n", time(&l.ts), escape::text(&l.summary())),
+    };
+    BytesMut::from(line.as_bytes())
+}
+
+fn time(ts: &str) -> &str {
+    ts.get(11..23).unwrap_or(ts)
+}
+
+fn verdict(v: &Verdict, verbose: bool) -> String {
     let mut line = String::with_capacity(256);
-    let time = v.ts.get(11..23).unwrap_or(&v.ts);
     let _ = write!(
         line,
-        "{time} {}:{} -> {}:{} {} {}: {}",
+        "{} {}:{} -> {}:{} {} {}: {}",
+        time(&v.ts),
         v.conn.remote_addr,
         v.conn.remote_port,
         v.conn.local_addr,
@@ -35,5 +50,5 @@ pub fn render(v: &Verdict, verbose: bool) -> BytesMut {
             let _ = writeln!(line, "    evidence: {}", escape::text(&json));
         }
     }
-    BytesMut::from(line.as_bytes())
+    line
 }
