@@ -3,6 +3,7 @@
 //! the real sshtrace binary with its eBPF programs. Everything a test starts is stopped and
 //! removed when its guard drops, also when the test fails.
 
+pub mod collectors;
 pub mod sandbox;
 pub mod sshd;
 pub mod tracer;

@@ -214,13 +214,26 @@ pub fn read_until_closed(stream: &mut TcpStream) -> Result<Vec<u8>, std::io::Err
 
 /// Compiles a C fixture from tests/fixtures into `dir` as a shared object.
 pub fn build_fixture(source: &str, dir: &Path) -> PathBuf {
+    let out = dir.join(source.replace(".c", ".so"));
+    compile(source, &out, &["-shared", "-fPIC"]);
+    out
+}
+
+/// Compiles a C fixture from tests/fixtures into `dir` as a program.
+pub fn build_program(source: &str, dir: &Path) -> PathBuf {
+    let out = dir.join(source.trim_end_matches(".c"));
+    compile(source, &out, &[]);
+    out
+}
+
+fn compile(source: &str, out: &Path, flags: &[&str]) {
     let src = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("fixtures")
         .join(source);
-    let out = dir.join(source.replace(".c", ".so"));
     let result = run(Command::new("gcc")
-        .args(["-shared", "-fPIC", "-O2", "-o"])
-        .arg(&out)
+        .args(flags)
+        .args(["-O2", "-o"])
+        .arg(out)
         .arg(&src)
         .arg("-ldl"));
     assert!(
@@ -228,5 +241,4 @@ pub fn build_fixture(source: &str, dir: &Path) -> PathBuf {
         "gcc {source}: {}",
         String::from_utf8_lossy(&result.stderr)
     );
-    out
 }

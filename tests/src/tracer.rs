@@ -15,14 +15,25 @@ use crate::{kill, sshtrace_bin, wait_for};
 pub struct Tracer {
     child: Child,
     verdicts: Arc<Mutex<Vec<Value>>>,
+    /// Standard output as lines, for the text view.
+    stdout: Arc<Mutex<Vec<String>>>,
     stderr: Arc<Mutex<Vec<String>>>,
 }
 
 impl Tracer {
     /// Starts `sshtrace --json ARGS` and waits until it reports its hooks attached.
     pub fn start(args: &[&str]) -> Self {
+        Self::spawn(true, args)
+    }
+
+    /// Starts sshtrace with the human view on standard output.
+    pub fn start_text(args: &[&str]) -> Self {
+        Self::spawn(false, args)
+    }
+
+    fn spawn(json: bool, args: &[&str]) -> Self {
         let mut child = Command::new(sshtrace_bin())
-            .arg("--json")
+            .args(json.then_some("--json"))
             .args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -30,15 +41,19 @@ impl Tracer {
             .spawn()
             .expect("start sshtrace");
         let verdicts = Arc::new(Mutex::new(Vec::new()));
+        let stdout = Arc::new(Mutex::new(Vec::new()));
         let stderr = Arc::new(Mutex::new(Vec::new()));
         let out = child.stdout.take().expect("stdout");
-        let sink = verdicts.clone();
+        let (sink, raw) = (verdicts.clone(), stdout.clone());
         thread::spawn(move || {
             for line in BufReader::new(out).lines().map_while(Result::ok) {
-                let value: Value = serde_json::from_str(&line).unwrap_or_else(|e| {
-                    panic!("sshtrace printed a line that is not JSON ({e}): {line}")
-                });
-                sink.lock().unwrap().push(value);
+                if json {
+                    let value: Value = serde_json::from_str(&line).unwrap_or_else(|e| {
+                        panic!("sshtrace printed a line that is not JSON ({e}): {line}")
+                    });
+                    sink.lock().unwrap().push(value);
+                }
+                raw.lock().unwrap().push(line);
             }
         });
         let err = child.stderr.take().expect("stderr");
@@ -52,6 +67,7 @@ impl Tracer {
         let tracer = Self {
             child,
             verdicts,
+            stdout,
             stderr,
         };
         tracer.wait_stderr("sshtrace to attach", |l| {
@@ -101,6 +117,14 @@ impl Tracer {
             .filter(|v| v["conn"]["local_port"] == port)
             .cloned()
             .collect()
+    }
+
+    pub fn stdout_lines(&self) -> Vec<String> {
+        self.stdout.lock().unwrap().clone()
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     pub fn stderr_lines(&self) -> Vec<String> {

@@ -20,6 +20,7 @@ const DEBIAN_PACKAGES: &[(&str, &str)] = &[
     ("procps", "/usr/bin/pkill"),
     ("util-linux", "/usr/bin/prlimit"),
     ("gcc", "/usr/bin/gcc"),
+    ("rsyslog", "/usr/sbin/rsyslogd"),
 ];
 
 pub fn run() -> Result<()> {
