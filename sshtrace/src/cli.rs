@@ -1,16 +1,21 @@
-//! Command-line interface.
+//! Command-line interface: tracing (the default) and the `doctor`, `completions` and `man`
+//! subcommands.
 
-use std::time::Duration;
+use std::{net::IpAddr, time::Duration};
 
-use clap::Parser;
+use clap::{Args, Parser, Subcommand, ValueEnum};
 
 const EXAMPLES: &str = "\
 Examples:
   During an outage, on the SSH server:
     sudo sshtrace                      # every sshd found, one line per connection that dies
     sudo sshtrace -v                   # … with the hint and the kernel evidence
-  Only some ports or one sshd:
-    sudo sshtrace --port 2222 --pid 812
+    sudo sshtrace doctor               # the static checks: config, keys, firewall, limits
+    sudo sshtrace --duration 5m --summary-only   # a report to paste into the incident channel
+  Narrowing down:
+    sudo sshtrace --port 2222 --pid 812 --client 203.0.113.0/24 --cause firewall
+  On a container host (every sshd in every container is traced):
+    sudo sshtrace --port 2222
   For a log collector or a script:
     sudo sshtrace --json | tee verdicts.jsonl
     sudo sshtrace -o syslog+tcp://127.0.0.1:514 -o tcp://127.0.0.1:9000 -o -";
@@ -23,9 +28,58 @@ Examples:
     long_about = "Traces every SSH connection that dies on this host with eBPF and prints one \
                   verdict per connection: who ended it (sshd, the kernel, the network) and the \
                   cause, with the kernel evidence behind it. Needs root.",
-    after_help = EXAMPLES
+    after_help = EXAMPLES,
+    args_conflicts_with_subcommands = true
 )]
 pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+
+    #[command(flatten)]
+    pub trace: TraceArgs,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Check this host for the usual causes of SSH resets: sshd running and listening where
+    /// configured, config test, host key and file modes, firewall rules, fail2ban bans, limits,
+    /// MaxStartups, disk space, LSMs. Exit status 1 when a check fails.
+    Doctor(DoctorArgs),
+    /// Print a shell completion script.
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff).
+    Man,
+}
+
+#[derive(Debug, Args)]
+pub struct DoctorArgs {
+    /// Check this user's ~/.ssh and authorized_keys too.
+    #[arg(long, value_name = "NAME")]
+    pub user: Option<String>,
+    /// Check this listening sshd (default: every sshd found).
+    #[arg(long, value_name = "PID")]
+    pub pid: Option<u32>,
+    /// The sshd configuration (default: the running sshd's -f, else /etc/ssh/sshd_config).
+    #[arg(long, value_name = "PATH")]
+    pub config: Option<std::path::PathBuf>,
+    /// JSON instead of the table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
+pub enum Color {
+    #[default]
+    Auto,
+    Always,
+    Never,
+}
+
+#[derive(Debug, Args)]
+pub struct TraceArgs {
     /// Print verdicts as JSON Lines (schema sshtrace/1, see docs/events.md).
     #[arg(long)]
     pub json: bool,
@@ -47,6 +101,14 @@ pub struct Cli {
     #[arg(long = "pid", value_name = "PID")]
     pub pids: Vec<u32>,
 
+    /// Only verdicts for clients in this address or network (repeatable), e.g. 203.0.113.0/24.
+    #[arg(long = "client", value_name = "ADDR[/PREFIX]", value_parser = parse_network)]
+    pub clients: Vec<Network>,
+
+    /// Only verdicts with this cause (repeatable), e.g. firewall, sshd_crashed.
+    #[arg(long = "cause", value_name = "CAUSE")]
+    pub causes: Vec<String>,
+
     /// Report resets on every TCP port, not only sshd's ("is it really SSH?").
     #[arg(long)]
     pub all_tcp: bool,
@@ -54,6 +116,14 @@ pub struct Cli {
     /// Add the hint and the evidence chain under each verdict line.
     #[arg(short, long)]
     pub verbose: bool,
+
+    /// Colour in the terminal view (NO_COLOR is honoured by `auto`).
+    #[arg(long, value_enum, default_value_t = Color::Auto)]
+    pub color: Color,
+
+    /// Print no verdict lines, only the summary when sshtrace stops.
+    #[arg(long)]
+    pub summary_only: bool,
 
     /// Stop after this long (e.g. 30s, 5m, 1h).
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
@@ -66,6 +136,47 @@ pub struct Cli {
     /// Print every decoded kernel event on standard error (for bug reports).
     #[arg(long, hide = true)]
     pub dump_events: bool,
+}
+
+/// An address with a prefix length.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Network {
+    pub addr: IpAddr,
+    pub prefix: u8,
+}
+
+impl Network {
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        match (self.addr, ip) {
+            (IpAddr::V4(net), IpAddr::V4(ip)) => {
+                let mask = u32::MAX.checked_shl(32 - self.prefix as u32).unwrap_or(0);
+                u32::from(net) & mask == u32::from(ip) & mask
+            }
+            (IpAddr::V6(net), IpAddr::V6(ip)) => {
+                let mask = u128::MAX.checked_shl(128 - self.prefix as u32).unwrap_or(0);
+                u128::from(net) & mask == u128::from(ip) & mask
+            }
+            _ => false,
+        }
+    }
+}
+
+fn parse_network(text: &str) -> Result<Network, String> {
+    let (addr, prefix) = text.split_once('/').unwrap_or((text, ""));
+    let addr: IpAddr = addr
+        .parse()
+        .map_err(|_| format!("'{text}' is not an address or ADDR/PREFIX"))?;
+    let max = if addr.is_ipv4() { 32 } else { 128 };
+    let prefix = if prefix.is_empty() {
+        max
+    } else {
+        prefix
+            .parse::<u8>()
+            .ok()
+            .filter(|&p| p <= max)
+            .ok_or_else(|| format!("'{text}': prefix must be 0..={max}"))?
+    };
+    Ok(Network { addr, prefix })
 }
 
 fn parse_duration(text: &str) -> Result<Duration, String> {
@@ -104,8 +215,42 @@ mod tests {
         assert_eq!(
             Cli::try_parse_from(["sshtrace", "--port", "22"])
                 .unwrap()
+                .trace
                 .ports,
             vec![22]
         );
+    }
+
+    #[test]
+    fn networks() {
+        let net = parse_network("203.0.113.0/24").unwrap();
+        assert!(net.contains("203.0.113.77".parse().unwrap()));
+        assert!(!net.contains("203.0.114.1".parse().unwrap()));
+        assert!(!net.contains("::1".parse().unwrap()));
+        assert!(parse_network("::1")
+            .unwrap()
+            .contains("::1".parse().unwrap()));
+        assert!(parse_network("0.0.0.0/0")
+            .unwrap()
+            .contains("8.8.8.8".parse().unwrap()));
+        assert!(parse_network("10.0.0.0/33").is_err());
+        assert!(parse_network("nonsense").is_err());
+    }
+
+    #[test]
+    fn subcommands() {
+        assert!(matches!(
+            Cli::try_parse_from(["sshtrace", "doctor", "--user", "bob"])
+                .unwrap()
+                .command,
+            Some(Command::Doctor(_))
+        ));
+        assert!(matches!(
+            Cli::try_parse_from(["sshtrace", "completions", "bash"])
+                .unwrap()
+                .command,
+            Some(Command::Completions { .. })
+        ));
+        assert!(Cli::try_parse_from(["sshtrace", "--json", "doctor"]).is_err());
     }
 }

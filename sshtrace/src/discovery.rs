@@ -346,6 +346,13 @@ fn config_ports(dir: &Path) -> BTreeSet<u16> {
     ports
 }
 
+/// The configuration file a running sshd reads (through its root).
+pub fn config_path_of(pid: u32) -> Option<PathBuf> {
+    let dir = PathBuf::from("/proc").join(pid.to_string());
+    let args = cmdline(&dir);
+    (!args.is_empty()).then(|| config_path(&dir, &args))
+}
+
 /// A global option of a running sshd: `-o Key=value` on its command line, else the first
 /// `Key value` line of its configuration before any `Match`.
 pub fn sshd_config_value(pid: u32, key: &str) -> Option<String> {
@@ -356,6 +363,25 @@ pub fn sshd_config_value(pid: u32, key: &str) -> Option<String> {
         k.eq_ignore_ascii_case(key).then(|| v.trim().to_owned())
     });
     from_args.or_else(|| config_value(&fs::read_to_string(config_path(&dir, &args)).ok()?, key))
+}
+
+/// Every global `Key value` line of a configuration file (keys may repeat, like HostKey).
+pub fn config_file_values(path: &Path, key: &str) -> Vec<String> {
+    let text = fs::read_to_string(path).unwrap_or_default();
+    let mut values = Vec::new();
+    for line in text.lines() {
+        let mut words = line.split_whitespace();
+        let (Some(k), Some(v)) = (words.next(), words.next()) else {
+            continue;
+        };
+        if k.eq_ignore_ascii_case("match") {
+            break;
+        }
+        if k.eq_ignore_ascii_case(key) {
+            values.push(v.to_owned());
+        }
+    }
+    values
 }
 
 fn config_value(text: &str, key: &str) -> Option<String> {

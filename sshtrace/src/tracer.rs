@@ -17,7 +17,8 @@ use tokio::sync::mpsc::UnboundedReceiver;
 use crate::{
     audit::{self, AuditDenial},
     causes::{self, Context},
-    cli::Cli,
+    cli::Network,
+    cli::TraceArgs as Cli,
     clock::Clock,
     dac,
     discovery::{Discovery, Scope, Snapshot},
@@ -30,6 +31,7 @@ use crate::{
     output::{Outputs, Record, SinkSpec},
     probes::{KernelFilters, LossCounters, Probes},
     state::{State, TcpStates, SETTLE_NS},
+    summary::Summary,
 };
 
 const TICK: Duration = Duration::from_millis(100);
@@ -69,6 +71,9 @@ pub async fn run(
         .context("cannot poll the ring buffer")?;
     let clock = Clock::new();
     let host = hostname();
+    let outputs_to_stdout = outputs
+        .iter()
+        .any(|o| o.transport == crate::output::url::Transport::Stdout);
     let mut tracer = Tracer {
         state: State::new(TcpStates::from_names(&names)),
         names,
@@ -81,6 +86,14 @@ pub async fn run(
         stats: Stats::default(),
         dump_events: cli.dump_events,
         stalls_reported: HashMap::new(),
+        summary: Summary::default(),
+        view: View {
+            json: cli.json,
+            summary_only: cli.summary_only,
+            stdout_is_output: outputs_to_stdout,
+            clients: cli.clients.clone(),
+            causes: cli.causes.clone(),
+        },
         lsms,
     };
     // Tracking starts before the report: whoever waits for it may connect at once.
@@ -114,6 +127,17 @@ struct Tracer {
     /// When each listener's last stall verdict was made.
     stalls_reported: HashMap<u32, u64>,
     lsms: ActiveLsms,
+    summary: Summary,
+    view: View,
+}
+
+/// What the user asked to see.
+struct View {
+    json: bool,
+    summary_only: bool,
+    stdout_is_output: bool,
+    clients: Vec<Network>,
+    causes: Vec<String>,
 }
 
 #[derive(Default)]
@@ -121,6 +145,7 @@ struct Stats {
     verdicts: u64,
     undecodable: u64,
     lost_reported: u64,
+    produced_at_last_status: u64,
 }
 
 impl Tracer {
@@ -150,6 +175,7 @@ impl Tracer {
                         self.rediscover()?;
                     }
                     if ticks.is_multiple_of(LOSS_CHECK_EVERY_TICKS) {
+                        self.report_status();
                         self.report_stalls();
                         self.report_loss();
                         self.state.prune(Clock::monotonic_now_ns());
@@ -265,9 +291,34 @@ impl Tracer {
         }
     }
 
+    /// Publishes a verdict that passes `--client` and `--cause`.
     fn emit(&mut self, verdict: crate::verdict::Verdict) {
+        let client_ok = self.view.clients.is_empty()
+            || verdict
+                .conn
+                .remote_addr
+                .parse()
+                .is_ok_and(|ip| self.view.clients.iter().any(|n| n.contains(ip)));
+        let cause_ok = self.view.causes.is_empty()
+            || self.view.causes.iter().any(|c| c == verdict.cause.as_str());
+        if !(client_ok && cause_ok) {
+            return;
+        }
         self.stats.verdicts += 1;
+        self.summary.add(&verdict);
         self.outputs.publish(Record::Verdict(verdict));
+    }
+
+    /// Kernel events per second, verdicts and losses, redrawn in place on a terminal.
+    fn report_status(&mut self) {
+        let (produced, lost) = self.counters.read();
+        let rate = produced.saturating_sub(self.stats.produced_at_last_status);
+        self.stats.produced_at_last_status = produced;
+        self.outputs.status(format!(
+            "[{rate} kernel events/s · {} verdicts · {lost} events lost · {} connections followed]",
+            self.stats.verdicts,
+            self.state.conns.len()
+        ));
     }
 
     fn rediscover(&mut self) -> Result<()> {
@@ -295,8 +346,20 @@ impl Tracer {
     async fn finish(mut self) {
         self.report_loss();
         let (produced, lost) = self.counters.read();
+        self.outputs.status(String::new());
         for line in self.outputs.finish(OUTPUT_GRACE).await {
             eprintln!("sshtrace: {line}");
+        }
+        // After the outputs: the summary is the last thing printed.
+        let v = &self.view;
+        if v.summary_only || v.stdout_is_output {
+            if v.json {
+                println!("{}", self.summary.render_json(&self.host, lost));
+            } else {
+                print!("{}", self.summary.render_text(lost));
+            }
+        } else {
+            eprint!("{}", self.summary.render_text(lost));
         }
         eprintln!(
             "sshtrace: {} verdicts; {produced} kernel events, {lost} lost, {} undecodable",

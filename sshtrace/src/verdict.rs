@@ -47,6 +47,28 @@ pub enum Cause {
 }
 
 impl Cause {
+    pub const ALL: [Cause; 15] = [
+        Cause::NotListening,
+        Cause::SshdCrashed,
+        Cause::SshdKilled,
+        Cause::OomKilled,
+        Cause::Firewall,
+        Cause::LsmDenied,
+        Cause::PermissionDenied,
+        Cause::ResourceLimit,
+        Cause::SshdDropped,
+        Cause::SshdExited,
+        Cause::SocketKilled,
+        Cause::PeerReset,
+        Cause::KernelAbort,
+        Cause::ClosedPreauth,
+        Cause::Unknown,
+    ];
+
+    pub fn from_name(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|c| c.as_str() == name)
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Self::NotListening => "not_listening",

@@ -18,7 +18,7 @@ use std::{
 pub use record::{LossRecord, Record};
 use sink::{LossContext, Shared};
 use tokio::{sync::watch, task::JoinHandle};
-pub use url::SinkSpec;
+pub use url::{SinkSpec, StdoutView};
 
 use crate::clock::Clock;
 
@@ -58,6 +58,13 @@ impl Outputs {
         let record = Arc::new(record);
         for sink in &self.sinks {
             sink.push(record.clone());
+        }
+    }
+
+    /// The status line of terminal outputs.
+    pub fn status(&self, text: String) {
+        for sink in &self.sinks {
+            sink.set_status(text.clone());
         }
     }
 

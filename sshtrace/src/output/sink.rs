@@ -52,6 +52,9 @@ pub struct Shared {
     pub counters: Counters,
     queue: Mutex<VecDeque<Arc<Record>>>,
     wake: Notify,
+    /// The terminal's status line, and whether it must be redrawn.
+    status: Mutex<String>,
+    status_dirty: std::sync::atomic::AtomicBool,
 }
 
 impl Shared {
@@ -61,7 +64,30 @@ impl Shared {
             counters: Counters::default(),
             queue: Mutex::new(VecDeque::new()),
             wake: Notify::new(),
+            status: Mutex::new(String::new()),
+            status_dirty: Default::default(),
         }
+    }
+
+    /// Replaces the status line (terminal outputs only).
+    pub fn set_status(&self, text: String) {
+        if self.spec.status_line {
+            *self.status.lock().expect("status lock") = text;
+            self.status_dirty.store(true, Relaxed);
+            self.wake.notify_one();
+        }
+    }
+
+    /// Bytes that put `record` above the status line: clear it, write, draw it again.
+    fn framed(&self, record: BytesMut) -> BytesMut {
+        if !self.spec.status_line {
+            return record;
+        }
+        let status = self.status.lock().expect("status lock").clone();
+        let mut out = BytesMut::from(CLEAR_LINE);
+        out.extend_from_slice(&record);
+        out.extend_from_slice(status.as_bytes());
+        out
     }
 
     /// Never blocks: a full queue drops the record and counts it.
@@ -93,7 +119,7 @@ impl Shared {
 
 fn encode(record: &Record, encoding: &Encoding) -> BytesMut {
     match encoding {
-        Encoding::Text { verbose } => text::render(record, *verbose),
+        Encoding::Text { verbose, color } => text::render(record, *verbose, *color),
         // Serialising our own types cannot fail.
         Encoding::JsonLines => json::render(record).unwrap_or_default(),
         Encoding::Syslog { octet_counting } => {
@@ -212,6 +238,9 @@ fn rotate(path: &std::path::Path, keep: u32) -> io::Result<()> {
     std::fs::rename(path, numbered(1))
 }
 
+/// Carriage return and erase-line: the status line is redrawn in place.
+const CLEAR_LINE: &[u8] = b"\r\x1b[K";
+
 const BACKOFF_START: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
 
@@ -235,6 +264,14 @@ pub async fn run(shared: Arc<Shared>, loss: Arc<LossContext>, mut stop: watch::R
     loop {
         let unreported = shared.counters.unreported.load(Relaxed);
         let next = shared.front();
+        if shared.status_dirty.swap(false, Relaxed) {
+            if let Some(c) = conn.as_mut() {
+                let status = shared.status.lock().expect("status lock").clone();
+                let mut bytes = BytesMut::from(CLEAR_LINE);
+                bytes.extend_from_slice(status.as_bytes());
+                let _ = send(c, &spec.transport, &bytes).await;
+            }
+        }
         if next.is_none() && unreported == 0 {
             if *stop.borrow() {
                 return;
@@ -289,7 +326,12 @@ pub async fn run(shared: Arc<Shared>, loss: Arc<LossContext>, mut stop: watch::R
             sent
         } else {
             let record = next.expect("checked above");
-            let sent = send(c, &spec.transport, &encode(&record, &spec.encoding)).await;
+            let sent = send(
+                c,
+                &spec.transport,
+                &shared.framed(encode(&record, &spec.encoding)),
+            )
+            .await;
             if sent.is_ok() {
                 shared.pop_front();
                 shared.counters.delivered.fetch_add(1, Relaxed);

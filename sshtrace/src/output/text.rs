@@ -7,11 +7,14 @@ use std::fmt::Write;
 use bytes::BytesMut;
 
 use super::Record;
-use crate::{escape, verdict::Verdict};
+use crate::{
+    escape,
+    verdict::{Cause, Verdict},
+};
 
-pub fn render(record: &Record, verbose: bool) -> BytesMut {
+pub fn render(record: &Record, verbose: bool, color: bool) -> BytesMut {
     let line = match record {
-        Record::Verdict(v) => verdict(v, verbose),
+        Record::Verdict(v) => verdict(v, verbose, color),
         Record::Loss(l) => format!("{} loss: {}\n", time(&l.ts), escape::text(&l.summary())),
     };
     BytesMut::from(line.as_bytes())
@@ -21,7 +24,28 @@ fn time(ts: &str) -> &str {
     ts.get(11..23).unwrap_or(ts)
 }
 
-fn verdict(v: &Verdict, verbose: bool) -> String {
+/// ANSI colours by what the cause means for the operator: red, sshd or its processes died;
+/// yellow, a limit, rule or policy refused; cyan, the network or an actor outside sshd.
+fn paint(cause: Cause, color: bool) -> String {
+    let code = match cause {
+        Cause::SshdCrashed | Cause::SshdKilled | Cause::OomKilled | Cause::SshdExited => "31",
+        Cause::ResourceLimit
+        | Cause::Firewall
+        | Cause::LsmDenied
+        | Cause::PermissionDenied
+        | Cause::SshdDropped
+        | Cause::NotListening => "33",
+        Cause::PeerReset | Cause::SocketKilled | Cause::KernelAbort => "36",
+        Cause::ClosedPreauth | Cause::Unknown => "1",
+    };
+    if color {
+        format!("\x1b[{code}m{}\x1b[0m", cause.as_str())
+    } else {
+        cause.as_str().to_owned()
+    }
+}
+
+fn verdict(v: &Verdict, verbose: bool, color: bool) -> String {
     let mut line = String::with_capacity(256);
     let _ = write!(
         line,
@@ -32,7 +56,7 @@ fn verdict(v: &Verdict, verbose: bool) -> String {
         v.conn.local_addr,
         v.conn.local_port,
         v.outcome.as_str(),
-        v.cause.as_str(),
+        paint(v.cause, color),
         escape::text(&v.summary)
     );
     if let Some(sshd) = &v.sshd {

@@ -8,8 +8,8 @@ use anyhow::{Context, Result};
 /// How records are framed on the way out.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Encoding {
-    /// The human view (stdout without `--json`).
-    Text { verbose: bool },
+    /// The human view (stdout without `--json`), coloured on a terminal.
+    Text { verbose: bool, color: bool },
     /// JSON Lines: one object per line.
     JsonLines,
     /// RFC 5424; over a stream with RFC 6587 octet counting.
@@ -41,6 +41,17 @@ pub struct SinkSpec {
     pub encoding: Encoding,
     /// Records held while the destination is slow or away; past it, new ones are dropped.
     pub queue: usize,
+    /// A terminal: a status line is kept at the bottom, redrawn in place.
+    pub status_line: bool,
+}
+
+/// How stdout is presented.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct StdoutView {
+    pub json: bool,
+    pub verbose: bool,
+    pub color: bool,
+    pub terminal: bool,
 }
 
 pub const DEFAULT_QUEUE: usize = 4096;
@@ -48,7 +59,7 @@ const JOURNALD_SOCKET: &str = "/run/systemd/journal/socket";
 
 impl SinkSpec {
     /// Parses one `--output` value. `json` says what plain stdout prints.
-    pub fn parse(value: &str, json: bool, verbose: bool) -> Result<Self> {
+    pub fn parse(value: &str, view: StdoutView) -> Result<Self> {
         let fail = |why: &str| anyhow::anyhow!("--output {value}: {why}");
         let (base, query) = value.split_once('?').unwrap_or((value, ""));
         let mut queue = DEFAULT_QUEUE;
@@ -78,13 +89,20 @@ impl SinkSpec {
                 }
             }
         }
-        let stdout_encoding = if json {
+        let stdout_encoding = if view.json {
             Encoding::JsonLines
         } else {
-            Encoding::Text { verbose }
+            Encoding::Text {
+                verbose: view.verbose,
+                color: view.color,
+            }
         };
+        let mut status_line = false;
         let (transport, encoding) = match base {
-            "-" | "stdout" => (Transport::Stdout, stdout_encoding),
+            "-" | "stdout" => {
+                status_line = view.terminal && !view.json;
+                (Transport::Stdout, stdout_encoding)
+            }
             "journald" => {
                 if !std::path::Path::new(JOURNALD_SOCKET).exists() {
                     return Err(fail(&format!(
@@ -122,6 +140,7 @@ impl SinkSpec {
             transport,
             encoding,
             queue,
+            status_line,
         })
     }
 }
@@ -183,14 +202,22 @@ mod tests {
     use super::*;
 
     fn parse(v: &str) -> Result<SinkSpec> {
-        SinkSpec::parse(v, false, false)
+        SinkSpec::parse(v, StdoutView::default())
     }
 
     #[test]
     fn every_scheme() {
         assert_eq!(parse("-").unwrap().transport, Transport::Stdout);
         assert_eq!(
-            SinkSpec::parse("stdout", true, false).unwrap().encoding,
+            SinkSpec::parse(
+                "stdout",
+                StdoutView {
+                    json: true,
+                    ..Default::default()
+                }
+            )
+            .unwrap()
+            .encoding,
             Encoding::JsonLines
         );
         let tcp = parse("syslog+tcp://127.0.0.1:514").unwrap();
