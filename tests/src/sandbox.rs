@@ -149,9 +149,38 @@ impl User {
     }
 }
 
+impl User {
+    /// A user with a home directory holding `.ssh/authorized_keys` (modes as given).
+    pub fn with_home(name: &str, ssh_dir_mode: u32, keys_mode: u32) -> (Self, std::path::PathBuf) {
+        use std::os::unix::fs::PermissionsExt;
+        let user = Self::new(name);
+        let home = std::env::temp_dir().join(format!("sshtrace-home-{}", user.name));
+        let ssh = home.join(".ssh");
+        fs::create_dir_all(&ssh).unwrap();
+        fs::write(ssh.join("authorized_keys"), "").unwrap();
+        let out = run(Command::new("usermod").args(["--home", home.to_str().unwrap(), &user.name]));
+        assert!(
+            out.status.success(),
+            "usermod: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let out = run(Command::new("chown").args(["-R", &user.name, home.to_str().unwrap()]));
+        assert!(out.status.success());
+        fs::set_permissions(&ssh, fs::Permissions::from_mode(ssh_dir_mode)).unwrap();
+        fs::set_permissions(
+            ssh.join("authorized_keys"),
+            fs::Permissions::from_mode(keys_mode),
+        )
+        .unwrap();
+        (user, home)
+    }
+}
+
 impl Drop for User {
     fn drop(&mut self) {
         let _ = run(Command::new("userdel").arg(&self.name));
+        let _ =
+            fs::remove_dir_all(std::env::temp_dir().join(format!("sshtrace-home-{}", self.name)));
     }
 }
 
