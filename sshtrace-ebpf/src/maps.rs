@@ -34,7 +34,66 @@ static LAYOUT: KernelLayout = KernelLayout::ABSENT;
 static SETTINGS: Settings = Settings {
     all_ports: 0,
     netfilter_drop: u32::MAX,
+    filter_netns: 0,
 };
+
+/// Network namespaces (inode) to report TCP events in, with `--container`/`--host-only`.
+#[map]
+pub static TRACKED_NETNS: HashMap<u32, u8> = HashMap::with_max_entries(1024, 0);
+
+/// Whether TCP events of network namespace `netns` are reported.
+#[inline(always)]
+pub fn netns_tracked(netns: u32) -> bool {
+    settings().filter_netns == 0 || unsafe { TRACKED_NETNS.get(netns) }.is_some()
+}
+
+/// The inode of the network namespace a `struct net *` is.
+#[inline(always)]
+pub fn net_inum(net: u64) -> u32 {
+    let s = layout().structs;
+    if net == 0 || s.net_inum == sshtrace_common::ABSENT {
+        return 0;
+    }
+    unsafe {
+        aya_ebpf::helpers::bpf_probe_read_kernel((net as *const u8).add(s.net_inum as usize).cast())
+    }
+    .unwrap_or(0)
+}
+
+/// The network namespace of a socket.
+#[inline(always)]
+pub fn sk_netns(sk: u64) -> u32 {
+    let s = layout().structs;
+    if sk == 0 || s.sk_net == sshtrace_common::ABSENT {
+        return 0;
+    }
+    let net: u64 = unsafe {
+        aya_ebpf::helpers::bpf_probe_read_kernel((sk as *const u8).add(s.sk_net as usize).cast())
+    }
+    .unwrap_or(0);
+    net_inum(net)
+}
+
+/// The network namespace of a packet, through its device.
+#[inline(always)]
+pub fn skb_netns(skb: u64) -> u32 {
+    let s = layout().structs;
+    if skb == 0 || s.skb_dev == sshtrace_common::ABSENT || s.dev_net == sshtrace_common::ABSENT {
+        return 0;
+    }
+    let dev: u64 = unsafe {
+        aya_ebpf::helpers::bpf_probe_read_kernel((skb as *const u8).add(s.skb_dev as usize).cast())
+    }
+    .unwrap_or(0);
+    if dev == 0 {
+        return 0;
+    }
+    let net: u64 = unsafe {
+        aya_ebpf::helpers::bpf_probe_read_kernel((dev as *const u8).add(s.dev_net as usize).cast())
+    }
+    .unwrap_or(0);
+    net_inum(net)
+}
 
 #[inline(always)]
 pub fn settings() -> Settings {

@@ -70,6 +70,9 @@ pub struct Endpoints {
     pub local_port: u16,
     pub remote_port: u16,
     pub _pad: u16,
+    /// Network namespace inode (0 when it could not be read): containers reuse addresses.
+    pub netns: u32,
+    pub _pad2: u32,
     /// IPv4 addresses use the first four bytes.
     pub local_addr: [u8; 16],
     pub remote_addr: [u8; 16],

@@ -140,6 +140,13 @@ pub struct StructLayout {
     pub skb_head: u16,
     pub skb_transport_header: u16,
     pub skb_network_header: u16,
+    /// `sock_common.skc_net` (a `possible_net_t` holding the `struct net *`).
+    pub sk_net: u16,
+    /// `net.ns.inum`.
+    pub net_inum: u16,
+    /// `sk_buff.dev` and `net_device.nd_net`, for segments without a socket.
+    pub skb_dev: u16,
+    pub dev_net: u16,
     pub _pad: u16,
 }
 
@@ -274,6 +281,10 @@ impl KernelLayout {
             skb_head: ABSENT,
             skb_transport_header: ABSENT,
             skb_network_header: ABSENT,
+            sk_net: ABSENT,
+            net_inum: ABSENT,
+            skb_dev: ABSENT,
+            dev_net: ABSENT,
             _pad: 0,
         },
     };

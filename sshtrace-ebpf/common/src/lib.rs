@@ -36,6 +36,8 @@ pub struct Settings {
     pub all_ports: u32,
     /// This kernel's `SKB_DROP_REASON_NETFILTER_DROP`, or `u32::MAX` when it has none.
     pub netfilter_drop: u32,
+    /// Non-zero: report TCP events only in the network namespaces of `TRACKED_NETNS`.
+    pub filter_netns: u32,
 }
 
 #[cfg(feature = "user")]

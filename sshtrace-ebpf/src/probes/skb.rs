@@ -6,7 +6,7 @@ use sshtrace_common::{Endpoints, FirewallDropEvent, ABSENT};
 
 use super::field;
 use crate::{
-    maps::{layout, port_tracked, settings},
+    maps::{layout, netns_tracked, port_tracked, settings, skb_netns},
     record::submit,
 };
 
@@ -78,24 +78,24 @@ fn try_kfree_skb(ctx: &TracePointContext) -> Result<(), i32> {
     if !inbound && !port_tracked(sport) {
         return Ok(());
     }
-    let endpoints = if inbound {
-        Endpoints {
-            family,
-            local_port: dport,
-            remote_port: sport,
-            _pad: 0,
-            local_addr: dst,
-            remote_addr: src,
-        }
+    let netns = skb_netns(skb as u64);
+    if !netns_tracked(netns) {
+        return Ok(());
+    }
+    let (local_port, remote_port, local_addr, remote_addr) = if inbound {
+        (dport, sport, dst, src)
     } else {
-        Endpoints {
-            family,
-            local_port: sport,
-            remote_port: dport,
-            _pad: 0,
-            local_addr: src,
-            remote_addr: dst,
-        }
+        (sport, dport, src, dst)
+    };
+    let endpoints = Endpoints {
+        family,
+        local_port,
+        remote_port,
+        _pad: 0,
+        netns,
+        _pad2: 0,
+        local_addr,
+        remote_addr,
     };
     submit(|e: &mut FirewallDropEvent| {
         e.tcp_flags = flags as u16;

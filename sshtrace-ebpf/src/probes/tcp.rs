@@ -10,7 +10,7 @@ use sshtrace_common::{
 
 use super::field;
 use crate::{
-    maps::{layout, port_tracked},
+    maps::{layout, netns_tracked, port_tracked, sk_netns, skb_netns},
     record::submit,
 };
 
@@ -28,11 +28,19 @@ pub fn tcp_send_reset(ctx: TracePointContext) -> u32 {
 
 fn try_send_reset(ctx: &TracePointContext) -> Result<(), i32> {
     let l = layout().send_reset;
-    let endpoints = read_endpoints(ctx, &l.addr)?;
+    let mut endpoints = read_endpoints(ctx, &l.addr)?;
     if !port_tracked(endpoints.local_port) {
         return Ok(());
     }
     let skaddr: u64 = field(ctx, l.skaddr)?;
+    endpoints.netns = if skaddr != 0 {
+        sk_netns(skaddr)
+    } else {
+        field::<u64>(ctx, l.skbaddr).map(skb_netns).unwrap_or(0)
+    };
+    if !netns_tracked(endpoints.netns) {
+        return Ok(());
+    }
     let state: i32 = field(ctx, l.state).unwrap_or(-1);
     let reason: u32 = field(ctx, l.reason).unwrap_or(REASON_UNKNOWN);
     let seg_flags = if skaddr == 0 {
@@ -90,6 +98,11 @@ fn try_receive_reset(ctx: &TracePointContext) -> Result<(), i32> {
         return Ok(());
     };
     let skaddr: u64 = field(ctx, l.skaddr)?;
+    let mut endpoints = endpoints;
+    endpoints.netns = sk_netns(skaddr);
+    if !netns_tracked(endpoints.netns) {
+        return Ok(());
+    }
     submit(|e: &mut ReceiveResetEvent| {
         e.skaddr = skaddr;
         e.client_side = client_side;
@@ -110,11 +123,15 @@ fn try_sock_state(ctx: &TracePointContext) -> Result<(), i32> {
     if protocol != IPPROTO_TCP {
         return Ok(());
     }
-    let endpoints = read_endpoints(ctx, &l.addr)?;
+    let mut endpoints = read_endpoints(ctx, &l.addr)?;
     if !port_tracked(endpoints.local_port) {
         return Ok(());
     }
     let skaddr: u64 = field(ctx, l.skaddr)?;
+    endpoints.netns = sk_netns(skaddr);
+    if !netns_tracked(endpoints.netns) {
+        return Ok(());
+    }
     let old_state: i32 = field(ctx, l.oldstate)?;
     let new_state: i32 = field(ctx, l.newstate)?;
     submit(|e: &mut SockStateEvent| {
