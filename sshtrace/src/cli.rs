@@ -109,6 +109,23 @@ pub struct TraceArgs {
     #[arg(long = "cause", value_name = "CAUSE")]
     pub causes: Vec<String>,
 
+    /// Trace only the sshd in this container, by id (or unique prefix) or name (repeatable).
+    #[arg(
+        long = "container",
+        value_name = "ID|NAME",
+        conflicts_with = "host_only"
+    )]
+    pub containers: Vec<String>,
+
+    /// Trace only sshd outside containers.
+    #[arg(long)]
+    pub host_only: bool,
+
+    /// A Docker-compatible API socket to ask for container names (repeatable; default: the
+    /// usual Podman and Docker sockets).
+    #[arg(long = "runtime-socket", value_name = "PATH")]
+    pub runtime_sockets: Vec<std::path::PathBuf>,
+
     /// Report resets on every TCP port, not only sshd's ("is it really SSH?").
     #[arg(long)]
     pub all_tcp: bool,

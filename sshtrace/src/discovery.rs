@@ -12,14 +12,18 @@ use std::{
 
 use anyhow::{bail, Result};
 
-use crate::events::unmap;
+use crate::{container::Container, events::unmap};
 
 /// A listening sshd.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Listener {
     pub pid: u32,
     pub exe: String,
+    /// As seen in its own network namespace.
     pub addrs: Vec<SocketAddr>,
+    pub netns: Option<u64>,
+    /// The container it runs in (from its cgroup path); `None` on the host.
+    pub container: Option<Container>,
 }
 
 /// What a scan of /proc found.
@@ -53,6 +57,10 @@ impl Snapshot {
 pub struct Scope {
     pub ports: BTreeSet<u16>,
     pub pids: BTreeSet<u32>,
+    /// Only sshd in these containers (ids as resolved at start-up).
+    pub containers: BTreeSet<String>,
+    /// Only sshd outside containers.
+    pub host_only: bool,
 }
 
 pub struct Discovery {
@@ -140,8 +148,29 @@ impl Discovery {
                 continue;
             }
             let exe = exe_of(&dir);
-            if is_sshd_exe(&exe) {
-                listeners.insert(pid, Listener { pid, exe, addrs });
+            if !is_sshd_exe(&exe) {
+                continue;
+            }
+            let container = crate::container::of_process(pid);
+            let wanted = match &container {
+                Some(c) => {
+                    !self.scope.host_only
+                        && (self.scope.containers.is_empty()
+                            || self.scope.containers.contains(&c.id))
+                }
+                None => self.scope.containers.is_empty(),
+            };
+            if wanted {
+                listeners.insert(
+                    pid,
+                    Listener {
+                        pid,
+                        exe,
+                        addrs,
+                        netns: crate::container::netns_of(pid),
+                        container,
+                    },
+                );
             }
         }
         // Children that inherited a listening socket are per-connection processes, not
@@ -239,14 +268,34 @@ fn socket_inodes(dir: &Path) -> Vec<u64> {
 }
 
 /// Listening TCP sockets of this network namespace: inode → address.
+/// Listening TCP sockets of every network namespace (containers included): inode → address.
+/// Socket inodes are unique host-wide, so one table serves all namespaces.
 fn listening_sockets(proc_root: &Path) -> HashMap<u64, SocketAddr> {
     let mut found = HashMap::new();
-    for file in ["net/tcp", "net/tcp6"] {
-        if let Ok(text) = fs::read_to_string(proc_root.join(file)) {
-            found.extend(parse_proc_net_tcp(&text, true));
+    for dir in one_process_per_netns(proc_root) {
+        for file in ["net/tcp", "net/tcp6"] {
+            if let Ok(text) = fs::read_to_string(dir.join(file)) {
+                found.extend(parse_proc_net_tcp(&text, true));
+            }
         }
     }
     found
+}
+
+/// /proc/PID of one process in each network namespace.
+fn one_process_per_netns(proc_root: &Path) -> Vec<PathBuf> {
+    let mut seen = BTreeSet::new();
+    let Ok(entries) = fs::read_dir(proc_root) else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(|e| {
+            let e = e.ok()?;
+            e.file_name().to_str()?.parse::<u32>().ok()?;
+            let ns = fs::read_link(e.path().join("ns/net")).ok()?;
+            seen.insert(ns).then(|| e.path())
+        })
+        .collect()
 }
 
 const TCP_LISTEN: &str = "0A";

@@ -24,6 +24,8 @@ use wire::{EventHeader, EventKind};
 pub struct ConnTuple {
     pub local: SocketAddr,
     pub remote: SocketAddr,
+    /// Network namespace inode (0: unknown). Containers reuse addresses; this tells them apart.
+    pub netns: u32,
 }
 
 /// The task that was current when a probe ran. Meaningful in process context only.
@@ -281,6 +283,7 @@ fn tuple(e: &wire::Endpoints) -> Option<ConnTuple> {
     Some(ConnTuple {
         local: SocketAddr::new(ip(e.family, &e.local_addr)?, e.local_port),
         remote: SocketAddr::new(ip(e.family, &e.remote_addr)?, e.remote_port),
+        netns: e.netns,
     })
 }
 
@@ -337,6 +340,8 @@ mod tests {
                 local_port: 2222,
                 remote_port: 5555,
                 _pad: 0,
+                netns: 0,
+                _pad2: 0,
                 local_addr: local,
                 remote_addr: local,
             },

@@ -102,6 +102,7 @@ impl Probes {
         let filters = KernelFilters {
             ports: HashMap::try_from(take("TRACKED_PORTS")?)?,
             pids: HashMap::try_from(take("TRACKED_PIDS")?)?,
+            netns: HashMap::try_from(take("TRACKED_NETNS")?)?,
         };
         let counters = LossCounters(PerCpuArray::try_from(take("COUNTERS")?)?);
         Ok(Self {
@@ -141,6 +142,7 @@ fn attach(ebpf: &mut Ebpf, name: &str, how: Attach) -> Result<String> {
 pub struct KernelFilters {
     ports: HashMap<MapData, u16, u8>,
     pids: HashMap<MapData, u32, u8>,
+    netns: HashMap<MapData, u32, u8>,
 }
 
 impl KernelFilters {
@@ -154,6 +156,20 @@ impl KernelFilters {
             self.ports
                 .insert(port, 1, 0)
                 .context("cannot update the tracked ports")?;
+        }
+        Ok(())
+    }
+
+    /// Network namespaces whose TCP events count (used with `--container`/`--host-only`).
+    pub fn set_netns(&mut self, wanted: &BTreeSet<u32>) -> Result<()> {
+        let current: BTreeSet<u32> = self.netns.keys().filter_map(|k| k.ok()).collect();
+        for stale in current.difference(wanted) {
+            let _ = self.netns.remove(stale);
+        }
+        for ns in wanted.difference(&current) {
+            self.netns
+                .insert(ns, 1, 0)
+                .context("cannot update the tracked network namespaces")?;
         }
         Ok(())
     }

@@ -30,6 +30,7 @@ use crate::{
     limits,
     output::{Outputs, Record, SinkSpec},
     probes::{KernelFilters, LossCounters, Probes},
+    runtime::ContainerNames,
     state::{State, TcpStates, SETTLE_NS},
     summary::Summary,
 };
@@ -50,7 +51,20 @@ pub async fn run(
     let btf = Btf::load()?;
     let layout = layout::discover(&tracefs, &btf)?;
     let names = KernelNames::from_btf(&btf);
+    let sockets = if cli.runtime_sockets.is_empty() {
+        crate::runtime::DEFAULT_SOCKETS
+            .iter()
+            .map(Into::into)
+            .collect()
+    } else {
+        cli.runtime_sockets.clone()
+    };
+    let container_names = ContainerNames::start(sockets);
+    let containers = resolve_containers(&cli.containers, &container_names)?;
+    let filter_netns = !containers.is_empty() || cli.host_only;
     let discovery = Discovery::new(Scope {
+        containers,
+        host_only: cli.host_only,
         ports: cli.ports.iter().copied().collect(),
         pids: cli.pids.iter().copied().collect(),
     })?;
@@ -58,6 +72,7 @@ pub async fn run(
         layout,
         Settings {
             all_ports: cli.all_tcp as u32,
+            filter_netns: filter_netns as u32,
             netfilter_drop: names
                 .drop_reason_value("NETFILTER_DROP")
                 .unwrap_or(u32::MAX),
@@ -75,6 +90,7 @@ pub async fn run(
         .iter()
         .any(|o| o.transport == crate::output::url::Transport::Stdout);
     let mut tracer = Tracer {
+        container_names,
         state: State::new(TcpStates::from_names(&names)),
         names,
         discovery,
@@ -127,6 +143,7 @@ struct Tracer {
     /// When each listener's last stall verdict was made.
     stalls_reported: HashMap<u32, u64>,
     lsms: ActiveLsms,
+    container_names: ContainerNames,
     summary: Summary,
     view: View,
 }
@@ -242,6 +259,7 @@ impl Tracer {
         let ctx = Context {
             names: &self.names,
             lsms: &self.lsms,
+            container_names: &self.container_names,
             conns: &self.state.conns,
             sshd: self.discovery.current(),
             procs: &self.state.procs,
@@ -265,6 +283,7 @@ impl Tracer {
         let ctx = Context {
             names: &self.names,
             lsms: &self.lsms,
+            container_names: &self.container_names,
             conns: &self.state.conns,
             sshd: self.discovery.current(),
             procs: &self.state.procs,
@@ -306,7 +325,7 @@ impl Tracer {
         }
         self.stats.verdicts += 1;
         self.summary.add(&verdict);
-        self.outputs.publish(Record::Verdict(verdict));
+        self.outputs.publish(Record::Verdict(Box::new(verdict)));
     }
 
     /// Kernel events per second, verdicts and losses, redrawn in place on a terminal.
@@ -327,6 +346,14 @@ impl Tracer {
         };
         apply_discovery(&mut self.filters, snapshot)?;
         report_tracking(snapshot);
+        // Ask the runtimes now, so that names are known before a verdict needs them.
+        for c in snapshot
+            .listeners
+            .values()
+            .filter_map(|l| l.container.as_ref())
+        {
+            let _ = self.container_names.get(&c.id);
+        }
         Ok(())
     }
 
@@ -393,8 +420,59 @@ fn enrich(event: &mut events::Event) {
     }
 }
 
+/// `--container` values to container ids: a running sshd's container whose id starts with the
+/// value or whose runtime name is the value.
+fn resolve_containers(
+    wanted: &[String],
+    names: &ContainerNames,
+) -> Result<std::collections::BTreeSet<String>> {
+    let mut ids = std::collections::BTreeSet::new();
+    if wanted.is_empty() {
+        return Ok(ids);
+    }
+    let mut all = Discovery::new(Scope::default())?;
+    let found: Vec<crate::container::Container> = all
+        .scan()
+        .map(|s| {
+            s.listeners
+                .values()
+                .filter_map(|l| l.container.clone())
+                .collect()
+        })
+        .unwrap_or_default();
+    for want in wanted {
+        let matches: Vec<&crate::container::Container> = found
+            .iter()
+            .filter(|c| {
+                c.id == *want
+                    || (want.len() >= 4 && c.id.starts_with(want.as_str()))
+                    || names.resolve_now(&c.id).as_deref() == Some(want.as_str())
+            })
+            .collect();
+        match matches.as_slice() {
+            [] => anyhow::bail!(
+                "--container {want}: no sshd runs in a container with that id or name"
+            ),
+            [one] => {
+                ids.insert(one.id.clone());
+            }
+            _ => {
+                anyhow::bail!("--container {want}: matches several containers; give more of the id")
+            }
+        }
+    }
+    Ok(ids)
+}
+
 fn apply_discovery(filters: &mut KernelFilters, snapshot: &Snapshot) -> Result<()> {
     filters.set_ports(&snapshot.ports)?;
+    filters.set_netns(
+        &snapshot
+            .listeners
+            .values()
+            .filter_map(|l| l.netns.map(|n| n as u32))
+            .collect(),
+    )?;
     for &pid in snapshot.listeners.keys() {
         filters.track_listener(pid)?;
     }
@@ -411,7 +489,16 @@ fn report_tracking(snapshot: &Snapshot) {
         .values()
         .map(|l| {
             let addrs: Vec<String> = l.addrs.iter().map(|a| a.to_string()).collect();
-            format!("{} on {}", l.pid, addrs.join(" "))
+            match &l.container {
+                Some(c) => format!(
+                    "{} on {} (container {} {})",
+                    l.pid,
+                    addrs.join(" "),
+                    c.runtime,
+                    &c.id[..c.id.len().min(12)]
+                ),
+                None => format!("{} on {}", l.pid, addrs.join(" ")),
+            }
         })
         .collect();
     eprintln!(

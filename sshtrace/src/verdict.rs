@@ -4,7 +4,7 @@
 use serde::Serialize;
 use serde_json::{Map, Value};
 
-use crate::{dac::DacFacts, limits::LimitFacts};
+use crate::{container::Container, dac::DacFacts, limits::LimitFacts};
 
 pub const SCHEMA: &str = "sshtrace/1";
 
@@ -109,6 +109,8 @@ pub struct ConnInfo {
     pub local_port: u16,
     pub remote_addr: String,
     pub remote_port: u16,
+    /// Network namespace inode: addresses are as seen there (a container's own view).
+    pub netns: Option<u32>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -274,6 +276,8 @@ pub struct Verdict {
     pub cause: Cause,
     pub conn: ConnInfo,
     pub sshd: Option<SshdInfo>,
+    /// The container sshd runs in; null on the host.
+    pub container: Option<Container>,
     /// Cause-specific fields (docs/events.md lists them per cause).
     pub details: Map<String, Value>,
     pub evidence: Vec<Evidence>,

@@ -26,6 +26,7 @@ use crate::{
     events::TCP_SYN,
     kernel::syscalls::errno_name,
     kernel::{lsm::ActiveLsms, names::KernelNames},
+    runtime::ContainerNames,
     state::{Connection, ConnectionTable, Process, ProcessTable, SyscallError},
     verdict::{signal_name, Cause, ConnInfo, Evidence, Outcome, Role, SshdInfo, Verdict, SCHEMA},
 };
@@ -35,6 +36,8 @@ pub struct Context<'a> {
     pub names: &'a KernelNames,
     /// Which LSMs could have denied an access here.
     pub lsms: &'a ActiveLsms,
+    /// Container names, as the runtimes answered so far.
+    pub container_names: &'a ContainerNames,
     /// The other connections still followed (e.g. a listener's pending ones).
     pub conns: &'a ConnectionTable,
     pub sshd: &'a Snapshot,
@@ -252,13 +255,46 @@ fn assemble(e: &Ended, finding: Finding, ctx: &Context) -> Verdict {
             local_port: conn.tuple.local.port(),
             remote_addr: conn.tuple.remote.ip().to_string(),
             remote_port: conn.tuple.remote.port(),
+            netns: (conn.tuple.netns != 0).then_some(conn.tuple.netns),
         },
         sshd,
+        container: container_of(conn, ctx),
         details: finding.details,
         evidence,
         summary: finding.summary,
         hint: finding.hint,
     }
+}
+
+/// The container the connection's sshd runs in: the accepting listener's, else the one whose
+/// network namespace the connection is in. `None` on the host.
+fn container_of(conn: &Connection, ctx: &Context) -> Option<crate::container::Container> {
+    let listeners = &ctx.sshd.listeners;
+    let listener = conn
+        .listener_pid
+        .and_then(|pid| listeners.get(&pid))
+        .or_else(|| {
+            listeners
+                .values()
+                .find(|l| conn.tuple.netns != 0 && l.netns == Some(conn.tuple.netns as u64))
+        })
+        .or_else(|| {
+            ctx.sshd
+                .gone
+                .iter()
+                .find(|l| conn.tuple.netns != 0 && l.netns == Some(conn.tuple.netns as u64))
+        })?;
+    let mut container = listener.container.clone()?;
+    if container.name.is_none() {
+        container.name = ctx.container_names.get(&container.id);
+    }
+    if let Some(pod) = container.pod.as_mut() {
+        if let Some((namespace, name)) = crate::runtime::pod_by_uid(&pod.uid) {
+            pod.namespace = Some(namespace);
+            pod.name = Some(name);
+        }
+    }
+    Some(container)
 }
 
 /// The connection's own kernel events: accept, resets, close.

@@ -41,6 +41,10 @@ fn names() -> KernelNames {
     )
 }
 
+fn names_cache() -> crate::runtime::ContainerNames {
+    crate::runtime::ContainerNames::start(Vec::new())
+}
+
 /// This machine's set: Landlock is the only LSM that can deny file access.
 fn lsms() -> crate::kernel::lsm::ActiveLsms {
     crate::kernel::lsm::ActiveLsms::from_list("lockdown,capability,landlock,bpf", false)
@@ -50,6 +54,7 @@ fn tuple() -> ConnTuple {
     ConnTuple {
         local: "127.0.0.2:2222".parse().unwrap(),
         remote: "127.0.0.1:40000".parse().unwrap(),
+        netns: 4026531840,
     }
 }
 
@@ -187,6 +192,7 @@ impl Script {
         let ctx = Context {
             names: &names,
             lsms: &lsms(),
+            container_names: &names_cache(),
             conns: &self.state.conns,
             sshd,
             procs: &self.state.procs,
@@ -325,6 +331,8 @@ fn refused_syn_is_not_listening_with_where_sshd_listens() {
         LISTENER,
         crate::discovery::Listener {
             pid: LISTENER,
+            netns: None,
+            container: None,
             exe: "/usr/sbin/sshd".into(),
             addrs: vec!["127.0.0.3:2222".parse().unwrap()],
         },
@@ -412,6 +420,8 @@ fn refused_after_the_listener_died_names_its_exit() {
     let mut sshd = Snapshot::default();
     sshd.gone.push(crate::discovery::Listener {
         pid: LISTENER,
+        netns: None,
+        container: None,
         exe: "/usr/sbin/sshd".into(),
         addrs: vec!["0.0.0.0:2222".parse().unwrap()],
     });
@@ -593,6 +603,8 @@ fn tcp_state_reset_by_the_listener_is_a_drop_not_a_kill() {
     let mut sshd = Snapshot::default();
     sshd.gone.push(crate::discovery::Listener {
         pid: LISTENER,
+        netns: None,
+        container: None,
         exe: "/usr/sbin/sshd".into(),
         addrs: vec![],
     });
@@ -745,6 +757,7 @@ fn stalled_listener_is_reported_before_anything_ends() {
     let ctx = Context {
         names: &names,
         lsms: &lsms(),
+        container_names: &names_cache(),
         conns: &s.state.conns,
         sshd: &sshd,
         procs: &s.state.procs,
@@ -778,6 +791,7 @@ fn reject_seen_by_a_local_client_is_a_refusing_firewall() {
         conn: ConnTuple {
             local: tuple().remote,
             remote: tuple().local,
+            netns: 4026531840,
         },
     });
     let v = one(&mut s);
@@ -824,6 +838,7 @@ fn keepalive_reset_after_drops_is_the_firewall_but_not_a_reject() {
             conn: ConnTuple {
                 local: tuple().remote,
                 remote: tuple().local,
+                netns: 4026531840,
             },
         });
     let v = one(&mut s);

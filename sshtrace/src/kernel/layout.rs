@@ -118,6 +118,12 @@ pub fn discover(tracefs: &Path, btf: &Btf) -> Result<KernelLayout> {
     layout.structs.skb_head = member("sk_buff", "head").unwrap_or(ABSENT);
     layout.structs.skb_transport_header = member("sk_buff", "transport_header").unwrap_or(ABSENT);
     layout.structs.skb_network_header = member("sk_buff", "network_header").unwrap_or(ABSENT);
+    // Network namespaces: a socket's through skc_net, a packet's through its device.
+    let ns_inum = member("net", "ns").and_then(|ns| Ok(ns + member("ns_common", "inum")?));
+    layout.structs.sk_net = member("sock_common", "skc_net").unwrap_or(ABSENT);
+    layout.structs.net_inum = ns_inum.unwrap_or(ABSENT);
+    layout.structs.skb_dev = member("sk_buff", "dev").unwrap_or(ABSENT);
+    layout.structs.dev_net = member("net_device", "nd_net").unwrap_or(ABSENT);
     Ok(layout)
 }
 

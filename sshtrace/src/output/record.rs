@@ -6,7 +6,8 @@ use crate::verdict::{Verdict, SCHEMA};
 
 #[derive(Clone, Debug, PartialEq)]
 pub enum Record {
-    Verdict(Verdict),
+    // Records are built once and shared by every output through an Arc: size does not matter.
+    Verdict(Box<Verdict>),
     Loss(LossRecord),
 }
 

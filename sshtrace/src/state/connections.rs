@@ -136,9 +136,12 @@ impl ConnectionTable {
         recent.unwrap_or_else(|| self.insert(0, tuple, ts))
     }
 
-    /// The newest connection with this 4-tuple.
+    /// The newest connection with these addresses, in whichever network namespace.
     pub fn by_tuple_mut(&mut self, tuple: ConnTuple) -> Option<&mut Connection> {
-        self.conns.values_mut().rev().find(|c| c.tuple == tuple)
+        self.conns
+            .values_mut()
+            .rev()
+            .find(|c| c.tuple.local == tuple.local && c.tuple.remote == tuple.remote)
     }
 
     /// The newest connection with this 4-tuple that has not been judged, else a new one

@@ -135,9 +135,11 @@ impl State {
             } => {
                 // A client on this host got a reset: evidence for the server-side connection
                 // it belongs to (e.g. a firewall's REJECT), never a connection of its own.
+                // The client may sit in another network namespace than sshd: match addresses.
                 let server_view = ConnTuple {
                     local: conn.remote,
                     remote: conn.local,
+                    netns: 0,
                 };
                 if let Some(c) = self.conns.by_tuple_mut(server_view) {
                     c.client_resets.push(ts);
