@@ -4,6 +4,7 @@
 //! removed when its guard drops, also when the test fails.
 
 pub mod collectors;
+pub mod podman;
 pub mod sandbox;
 pub mod sshd;
 pub mod tracer;

@@ -21,6 +21,16 @@ const DEBIAN_PACKAGES: &[(&str, &str)] = &[
     ("util-linux", "/usr/bin/prlimit"),
     ("gcc", "/usr/bin/gcc"),
     ("rsyslog", "/usr/sbin/rsyslogd"),
+    // A real container runtime for the container tests (shared/CONTAINERS.md).
+    ("podman", "/usr/bin/podman"),
+    ("runc", "/usr/sbin/runc"),
+    ("debootstrap", "/usr/sbin/debootstrap"),
+    ("slirp4netns", "/usr/bin/slirp4netns"),
+    ("uidmap", "/usr/bin/newuidmap"),
+    ("fuse-overlayfs", "/usr/bin/fuse-overlayfs"),
+    ("containernetworking-plugins", "/usr/lib/cni/bridge"),
+    ("netavark", "/usr/lib/podman/netavark"),
+    ("aardvark-dns", "/usr/lib/podman/aardvark-dns"),
 ];
 
 pub fn run() -> Result<()> {

@@ -1,0 +1,199 @@
+//! sshd in real Podman containers — on the default bridge, on the host network, and in a
+//! network namespace the test made — with a real ssh client from the host (or the namespace):
+//! verdicts name the container (id, and name through the API socket), and `--container`
+//! provably excludes the others.
+
+use std::{os::unix::fs::PermissionsExt, path::PathBuf, time::Duration};
+
+use serde_json::Value;
+use sshtrace_tests::{
+    podman::{ApiService, Container},
+    privileged, run,
+    sshd::in_netns,
+    sshtrace_bin, Endpoint, NetNs, Tracer,
+};
+
+/// A key pair whose public half the containers accept; a second key they do not.
+struct Keys {
+    dir: PathBuf,
+}
+
+impl Keys {
+    fn new(name: &str) -> Self {
+        let dir =
+            std::env::temp_dir().join(format!("sshtrace-ctr-keys-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        for key in ["accepted", "refused"] {
+            let out = run(std::process::Command::new("ssh-keygen")
+                .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+                .arg(dir.join(key)));
+            assert!(out.status.success());
+        }
+        std::fs::copy(dir.join("accepted.pub"), dir.join("authorized_keys")).unwrap();
+        std::fs::set_permissions(
+            dir.join("authorized_keys"),
+            std::fs::Permissions::from_mode(0o600),
+        )
+        .unwrap();
+        Self { dir }
+    }
+
+    fn authorized(&self) -> PathBuf {
+        self.dir.join("authorized_keys")
+    }
+
+    /// An ssh login with the refused key: a real client, a real `closed_preauth` verdict.
+    fn refused_login(&self, netns: Option<&str>, addr: &str, port: u16) {
+        let out = run(in_netns(netns, "ssh")
+            .args(["-F", "/dev/null", "-i"])
+            .arg(self.dir.join("refused"))
+            .args([
+                "-o",
+                "IdentitiesOnly=yes",
+                "-o",
+                "BatchMode=yes",
+                "-o",
+                "StrictHostKeyChecking=no",
+            ])
+            .args([
+                "-o",
+                "UserKnownHostsFile=/dev/null",
+                "-o",
+                "ConnectTimeout=5",
+                "-p",
+                &port.to_string(),
+            ])
+            .arg(format!("root@{addr}"))
+            .arg("true"));
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("Permission denied"),
+            "{out:?}"
+        );
+    }
+}
+
+impl Drop for Keys {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn assert_names(v: &Value, c: &Container) {
+    let container = &v["container"];
+    assert_eq!(container["id"], c.id.as_str(), "{v}");
+    assert_eq!(container["name"], c.name.as_str(), "{v}");
+    assert_eq!(container["runtime"], "podman");
+    assert_eq!(container["netns"], c.netns());
+    assert!(container["cgroup_path"].as_str().unwrap().contains(&c.id));
+}
+
+#[test]
+fn bridge_containers_are_named_and_filtered() {
+    if !privileged("bridge_containers_are_named_and_filtered") {
+        return;
+    }
+    let keys = Keys::new("bridge");
+    let api = ApiService::start("bridge");
+    let port = Endpoint::new(190).port();
+    let a = Container::run("a", &[], &keys.authorized(), port);
+    let b = Container::run("b", &[], &keys.authorized(), port);
+    let socket = api.socket.display().to_string();
+    let all = Tracer::start(&["--runtime-socket", &socket]);
+    let only_a = Tracer::start(&["--runtime-socket", &socket, "--container", &a.name]);
+    all.wait_stderr("the containers' sshd", |l| {
+        l.contains(&a.id[..12]) && l.contains(&b.id[..12])
+    });
+
+    keys.refused_login(None, &a.ip(), port);
+    keys.refused_login(None, &b.ip(), port);
+
+    for c in [&a, &b] {
+        let v = all.verdict_for(port, |v| {
+            v["cause"] == "closed_preauth" && v["container"]["id"] == c.id.as_str()
+        });
+        assert_eq!(
+            v["conn"]["local_addr"],
+            c.ip(),
+            "the container's own view of the address"
+        );
+        assert_eq!(v["conn"]["netns"], c.netns());
+        assert_names(&v, c);
+    }
+    let v = only_a.verdict_for(port, |v| v["cause"] == "closed_preauth");
+    assert_names(&v, &a);
+    std::thread::sleep(Duration::from_millis(500));
+    let others: Vec<Value> = only_a
+        .verdicts(port)
+        .into_iter()
+        .filter(|v| v["container"]["id"] != a.id.as_str())
+        .collect();
+    assert!(
+        others.is_empty(),
+        "--container let other containers through: {others:#?}"
+    );
+
+    let out =
+        run(std::process::Command::new(sshtrace_bin()).args(["--container", "no-such-container"]));
+    assert!(
+        String::from_utf8_lossy(&out.stderr)
+            .contains("--container no-such-container: no sshd runs in a container"),
+        "{out:?}"
+    );
+    assert!(!out.status.success());
+}
+
+#[test]
+fn host_network_container() {
+    if !privileged("host_network_container") {
+        return;
+    }
+    let keys = Keys::new("host");
+    let api = ApiService::start("host");
+    let ep = Endpoint::new(191);
+    let c = Container::run(
+        "hostnet",
+        &["--network", "host"],
+        &keys.authorized(),
+        ep.port(),
+    );
+    let tracer = Tracer::start(&[
+        "--runtime-socket",
+        &api.socket.display().to_string(),
+        "--port",
+        &ep.port().to_string(),
+    ]);
+    tracer.wait_stderr("the container's sshd", |l| l.contains(&c.id[..12]));
+    keys.refused_login(None, "127.0.0.1", ep.port());
+    let v = tracer.verdict_for(ep.port(), |v| v["cause"] == "closed_preauth");
+    assert_names(&v, &c);
+}
+
+#[test]
+fn container_in_a_namespace_the_test_made() {
+    if !privileged("container_in_a_namespace_the_test_made") {
+        return;
+    }
+    let keys = Keys::new("ns");
+    let api = ApiService::start("ns");
+    let ns = NetNs::new("ctr");
+    let ep = Endpoint::new(192);
+    let network = format!("ns:/run/netns/{}", ns.name);
+    let c = Container::run(
+        "netns",
+        &["--network", &network],
+        &keys.authorized(),
+        ep.port(),
+    );
+    let tracer = Tracer::start(&[
+        "--runtime-socket",
+        &api.socket.display().to_string(),
+        "--port",
+        &ep.port().to_string(),
+    ]);
+    tracer.wait_stderr("the container's sshd", |l| l.contains(&c.id[..12]));
+    keys.refused_login(Some(&ns.name), "127.0.0.1", ep.port());
+    let v = tracer.verdict_for(ep.port(), |v| v["cause"] == "closed_preauth");
+    assert_names(&v, &c);
+    assert_eq!(v["conn"]["local_addr"], "127.0.0.1");
+}
