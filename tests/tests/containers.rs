@@ -197,3 +197,56 @@ fn container_in_a_namespace_the_test_made() {
     assert_names(&v, &c);
     assert_eq!(v["conn"]["local_addr"], "127.0.0.1");
 }
+
+/// sshtrace itself in a privileged container with the host's pid and network namespaces (the
+/// DaemonSet shape): it attaches, mounting what it needs, and sees the host's connections.
+#[test]
+fn sshtrace_in_a_privileged_container() {
+    if !privileged("sshtrace_in_a_privileged_container") {
+        return;
+    }
+    sshtrace_tests::podman::ensure_image();
+    let ep = Endpoint::new(193);
+    let binary = format!("{}:/usr/bin/sshtrace:ro", sshtrace_bin().display());
+    let port = ep.port().to_string();
+    let name = format!("sshtrace-in-ctr-{}", std::process::id());
+    let mut child = sshtrace_tests::podman::podman()
+        .args([
+            "run",
+            "--rm",
+            "--name",
+            &name,
+            "--privileged",
+            "--pid=host",
+            "--network=host",
+            "-v",
+            &binary,
+        ])
+        .args([
+            sshtrace_tests::podman::IMAGE,
+            "sshtrace",
+            "--json",
+            "--port",
+            &port,
+            "--count",
+            "1",
+            "--duration",
+            "30s",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let attached = std::io::BufRead::lines(std::io::BufReader::new(stderr))
+        .map_while(Result::ok)
+        .any(|l| l.starts_with("sshtrace: attached"));
+    assert!(attached, "sshtrace did not attach inside the container");
+    assert!(std::net::TcpStream::connect((ep.addr().as_str(), ep.port())).is_err());
+    let out = child.wait_with_output().unwrap();
+    let _ = run(sshtrace_tests::podman::podman().args(["rm", "-f", &name]));
+    let verdict: Value =
+        serde_json::from_slice(out.stdout.split(|&b| b == b'\n').next().unwrap()).unwrap();
+    assert_eq!(verdict["cause"], "not_listening", "{verdict}");
+    assert_eq!(verdict["conn"]["local_port"], ep.port());
+}
