@@ -45,6 +45,8 @@ pub enum Kind {
         reason: Option<u32>,
         /// Flags of the segment a no-socket reset answered, when readable.
         seg_flags: Option<u8>,
+        /// Resets to the same client the kernel counted, not sent, before this one.
+        repeated: u32,
         conn: ConnTuple,
     },
     ReceiveReset {
@@ -132,6 +134,7 @@ pub fn decode(bytes: &[u8]) -> Option<Event> {
                 state: e.state,
                 reason: (e.reason != wire::REASON_UNKNOWN).then_some(e.reason),
                 seg_flags: (e.seg_flags != wire::SEG_FLAGS_UNKNOWN).then_some(e.seg_flags as u8),
+                repeated: e.suppressed,
                 conn: tuple(&e.endpoints)?,
             }
         }
@@ -334,7 +337,8 @@ mod tests {
             state: 0,
             reason: 2,
             seg_flags: TCP_SYN as u16,
-            _pad: [0; 3],
+            _pad: 0,
+            suppressed: 0,
             endpoints: wire::Endpoints {
                 family: AF_INET6,
                 local_port: 2222,
@@ -376,7 +380,8 @@ mod tests {
             state: 1,
             reason: wire::REASON_UNKNOWN,
             seg_flags: wire::SEG_FLAGS_UNKNOWN,
-            _pad: [0; 3],
+            _pad: 0,
+            suppressed: 0,
             endpoints: wire::Endpoints {
                 family: AF_INET,
                 ..Default::default()

@@ -37,7 +37,13 @@ fn top<K: Clone + Ord>(counts: &BTreeMap<K, u64>) -> Vec<(K, u64)> {
 impl Summary {
     pub fn add(&mut self, v: &Verdict) {
         let s = self.causes.entry(v.cause.as_str().to_owned()).or_default();
-        s.count += 1;
+        // Refusals the kernel aggregated count as the connections they were.
+        let repeated = v
+            .details
+            .get("repeated")
+            .and_then(|r| r.as_u64())
+            .unwrap_or(0);
+        s.count += 1 + repeated;
         if s.first.is_empty() {
             s.first = v.ts.clone();
         }

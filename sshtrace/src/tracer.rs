@@ -51,6 +51,8 @@ pub async fn run(
     let btf = Btf::load()?;
     let layout = layout::discover(&tracefs, &btf)?;
     let names = KernelNames::from_btf(&btf);
+    // What was needed is extracted; the parsed BTF is large.
+    drop(btf);
     let sockets = if cli.runtime_sockets.is_empty() {
         crate::runtime::DEFAULT_SOCKETS
             .iter()
@@ -163,6 +165,8 @@ struct Stats {
     undecodable: u64,
     lost_reported: u64,
     produced_at_last_status: u64,
+    /// Records read from the ring buffer.
+    read: u64,
 }
 
 impl Tracer {
@@ -214,6 +218,7 @@ impl Tracer {
 
     fn drain(&mut self, ring: &mut RingBuf<MapData>) {
         while let Some(item) = ring.next() {
+            self.stats.read += 1;
             match events::decode(&item) {
                 Some(mut event) => {
                     enrich(&mut event);
@@ -388,9 +393,11 @@ impl Tracer {
         } else {
             eprint!("{}", self.summary.render_text(lost));
         }
+        // Nothing lost silently: every event the kernel produced was read here (produced =
+        // read), and the ones it could not produce are counted as lost.
         eprintln!(
-            "sshtrace: {} verdicts; {produced} kernel events, {lost} lost, {} undecodable",
-            self.stats.verdicts, self.stats.undecodable
+            "sshtrace: {} verdicts; {produced} kernel events, {} read, {lost} lost, {} undecodable",
+            self.stats.verdicts, self.stats.read, self.stats.undecodable
         );
     }
 }

@@ -90,9 +90,14 @@ pub struct SendResetEvent {
     pub reason: u32,
     /// TCP flags of the segment answered by a no-socket reset, or [`SEG_FLAGS_UNKNOWN`].
     pub seg_flags: u16,
-    pub _pad: [u16; 3],
+    pub _pad: u16,
+    /// No-socket resets to the same client counted in the kernel since the previous record
+    /// (in a storm, a few records per client every [`RESET_BURST_INTERVAL_NS`]; the rest counted).
+    pub suppressed: u32,
     pub endpoints: Endpoints,
 }
+
+pub const RESET_BURST_INTERVAL_NS: u64 = 100_000_000;
 
 /// `tcp:tcp_receive_reset`: a RST arrived for one of this host's sockets.
 #[repr(C)]
@@ -103,7 +108,8 @@ pub struct ReceiveResetEvent {
     /// Non-zero: the receiving socket is a client of a tracked port (its remote port is
     /// tracked), e.g. an `ssh` client on this host getting a firewall's reset.
     pub client_side: u32,
-    pub _pad: u32,
+    /// Client-side resets for the same server address counted since the previous record.
+    pub suppressed: u32,
     pub endpoints: Endpoints,
 }
 

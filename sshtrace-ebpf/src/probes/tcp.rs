@@ -2,10 +2,15 @@
 //! on loopback, in the sending task): the header's pid is not the socket's owner, and
 //! userspace attributes them by `skaddr` and 4-tuple instead.
 
-use aya_ebpf::{helpers::bpf_probe_read_kernel, macros::tracepoint, programs::TracePointContext};
+use aya_ebpf::{
+    helpers::{bpf_ktime_get_ns, bpf_probe_read_kernel},
+    macros::{map, tracepoint},
+    maps::LruHashMap,
+    programs::TracePointContext,
+};
 use sshtrace_common::{
     addr_style, AddrLayout, Endpoints, ReceiveResetEvent, SendResetEvent, SockStateEvent, ABSENT,
-    REASON_UNKNOWN, SEG_FLAGS_UNKNOWN,
+    REASON_UNKNOWN, RESET_BURST_INTERVAL_NS, SEG_FLAGS_UNKNOWN,
 };
 
 use super::field;
@@ -19,6 +24,72 @@ const AF_INET6: u16 = 10;
 const IPPROTO_TCP: u16 = 6;
 /// Offset of the flags byte in `struct tcphdr`.
 const TCPHDR_FLAGS: usize = 13;
+
+/// Where bursts of resets without a socket are counted: by tracked endpoint and client address.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct BurstKey {
+    netns: u32,
+    local_port: u16,
+    kind: u16,
+    local_addr: [u8; 16],
+    remote_addr: [u8; 16],
+}
+
+impl BurstKey {
+    fn client(ep: &Endpoints, kind: u16) -> Self {
+        Self {
+            netns: ep.netns,
+            local_port: ep.local_port,
+            kind,
+            local_addr: ep.local_addr,
+            remote_addr: ep.remote_addr,
+        }
+    }
+}
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct Burst {
+    window_start_ns: u64,
+    sent_in_window: u32,
+    suppressed: u32,
+}
+
+/// Records sent per key and interval before the rest are only counted: sporadic refusals each
+/// get their own verdict, a storm costs at most this many records per client per interval.
+const RECORDS_PER_INTERVAL: u32 = 8;
+
+#[map]
+static RESET_BURSTS: LruHashMap<BurstKey, Burst> = LruHashMap::with_max_entries(8192, 0);
+
+/// `Some(count of resets held back before this one)` when a record should be sent now, `None`
+/// when this one is only counted.
+fn burst(key: BurstKey) -> Option<u32> {
+    let now = unsafe { bpf_ktime_get_ns() };
+    let Some(b) = RESET_BURSTS.get_ptr_mut(key) else {
+        let fresh = Burst {
+            window_start_ns: now,
+            sent_in_window: 1,
+            suppressed: 0,
+        };
+        let _ = RESET_BURSTS.insert(key, fresh, 0);
+        return Some(0);
+    };
+    let b = unsafe { &mut *b };
+    if now.wrapping_sub(b.window_start_ns) >= RESET_BURST_INTERVAL_NS {
+        b.window_start_ns = now;
+        b.sent_in_window = 0;
+    }
+    if b.sent_in_window >= RECORDS_PER_INTERVAL {
+        b.suppressed += 1;
+        return None;
+    }
+    b.sent_in_window += 1;
+    let held = b.suppressed;
+    b.suppressed = 0;
+    Some(held)
+}
 
 #[tracepoint]
 pub fn tcp_send_reset(ctx: TracePointContext) -> u32 {
@@ -41,6 +112,16 @@ fn try_send_reset(ctx: &TracePointContext) -> Result<(), i32> {
     if !netns_tracked(endpoints.netns) {
         return Ok(());
     }
+    // Resets without a socket come in storms (scans, floods): one record per client per
+    // interval, the rest counted.
+    let suppressed = if skaddr == 0 {
+        match burst(BurstKey::client(&endpoints, 0)) {
+            Some(n) => n,
+            None => return Ok(()),
+        }
+    } else {
+        0
+    };
     let state: i32 = field(ctx, l.state).unwrap_or(-1);
     let reason: u32 = field(ctx, l.reason).unwrap_or(REASON_UNKNOWN);
     let seg_flags = if skaddr == 0 {
@@ -55,6 +136,7 @@ fn try_send_reset(ctx: &TracePointContext) -> Result<(), i32> {
         e.state = state;
         e.reason = reason;
         e.seg_flags = seg_flags;
+        e.suppressed = suppressed;
         e.endpoints = endpoints;
     });
     Ok(())
@@ -103,9 +185,23 @@ fn try_receive_reset(ctx: &TracePointContext) -> Result<(), i32> {
     if !netns_tracked(endpoints.netns) {
         return Ok(());
     }
+    // A client-side reset is evidence only (a REJECT's answer): one per server address and
+    // interval is enough, and storms of refused clients stay cheap.
+    let suppressed = if client_side != 0 {
+        let mut server = endpoints;
+        core::mem::swap(&mut server.local_addr, &mut server.remote_addr);
+        core::mem::swap(&mut server.local_port, &mut server.remote_port);
+        match burst(BurstKey::client(&server, 1)) {
+            Some(n) => n,
+            None => return Ok(()),
+        }
+    } else {
+        0
+    };
     submit(|e: &mut ReceiveResetEvent| {
         e.skaddr = skaddr;
         e.client_side = client_side;
+        e.suppressed = suppressed;
         e.endpoints = endpoints;
     });
     Ok(())

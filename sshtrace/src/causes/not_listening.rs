@@ -39,6 +39,8 @@ pub fn judge(e: &Ended, ctx: &Context) -> Option<Finding> {
     let pids: Vec<u32> = ctx.sshd.listeners.keys().copied().collect();
     let mut details = Map::new();
     details.insert("sshd_running".into(), json!(!pids.is_empty()));
+    // A storm of refusals from this client: the kernel sent one record per 100 ms.
+    details.insert("repeated".into(), json!(reset.repeated));
     details.insert("listening".into(), json!(listening));
     let mut evidence = vec![Evidence::Listening {
         sshd_pids: pids.clone(),

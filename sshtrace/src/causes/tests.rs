@@ -160,6 +160,7 @@ impl Script {
                 state: ESTABLISHED,
                 reason: Some(ABORT_ON_CLOSE),
                 seg_flags: None,
+                repeated: 0,
                 conn: tuple(),
             },
         )
@@ -324,6 +325,7 @@ fn refused_syn_is_not_listening_with_where_sshd_listens() {
         state: 0,
         reason: Some(NO_SOCKET),
         seg_flags: Some(0x02),
+        repeated: 0,
         conn: tuple(),
     });
     let mut sshd = Snapshot::default();
@@ -355,6 +357,7 @@ fn refused_segment_that_is_not_a_syn_is_unknown() {
         state: 0,
         reason: Some(NO_SOCKET),
         seg_flags: Some(0x10),
+        repeated: 0,
         conn: tuple(),
     });
     assert_eq!(one(&mut s).cause, Cause::Unknown);
@@ -368,6 +371,7 @@ fn refused_with_unreadable_flags_is_unknown() {
         state: 0,
         reason: Some(NO_SOCKET),
         seg_flags: None,
+        repeated: 0,
         conn: tuple(),
     });
     assert_eq!(one(&mut s).cause, Cause::Unknown);
@@ -385,6 +389,7 @@ fn late_segment_after_close_joins_the_closed_connection() {
             state: 0,
             reason: Some(NO_SOCKET),
             seg_flags: Some(0x10),
+            repeated: 0,
             conn: tuple(),
         });
     // Joined to the healthy connection, whose reset now makes it abnormal but unexplained.
@@ -415,6 +420,7 @@ fn refused_after_the_listener_died_names_its_exit() {
             state: 0,
             reason: Some(NO_SOCKET),
             seg_flags: Some(0x02),
+            repeated: 0,
             conn: tuple(),
         });
     let mut sshd = Snapshot::default();
@@ -566,6 +572,7 @@ fn ss_k_from_process_context_is_socket_killed() {
             state: ESTABLISHED,
             reason: Some(TCP_STATE),
             seg_flags: None,
+            repeated: 0,
             conn: tuple(),
         },
     );
@@ -597,6 +604,7 @@ fn tcp_state_reset_by_the_listener_is_a_drop_not_a_kill() {
             state: ESTABLISHED,
             reason: Some(TCP_STATE),
             seg_flags: None,
+            repeated: 0,
             conn: tuple(),
         },
     );
@@ -621,6 +629,7 @@ fn keepalive_timeout_is_a_kernel_abort() {
         state: ESTABLISHED,
         reason: Some(KEEPALIVE),
         seg_flags: None,
+        repeated: 0,
         conn: tuple(),
     });
     let v = one(&mut s);
@@ -830,6 +839,7 @@ fn keepalive_reset_after_drops_is_the_firewall_but_not_a_reject() {
             state: ESTABLISHED,
             reason: Some(KEEPALIVE),
             seg_flags: None,
+            repeated: 0,
             conn: tuple(),
         })
         .softirq(Kind::ReceiveReset {

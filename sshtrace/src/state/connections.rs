@@ -33,6 +33,8 @@ pub struct ResetSent {
     pub reason: Option<u32>,
     pub state: i32,
     pub seg_flags: Option<u8>,
+    /// Identical no-socket resets the kernel counted before this one (a storm).
+    pub repeated: u32,
     /// The task that was current: the closer for resets sent from process context.
     pub current: Task,
 }
@@ -99,6 +101,9 @@ const MAX_CONNECTIONS: usize = 65_536;
 pub struct ConnectionTable {
     conns: BTreeMap<ConnId, Connection>,
     by_skaddr: HashMap<u64, ConnId>,
+    /// The newest connection of each address pair (network namespaces aside): resets and
+    /// drops without a socket find theirs in constant time, even in a storm.
+    by_addrs: HashMap<(SocketAddr, SocketAddr), ConnId>,
     next_id: ConnId,
 }
 
@@ -128,26 +133,27 @@ impl ConnectionTable {
     /// joins that one; anything else is a connection of its own (e.g. a refused SYN).
     pub fn orphan_reset(&mut self, tuple: ConnTuple, ts: u64) -> ConnId {
         let recent = self
-            .conns
-            .values()
-            .rev()
-            .find(|c| c.tuple == tuple && c.skaddr != 0)
+            .newest(tuple)
+            .filter(|c| c.tuple == tuple && c.skaddr != 0)
             .map(|c| c.id);
         recent.unwrap_or_else(|| self.insert(0, tuple, ts))
     }
 
+    fn newest(&self, tuple: ConnTuple) -> Option<&Connection> {
+        let id = self.by_addrs.get(&(tuple.local, tuple.remote))?;
+        self.conns.get(id)
+    }
+
     /// The newest connection with these addresses, in whichever network namespace.
     pub fn by_tuple_mut(&mut self, tuple: ConnTuple) -> Option<&mut Connection> {
-        self.conns
-            .values_mut()
-            .rev()
-            .find(|c| c.tuple.local == tuple.local && c.tuple.remote == tuple.remote)
+        let id = *self.by_addrs.get(&(tuple.local, tuple.remote))?;
+        self.conns.get_mut(&id)
     }
 
     /// The newest connection with this 4-tuple that has not been judged, else a new one
     /// without a socket (e.g. a SYN that never reached TCP).
     pub fn by_tuple_or_orphan(&mut self, tuple: ConnTuple, ts: u64) -> &mut Connection {
-        let id = match self.conns.values().rev().find(|c| c.tuple == tuple) {
+        let id = match self.newest(tuple).filter(|c| c.tuple == tuple) {
             Some(c) => c.id,
             None => self.insert(0, tuple, ts),
         };
@@ -207,6 +213,7 @@ impl ConnectionTable {
         let id = self.next_id;
         self.conns
             .insert(id, Connection::new(id, skaddr, tuple, ts));
+        self.by_addrs.insert((tuple.local, tuple.remote), id);
         while self.conns.len() > MAX_CONNECTIONS {
             let oldest = *self.conns.keys().next().expect("not empty");
             self.remove(oldest);
@@ -218,6 +225,10 @@ impl ConnectionTable {
         let c = self.conns.remove(&id)?;
         if self.by_skaddr.get(&c.skaddr) == Some(&id) {
             self.by_skaddr.remove(&c.skaddr);
+        }
+        let addrs = (c.tuple.local, c.tuple.remote);
+        if self.by_addrs.get(&addrs) == Some(&id) {
+            self.by_addrs.remove(&addrs);
         }
         Some(c)
     }

@@ -98,6 +98,7 @@ impl State {
                 skaddr,
                 state,
                 reason,
+                repeated,
                 seg_flags,
                 conn,
             } => {
@@ -106,6 +107,7 @@ impl State {
                     reason: *reason,
                     state: *state,
                     seg_flags: *seg_flags,
+                    repeated: *repeated,
                     current: event.task.clone(),
                 };
                 let id = if *skaddr == 0 || *state == s.listen {
