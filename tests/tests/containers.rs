@@ -237,10 +237,15 @@ fn sshtrace_in_a_privileged_container() {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
+    // Keep reading standard error to the end: a closed pipe would kill sshtrace (SIGPIPE).
     let stderr = child.stderr.take().unwrap();
-    let attached = std::io::BufRead::lines(std::io::BufReader::new(stderr))
-        .map_while(Result::ok)
-        .any(|l| l.starts_with("sshtrace: attached"));
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufRead::lines(std::io::BufReader::new(stderr)).map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let attached = rx.iter().any(|l| l.starts_with("sshtrace: attached"));
     assert!(attached, "sshtrace did not attach inside the container");
     assert!(std::net::TcpStream::connect((ep.addr().as_str(), ep.port())).is_err());
     let out = child.wait_with_output().unwrap();
