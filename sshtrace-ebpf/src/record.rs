@@ -3,7 +3,12 @@
 use aya_ebpf::helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns};
 use sshtrace_common::{counter, EventHeader, EventKind};
 
+use aya_ebpf::bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP};
+
 use crate::maps::{count, EVENTS};
+
+/// Bytes waiting in the ring that make a record wake userspace at once (a quarter of it).
+const WAKEUP_BACKLOG: u64 = 256 * 1024;
 
 /// A record type that begins with an [`EventHeader`].
 pub trait Record: 'static {
@@ -37,10 +42,24 @@ records! {
     SelinuxAuditedEvent => SelinuxAudited,
 }
 
+/// Submits a record and wakes userspace at once: for process records, whose facts userspace
+/// reads from /proc while the process still exists.
+#[inline(always)]
+pub fn submit<T: Record>(fill: impl FnOnce(&mut T)) {
+    submit_with(true, fill)
+}
+
+/// Submits a high-volume record (TCP state changes, resets) without waking userspace unless a
+/// backlog builds up: it drains on a 100 ms tick anyway.
+#[inline(always)]
+pub fn submit_batched<T: Record>(fill: impl FnOnce(&mut T)) {
+    submit_with(false, fill)
+}
+
 /// Reserves a zeroed record, stamps the header with the current task, lets `fill` write the
 /// rest and submits it. A full ring buffer is counted as a lost record, never ignored.
 #[inline(always)]
-pub fn submit<T: Record>(fill: impl FnOnce(&mut T)) {
+fn submit_with<T: Record>(wake_now: bool, fill: impl FnOnce(&mut T)) {
     let Some(mut entry) = EVENTS.reserve::<T>(0) else {
         count(counter::LOST);
         return;
@@ -58,6 +77,13 @@ pub fn submit<T: Record>(fill: impl FnOnce(&mut T)) {
     header.ts_ns = unsafe { bpf_ktime_get_ns() };
     header.comm = bpf_get_current_comm().unwrap_or_default();
     fill(record);
-    entry.submit(0);
+    // Batched wake-ups for high-volume records: userspace drains on a 100 ms tick anyway,
+    // and is woken early only when a backlog builds up.
+    let flags = if wake_now || EVENTS.query(BPF_RB_AVAIL_DATA as u64) >= WAKEUP_BACKLOG {
+        BPF_RB_FORCE_WAKEUP
+    } else {
+        BPF_RB_NO_WAKEUP
+    };
+    entry.submit(flags as u64);
     count(counter::PRODUCED);
 }

@@ -12,7 +12,7 @@ use std::{
 
 use anyhow::{bail, Result};
 
-use crate::{container::Container, events::unmap};
+use crate::{container::Container, events::unmap, kernel::sockdiag};
 
 /// A listening sshd.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -269,17 +269,46 @@ fn socket_inodes(dir: &Path) -> Vec<u64> {
 
 /// Listening TCP sockets of this network namespace: inode → address.
 /// Listening TCP sockets of every network namespace (containers included): inode → address.
-/// Socket inodes are unique host-wide, so one table serves all namespaces.
+/// Socket inodes are unique host-wide, so one table serves all namespaces. Asked through
+/// sock_diag, which returns listeners only; /proc/PID/net/tcp is the fallback.
 fn listening_sockets(proc_root: &Path) -> HashMap<u64, SocketAddr> {
+    let own = fs::read_link(proc_root.join("self/ns/net")).ok();
     let mut found = HashMap::new();
     for dir in one_process_per_netns(proc_root) {
-        for file in ["net/tcp", "net/tcp6"] {
-            if let Ok(text) = fs::read_to_string(dir.join(file)) {
-                found.extend(parse_proc_net_tcp(&text, true));
+        let same_netns = fs::read_link(dir.join("ns/net")).ok() == own;
+        let diag = if same_netns {
+            sockdiag::listening().ok()
+        } else {
+            in_netns_of(&dir)
+        };
+        match diag {
+            Some(sockets) => found.extend(sockets),
+            None => {
+                for file in ["net/tcp", "net/tcp6"] {
+                    if let Ok(text) = fs::read_to_string(dir.join(file)) {
+                        found.extend(parse_proc_net_tcp(&text, true));
+                    }
+                }
             }
         }
     }
     found
+}
+
+/// sock_diag in the network namespace of process `dir`, from a thread that enters it (setns
+/// changes only the calling thread).
+fn in_netns_of(dir: &Path) -> Option<Vec<(u64, SocketAddr)>> {
+    let ns = fs::File::open(dir.join("ns/net")).ok()?;
+    std::thread::spawn(move || {
+        // SAFETY: setns on a namespace file we opened; this thread ends right after.
+        if unsafe { libc::setns(std::os::fd::AsRawFd::as_raw_fd(&ns), libc::CLONE_NEWNET) } != 0 {
+            return None;
+        }
+        sockdiag::listening().ok()
+    })
+    .join()
+    .ok()
+    .flatten()
 }
 
 /// /proc/PID of one process in each network namespace.

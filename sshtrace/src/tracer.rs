@@ -93,6 +93,7 @@ pub async fn run(
         .any(|o| o.transport == crate::output::url::Transport::Stdout);
     let mut tracer = Tracer {
         container_names,
+        last_scan: std::time::Instant::now(),
         state: State::new(TcpStates::from_names(&names)),
         names,
         discovery,
@@ -146,6 +147,7 @@ struct Tracer {
     stalls_reported: HashMap<u32, u64>,
     lsms: ActiveLsms,
     container_names: ContainerNames,
+    last_scan: std::time::Instant,
     summary: Summary,
     view: View,
 }
@@ -191,6 +193,8 @@ impl Tracer {
                 }
                 _ = tick.tick() => {
                     ticks += 1;
+                    // Records submitted without a wake-up are read here.
+                    self.drain(ring.get_mut());
                     self.emit_settled(Clock::monotonic_now_ns())?;
                     if ticks.is_multiple_of(DISCOVERY_EVERY_TICKS) {
                         self.rediscover()?;
@@ -259,8 +263,13 @@ impl Tracer {
         if settled.is_empty() {
             return Ok(());
         }
-        // Verdicts say where sshd listens now, not at the last periodic scan.
-        self.rediscover()?;
+        // Refusals say where sshd listens now, not at the last periodic scan (at most every
+        // 250 ms: a storm of refusals must not turn into a storm of scans).
+        if settled.iter().any(|(c, _)| c.skaddr == 0)
+            && self.last_scan.elapsed() >= Duration::from_millis(250)
+        {
+            self.rediscover()?;
+        }
         let ctx = Context {
             names: &self.names,
             lsms: &self.lsms,
@@ -346,6 +355,7 @@ impl Tracer {
     }
 
     fn rediscover(&mut self) -> Result<()> {
+        self.last_scan = std::time::Instant::now();
         let Some(snapshot) = self.discovery.scan() else {
             return Ok(());
         };

@@ -16,7 +16,7 @@ use sshtrace_common::{
 use super::field;
 use crate::{
     maps::{layout, netns_tracked, port_tracked, sk_netns, skb_netns},
-    record::submit,
+    record::submit_batched,
 };
 
 const AF_INET: u16 = 2;
@@ -131,7 +131,7 @@ fn try_send_reset(ctx: &TracePointContext) -> Result<(), i32> {
     } else {
         SEG_FLAGS_UNKNOWN
     };
-    submit(|e: &mut SendResetEvent| {
+    submit_batched(|e: &mut SendResetEvent| {
         e.skaddr = skaddr;
         e.state = state;
         e.reason = reason;
@@ -198,7 +198,7 @@ fn try_receive_reset(ctx: &TracePointContext) -> Result<(), i32> {
     } else {
         0
     };
-    submit(|e: &mut ReceiveResetEvent| {
+    submit_batched(|e: &mut ReceiveResetEvent| {
         e.skaddr = skaddr;
         e.client_side = client_side;
         e.suppressed = suppressed;
@@ -230,7 +230,7 @@ fn try_sock_state(ctx: &TracePointContext) -> Result<(), i32> {
     }
     let old_state: i32 = field(ctx, l.oldstate)?;
     let new_state: i32 = field(ctx, l.newstate)?;
-    submit(|e: &mut SockStateEvent| {
+    submit_batched(|e: &mut SockStateEvent| {
         e.skaddr = skaddr;
         e.old_state = old_state;
         e.new_state = new_state;

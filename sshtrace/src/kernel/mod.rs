@@ -7,5 +7,6 @@ pub mod layout;
 pub mod lsm;
 pub mod mounts;
 pub mod names;
+pub mod sockdiag;
 pub mod syscalls;
 pub mod tracefs;
