@@ -1,5 +1,6 @@
 //! `cargo xtask`: the one entry point for setting up, building, running and testing sshtrace.
 
+mod bench;
 mod cmd;
 mod setup;
 
@@ -28,6 +29,15 @@ enum Task {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+    /// Measure sshtrace against no tracing, bpftrace and tcpdump (not part of the tests).
+    Bench {
+        /// Seconds per measurement.
+        #[arg(long, default_value_t = 5)]
+        seconds: u64,
+        /// Seconds of the long reset storm for the memory measurement.
+        #[arg(long, default_value_t = 60)]
+        storm_seconds: u64,
+    },
     /// Set up, build and run every test: unit tests and the real-sshd integration suite.
     Test {
         /// Arguments passed to `cargo test` after `--` (e.g. a test name filter).
@@ -53,6 +63,20 @@ fn run(task: Task) -> Result<()> {
             setup::run()?;
             let binary = build(release)?;
             cmd::exec(&binary, &args)
+        }
+        Task::Bench {
+            seconds,
+            storm_seconds,
+        } => {
+            setup::run()?;
+            let binary = build(true)?;
+            bench::run(
+                &binary,
+                &bench::Options {
+                    seconds,
+                    storm_seconds,
+                },
+            )
         }
         Task::Test { args } => {
             setup::run()?;
