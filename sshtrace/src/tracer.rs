@@ -270,16 +270,7 @@ impl Tracer {
         {
             self.rediscover()?;
         }
-        let ctx = Context {
-            names: &self.names,
-            lsms: &self.lsms,
-            container_names: &self.container_names,
-            conns: &self.state.conns,
-            sshd: self.discovery.current(),
-            procs: &self.state.procs,
-            clock: &self.clock,
-            host: &self.host,
-        };
+        let ctx = self.context();
         let verdicts: Vec<_> = settled
             .iter()
             .filter_map(|(conn, tree)| causes::judge(conn, tree, &ctx))
@@ -290,11 +281,9 @@ impl Tracer {
         Ok(())
     }
 
-    /// Listeners failing to accept while connections wait: at most one verdict per listener
-    /// every [`STALL_REPORT_INTERVAL_NS`].
-    fn report_stalls(&mut self) {
-        let now = Clock::monotonic_now_ns();
-        let ctx = Context {
+    /// What the cause rules read.
+    fn context(&self) -> Context<'_> {
+        Context {
             names: &self.names,
             lsms: &self.lsms,
             container_names: &self.container_names,
@@ -303,7 +292,14 @@ impl Tracer {
             procs: &self.state.procs,
             clock: &self.clock,
             host: &self.host,
-        };
+        }
+    }
+
+    /// Listeners failing to accept while connections wait: at most one verdict per listener
+    /// every [`STALL_REPORT_INTERVAL_NS`].
+    fn report_stalls(&mut self) {
+        let now = Clock::monotonic_now_ns();
+        let ctx = self.context();
         let mut verdicts = Vec::new();
         for listener in ctx.sshd.listeners.values() {
             if self
@@ -315,11 +311,11 @@ impl Tracer {
             }
             let ports: Vec<u16> = listener.addrs.iter().map(|a| a.port()).collect();
             if let Some(v) = causes::judge_stalled(listener.pid, &ports, now, &ctx) {
-                self.stalls_reported.insert(listener.pid, now);
-                verdicts.push(v);
+                verdicts.push((listener.pid, v));
             }
         }
-        for verdict in verdicts {
+        for (pid, verdict) in verdicts {
+            self.stalls_reported.insert(pid, now);
             self.emit(verdict);
         }
     }

@@ -161,6 +161,20 @@ impl Sshd {
         run(&mut self.ssh_command(command))
     }
 
+    /// Waits until a login running `sleep` has its session: returns the per-connection sshd
+    /// (the listener's child).
+    pub fn wait_for_session(&self) -> u32 {
+        wait_for("the session's shell", Duration::from_secs(10), || {
+            let session = *crate::children(self.pid()).first()?;
+            crate::process_tree(session)
+                .iter()
+                .any(|&p| {
+                    fs::read_to_string(format!("/proc/{p}/comm")).is_ok_and(|c| c.trim() == "sleep")
+                })
+                .then_some(session)
+        })
+    }
+
     /// Stops the listener and everything it started.
     pub fn stop(&mut self) {
         for pid in process_tree(self.pid()) {

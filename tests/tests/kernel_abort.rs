@@ -3,11 +3,7 @@
 //! sshd's namespace, the link is cut (no firewall involved) and the server's keepalive probes
 //! go unanswered: the kernel resets the session (TCP_KEEPALIVE_TIMEOUT).
 
-use std::time::Duration;
-
-use sshtrace_tests::{
-    children, privileged, process_tree, wait_for, Endpoint, Link, Sshd, SshdOptions, Tracer,
-};
+use sshtrace_tests::{privileged, Endpoint, Link, Sshd, SshdOptions, Tracer};
 
 const N: u8 = 120;
 
@@ -37,16 +33,7 @@ fn keepalive_timeout() {
     );
     let tracer = Tracer::start(&["--port", &ep.port().to_string()]);
     let mut client = sshd.ssh_command("sleep 60").spawn().unwrap();
-    wait_for("the session", Duration::from_secs(10), || {
-        let session = *children(sshd.pid()).first()?;
-        process_tree(session)
-            .iter()
-            .any(|&p| {
-                std::fs::read_to_string(format!("/proc/{p}/comm"))
-                    .is_ok_and(|c| c.trim() == "sleep")
-            })
-            .then_some(())
-    });
+    sshd.wait_for_session();
     link.cut(N);
 
     let v = tracer.verdict_for(ep.port(), |v| v["cause"] == "kernel_abort");

@@ -7,9 +7,8 @@ use std::{net::TcpStream, time::Duration};
 
 use serde_json::Value;
 use sshtrace_tests::{
-    children,
     collectors::{LineReceiver, Rsyslog},
-    privileged, process_tree,
+    privileged,
     sshd::build_program,
     wait_for, Endpoint, Sshd, SshdOptions, Tracer,
 };
@@ -180,16 +179,7 @@ fn hostile_process_name_stays_inside_its_field_in_every_output() {
     let text_tracer = Tracer::start_text(&["--port", &port, "-v"]);
 
     let mut client = sshd.ssh_command("sleep 60").spawn().unwrap();
-    let session = wait_for("the session", Duration::from_secs(10), || {
-        let s = *children(sshd.pid()).first()?;
-        process_tree(s)
-            .iter()
-            .any(|&p| {
-                std::fs::read_to_string(format!("/proc/{p}/comm"))
-                    .is_ok_and(|c| c.trim() == "sleep")
-            })
-            .then_some(s)
-    });
+    let session = sshd.wait_for_session();
     let killer = build_program("named_kill.c", &sshd.dir);
     let hostile = "k\n]\"\\\x1b[2Jx";
     let status = std::process::Command::new(&killer)

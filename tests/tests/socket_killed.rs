@@ -1,10 +1,8 @@
 //! `socket_killed`: an administrator destroys the session's socket with `ss -K`.
 
-use std::{process::Command, time::Duration};
+use std::process::Command;
 
-use sshtrace_tests::{
-    children, privileged, process_tree, run, wait_for, Endpoint, Sshd, SshdOptions, Tracer,
-};
+use sshtrace_tests::{privileged, run, Endpoint, Sshd, SshdOptions, Tracer};
 
 #[test]
 fn ss_kill_of_an_established_session() {
@@ -15,16 +13,7 @@ fn ss_kill_of_an_established_session() {
     let sshd = Sshd::start("sskill", ep, SshdOptions::default());
     let tracer = Tracer::start(&["--port", &ep.port().to_string()]);
     let mut client = sshd.ssh_command("sleep 60").spawn().unwrap();
-    wait_for("the session", Duration::from_secs(10), || {
-        let session = *children(sshd.pid()).first()?;
-        process_tree(session)
-            .iter()
-            .any(|&p| {
-                std::fs::read_to_string(format!("/proc/{p}/comm"))
-                    .is_ok_and(|c| c.trim() == "sleep")
-            })
-            .then_some(())
-    });
+    sshd.wait_for_session();
 
     let filter = format!("( sport = :{} )", ep.port());
     let out = run(Command::new("ss").args(["-K", "-t", "state", "established", &filter]));

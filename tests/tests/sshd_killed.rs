@@ -1,11 +1,9 @@
 //! `sshd_killed`: another process kills the per-connection sshd. Also proves discovery: the
 //! tracer starts first, with no flags, and finds the sshd that starts after it.
 
-use std::{process::Command, time::Duration};
+use std::process::Command;
 
-use sshtrace_tests::{
-    children, privileged, process_tree, wait_for, Endpoint, Sshd, SshdOptions, Tracer,
-};
+use sshtrace_tests::{privileged, Endpoint, Sshd, SshdOptions, Tracer};
 
 #[test]
 fn kill_of_the_session_names_the_sender() {
@@ -23,13 +21,7 @@ fn kill_of_the_session_names_the_sender() {
     });
 
     let mut client = sshd.ssh_command("sleep 60").spawn().expect("ssh");
-    let session = wait_for("the session's shell", Duration::from_secs(10), || {
-        let session = *children(sshd.pid()).first()?;
-        let shell_running = process_tree(session).iter().any(|&p| {
-            std::fs::read_to_string(format!("/proc/{p}/comm")).is_ok_and(|c| c.trim() == "sleep")
-        });
-        shell_running.then_some(session)
-    });
+    let session = sshd.wait_for_session();
     let killer = Command::new("kill")
         .args(["-KILL", &session.to_string()])
         .spawn()
