@@ -141,3 +141,33 @@ fn non_root_session_over_nproc() {
     assert_eq!(v["details"]["limit_value"], "1");
     assert_eq!(v["sshd"]["listener_pid"], sshd.pid());
 }
+
+/// RLIMIT_AS below what a freshly executed sshd maps: the per-connection sshd cannot map its
+/// libraries (mmap fails with ENOMEM) and the client is reset.
+#[test]
+fn address_space_limit() {
+    if !privileged("address_space_limit") {
+        return;
+    }
+    let ep = Endpoint::new(64);
+    let sshd = Sshd::start("as-limit", ep, SshdOptions::default());
+    let limit = (14u64 << 20).to_string();
+    let value = format!("--as={limit}:{limit}");
+    assert!(
+        run(Command::new("prlimit").args([&value, "--pid", &sshd.pid().to_string()]))
+            .status
+            .success()
+    );
+    let tracer = Tracer::start(&["--port", &ep.port().to_string()]);
+
+    assert!(!sshd.ssh("true").status.success());
+
+    let v = tracer.verdict_for(ep.port(), |v| v["cause"] == "resource_limit");
+    assert_eq!(v["details"]["limit"], "memory", "{v}");
+    assert_eq!(v["details"]["errno"], "ENOMEM");
+    assert_eq!(v["details"]["limit_value"], limit);
+    assert!(v["details"]["limit_source"]
+        .as_str()
+        .unwrap()
+        .contains("RLIMIT_AS"));
+}
