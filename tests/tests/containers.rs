@@ -101,6 +101,7 @@ fn bridge_containers_are_named_and_filtered() {
     let socket = api.socket.display().to_string();
     let all = Tracer::start(&["--runtime-socket", &socket]);
     let only_a = Tracer::start(&["--runtime-socket", &socket, "--container", &a.name]);
+    let host_only = Tracer::start(&["--runtime-socket", &socket, "--host-only"]);
     all.wait_stderr("the containers' sshd", |l| {
         l.contains(&a.id[..12]) && l.contains(&b.id[..12])
     });
@@ -123,6 +124,10 @@ fn bridge_containers_are_named_and_filtered() {
     let v = only_a.verdict_for(port, |v| v["cause"] == "closed_preauth");
     assert_names(&v, &a);
     std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        host_only.verdicts(port).is_empty(),
+        "--host-only let a container through"
+    );
     let others: Vec<Value> = only_a
         .verdicts(port)
         .into_iter()

@@ -187,3 +187,34 @@ fn colour_on_request_status_line_only_on_a_terminal() {
         "colour by default on a terminal: {text:?}"
     );
 }
+
+#[test]
+fn all_tcp_reports_ports_sshd_does_not_use() {
+    if !privileged("all_tcp_reports_ports_sshd_does_not_use") {
+        return;
+    }
+    let ep = Endpoint::new(184);
+    // No --port: only --all-tcp makes this port traced.
+    let tracer = Tracer::start(&["--all-tcp"]);
+    refuse_from("127.0.0.9", &ep.addr(), ep.port());
+    let v = tracer.verdict_for(ep.port(), |v| v["cause"] == "not_listening");
+    assert_eq!(v["conn"]["remote_addr"], "127.0.0.9");
+}
+
+#[test]
+fn completions_and_man_page_come_from_the_cli() {
+    let out = run(Command::new(sshtrace_bin()).args(["completions", "bash"]));
+    assert!(out.status.success());
+    let script = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        script.contains("_sshtrace()")
+            && script.contains("--summary-only")
+            && script.contains("doctor")
+    );
+    let out = run(Command::new(sshtrace_bin()).arg("man"));
+    let page = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        page.contains(".TH sshtrace 1") && page.contains("\\-\\-container"),
+        "{page}"
+    );
+}
