@@ -79,6 +79,26 @@ impl Drop for Keys {
     }
 }
 
+/// Traces `port` once the container's sshd is tracked, logs in with the refused key from
+/// `netns` (the host when `None`) to 127.0.0.1, and returns the verdict.
+fn refused_and_traced(
+    keys: &Keys,
+    api: &ApiService,
+    c: &Container,
+    netns: Option<&str>,
+    port: u16,
+) -> Value {
+    let tracer = Tracer::start(&[
+        "--runtime-socket",
+        &api.socket.display().to_string(),
+        "--port",
+        &port.to_string(),
+    ]);
+    tracer.wait_stderr("the container's sshd", |l| l.contains(&c.id[..12]));
+    keys.refused_login(netns, "127.0.0.1", port);
+    tracer.verdict_for(port, |v| v["cause"] == "closed_preauth")
+}
+
 fn assert_names(v: &Value, c: &Container) {
     let container = &v["container"];
     assert_eq!(container["id"], c.id.as_str(), "{v}");
@@ -162,15 +182,7 @@ fn host_network_container() {
         &keys.authorized(),
         ep.port(),
     );
-    let tracer = Tracer::start(&[
-        "--runtime-socket",
-        &api.socket.display().to_string(),
-        "--port",
-        &ep.port().to_string(),
-    ]);
-    tracer.wait_stderr("the container's sshd", |l| l.contains(&c.id[..12]));
-    keys.refused_login(None, "127.0.0.1", ep.port());
-    let v = tracer.verdict_for(ep.port(), |v| v["cause"] == "closed_preauth");
+    let v = refused_and_traced(&keys, &api, &c, None, ep.port());
     assert_names(&v, &c);
 }
 
@@ -190,15 +202,7 @@ fn container_in_a_namespace_the_test_made() {
         &keys.authorized(),
         ep.port(),
     );
-    let tracer = Tracer::start(&[
-        "--runtime-socket",
-        &api.socket.display().to_string(),
-        "--port",
-        &ep.port().to_string(),
-    ]);
-    tracer.wait_stderr("the container's sshd", |l| l.contains(&c.id[..12]));
-    keys.refused_login(Some(&ns.name), "127.0.0.1", ep.port());
-    let v = tracer.verdict_for(ep.port(), |v| v["cause"] == "closed_preauth");
+    let v = refused_and_traced(&keys, &api, &c, Some(&ns.name), ep.port());
     assert_names(&v, &c);
     assert_eq!(v["conn"]["local_addr"], "127.0.0.1");
 }
