@@ -35,6 +35,7 @@ static SETTINGS: Settings = Settings {
     all_ports: 0,
     netfilter_drop: u32::MAX,
     filter_netns: 0,
+    no_socket_drop: u32::MAX,
 };
 
 /// Network namespaces (inode) to report TCP events in, with `--container`/`--host-only`.

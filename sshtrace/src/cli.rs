@@ -150,6 +150,11 @@ pub struct TraceArgs {
     #[arg(long, value_name = "N")]
     pub count: Option<u64>,
 
+    /// Attach, print which hooks this kernel has, how each kind of evidence is collected on it
+    /// and which verdicts it cannot give; then exit.
+    #[arg(long)]
+    pub probe_report: bool,
+
     /// Print every decoded kernel event on standard error (for bug reports).
     #[arg(long, hide = true)]
     pub dump_events: bool,

@@ -5,7 +5,11 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use sshtrace_common as wire;
 
-use crate::{dac::DacFacts, kernel::syscalls::syscall_name, limits::LimitFacts};
+use crate::{
+    dac::DacFacts,
+    kernel::syscalls::syscall_name,
+    limits::{LimitFacts, TaskRlimits},
+};
 
 /// What an LSM said about a denial.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -95,7 +99,9 @@ pub enum Kind {
         suppressed: u32,
         /// The path of a failed open.
         path: Option<String>,
-        /// The limit behind a resource failure, read from /proc when the event arrived.
+        /// The failing task's rlimits, read by the kernel at the failure.
+        rlimits: Option<TaskRlimits>,
+        /// The limit behind a resource failure (see `limits`), filled in when the event arrived.
         limit: Option<LimitFacts>,
         /// For EACCES on a path: whether the mode bits would have allowed it.
         dac: Option<DacFacts>,
@@ -222,6 +228,11 @@ pub fn decode(bytes: &[u8]) -> Option<Event> {
                 errno: -e.ret,
                 suppressed: e.suppressed,
                 path: (!path.is_empty()).then_some(path),
+                rlimits: (e.rlimits_read != 0).then_some(TaskRlimits {
+                    nofile: e.rlimits[0],
+                    nproc: e.rlimits[1],
+                    address_space: e.rlimits[2],
+                }),
                 limit: None,
                 dac: None,
             }

@@ -16,6 +16,7 @@ pub mod events;
 pub mod kernel;
 pub mod limits;
 pub mod output;
+pub mod plan;
 pub mod preflight;
 pub mod probes;
 pub mod runtime;

@@ -1,5 +1,6 @@
-//! The limits behind a resource failure, read from /proc and cgroupfs when the failure is
-//! seen (the process may be gone by the time its verdict is made).
+//! The limits behind a resource failure: the failing task's rlimits as the kernel read them at
+//! the failure (carried in the event), cgroup limits read from cgroupfs when the failure is
+//! seen, and /proc as the fallback where the kernel gave no rlimits.
 
 use std::{fs, path::PathBuf};
 
@@ -22,25 +23,55 @@ pub struct LimitFacts {
     pub source: String,
 }
 
+/// Soft limits of the failing task, read by the kernel probe at the failure.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TaskRlimits {
+    pub nofile: u64,
+    pub nproc: u64,
+    pub address_space: u64,
+}
+
+const RLIM_INFINITY: u64 = u64::MAX;
+const FROM_KERNEL: &str = "the failing task's rlimit at the failure (kernel)";
+
+fn rlimit_text(value: u64) -> String {
+    if value == RLIM_INFINITY {
+        "unlimited".into()
+    } else {
+        value.to_string()
+    }
+}
+
 /// The limit an errno from a syscall points at, with its value for `pid`.
-pub fn for_failure(pid: u32, syscall: &str, errno: i32) -> Option<LimitFacts> {
+pub fn for_failure(
+    pid: u32,
+    syscall: &str,
+    errno: i32,
+    kernel: Option<TaskRlimits>,
+) -> Option<LimitFacts> {
     match errno {
-        EMFILE => Some(nofile(pid)),
+        EMFILE => Some(nofile(pid, kernel)),
         ENFILE => Some(file_max()),
-        EAGAIN if creates_process(syscall) => Some(process_limit(pid)),
-        ENOMEM => Some(memory(pid)),
+        EAGAIN if creates_process(syscall) => Some(process_limit(pid, kernel)),
+        ENOMEM => Some(memory(pid, kernel)),
         _ => None,
     }
 }
 
-fn nofile(pid: u32) -> LimitFacts {
-    let source = format!("/proc/{pid}/limits");
+fn nofile(pid: u32, kernel: Option<TaskRlimits>) -> LimitFacts {
     let open = fs::read_dir(format!("/proc/{pid}/fd"))
         .map(|d| d.count().to_string())
         .ok();
+    let (value, source) = match kernel {
+        Some(k) => (Some(rlimit_text(k.nofile)), FROM_KERNEL.to_owned()),
+        None => (
+            limit_line(pid, "Max open files"),
+            format!("/proc/{pid}/limits"),
+        ),
+    };
     LimitFacts {
         limit: "nofile",
-        value: limit_line(pid, "Max open files"),
+        value,
         current: open,
         source,
     }
@@ -58,7 +89,7 @@ fn file_max() -> LimitFacts {
 }
 
 /// EAGAIN from fork: a pids cgroup at its maximum, else RLIMIT_NPROC (never for root).
-fn process_limit(pid: u32) -> LimitFacts {
+fn process_limit(pid: u32, kernel: Option<TaskRlimits>) -> LimitFacts {
     if let Some(dir) = cgroup_dir(pid, "pids") {
         let read = |f: &str| {
             fs::read_to_string(dir.join(f))
@@ -75,16 +106,34 @@ fn process_limit(pid: u32) -> LimitFacts {
             };
         }
     }
+    let (value, source) = match kernel {
+        Some(k) => (Some(rlimit_text(k.nproc)), FROM_KERNEL.to_owned()),
+        None => (
+            limit_line(pid, "Max processes"),
+            format!("/proc/{pid}/limits"),
+        ),
+    };
     LimitFacts {
         limit: "nproc",
-        value: limit_line(pid, "Max processes"),
+        value,
         current: None,
-        source: format!("/proc/{pid}/limits"),
+        source,
     }
 }
 
 /// ENOMEM: RLIMIT_AS when one is set (mappings beyond it fail), else the memory cgroup.
-pub fn memory(pid: u32) -> LimitFacts {
+pub fn memory(pid: u32, kernel: Option<TaskRlimits>) -> LimitFacts {
+    if let Some(k) = kernel.filter(|k| k.address_space != RLIM_INFINITY) {
+        return LimitFacts {
+            limit: "memory",
+            value: Some(rlimit_text(k.address_space)),
+            current: None,
+            source: format!("{FROM_KERNEL}: RLIMIT_AS"),
+        };
+    }
+    if kernel.is_some() {
+        return memory_cgroup(pid);
+    }
     if let Some(value) = limit_line(pid, "Max address space").filter(|v| v != "unlimited") {
         return LimitFacts {
             limit: "memory",
@@ -192,13 +241,48 @@ mod tests {
         );
     }
 
+    /// The kernel's values win over /proc: the task may be gone, or may have changed them.
+    #[test]
+    fn limits_read_by_the_kernel_are_the_evidence() {
+        let k = TaskRlimits {
+            nofile: 8,
+            nproc: 1,
+            address_space: RLIM_INFINITY,
+        };
+        let me = std::process::id();
+        let f = for_failure(me, "pipe2", EMFILE, Some(k)).unwrap();
+        assert_eq!(
+            (f.value.as_deref(), f.source.as_str()),
+            (Some("8"), FROM_KERNEL)
+        );
+        // No RLIMIT_AS set: ENOMEM points at the memory cgroup instead.
+        assert_ne!(
+            memory(me, Some(k)).source,
+            format!("{FROM_KERNEL}: RLIMIT_AS")
+        );
+        let limited = TaskRlimits {
+            address_space: 1 << 20,
+            ..k
+        };
+        assert_eq!(memory(me, Some(limited)).value.as_deref(), Some("1048576"));
+    }
+
     #[test]
     fn errno_selects_the_limit() {
         let me = std::process::id();
-        assert_eq!(for_failure(me, "pipe2", EMFILE).unwrap().limit, "nofile");
-        assert!(for_failure(me, "pipe2", EMFILE).unwrap().value.is_some());
-        assert_eq!(for_failure(me, "open", ENFILE).unwrap().limit, "file_max");
-        assert!(for_failure(me, "read", EAGAIN).is_none());
-        assert!(for_failure(me, "openat", 2).is_none());
+        assert_eq!(
+            for_failure(me, "pipe2", EMFILE, None).unwrap().limit,
+            "nofile"
+        );
+        assert!(for_failure(me, "pipe2", EMFILE, None)
+            .unwrap()
+            .value
+            .is_some());
+        assert_eq!(
+            for_failure(me, "open", ENFILE, None).unwrap().limit,
+            "file_max"
+        );
+        assert!(for_failure(me, "read", EAGAIN, None).is_none());
+        assert!(for_failure(me, "openat", 2, None).is_none());
     }
 }

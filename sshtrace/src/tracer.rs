@@ -29,6 +29,7 @@ use crate::{
     kernel::{btf::Btf, layout, names::KernelNames},
     limits,
     output::{Outputs, Record, SinkSpec},
+    plan::Plan,
     probes::{KernelFilters, LossCounters, Probes},
     runtime::ContainerNames,
     state::{State, TcpStates, SETTLE_NS},
@@ -53,6 +54,7 @@ pub async fn run(
     let names = KernelNames::from_btf(&btf);
     // What was needed is extracted; the parsed BTF is large.
     drop(btf);
+    let plan = Plan::new(&layout, &names);
     let sockets = if cli.runtime_sockets.is_empty() {
         crate::runtime::DEFAULT_SOCKETS
             .iter()
@@ -78,8 +80,16 @@ pub async fn run(
             netfilter_drop: names
                 .drop_reason_value("NETFILTER_DROP")
                 .unwrap_or(u32::MAX),
+            no_socket_drop: plan.no_socket_resets.drop_reason().unwrap_or(u32::MAX),
         },
     )?;
+    if cli.probe_report {
+        print!(
+            "{}",
+            plan.report(&kernel_release(), &probes.attached, &probes.skipped)
+        );
+        return Ok(());
+    }
     let (attached, skipped) = (probes.attached.join(", "), probes.skipped.join(", "));
     let hooks = probes.attached.len();
     // SAFETY: the ring buffer owns its fd and keeps it open for as long as the AsyncFd lives.
@@ -126,6 +136,12 @@ pub async fn run(
     );
     if !skipped.is_empty() {
         eprintln!("sshtrace: skipped hooks this kernel lacks: {skipped}");
+    }
+    for missing in plan.missing() {
+        eprintln!(
+            "sshtrace: this kernel cannot show {}: {} (see --probe-report)",
+            missing.evidence, missing.without
+        );
     }
     tracer.event_loop(ring, &mut audit_rx, &cli).await?;
     tracer.finish().await;
@@ -419,9 +435,10 @@ fn enrich(event: &mut events::Event) {
             limit,
             path,
             dac,
+            rlimits,
             ..
         } => {
-            *limit = limits::for_failure(event.task.pid, syscall, *errno);
+            *limit = limits::for_failure(event.task.pid, syscall, *errno, *rlimits);
             if *errno == EACCES {
                 *dac = path
                     .as_deref()
@@ -544,4 +561,11 @@ fn hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|h| h.trim().to_owned())
         .unwrap_or_else(|_| "localhost".into())
+}
+
+/// `uname -r`.
+fn kernel_release() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map(|r| r.trim().to_owned())
+        .unwrap_or_else(|_| "(unknown release)".into())
 }

@@ -4,6 +4,7 @@
 //! removed when its guard drops, also when the test fails.
 
 pub mod collectors;
+pub mod kernel;
 pub mod podman;
 pub mod sandbox;
 pub mod sshd;
@@ -131,6 +132,15 @@ pub fn process_tree(pid: u32) -> Vec<u32> {
     }
     out.push(pid);
     out
+}
+
+/// The first piece of evidence of kind `event` in a verdict; panics with the verdict when
+/// there is none.
+pub fn evidence<'a>(verdict: &'a serde_json::Value, event: &str) -> &'a serde_json::Value {
+    verdict["evidence"]
+        .as_array()
+        .and_then(|all| all.iter().find(|e| e["event"] == event))
+        .unwrap_or_else(|| panic!("no {event} evidence in {verdict:#}"))
 }
 
 pub fn kill(pid: u32, signal: i32) {

@@ -1,7 +1,12 @@
 //! The outage view: the summary on exit, filters, --count, colour, and the status line that
 //! only a terminal gets.
 
-use std::{process::Command, time::Duration};
+use std::{
+    io::Read,
+    process::Command,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
 
 use serde_json::Value;
 use sshtrace_tests::{privileged, run, sshtrace_bin, wait_for, Endpoint, Tracer};
@@ -168,16 +173,38 @@ fn colour_on_request_status_line_only_on_a_terminal() {
     );
 
     // On a terminal (script(1) gives sshtrace a pty): a status line, redrawn in place.
-    let cmd = format!("{} --port {port} --duration 3s", sshtrace_bin().display());
-    let child = Command::new("script")
+    let cmd = format!("{} --port {port} --duration 6s", sshtrace_bin().display());
+    let mut child = Command::new("script")
         .args(["-qfec", &cmd, "/dev/null"])
         .stdout(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    std::thread::sleep(Duration::from_millis(1500));
+    let captured = Arc::new(Mutex::new(Vec::new()));
+    let reader = {
+        let captured = captured.clone();
+        let mut stdout = child.stdout.take().unwrap();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while let Ok(n @ 1..) = stdout.read(&mut buf) {
+                captured.lock().unwrap().extend_from_slice(&buf[..n]);
+            }
+        })
+    };
+    // Its start-up lines share the pty: refuse only once it is attached.
+    wait_for(
+        "sshtrace attached on the pty",
+        Duration::from_secs(20),
+        || {
+            String::from_utf8_lossy(&captured.lock().unwrap())
+                .contains("attached")
+                .then_some(())
+        },
+    );
     refuse_from("127.0.0.9", &ep.addr(), ep.port());
-    let out = child.wait_with_output().unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
+    let _ = child.wait();
+    reader.join().unwrap();
+    let out = captured.lock().unwrap().clone();
+    let text = String::from_utf8_lossy(&out);
     assert!(
         text.contains("\r\x1b[K[") && text.contains("kernel events/s"),
         "{text:?}"

@@ -3,6 +3,7 @@
 mod bench;
 mod cmd;
 mod setup;
+mod vm;
 
 use std::{path::PathBuf, process::ExitCode};
 
@@ -44,6 +45,20 @@ enum Task {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+    /// Run the privileged integration suite on another kernel, booted with QEMU.
+    VmTest {
+        /// Debian kernel series: 5.10 (bullseye), 6.1 (bookworm), 6.12 (bookworm-backports).
+        #[arg(long)]
+        kernel: String,
+        #[arg(long, value_enum, default_value_t = vm::Accel::Auto)]
+        accel: vm::Accel,
+        /// Guest memory in MiB.
+        #[arg(long, default_value_t = 6144)]
+        memory: u32,
+        /// Arguments passed to every test binary (e.g. a test name filter).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -58,6 +73,25 @@ fn main() -> ExitCode {
 
 fn run(task: Task) -> Result<()> {
     match task {
+        Task::VmTest {
+            kernel,
+            accel,
+            memory,
+            args,
+        } => {
+            setup::run()?;
+            let binary = build(false)?;
+            vm::run(
+                &binary,
+                &workspace_root(),
+                &vm::Options {
+                    kernel,
+                    accel,
+                    memory_mib: memory,
+                    test_args: args,
+                },
+            )
+        }
         Task::Setup => setup::run(),
         Task::Run { release, args } => {
             setup::run()?;

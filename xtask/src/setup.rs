@@ -31,6 +31,13 @@ const DEBIAN_PACKAGES: &[(&str, &str)] = &[
     ("containernetworking-plugins", "/usr/lib/cni/bridge"),
     ("netavark", "/usr/lib/podman/netavark"),
     ("aardvark-dns", "/usr/lib/podman/aardvark-dns"),
+    // Other kernels for `vm-test`: QEMU, a static busybox for the initramfs, depmod.
+    ("qemu-system-x86", "/usr/bin/qemu-system-x86_64"),
+    ("busybox-static", "/bin/busybox"),
+    ("cpio", "/usr/bin/cpio"),
+    ("kmod", "/usr/sbin/depmod"),
+    ("xz-utils", "/usr/bin/xz"),
+    ("zstd", "/usr/bin/zstd"),
 ];
 
 pub fn run() -> Result<()> {
@@ -74,8 +81,8 @@ fn nightly_rust_src() -> Result<()> {
     )
 }
 
-/// Where the project keeps the libLLVM links bpf-linker is built and run against.
-fn tools_dir() -> PathBuf {
+/// Where the project keeps tools it fetches: bpf-linker's libLLVM links, test kernels, images.
+pub fn tools_dir() -> PathBuf {
     let base = std::env::var_os("XDG_CACHE_HOME")
         .map(PathBuf::from)
         .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))

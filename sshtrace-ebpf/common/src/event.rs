@@ -9,6 +9,10 @@ pub const SOCKADDR_LEN: usize = 28;
 pub const SEG_FLAGS_UNKNOWN: u16 = u16::MAX;
 /// `reason` when the running kernel's `tcp_send_reset` has no reason field (before 6.10).
 pub const REASON_UNKNOWN: u32 = u32::MAX;
+/// `reason` of a reset seen as the refused segment's drop with `SKB_DROP_REASON_NO_SOCKET`
+/// (kernels before 6.10, whose `tcp_send_reset` does not fire without a socket). Userspace
+/// names it `NO_SOCKET`, as 6.10+ kernels name theirs.
+pub const REASON_NO_SOCKET_DROP: u32 = u32::MAX - 1;
 
 #[repr(u32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -193,10 +197,17 @@ pub struct SyscallErrorEvent {
     pub ret: i32,
     /// Identical failures since the previous record for the same key.
     pub suppressed: u32,
-    pub _pad: u32,
+    /// Non-zero when `rlimits` were read from the failing task.
+    pub rlimits_read: u32,
+    /// The task's soft limits at the failure, in [`RLIMITS_REPORTED`] order.
+    pub rlimits: [u64; 3],
     /// The path argument of a failed open, else empty.
     pub path: [u8; PATH_LEN],
 }
+
+/// The resource limits a failed syscall carries (`RLIMIT_NOFILE`, `RLIMIT_NPROC`,
+/// `RLIMIT_AS`): the ones EMFILE, fork's EAGAIN and ENOMEM run into.
+pub const RLIMITS_REPORTED: [u32; 3] = [7, 6, 9];
 
 pub const SYSCALL_ERROR_INTERVAL_NS: u64 = 100_000_000;
 

@@ -147,7 +147,11 @@ pub struct StructLayout {
     /// `sk_buff.dev` and `net_device.nd_net`, for segments without a socket.
     pub skb_dev: u16,
     pub dev_net: u16,
+    /// `task_struct.signal` and `signal_struct.rlim`: a failing task's resource limits.
+    pub task_signal: u16,
+    pub signal_rlim: u16,
     pub _pad: u16,
+    pub _pad2: u16,
 }
 
 /// `avc:selinux_audited`; the three contexts are `__data_loc char[]` fields.
@@ -285,7 +289,10 @@ impl KernelLayout {
             net_inum: ABSENT,
             skb_dev: ABSENT,
             dev_net: ABSENT,
+            task_signal: ABSENT,
+            signal_rlim: ABSENT,
             _pad: 0,
+            _pad2: 0,
         },
     };
 }

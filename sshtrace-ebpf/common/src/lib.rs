@@ -38,6 +38,10 @@ pub struct Settings {
     pub netfilter_drop: u32,
     /// Non-zero: report TCP events only in the network namespaces of `TRACKED_NETNS`.
     pub filter_netns: u32,
+    /// This kernel's `SKB_DROP_REASON_NO_SOCKET` when its `tcp:tcp_send_reset` does not report
+    /// resets sent without a socket (before 6.10): refusals are then seen as the refused
+    /// segment's drop. `u32::MAX` otherwise.
+    pub no_socket_drop: u32,
 }
 
 #[cfg(feature = "user")]

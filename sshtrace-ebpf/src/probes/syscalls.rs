@@ -3,12 +3,15 @@
 //! spinning on accept with EMFILE) are counted here and sent at most every 100 ms per key.
 
 use aya_ebpf::{
-    helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_user_str_bytes},
+    helpers::{
+        bpf_get_current_pid_tgid, bpf_get_current_task, bpf_ktime_get_ns, bpf_probe_read_kernel,
+        bpf_probe_read_user_str_bytes,
+    },
     macros::{map, tracepoint},
     maps::LruHashMap,
     programs::TracePointContext,
 };
-use sshtrace_common::{SyscallErrorEvent, SYSCALL_ERROR_INTERVAL_NS};
+use sshtrace_common::{SyscallErrorEvent, ABSENT, RLIMITS_REPORTED, SYSCALL_ERROR_INTERVAL_NS};
 
 use super::field;
 use crate::{
@@ -142,13 +145,38 @@ fn try_sys_exit(ctx: &TracePointContext) -> Result<(), i32> {
             0,
         )?;
     }
+    let rlimits = current_rlimits();
     submit(|e: &mut SyscallErrorEvent| {
         e.nr = nr as i32;
         e.ret = ret as i32;
         e.suppressed = suppressed;
+        if let Some(rlimits) = rlimits {
+            e.rlimits_read = 1;
+            e.rlimits = rlimits;
+        }
         if path != 0 {
             let _ = unsafe { bpf_probe_read_user_str_bytes(path as *const u8, &mut e.path) };
         }
     });
     Ok(())
+}
+
+/// The current task's soft limits of [`RLIMITS_REPORTED`]: the values the failure met, read
+/// before the process can change or lose them.
+fn current_rlimits() -> Option<[u64; 3]> {
+    let s = layout().structs;
+    if s.task_signal == ABSENT || s.signal_rlim == ABSENT {
+        return None;
+    }
+    let task = unsafe { bpf_get_current_task() } as *const u8;
+    let signal: u64 =
+        unsafe { bpf_probe_read_kernel(task.add(s.task_signal as usize).cast()) }.ok()?;
+    let rlim = (signal as *const u8).wrapping_add(s.signal_rlim as usize);
+    let mut out = [0u64; 3];
+    for (slot, resource) in out.iter_mut().zip(RLIMITS_REPORTED) {
+        // struct rlimit { rlim_cur, rlim_max }: 16 bytes each.
+        let at = rlim.wrapping_add(resource as usize * 16);
+        *slot = unsafe { bpf_probe_read_kernel(at.cast()) }.ok()?;
+    }
+    Some(out)
 }

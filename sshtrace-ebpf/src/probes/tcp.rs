@@ -28,7 +28,7 @@ const TCPHDR_FLAGS: usize = 13;
 /// Where bursts of resets without a socket are counted: by tracked endpoint and client address.
 #[repr(C)]
 #[derive(Clone, Copy)]
-struct BurstKey {
+pub(super) struct BurstKey {
     netns: u32,
     local_port: u16,
     kind: u16,
@@ -37,7 +37,7 @@ struct BurstKey {
 }
 
 impl BurstKey {
-    fn client(ep: &Endpoints, kind: u16) -> Self {
+    pub(super) fn client(ep: &Endpoints, kind: u16) -> Self {
         Self {
             netns: ep.netns,
             local_port: ep.local_port,
@@ -65,7 +65,7 @@ static RESET_BURSTS: LruHashMap<BurstKey, Burst> = LruHashMap::with_max_entries(
 
 /// `Some(count of resets held back before this one)` when a record should be sent now, `None`
 /// when this one is only counted.
-fn burst(key: BurstKey) -> Option<u32> {
+pub(super) fn burst(key: BurstKey) -> Option<u32> {
     let now = unsafe { bpf_ktime_get_ns() };
     let Some(b) = RESET_BURSTS.get_ptr_mut(key) else {
         let fresh = Burst {

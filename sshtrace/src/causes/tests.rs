@@ -47,7 +47,7 @@ fn names_cache() -> crate::runtime::ContainerNames {
 
 /// This machine's set: Landlock is the only LSM that can deny file access.
 fn lsms() -> crate::kernel::lsm::ActiveLsms {
-    crate::kernel::lsm::ActiveLsms::from_list("lockdown,capability,landlock,bpf", false)
+    crate::kernel::lsm::ActiveLsms::from_list("lockdown,capability,landlock,bpf", &|l| l != "bpf")
 }
 
 fn tuple() -> ConnTuple {
@@ -459,6 +459,7 @@ fn syscall_error(
     s.ev(
         task(pid, "sshd"),
         Kind::SyscallError {
+            rlimits: None,
             syscall: syscall.into(),
             errno,
             suppressed: 0,
@@ -752,6 +753,7 @@ fn stalled_listener_is_reported_before_anything_ends() {
     s.ev(
         task(LISTENER, "sshd"),
         Kind::SyscallError {
+            rlimits: None,
             syscall: "accept4".into(),
             errno: crate::kernel::syscalls::EMFILE,
             suppressed: 199,
@@ -966,6 +968,7 @@ fn eacces(s: &mut Script, pid: u32, path: &str, mode_allows: bool) {
     s.ev(
         task(pid, "sshd"),
         Kind::SyscallError {
+            rlimits: None,
             syscall: "openat".into(),
             errno: crate::kernel::syscalls::EACCES,
             suppressed: 0,

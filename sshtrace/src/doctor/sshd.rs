@@ -260,7 +260,7 @@ fn parse_startups(title: &str) -> Option<(u32, u32, u32)> {
 fn limits(t: &Target) -> Vec<Check> {
     let mut out = Vec::new();
     for &pid in t.sshd.listeners.keys() {
-        let facts = limits::for_failure(pid, "accept", crate::kernel::syscalls::EMFILE);
+        let facts = limits::for_failure(pid, "accept", crate::kernel::syscalls::EMFILE, None);
         if let Some(f) = facts {
             let (open, max) = (
                 f.current.as_deref().and_then(|c| c.parse::<u64>().ok()),

@@ -124,6 +124,8 @@ pub fn discover(tracefs: &Path, btf: &Btf) -> Result<KernelLayout> {
     layout.structs.net_inum = ns_inum.unwrap_or(ABSENT);
     layout.structs.skb_dev = member("sk_buff", "dev").unwrap_or(ABSENT);
     layout.structs.dev_net = member("net_device", "nd_net").unwrap_or(ABSENT);
+    layout.structs.task_signal = member("task_struct", "signal").unwrap_or(ABSENT);
+    layout.structs.signal_rlim = member("signal_struct", "rlim").unwrap_or(ABSENT);
     Ok(layout)
 }
 

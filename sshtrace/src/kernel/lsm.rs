@@ -1,6 +1,8 @@
 //! Which Linux Security Modules can deny an access on this host, from securityfs
-//! (`/sys/kernel/security/lsm`, mounted privately when absent) and, for BPF-LSM, from whether
-//! any BPF LSM program is loaded.
+//! (`/sys/kernel/security/lsm`, mounted privately when absent). An LSM that is active but has
+//! no policy denies nothing, and is not counted: BPF-LSM without a loaded program, AppArmor
+//! without a loaded profile, TOMOYO without an enforcing profile (Debian's kernels enable both
+//! with no policy).
 
 use std::{fs, path::Path};
 
@@ -38,7 +40,7 @@ impl ActiveLsms {
             }
         }
         match fs::read_to_string(&list) {
-            Ok(text) => Self::from_list(&text, bpf_lsm_programs_loaded()),
+            Ok(text) => Self::from_list(&text, &has_policy),
             Err(err) => Self {
                 unknown_because: Some(format!("{}: {err}", list.display())),
                 ..Self::default()
@@ -46,7 +48,8 @@ impl ActiveLsms {
         }
     }
 
-    pub fn from_list(text: &str, bpf_programs: bool) -> Self {
+    /// `has_policy(lsm)`: whether an access-control LSM has a policy that can deny.
+    pub fn from_list(text: &str, has_policy: &dyn Fn(&str) -> bool) -> Self {
         let all: Vec<String> = text
             .trim()
             .split(',')
@@ -55,9 +58,7 @@ impl ActiveLsms {
             .collect();
         let access_control = all
             .iter()
-            .filter(|l| {
-                ACCESS_CONTROL.contains(&l.as_str()) && (l.as_str() != "bpf" || bpf_programs)
-            })
+            .filter(|l| ACCESS_CONTROL.contains(&l.as_str()) && has_policy(l))
             .cloned()
             .collect();
         Self {
@@ -76,6 +77,23 @@ impl ActiveLsms {
     }
 }
 
+/// Whether `lsm` has a policy loaded that can deny; true when that cannot be read, so that
+/// an LSM is never ruled out without evidence.
+fn has_policy(lsm: &str) -> bool {
+    let read = |name: &str| fs::read_to_string(Path::new(SECURITYFS).join(name)).ok();
+    match lsm {
+        "bpf" => bpf_lsm_programs_loaded(),
+        "apparmor" => read("apparmor/profiles").is_none_or(|p| !p.trim().is_empty()),
+        "tomoyo" => read("tomoyo/profile").is_none_or(|p| tomoyo_enforces(&p)),
+        _ => true,
+    }
+}
+
+/// TOMOYO denies only in a profile whose mode is `enforcing`.
+fn tomoyo_enforces(profiles: &str) -> bool {
+    profiles.contains("mode=enforcing")
+}
+
 fn bpf_lsm_programs_loaded() -> bool {
     loaded_programs()
         .filter_map(Result::ok)
@@ -88,12 +106,26 @@ mod tests {
 
     #[test]
     fn only_access_control_lsms_count() {
-        let lsms = ActiveLsms::from_list("lockdown,capability,landlock,bpf\n", false);
+        let lsms = ActiveLsms::from_list("lockdown,capability,landlock,bpf\n", &|l| l != "bpf");
         assert_eq!(lsms.access_control, vec!["landlock"]);
         assert_eq!(lsms.sole_access_control(), Some("landlock"));
-        let with_bpf = ActiveLsms::from_list("lockdown,capability,landlock,bpf", true);
+        let with_bpf = ActiveLsms::from_list("lockdown,capability,landlock,bpf", &|_| true);
         assert_eq!(with_bpf.sole_access_control(), None);
-        let none = ActiveLsms::from_list("capability,yama", false);
+        let none = ActiveLsms::from_list("capability,yama", &|_| true);
         assert!(none.access_control.is_empty());
+    }
+
+    /// Debian's kernels: AppArmor and TOMOYO active without a policy deny nothing.
+    #[test]
+    fn active_lsms_without_policy_do_not_count() {
+        let list = "lockdown,capability,landlock,yama,apparmor,tomoyo,bpf";
+        let lsms = ActiveLsms::from_list(list, &|l| l == "landlock");
+        assert_eq!(lsms.sole_access_control(), Some("landlock"));
+        assert!(!tomoyo_enforces(
+            "PROFILE_VERSION=20150505\n0-CONFIG={ mode=disabled }\n"
+        ));
+        assert!(tomoyo_enforces(
+            "1-CONFIG={ mode=enforcing grant_log=no }\n"
+        ));
     }
 }

@@ -21,11 +21,17 @@ impl KernelNames {
                 .map(|(n, v)| (v, n.strip_prefix(prefix).unwrap_or(&n).to_owned()))
                 .collect::<Vec<_>>()
         };
-        Self {
-            rst_reasons: table(Some("sk_rst_reason"), None, "SK_RST_REASON_")
+        let mut rst_reasons: HashMap<u32, String> =
+            table(Some("sk_rst_reason"), None, "SK_RST_REASON_")
                 .into_iter()
                 .map(|(v, n)| (v as u32, n))
-                .collect(),
+                .collect();
+        if rst_reasons.is_empty() {
+            // Before 6.10 refusals are seen as the segment's NO_SOCKET drop (see the probe).
+            rst_reasons.insert(sshtrace_common::REASON_NO_SOCKET_DROP, "NO_SOCKET".into());
+        }
+        Self {
+            rst_reasons,
             drop_reasons: table(Some("skb_drop_reason"), None, "SKB_DROP_REASON_")
                 .into_iter()
                 .map(|(v, n)| (v as u32, n))
@@ -44,6 +50,12 @@ impl KernelNames {
             drop_reasons: HashMap::new(),
             tcp_states: states.iter().map(|&(v, n)| (v, n.to_owned())).collect(),
         }
+    }
+
+    /// For tests: drop reasons given directly.
+    pub fn with_drop_reasons(mut self, drop: &[(u32, &str)]) -> Self {
+        self.drop_reasons = drop.iter().map(|&(v, n)| (v, n.to_owned())).collect();
+        self
     }
 
     /// E.g. `NO_SOCKET`, `TCP_ABORT_ON_CLOSE`; unknown numbers stay visible as numbers.

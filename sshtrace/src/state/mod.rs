@@ -225,6 +225,7 @@ impl State {
                 path,
                 limit,
                 dac,
+                ..
             } => {
                 let p = self.procs.touch(event.task.pid, &event.task.comm, ts);
                 p.record_error(SyscallError {

@@ -1,0 +1,231 @@
+//! What this kernel lets sshtrace see. Each kind of evidence has an ordered list of ways to
+//! collect it; the plan picks the first this kernel offers (from its tracepoint formats and
+//! BTF), and names the verdicts that degrade when there is none. `--probe-report` prints it,
+//! and start-up summarises what is missing, so that a verdict absent for lack of a hook is
+//! never absent silently.
+
+use std::fmt::Write as _;
+
+use sshtrace_common::{KernelLayout, ABSENT};
+
+use crate::kernel::names::KernelNames;
+
+/// How resets sent without a socket (a connection to a port nothing listens on) are seen.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NoSocketResets {
+    /// `tcp:tcp_send_reset` fires for them (6.10+, the kernel that added `reason`).
+    Tracepoint,
+    /// Seen as the refused segment's `skb:kfree_skb` with this drop reason (NO_SOCKET, 5.17+):
+    /// the stack answers every such segment that is not itself a reset with a RST.
+    DroppedSegment(u32),
+    Unavailable,
+}
+
+impl NoSocketResets {
+    pub fn drop_reason(self) -> Option<u32> {
+        match self {
+            Self::DroppedSegment(reason) => Some(reason),
+            _ => None,
+        }
+    }
+}
+
+/// One kind of evidence: how it is collected here, or what is lost without it.
+#[derive(Clone, Debug)]
+pub struct Capability {
+    pub evidence: &'static str,
+    /// The way chosen on this kernel, `None` when it has none.
+    pub source: Option<String>,
+    /// Every way sshtrace knows, best first.
+    pub ways: &'static [&'static str],
+    /// What the verdicts lack when the evidence is missing.
+    pub without: &'static str,
+}
+
+#[derive(Clone, Debug)]
+pub struct Plan {
+    pub no_socket_resets: NoSocketResets,
+    pub capabilities: Vec<Capability>,
+}
+
+impl Plan {
+    pub fn new(layout: &KernelLayout, names: &KernelNames) -> Self {
+        let has = |offset: u16| offset != ABSENT;
+        let drop_reasons = has(layout.kfree_skb.reason);
+        let no_socket_resets = if has(layout.send_reset.reason) {
+            NoSocketResets::Tracepoint
+        } else {
+            match names.drop_reason_value("NO_SOCKET") {
+                Some(reason) if drop_reasons => NoSocketResets::DroppedSegment(reason),
+                _ => NoSocketResets::Unavailable,
+            }
+        };
+        let netfilter = drop_reasons && names.drop_reason_value("NETFILTER_DROP").is_some();
+        let capabilities = vec![
+            Capability {
+                evidence: "resets sent without a socket (refused connections)",
+                source: match no_socket_resets {
+                    NoSocketResets::Tracepoint => {
+                        Some("tcp:tcp_send_reset with no socket (6.10+)".into())
+                    }
+                    NoSocketResets::DroppedSegment(_) => {
+                        Some("skb:kfree_skb reason NO_SOCKET (5.17+)".into())
+                    }
+                    NoSocketResets::Unavailable => None,
+                },
+                ways: &[
+                    "tcp:tcp_send_reset with no socket (6.10+)",
+                    "skb:kfree_skb reason NO_SOCKET (5.17+)",
+                ],
+                without: "not_listening is never reported: a refused connection leaves no \
+                          record (the client sees 'Connection refused')",
+            },
+            Capability {
+                evidence: "why the stack sent a reset (enum sk_rst_reason)",
+                source: has(layout.send_reset.reason)
+                    .then(|| "tcp:tcp_send_reset field reason (6.10+)".into()),
+                ways: &["tcp:tcp_send_reset field reason (6.10+)"],
+                without: "kernel_abort and socket_killed (ss -K) cannot be told from an \
+                          application's close: such resets are judged on process evidence \
+                          alone, or `unknown` with the raw facts",
+            },
+            Capability {
+                evidence: "firewall drops (skb_drop_reason NETFILTER_DROP)",
+                source: netfilter.then(|| "skb:kfree_skb reason NETFILTER_DROP (5.17+)".into()),
+                ways: &["skb:kfree_skb reason NETFILTER_DROP (5.17+)"],
+                without: "firewall is never reported: a REJECT is seen only as the reset the \
+                          client receives (peer_reset or unknown)",
+            },
+            Capability {
+                evidence: "an OOM victim's memory figures",
+                source: has(layout.oom.total_vm)
+                    .then(|| "oom:mark_victim fields total_vm, anon_rss… (6.2+)".into()),
+                ways: &["oom:mark_victim fields total_vm, anon_rss… (6.2+)"],
+                without: "oom_killed names the victim but not its memory use",
+            },
+            Capability {
+                evidence: "whether a whole thread group exited",
+                source: has(layout.exit.group_dead)
+                    .then(|| "sched:sched_process_exit field group_dead (6.16+)".into())
+                    .or_else(|| Some("the thread-group leader's exit".into())),
+                ways: &[
+                    "sched:sched_process_exit field group_dead (6.16+)",
+                    "the thread-group leader's exit",
+                ],
+                without: "",
+            },
+            Capability {
+                evidence: "SELinux denials",
+                source: has(layout.selinux.tclass)
+                    .then(|| "avc:selinux_audited".into())
+                    .or_else(|| Some("audit records (AVC) when auditing is on".into())),
+                ways: &[
+                    "avc:selinux_audited",
+                    "audit records (AVC) when auditing is on",
+                ],
+                without: "",
+            },
+        ];
+        Self {
+            no_socket_resets,
+            capabilities,
+        }
+    }
+
+    /// The evidence this kernel cannot give, one line each with what it costs.
+    pub fn missing(&self) -> impl Iterator<Item = &Capability> {
+        self.capabilities.iter().filter(|c| c.source.is_none())
+    }
+
+    /// The full report: hooks attached or skipped, then every kind of evidence.
+    pub fn report(&self, release: &str, attached: &[String], skipped: &[String]) -> String {
+        let mut out = String::new();
+        let _ = writeln!(out, "kernel {release}");
+        let _ = writeln!(out, "\nhooks attached ({}):", attached.len());
+        for hook in attached {
+            let _ = writeln!(out, "  {hook}");
+        }
+        if !skipped.is_empty() {
+            let _ = writeln!(out, "hooks this kernel lacks ({}):", skipped.len());
+            for hook in skipped {
+                let _ = writeln!(out, "  {hook}");
+            }
+        }
+        let _ = writeln!(out, "\nevidence:");
+        for c in &self.capabilities {
+            match &c.source {
+                Some(source) => {
+                    let _ = writeln!(out, "  {}: {source}", c.evidence);
+                }
+                None => {
+                    let _ = writeln!(
+                        out,
+                        "  {}: UNAVAILABLE (ways known: {})",
+                        c.evidence,
+                        c.ways.join("; ")
+                    );
+                    let _ = writeln!(out, "    without it: {}", c.without);
+                }
+            }
+        }
+        let missing = self.missing().count();
+        let _ = writeln!(
+            out,
+            "\n{}",
+            if missing == 0 {
+                "every verdict is available on this kernel".to_owned()
+            } else {
+                format!("{missing} kind(s) of evidence unavailable: the verdicts above degrade")
+            }
+        );
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn names(drop: &[(u32, &str)]) -> KernelNames {
+        KernelNames::from_tables(&[], &[]).with_drop_reasons(drop)
+    }
+
+    fn layout_6_18() -> KernelLayout {
+        let mut l = KernelLayout::ABSENT;
+        l.send_reset.reason = 28;
+        l.kfree_skb.reason = 28;
+        l.oom.total_vm = 40;
+        l
+    }
+
+    #[test]
+    fn newer_kernels_see_refusals_in_the_reset_tracepoint() {
+        let plan = Plan::new(
+            &layout_6_18(),
+            &names(&[(2, "NO_SOCKET"), (9, "NETFILTER_DROP")]),
+        );
+        assert_eq!(plan.no_socket_resets, NoSocketResets::Tracepoint);
+        assert_eq!(plan.no_socket_resets.drop_reason(), None);
+    }
+
+    /// 6.1: no reason in tcp_send_reset, but drop reasons in kfree_skb.
+    #[test]
+    fn before_6_10_refusals_come_from_the_dropped_segment() {
+        let mut l = layout_6_18();
+        l.send_reset.reason = ABSENT;
+        let plan = Plan::new(&l, &names(&[(2, "NO_SOCKET"), (9, "NETFILTER_DROP")]));
+        assert_eq!(plan.no_socket_resets, NoSocketResets::DroppedSegment(2));
+        let missing: Vec<&str> = plan.missing().map(|c| c.evidence).collect();
+        assert_eq!(missing, ["why the stack sent a reset (enum sk_rst_reason)"]);
+    }
+
+    /// 5.10: neither reasons nor drop reasons.
+    #[test]
+    fn without_drop_reasons_refusals_and_firewall_are_unavailable() {
+        let plan = Plan::new(&KernelLayout::ABSENT, &names(&[]));
+        assert_eq!(plan.no_socket_resets, NoSocketResets::Unavailable);
+        let report = plan.report("5.10.0", &["tracepoint tcp:tcp_send_reset".into()], &[]);
+        assert!(report.contains("resets sent without a socket (refused connections): UNAVAILABLE"));
+        assert!(report.contains("firewall is never reported"));
+    }
+}
