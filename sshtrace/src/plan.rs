@@ -10,6 +10,11 @@ use sshtrace_common::{KernelLayout, ABSENT};
 
 use crate::kernel::names::KernelNames;
 
+const LANDLOCK_AUDIT: &str = "Landlock audit records (6.15+), when auditing is on";
+const LSM_BY_ELIMINATION: &str =
+    "the failed syscall's errno, the mode bits and the sole active access-control LSM";
+const KPROBE_REFUSALS: &str = "kprobe tcp_v4_send_reset/tcp_v6_send_reset without a socket";
+
 /// How resets sent without a socket (a connection to a port nothing listens on) are seen.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum NoSocketResets {
@@ -18,6 +23,9 @@ pub enum NoSocketResets {
     /// Seen as the refused segment's `skb:kfree_skb` with this drop reason (NO_SOCKET, 5.17+):
     /// the stack answers every such segment that is not itself a reset with a RST.
     DroppedSegment(u32),
+    /// `tcp_v4_send_reset`/`tcp_v6_send_reset` called without a socket, through kprobes
+    /// (kernels without drop reasons, where kprobes are built in).
+    Kprobe,
     Unavailable,
 }
 
@@ -49,7 +57,9 @@ pub struct Plan {
 }
 
 impl Plan {
-    pub fn new(layout: &KernelLayout, names: &KernelNames) -> Self {
+    /// `landlock_audit`: the kernel's Landlock writes audit records of its denials (6.15+,
+    /// marked by `struct landlock_request` in BTF).
+    pub fn new(layout: &KernelLayout, names: &KernelNames, landlock_audit: bool) -> Self {
         let has = |offset: u16| offset != ABSENT;
         let drop_reasons = has(layout.kfree_skb.reason);
         let no_socket_resets = if has(layout.send_reset.reason) {
@@ -71,11 +81,13 @@ impl Plan {
                     NoSocketResets::DroppedSegment(_) => {
                         Some("skb:kfree_skb reason NO_SOCKET (5.17+)".into())
                     }
+                    NoSocketResets::Kprobe => Some(KPROBE_REFUSALS.into()),
                     NoSocketResets::Unavailable => None,
                 },
                 ways: &[
                     "tcp:tcp_send_reset with no socket (6.10+)",
                     "skb:kfree_skb reason NO_SOCKET (5.17+)",
+                    KPROBE_REFUSALS,
                 ],
                 without: "not_listening is never reported: a refused connection leaves no \
                           record (the client sees 'Connection refused')",
@@ -98,9 +110,10 @@ impl Plan {
             },
             Capability {
                 evidence: "an OOM victim's memory figures",
-                source: has(layout.oom.total_vm)
-                    .then(|| "oom:mark_victim fields total_vm, anon_rss… (6.2+)".into()),
-                ways: &["oom:mark_victim fields total_vm, anon_rss… (6.2+)"],
+                source: has(layout.oom.total_vm).then(|| {
+                    "oom:mark_victim fields total_vm, anon_rss… (6.2+, some stable kernels)".into()
+                }),
+                ways: &["oom:mark_victim fields total_vm, anon_rss… (6.2+, some stable kernels)"],
                 without: "oom_killed names the victim but not its memory use",
             },
             Capability {
@@ -112,6 +125,19 @@ impl Plan {
                     "sched:sched_process_exit field group_dead (6.16+)",
                     "the thread-group leader's exit",
                 ],
+                without: "",
+            },
+            Capability {
+                evidence: "which LSM denied an access (Landlock)",
+                source: Some(
+                    if landlock_audit {
+                        LANDLOCK_AUDIT
+                    } else {
+                        LSM_BY_ELIMINATION
+                    }
+                    .into(),
+                ),
+                ways: &[LANDLOCK_AUDIT, LSM_BY_ELIMINATION],
                 without: "",
             },
             Capability {
@@ -130,6 +156,18 @@ impl Plan {
             no_socket_resets,
             capabilities,
         }
+    }
+
+    /// Whether the kprobes on `tcp_v{4,6}_send_reset` are wanted: only where nothing better
+    /// shows refusals.
+    pub fn wants_refusal_kprobes(&self) -> bool {
+        self.no_socket_resets == NoSocketResets::Unavailable
+    }
+
+    /// The kprobes attached: refusals are seen through them.
+    pub fn refusals_by_kprobe(&mut self) {
+        self.no_socket_resets = NoSocketResets::Kprobe;
+        self.capabilities[0].source = Some(KPROBE_REFUSALS.into());
     }
 
     /// The evidence this kernel cannot give, one line each with what it costs.
@@ -203,6 +241,7 @@ mod tests {
         let plan = Plan::new(
             &layout_6_18(),
             &names(&[(2, "NO_SOCKET"), (9, "NETFILTER_DROP")]),
+            true,
         );
         assert_eq!(plan.no_socket_resets, NoSocketResets::Tracepoint);
         assert_eq!(plan.no_socket_resets.drop_reason(), None);
@@ -213,7 +252,11 @@ mod tests {
     fn before_6_10_refusals_come_from_the_dropped_segment() {
         let mut l = layout_6_18();
         l.send_reset.reason = ABSENT;
-        let plan = Plan::new(&l, &names(&[(2, "NO_SOCKET"), (9, "NETFILTER_DROP")]));
+        let plan = Plan::new(
+            &l,
+            &names(&[(2, "NO_SOCKET"), (9, "NETFILTER_DROP")]),
+            false,
+        );
         assert_eq!(plan.no_socket_resets, NoSocketResets::DroppedSegment(2));
         let missing: Vec<&str> = plan.missing().map(|c| c.evidence).collect();
         assert_eq!(missing, ["why the stack sent a reset (enum sk_rst_reason)"]);
@@ -222,10 +265,17 @@ mod tests {
     /// 5.10: neither reasons nor drop reasons.
     #[test]
     fn without_drop_reasons_refusals_and_firewall_are_unavailable() {
-        let plan = Plan::new(&KernelLayout::ABSENT, &names(&[]));
+        let mut plan = Plan::new(&KernelLayout::ABSENT, &names(&[]), false);
         assert_eq!(plan.no_socket_resets, NoSocketResets::Unavailable);
+        assert!(plan.wants_refusal_kprobes());
         let report = plan.report("5.10.0", &["tracepoint tcp:tcp_send_reset".into()], &[]);
         assert!(report.contains("resets sent without a socket (refused connections): UNAVAILABLE"));
         assert!(report.contains("firewall is never reported"));
+        // Where the kprobes attach, refusals are seen again.
+        plan.refusals_by_kprobe();
+        assert_eq!(plan.missing().count(), 3);
+        assert!(plan
+            .report("5.10.0", &[], &[])
+            .contains("refused connections): kprobe tcp_v4_send_reset"));
     }
 }

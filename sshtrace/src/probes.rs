@@ -6,7 +6,7 @@ use std::collections::BTreeSet;
 use anyhow::{Context, Result};
 use aya::{
     maps::{HashMap, MapData, PerCpuArray, RingBuf},
-    programs::{RawTracePoint, TracePoint},
+    programs::{KProbe, RawTracePoint, TracePoint},
     Ebpf, EbpfLoader,
 };
 use sshtrace_common::{counter, pid_flags, KernelLayout, Settings, PATH_SYSCALLS};
@@ -18,6 +18,7 @@ static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/ss
 enum Attach {
     TracePoint(&'static str, &'static str),
     RawTracePoint(&'static str),
+    KProbe(&'static str),
 }
 
 /// A program and how it attaches. An optional hook (some kernels or architectures lack it)
@@ -59,6 +60,9 @@ const HOOKS: &[Hook] = &[
     tracepoint("skb", "kfree_skb"),
 ];
 
+/// Kernel functions that send a reset without a socket: the last way to see refusals.
+const REFUSAL_KPROBES: [&str; 2] = ["tcp_v4_send_reset", "tcp_v6_send_reset"];
+
 pub struct Probes {
     /// Keeps programs and links alive; dropping it detaches everything.
     _ebpf: Ebpf,
@@ -71,7 +75,15 @@ pub struct Probes {
 }
 
 impl Probes {
-    pub fn load(layout: KernelLayout, settings: Settings) -> Result<Self> {
+    /// Whether the refusal kprobes attached (the IPv4 one at least).
+    pub fn refusal_kprobes_attached(&self) -> bool {
+        self.attached
+            .iter()
+            .any(|h| h == &format!("kprobe {}", REFUSAL_KPROBES[0]))
+    }
+
+    /// `refusal_kprobes`: also try the kprobes that see refusals where no tracepoint does.
+    pub fn load(layout: KernelLayout, settings: Settings, refusal_kprobes: bool) -> Result<Self> {
         let mut ebpf = EbpfLoader::new()
             .override_global("LAYOUT", &layout, true)
             .override_global("SETTINGS", &settings, true)
@@ -87,7 +99,21 @@ impl Probes {
             required: false,
             ..tracepoint("avc", "selinux_audited")
         };
-        for hook in HOOKS.iter().copied().chain(path_hooks).chain([selinux]) {
+        let kprobes = REFUSAL_KPROBES
+            .iter()
+            .filter(|_| refusal_kprobes)
+            .map(|name| Hook {
+                program: name,
+                attach: Attach::KProbe(name),
+                required: false,
+            });
+        for hook in HOOKS
+            .iter()
+            .copied()
+            .chain(path_hooks)
+            .chain([selinux])
+            .chain(kprobes)
+        {
             match attach(&mut ebpf, hook.program, hook.attach) {
                 Ok(done) => attached.push(done),
                 Err(err) if !hook.required => skipped.push(format!("{} ({err:#})", hook.program)),
@@ -134,6 +160,13 @@ fn attach(ebpf: &mut Ebpf, name: &str, how: Attach) -> Result<String> {
             p.attach(tp)
                 .with_context(|| format!("cannot attach raw tracepoint {tp}"))?;
             format!("raw_tracepoint {tp}")
+        }
+        Attach::KProbe(function) => {
+            let p: &mut KProbe = program.try_into()?;
+            p.load().with_context(|| format!("cannot load {name}"))?;
+            p.attach(function, 0)
+                .with_context(|| format!("cannot attach a kprobe to {function}"))?;
+            format!("kprobe {function}")
         }
     })
 }

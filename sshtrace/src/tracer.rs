@@ -52,9 +52,9 @@ pub async fn run(
     let btf = Btf::load()?;
     let layout = layout::discover(&tracefs, &btf)?;
     let names = KernelNames::from_btf(&btf);
+    let mut plan = Plan::new(&layout, &names, btf.has_type("landlock_request"));
     // What was needed is extracted; the parsed BTF is large.
     drop(btf);
-    let plan = Plan::new(&layout, &names);
     let sockets = if cli.runtime_sockets.is_empty() {
         crate::runtime::DEFAULT_SOCKETS
             .iter()
@@ -82,7 +82,11 @@ pub async fn run(
                 .unwrap_or(u32::MAX),
             no_socket_drop: plan.no_socket_resets.drop_reason().unwrap_or(u32::MAX),
         },
+        plan.wants_refusal_kprobes(),
     )?;
+    if probes.refusal_kprobes_attached() {
+        plan.refusals_by_kprobe();
+    }
     if cli.probe_report {
         print!(
             "{}",

@@ -18,6 +18,8 @@ pub enum Evidence {
     RefusalsFromTheResetTracepoint,
     /// NETFILTER_DROP in `skb:kfree_skb` (5.17+).
     FirewallDrops,
+    /// Landlock's own audit records of its denials (6.15+).
+    LandlockAuditRecords,
 }
 
 impl Evidence {
@@ -29,6 +31,9 @@ impl Evidence {
                 ("resets sent without a socket", Some("tcp:tcp_send_reset"))
             }
             Self::FirewallDrops => ("firewall drops", None),
+            Self::LandlockAuditRecords => {
+                ("which LSM denied an access", Some("Landlock audit records"))
+            }
         }
     }
 }

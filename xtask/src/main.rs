@@ -39,8 +39,13 @@ enum Task {
         #[arg(long, default_value_t = 60)]
         storm_seconds: u64,
     },
-    /// Set up, build and run every test: unit tests and the real-sshd integration suite.
+    /// Set up, build and run every test: unit tests and the real-sshd integration suite on this
+    /// kernel, then the integration suite again on Debian 12's 6.1 kernel in a VM (the
+    /// pre-6.10 tracepoint layout).
     Test {
+        /// Skip the 6.1 VM run (for quick local iterations; CI never passes it).
+        #[arg(long)]
+        no_vm: bool,
         /// Arguments passed to `cargo test` after `--` (e.g. a test name filter).
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
@@ -53,13 +58,17 @@ enum Task {
         #[arg(long, value_enum, default_value_t = vm::Accel::Auto)]
         accel: vm::Accel,
         /// Guest memory in MiB.
-        #[arg(long, default_value_t = 6144)]
+        #[arg(long, default_value_t = vm::DEFAULT_MEMORY_MIB)]
         memory: u32,
         /// Arguments passed to every test binary (e.g. a test name filter).
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
 }
+
+/// The kernel `cargo xtask test` runs the suite on besides the host's: Debian 12's, before
+/// `tcp:tcp_send_reset` changed shape in 6.10.
+const CI_VM_KERNEL: &str = "6.1";
 
 fn main() -> ExitCode {
     match run(Cli::parse().task) {
@@ -112,10 +121,10 @@ fn run(task: Task) -> Result<()> {
                 },
             )
         }
-        Task::Test { args } => {
+        Task::Test { no_vm, args } => {
             setup::run()?;
             let binary = build(false)?;
-            cmd::run(
+            let host = cmd::run(
                 cmd::cargo()
                     // The eBPF crate builds for the BPF target only (through sshtrace's build.rs).
                     .args([
@@ -129,7 +138,23 @@ fn run(task: Task) -> Result<()> {
                     .args(&args)
                     .env("SSHTRACE_BIN", &binary),
                 "run the test suite",
-            )
+            );
+            if no_vm {
+                eprintln!("xtask test: --no-vm: the 6.1 kernel run is skipped");
+                return host;
+            }
+            // Run the VM suite even when the host's failed: both results matter.
+            let vm = vm::run(
+                &binary,
+                &workspace_root(),
+                &vm::Options {
+                    kernel: CI_VM_KERNEL.into(),
+                    accel: vm::Accel::Auto,
+                    memory_mib: vm::DEFAULT_MEMORY_MIB,
+                    test_args: args,
+                },
+            );
+            host.and(vm)
         }
     }
 }

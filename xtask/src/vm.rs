@@ -37,6 +37,8 @@ deb http://deb.debian.org/debian bookworm-backports main
 /// resolved; names as in modules.dep.
 const BOOT_MODULES: &[&str] = &["virtio_pci", "9pnet_virtio", "9p", "overlay"];
 
+pub const DEFAULT_MEMORY_MIB: u32 = 6144;
+
 /// How long the whole guest run may take before it is stopped.
 const GUEST_TIMEOUT: Duration = Duration::from_secs(45 * 60);
 

@@ -1,10 +1,16 @@
-//! Dropped TCP segments to or from tracked ports (`skb:kfree_skb`), by the kernel's drop
-//! reason: NETFILTER_DROP (a firewall rule), and, on kernels whose `tcp:tcp_send_reset` does
-//! not report resets sent without a socket (before 6.10), NO_SOCKET: the segment nothing
-//! listened for, which the stack answers with a RST. The 4-tuple is read from the packet's own
-//! IP and TCP headers.
+//! Dropped and refused TCP segments to or from tracked ports. `skb:kfree_skb`, by the kernel's
+//! drop reason: NETFILTER_DROP (a firewall rule), and, on kernels whose `tcp:tcp_send_reset`
+//! does not report resets sent without a socket (before 6.10), NO_SOCKET: the segment nothing
+//! listened for, which the stack answers with a RST. Kernels without drop reasons (before
+//! 5.17) show that refusal only in `tcp_v4_send_reset`/`tcp_v6_send_reset` called without a
+//! socket: kprobes, attached only there. The 4-tuple is read from the packet's own IP and TCP
+//! headers.
 
-use aya_ebpf::{helpers::bpf_probe_read_kernel, macros::tracepoint, programs::TracePointContext};
+use aya_ebpf::{
+    helpers::bpf_probe_read_kernel,
+    macros::{kprobe, tracepoint},
+    programs::{ProbeContext, TracePointContext},
+};
 use sshtrace_common::{
     Endpoints, FirewallDropEvent, SendResetEvent, ABSENT, REASON_NO_SOCKET_DROP,
 };
@@ -29,6 +35,33 @@ const TCP_RST: u8 = 0x04;
 pub fn kfree_skb(ctx: TracePointContext) -> u32 {
     let _ = try_kfree_skb(&ctx);
     0
+}
+
+/// `tcp_v4_send_reset(const struct sock *sk, struct sk_buff *skb)`: with no socket, the reset
+/// answers a segment nothing listened for.
+#[kprobe]
+pub fn tcp_v4_send_reset(ctx: ProbeContext) -> u32 {
+    let _ = try_send_reset_without_socket(&ctx, ETH_P_IP);
+    0
+}
+
+#[kprobe]
+pub fn tcp_v6_send_reset(ctx: ProbeContext) -> u32 {
+    let _ = try_send_reset_without_socket(&ctx, ETH_P_IPV6);
+    0
+}
+
+fn try_send_reset_without_socket(ctx: &ProbeContext, protocol: u16) -> Result<(), i32> {
+    let sk: u64 = ctx.arg(0).ok_or(-1)?;
+    if sk != 0 {
+        // Resets of a socket are `tcp:tcp_send_reset`'s.
+        return Ok(());
+    }
+    let skb: u64 = ctx.arg(1).ok_or(-1)?;
+    match tracked_segment(skb, protocol)? {
+        Some(segment) => refused(segment),
+        None => Ok(()),
+    }
 }
 
 /// A TCP segment's addresses as seen from this host's tracked port.

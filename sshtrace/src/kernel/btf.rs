@@ -180,6 +180,11 @@ impl Btf {
         })
     }
 
+    /// Whether the kernel has a struct or union called `name` (a feature's marker).
+    pub fn has_type(&self, name: &str) -> bool {
+        self.by_name.contains_key(name)
+    }
+
     /// The byte offset of `member` in `struct name`, looking inside anonymous members too
     /// (fields of `struct sk_buff` sit in anonymous unions).
     pub fn member_offset(&self, name: &str, member: &str) -> Option<u32> {
