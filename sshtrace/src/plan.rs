@@ -105,8 +105,9 @@ impl Plan {
                 evidence: "firewall drops (skb_drop_reason NETFILTER_DROP)",
                 source: netfilter.then(|| "skb:kfree_skb reason NETFILTER_DROP (5.17+)".into()),
                 ways: &["skb:kfree_skb reason NETFILTER_DROP (5.17+)"],
-                without: "firewall is never reported: a REJECT is seen only as the reset the \
-                          client receives (peer_reset or unknown)",
+                without: "firewall is never reported: a dropped or rejected SYN leaves no \
+                          verdict; a reset a REJECT sends into an established session is a \
+                          peer_reset",
             },
             Capability {
                 evidence: "an OOM victim's memory figures",

@@ -164,7 +164,8 @@ impl Sshd {
     /// Waits until a login running `sleep` has its session: returns the per-connection sshd
     /// (the listener's child).
     pub fn wait_for_session(&self) -> u32 {
-        wait_for("the session's shell", Duration::from_secs(10), || {
+        // Generous: a session under emulation (cargo xtask vm-test) takes seconds to start.
+        wait_for("the session's shell", Duration::from_secs(30), || {
             let session = *crate::children(self.pid()).first()?;
             crate::process_tree(session)
                 .iter()

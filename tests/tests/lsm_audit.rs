@@ -9,7 +9,9 @@ use sshtrace_tests::{
 
 #[test]
 fn landlock_audit_record_names_the_denial() {
-    if !privileged("landlock_audit_record_names_the_denial") {
+    if !privileged("landlock_audit_record_names_the_denial")
+        || !kernel::landlock("landlock_audit_record_names_the_denial")
+    {
         return;
     }
     let _audit = AuditOn::new();

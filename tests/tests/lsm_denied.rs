@@ -4,7 +4,7 @@
 //! the only LSM on this kernel that can refuse it. Both symptoms: a host key (the client is
 //! reset) and `authorized_keys` ("Permission denied (publickey)").
 
-use sshtrace_tests::{privileged, Endpoint, Sshd, SshdOptions, Tracer, SYSTEM_DIRS};
+use sshtrace_tests::{kernel, privileged, Endpoint, Sshd, SshdOptions, Tracer, SYSTEM_DIRS};
 
 fn landlocked(name: &str, ep: Endpoint, allow_test_dir: bool) -> Sshd {
     let options = |allow: String| SshdOptions {
@@ -25,7 +25,9 @@ fn landlocked(name: &str, ep: Endpoint, allow_test_dir: bool) -> Sshd {
 
 #[test]
 fn host_key_refused_resets_the_client() {
-    if !privileged("host_key_refused_resets_the_client") {
+    if !privileged("host_key_refused_resets_the_client")
+        || !kernel::landlock("host_key_refused_resets_the_client")
+    {
         return;
     }
     let ep = Endpoint::new(140);
@@ -54,7 +56,9 @@ fn host_key_refused_resets_the_client() {
 
 #[test]
 fn authorized_keys_refused_denies_the_publickey() {
-    if !privileged("authorized_keys_refused_denies_the_publickey") {
+    if !privileged("authorized_keys_refused_denies_the_publickey")
+        || !kernel::landlock("authorized_keys_refused_denies_the_publickey")
+    {
         return;
     }
     let ep = Endpoint::new(141);

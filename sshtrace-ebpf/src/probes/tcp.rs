@@ -263,7 +263,13 @@ pub(super) fn read_endpoints(ctx: &TracePointContext, l: &AddrLayout) -> Result<
             }
         }
         addr_style::SPLIT => {
-            ep.family = field(ctx, l.family)?;
+            ep.family = match field(ctx, l.family) {
+                Ok(family) => family,
+                // No family field (before 5.12): the kernel stores an IPv4 connection's
+                // addresses v4-mapped in saddr_v6.
+                Err(_) if is_v4_mapped(&field::<[u8; 16]>(ctx, l.saddr_v6)?) => AF_INET,
+                Err(_) => AF_INET6,
+            };
             ep.local_port = field(ctx, l.sport)?;
             ep.remote_port = field(ctx, l.dport)?;
             match ep.family {
@@ -281,4 +287,10 @@ pub(super) fn read_endpoints(ctx: &TracePointContext, l: &AddrLayout) -> Result<
         _ => return Err(-1),
     }
     Ok(ep)
+}
+
+/// `::ffff:a.b.c.d`.
+#[inline(always)]
+fn is_v4_mapped(addr: &[u8; 16]) -> bool {
+    addr[..10].iter().all(|b| *b == 0) && addr[10] == 0xff && addr[11] == 0xff
 }

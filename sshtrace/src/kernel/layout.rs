@@ -142,7 +142,9 @@ fn addresses(f: &Format, tracepoint: &str) -> Result<AddrLayout> {
     }
     Ok(AddrLayout {
         style: addr_style::SPLIT,
-        family: f.require(tracepoint, "family")?,
+        // Before 5.12 tcp_send_reset/tcp_receive_reset have no family: the probe tells an
+        // IPv4 connection by its v4-mapped saddr_v6.
+        family: f.offset("family").unwrap_or(ABSENT),
         sport: f.require(tracepoint, "sport")?,
         dport: f.require(tracepoint, "dport")?,
         saddr: f.require(tracepoint, "saddr")?,
@@ -194,6 +196,24 @@ mod tests {
     fn missing_address_fields_are_named() {
         let f = format(&[("__u16 sport", 28, 2)]);
         let err = addresses(&f, "tcp:x").unwrap_err().to_string();
-        assert!(err.contains("tcp:x") && err.contains("family"), "{err}");
+        assert!(err.contains("tcp:x") && err.contains("dport"), "{err}");
+    }
+
+    /// 5.10's `tcp_send_reset`: split fields without a family.
+    #[test]
+    fn split_style_without_family() {
+        let f = format(&[
+            ("__u16 sport", 28, 2),
+            ("__u16 dport", 30, 2),
+            ("__u8 saddr[4]", 32, 4),
+            ("__u8 daddr[4]", 36, 4),
+            ("__u8 saddr_v6[16]", 40, 16),
+            ("__u8 daddr_v6[16]", 56, 16),
+        ]);
+        let a = addresses(&f, "tp").unwrap();
+        assert_eq!(
+            (a.style, a.family, a.saddr_v6),
+            (addr_style::SPLIT, ABSENT, 40)
+        );
     }
 }
