@@ -69,10 +69,10 @@ pub fn has(evidence: Evidence) -> bool {
 pub fn expect(test: &str, evidence: Evidence, degraded: &str) -> bool {
     let available = has(evidence);
     if !available {
-        eprintln!(
+        crate::loud(&format!(
             "KERNEL LACKS {evidence:?} ({}): {test} asserts the degraded verdict: {degraded}",
             release()
-        );
+        ));
     }
     available
 }
@@ -104,10 +104,10 @@ pub fn landlock(test: &str) -> bool {
         if std::env::var_os("CI").is_some() && !on_demand_vm {
             panic!("{test} needs Landlock, and CI must run every test");
         }
-        eprintln!(
+        crate::loud(&format!(
             "KERNEL LACKS Landlock ({}): {test} cannot provoke an LSM denial on this kernel; NOT RUN",
             release()
-        );
+        ));
     }
     abi >= 1
 }

@@ -68,8 +68,17 @@ pub fn privileged(test: &str) -> bool {
     if std::env::var_os("CI").is_some() {
         panic!("{test} needs root, and CI must run every privileged test");
     }
-    eprintln!("SKIPPED {test}: needs root to load eBPF programs and start sshd (run `sudo cargo xtask test`)");
+    loud(&format!(
+        "SKIPPED {test}: needs root to load eBPF programs and start sshd (run `sudo cargo xtask test`)"
+    ));
     false
+}
+
+/// Writes a line to the real standard error: the test harness captures `eprintln!`, and a
+/// skipped or degraded test must be seen even when it passes.
+pub fn loud(line: &str) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "{line}");
 }
 
 /// The sshtrace binary: `SSHTRACE_BIN` (set by `cargo xtask test`), else the one built next to
