@@ -281,8 +281,10 @@ fn build_test_binaries(workspace: &Path) -> Result<Vec<PathBuf>> {
     Ok(binaries.into_iter().collect())
 }
 
-/// Modules in `modules.dep` order: each one's dependencies before it.
-fn module_load_order(modules_dep: &str, wanted: &[&str]) -> Result<Vec<String>> {
+/// Modules in `modules.dep` order: each one's dependencies before it. Those built into the
+/// kernel (`modules.builtin`; e.g. virtio_pci in 6.12) need no loading.
+fn module_load_order(modules_dep: &str, builtin: &str, wanted: &[&str]) -> Result<Vec<String>> {
+    let builtin: Vec<&str> = builtin.lines().map(module_name).collect();
     let deps: Vec<(String, Vec<String>)> = modules_dep
         .lines()
         .filter_map(|l| {
@@ -300,7 +302,7 @@ fn module_load_order(modules_dep: &str, wanted: &[&str]) -> Result<Vec<String>> 
             .cloned()
     };
     let mut order: Vec<String> = Vec::new();
-    for name in wanted {
+    for name in wanted.iter().filter(|n| !builtin.contains(n)) {
         let module = path_of(name).with_context(|| format!("the kernel has no module {name}"))?;
         let (_, needs) = deps
             .iter()
@@ -332,12 +334,13 @@ fn build_initramfs(kernel: &Kernel, staging: &Path, out: &Path) -> Result<()> {
     fs::copy("/bin/busybox", staging.join("bin/busybox"))
         .context("busybox-static is needed for the test VM's initramfs")?;
     let modules_dep = fs::read_to_string(kernel.modules().join("modules.dep"))?;
+    let builtin = fs::read_to_string(kernel.modules().join("modules.builtin")).unwrap_or_default();
     let mut init = String::from(
         "#!/bin/busybox sh\n\
          /bin/busybox mount -t proc proc /proc\n\
          /bin/busybox mount -t devtmpfs dev /dev\n",
     );
-    for module in module_load_order(&modules_dep, BOOT_MODULES)? {
+    for module in module_load_order(&modules_dep, &builtin, BOOT_MODULES)? {
         let name = module_name(&module).to_owned();
         let target = staging.join("mods").join(format!("{name}.ko"));
         decompress_module(&kernel.modules().join(&module), &target)?;
@@ -550,7 +553,12 @@ mod tests {
         let dep = "kernel/drivers/virtio/virtio_pci.ko: kernel/drivers/virtio/virtio_pci_modern_dev.ko kernel/drivers/virtio/virtio.ko kernel/drivers/virtio/virtio_ring.ko\n\
                    kernel/drivers/virtio/virtio_ring.ko:\n\
                    kernel/fs/9p/9p.ko.xz: kernel/net/9p/9pnet.ko.xz\n";
-        let order = module_load_order(dep, &["virtio_pci", "9p"]).unwrap();
+        let order = module_load_order(
+            dep,
+            "kernel/fs/overlayfs/overlay.ko\n",
+            &["virtio_pci", "9p", "overlay"],
+        )
+        .unwrap();
         let names: Vec<&str> = order.iter().map(|m| module_name(m)).collect();
         assert_eq!(
             names,

@@ -1,8 +1,8 @@
 //! Which Linux Security Modules can deny an access on this host, from securityfs
 //! (`/sys/kernel/security/lsm`, mounted privately when absent). An LSM that is active but has
 //! no policy denies nothing, and is not counted: BPF-LSM without a loaded program, AppArmor
-//! without a loaded profile, TOMOYO without an enforcing profile (Debian's kernels enable both
-//! with no policy).
+//! without a loaded profile, TOMOYO without an enforcing profile, IPE without an active policy
+//! (Debian's kernels enable them all with no policy).
 
 use std::{fs, path::Path};
 
@@ -85,8 +85,20 @@ fn has_policy(lsm: &str) -> bool {
         "bpf" => bpf_lsm_programs_loaded(),
         "apparmor" => read("apparmor/profiles").is_none_or(|p| !p.trim().is_empty()),
         "tomoyo" => read("tomoyo/profile").is_none_or(|p| tomoyo_enforces(&p)),
+        "ipe" => ipe_policy_active(Path::new(SECURITYFS)),
         _ => true,
     }
+}
+
+/// IPE enforces only an activated policy (`ipe/policies/NAME/active` reads 1); without one
+/// it allows everything. Unreadable: assumed active.
+fn ipe_policy_active(securityfs: &Path) -> bool {
+    let Ok(policies) = fs::read_dir(securityfs.join("ipe/policies")) else {
+        return true;
+    };
+    policies
+        .filter_map(Result::ok)
+        .any(|p| fs::read_to_string(p.path().join("active")).is_ok_and(|a| a.trim() == "1"))
 }
 
 /// TOMOYO denies only in a profile whose mode is `enforcing`.
