@@ -55,7 +55,6 @@ const HOOKS: &[Hook] = &[
     tracepoint("syscalls", "sys_exit_accept"),
     tracepoint("syscalls", "sys_enter_accept4"),
     tracepoint("syscalls", "sys_exit_accept4"),
-    tracepoint("raw_syscalls", "sys_exit"),
     tracepoint("oom", "mark_victim"),
     tracepoint("skb", "kfree_skb"),
 ];
@@ -89,6 +88,12 @@ impl Probes {
             .override_global("SETTINGS", &settings, true)
             .load(OBJECT)
             .context("cannot load the eBPF programs")?;
+        // For measuring what each hook costs (cargo xtask bench): hooks not to attach.
+        let debug_skip: Vec<String> = std::env::var("SSHTRACE_DEBUG_SKIP")
+            .unwrap_or_default()
+            .split(',')
+            .map(str::to_owned)
+            .collect();
         let mut attached = Vec::new();
         let mut skipped = Vec::new();
         let path_hooks = PATH_SYSCALLS.iter().map(|name| Hook {
@@ -107,13 +112,29 @@ impl Probes {
                 attach: Attach::KProbe(name),
                 required: false,
             });
+        // Failed syscalls: the raw tracepoint where the syscall number can be found in the
+        // registers (cheaper on every syscall of the host), else the classic one.
+        let syscall_exit = if layout.syscall.regs_syscall_nr != sshtrace_common::ABSENT {
+            Hook {
+                program: "raw_sys_exit",
+                attach: Attach::RawTracePoint("sys_exit"),
+                required: true,
+            }
+        } else {
+            tracepoint("raw_syscalls", "sys_exit")
+        };
         for hook in HOOKS
             .iter()
             .copied()
+            .chain([syscall_exit])
             .chain(path_hooks)
             .chain([selinux])
             .chain(kprobes)
         {
+            if debug_skip.iter().any(|p| p == hook.program) {
+                skipped.push(format!("{} (SSHTRACE_DEBUG_SKIP)", hook.program));
+                continue;
+            }
             match attach(&mut ebpf, hook.program, hook.attach) {
                 Ok(done) => attached.push(done),
                 Err(err) if !hook.required => skipped.push(format!("{} ({err:#})", hook.program)),

@@ -187,6 +187,13 @@ fn tools() -> Result<()> {
             )?;
         }
     }
+    // bpftrace finds tracepoints through tracefs (sshtrace mounts it privately for itself).
+    if !Path::new("/sys/kernel/tracing/events").exists() {
+        cmd::run(
+            Command::new("mount").args(["-t", "tracefs", "nodev", "/sys/kernel/tracing"]),
+            "bench: mount tracefs for bpftrace",
+        )?;
+    }
     Ok(())
 }
 

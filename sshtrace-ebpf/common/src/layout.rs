@@ -116,6 +116,9 @@ pub struct SyscallLayout {
     pub path_arg: [u16; PATH_SYSCALLS.len()],
     /// `__syscall_nr` of the `sys_enter_*` records.
     pub enter_nr: u16,
+    /// Where `struct pt_regs` keeps the syscall number (`orig_ax` on x86-64, `syscallno` on
+    /// arm64): the raw `sys_exit` tracepoint passes only the registers and the return value.
+    pub regs_syscall_nr: u16,
 }
 
 #[repr(C)]
@@ -252,6 +255,7 @@ impl KernelLayout {
             raw_exit_ret: ABSENT,
             path_arg: [ABSENT; PATH_SYSCALLS.len()],
             enter_nr: ABSENT,
+            regs_syscall_nr: ABSENT,
         },
         oom: OomLayout {
             pid: ABSENT,

@@ -7,9 +7,9 @@ use aya_ebpf::{
         bpf_get_current_pid_tgid, bpf_get_current_task, bpf_ktime_get_ns, bpf_probe_read_kernel,
         bpf_probe_read_user_str_bytes,
     },
-    macros::{map, tracepoint},
+    macros::{map, raw_tracepoint, tracepoint},
     maps::LruHashMap,
-    programs::TracePointContext,
+    programs::{RawTracePointContext, TracePointContext},
 };
 use sshtrace_common::{SyscallErrorEvent, ABSENT, RLIMITS_REPORTED, SYSCALL_ERROR_INTERVAL_NS};
 
@@ -85,15 +85,35 @@ const MAX_ERRNO: i64 = 4095;
 const KERNEL_RESTART_MIN: i64 = 512;
 const KERNEL_RESTART_MAX: i64 = 516;
 
+/// The classic tracepoint `raw_syscalls:sys_exit`: used where the raw one cannot be (the
+/// syscall number's place in `pt_regs` is unknown).
 #[tracepoint]
 pub fn sys_exit(ctx: TracePointContext) -> u32 {
-    let _ = try_sys_exit(&ctx);
+    let l = layout().syscall;
+    if let Ok(ret) = field::<i64>(&ctx, l.raw_exit_ret) {
+        let _ = syscall_exit(ret, || field(&ctx, l.raw_exit_id));
+    }
     0
 }
 
-fn try_sys_exit(ctx: &TracePointContext) -> Result<(), i32> {
-    let l = layout().syscall;
-    let ret: i64 = field(ctx, l.raw_exit_ret)?;
+/// The raw tracepoint `sys_exit` (`struct pt_regs *regs, long ret`): the same event without
+/// the classic tracepoint's record being assembled first, on every system call of the host.
+#[raw_tracepoint(tracepoint = "sys_exit")]
+pub fn raw_sys_exit(ctx: RawTracePointContext) -> u32 {
+    let ret: i64 = ctx.arg(1);
+    let _ = syscall_exit(ret, || {
+        let regs: *const u8 = ctx.arg(0);
+        let at = layout().syscall.regs_syscall_nr;
+        if at == ABSENT {
+            return Err(-1);
+        }
+        unsafe { bpf_probe_read_kernel(regs.wrapping_add(at as usize).cast()) }
+    });
+    0
+}
+
+#[inline(always)]
+fn syscall_exit(ret: i64, nr: impl FnOnce() -> Result<i64, i32>) -> Result<(), i32> {
     // The cheap test first: this runs for every system call on the host.
     if !(-MAX_ERRNO..0).contains(&ret) || (-KERNEL_RESTART_MAX..=-KERNEL_RESTART_MIN).contains(&ret)
     {
@@ -104,7 +124,7 @@ fn try_sys_exit(ctx: &TracePointContext) -> Result<(), i32> {
     if !pid_tracked(tgid) {
         return Ok(());
     }
-    let nr: i64 = field(ctx, l.raw_exit_id)?;
+    let nr: i64 = nr()?;
     let path = match unsafe { OPEN_ARGS.get(pid_tgid) }.copied() {
         Some([path_nr, path]) => {
             let _ = OPEN_ARGS.remove(pid_tgid);

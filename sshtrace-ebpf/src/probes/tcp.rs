@@ -215,14 +215,16 @@ pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
 
 fn try_sock_state(ctx: &TracePointContext) -> Result<(), i32> {
     let l = layout().sock_state;
+    // Every socket state change on the host passes here (several per connection): one read
+    // and one lookup decide for all but the tracked ports.
+    if !port_tracked(local_port(ctx, &l.addr)?) {
+        return Ok(());
+    }
     let protocol: u16 = field(ctx, l.protocol)?;
     if protocol != IPPROTO_TCP {
         return Ok(());
     }
     let mut endpoints = read_endpoints(ctx, &l.addr)?;
-    if !port_tracked(endpoints.local_port) {
-        return Ok(());
-    }
     let skaddr: u64 = field(ctx, l.skaddr)?;
     endpoints.netns = sk_netns(skaddr);
     if !netns_tracked(endpoints.netns) {
@@ -237,6 +239,17 @@ fn try_sock_state(ctx: &TracePointContext) -> Result<(), i32> {
         e.endpoints = endpoints;
     });
     Ok(())
+}
+
+/// The local port alone, in whichever style this kernel's record uses.
+#[inline(always)]
+fn local_port(ctx: &TracePointContext, l: &AddrLayout) -> Result<u16, i32> {
+    match l.style {
+        // sockaddr_in{,6}: the big-endian port follows the 2-byte family in both.
+        addr_style::SOCKADDR => Ok(u16::from_be(field(ctx, l.saddr + 2)?)),
+        addr_style::SPLIT => field(ctx, l.sport),
+        _ => Err(-1),
+    }
 }
 
 /// Reads the 4-tuple in whichever style this kernel's record uses.

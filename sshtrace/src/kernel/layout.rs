@@ -124,6 +124,11 @@ pub fn discover(tracefs: &Path, btf: &Btf) -> Result<KernelLayout> {
     layout.structs.net_inum = ns_inum.unwrap_or(ABSENT);
     layout.structs.skb_dev = member("sk_buff", "dev").unwrap_or(ABSENT);
     layout.structs.dev_net = member("net_device", "nd_net").unwrap_or(ABSENT);
+    // The raw sys_exit tracepoint gives only the registers: x86-64 keeps the number in
+    // orig_ax, arm64 in syscallno.
+    layout.syscall.regs_syscall_nr = member("pt_regs", "orig_ax")
+        .or_else(|_| member("pt_regs", "syscallno"))
+        .unwrap_or(ABSENT);
     layout.structs.task_signal = member("task_struct", "signal").unwrap_or(ABSENT);
     layout.structs.signal_rlim = member("signal_struct", "rlim").unwrap_or(ABSENT);
     Ok(layout)
