@@ -176,10 +176,22 @@ impl Plan {
         self.capabilities.iter().filter(|c| c.source.is_none())
     }
 
-    /// The full report: hooks attached or skipped, then every kind of evidence.
-    pub fn report(&self, release: &str, attached: &[String], skipped: &[String]) -> String {
+    /// The full report: program types, hooks attached or skipped, then every kind of evidence.
+    pub fn report(
+        &self,
+        release: &str,
+        program_types: &[(&str, String)],
+        attached: &[String],
+        skipped: &[String],
+    ) -> String {
         let mut out = String::new();
         let _ = writeln!(out, "kernel {release}");
+        if !program_types.is_empty() {
+            let _ = writeln!(out, "\nprogram types (verifier feature probe):");
+            for (name, answer) in program_types {
+                let _ = writeln!(out, "  {name}: {answer}");
+            }
+        }
         let _ = writeln!(out, "\nhooks attached ({}):", attached.len());
         for hook in attached {
             let _ = writeln!(out, "  {hook}");
@@ -269,14 +281,19 @@ mod tests {
         let mut plan = Plan::new(&KernelLayout::ABSENT, &names(&[]), false);
         assert_eq!(plan.no_socket_resets, NoSocketResets::Unavailable);
         assert!(plan.wants_refusal_kprobes());
-        let report = plan.report("5.10.0", &["tracepoint tcp:tcp_send_reset".into()], &[]);
+        let report = plan.report(
+            "5.10.0",
+            &[],
+            &["tracepoint tcp:tcp_send_reset".into()],
+            &[],
+        );
         assert!(report.contains("resets sent without a socket (refused connections): UNAVAILABLE"));
         assert!(report.contains("firewall is never reported"));
         // Where the kprobes attach, refusals are seen again.
         plan.refusals_by_kprobe();
         assert_eq!(plan.missing().count(), 3);
         assert!(plan
-            .report("5.10.0", &[], &[])
+            .report("5.10.0", &[], &[], &[])
             .contains("refused connections): kprobe tcp_v4_send_reset"));
     }
 }

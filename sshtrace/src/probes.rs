@@ -42,7 +42,6 @@ const fn tracepoint(category: &'static str, name: &'static str) -> Hook {
 const HOOKS: &[Hook] = &[
     tracepoint("tcp", "tcp_send_reset"),
     tracepoint("tcp", "tcp_receive_reset"),
-    tracepoint("sock", "inet_sock_set_state"),
     Hook {
         program: "sched_process_fork",
         attach: Attach::RawTracePoint("sched_process_fork"),
@@ -123,10 +122,21 @@ impl Probes {
         } else {
             tracepoint("raw_syscalls", "sys_exit")
         };
+        // Socket states: the raw tracepoint where BTF locates the socket's fields (no record
+        // is assembled for the host's every state change), else the classic one.
+        let sock_state = if layout.structs.sock_tuple_known() {
+            Hook {
+                program: "raw_inet_sock_set_state",
+                attach: Attach::RawTracePoint("inet_sock_set_state"),
+                required: true,
+            }
+        } else {
+            tracepoint("sock", "inet_sock_set_state")
+        };
         for hook in HOOKS
             .iter()
             .copied()
-            .chain([syscall_exit])
+            .chain([sock_state, syscall_exit])
             .chain(path_hooks)
             .chain([selinux])
             .chain(kprobes)
@@ -190,6 +200,29 @@ fn attach(ebpf: &mut Ebpf, name: &str, how: Attach) -> Result<String> {
             format!("kprobe {function}")
         }
     })
+}
+
+/// Which program types this kernel's verifier knows, by aya's feature probe (a minimal program
+/// of each type). Loading a real program may still be refused (lockdown refuses fentry and
+/// kprobes on some kernels): the hooks list says what did attach.
+pub fn program_types() -> Vec<(&'static str, String)> {
+    use aya::programs::ProgramType;
+    [
+        ("tracepoint", ProgramType::TracePoint),
+        ("raw_tracepoint", ProgramType::RawTracePoint),
+        ("tracing (tp_btf, fentry/fexit)", ProgramType::Tracing),
+        ("kprobe", ProgramType::KProbe),
+    ]
+    .into_iter()
+    .map(|(name, ty)| {
+        let answer = match aya::sys::is_program_supported(ty) {
+            Ok(true) => "known".to_owned(),
+            Ok(false) => "not known".to_owned(),
+            Err(err) => format!("probe failed ({err})"),
+        };
+        (name, answer)
+    })
+    .collect()
 }
 
 /// The kernel's view of what to report: tracked local ports and tracked processes.

@@ -90,7 +90,12 @@ pub async fn run(
     if cli.probe_report {
         print!(
             "{}",
-            plan.report(&kernel_release(), &probes.attached, &probes.skipped)
+            plan.report(
+                &kernel_release(),
+                &crate::probes::program_types(),
+                &probes.attached,
+                &probes.skipped
+            )
         );
         return Ok(());
     }

@@ -69,14 +69,18 @@ fn probe_report_matches_the_support_matrix() {
             "{report}"
         );
     }
+    // The program types are probed, and the ones sshtrace stands on are known everywhere.
+    for known in ["tracepoint: known", "raw_tracepoint: known"] {
+        assert!(report.contains(known), "{known} missing from:\n{report}");
+    }
     // Every required hook attached: the report is only printed after they did.
     for hook in [
         "tcp:tcp_send_reset",
         "tcp:tcp_receive_reset",
-        "sock:inet_sock_set_state",
+        "inet_sock_set_state",
         "sched:sched_process_exit",
         "skb:kfree_skb",
-        "raw_syscalls:sys_exit",
+        "sys_exit",
     ] {
         assert!(report.contains(hook), "{hook} missing from:\n{report}");
     }

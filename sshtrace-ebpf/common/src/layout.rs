@@ -153,8 +153,18 @@ pub struct StructLayout {
     /// `task_struct.signal` and `signal_struct.rlim`: a failing task's resource limits.
     pub task_signal: u16,
     pub signal_rlim: u16,
-    pub _pad: u16,
-    pub _pad2: u16,
+    /// `struct sock_common` addresses and ports, `inet_sock.inet_sport`, and `sock.sk_protocol`
+    /// (ABSENT where it is a bitfield, before 5.6): the raw `inet_sock_set_state` tracepoint
+    /// passes only the socket. The local port is `inet_sport`, not `skc_num`: closing unhashes
+    /// the socket and zeroes `skc_num` before the state change to TCP_CLOSE is traced.
+    pub skc_family: u16,
+    pub inet_sport: u16,
+    pub skc_dport: u16,
+    pub skc_rcv_saddr: u16,
+    pub skc_daddr: u16,
+    pub skc_v6_rcv_saddr: u16,
+    pub skc_v6_daddr: u16,
+    pub sk_protocol: u16,
 }
 
 /// `avc:selinux_audited`; the three contexts are `__data_loc char[]` fields.
@@ -194,6 +204,20 @@ pub struct KernelLayout {
     pub kfree_skb: KfreeSkbLayout,
     pub selinux: SelinuxAuditedLayout,
     pub structs: StructLayout,
+}
+
+impl StructLayout {
+    /// Whether a socket's 4-tuple can be read from `struct sock` itself.
+    pub const fn sock_tuple_known(&self) -> bool {
+        self.skc_family != ABSENT
+            && self.inet_sport != ABSENT
+            && self.skc_dport != ABSENT
+            && self.skc_rcv_saddr != ABSENT
+            && self.skc_daddr != ABSENT
+            && self.skc_v6_rcv_saddr != ABSENT
+            && self.skc_v6_daddr != ABSENT
+            && self.sk_protocol != ABSENT
+    }
 }
 
 impl AddrLayout {
@@ -295,8 +319,14 @@ impl KernelLayout {
             dev_net: ABSENT,
             task_signal: ABSENT,
             signal_rlim: ABSENT,
-            _pad: 0,
-            _pad2: 0,
+            skc_family: ABSENT,
+            inet_sport: ABSENT,
+            skc_dport: ABSENT,
+            skc_rcv_saddr: ABSENT,
+            skc_daddr: ABSENT,
+            skc_v6_rcv_saddr: ABSENT,
+            skc_v6_daddr: ABSENT,
+            sk_protocol: ABSENT,
         },
     };
 }

@@ -4,9 +4,9 @@
 
 use aya_ebpf::{
     helpers::{bpf_ktime_get_ns, bpf_probe_read_kernel},
-    macros::{map, tracepoint},
+    macros::{map, raw_tracepoint, tracepoint},
     maps::LruHashMap,
-    programs::TracePointContext,
+    programs::{RawTracePointContext, TracePointContext},
 };
 use sshtrace_common::{
     addr_style, AddrLayout, Endpoints, ReceiveResetEvent, SendResetEvent, SockStateEvent, ABSENT,
@@ -207,6 +207,65 @@ fn try_receive_reset(ctx: &TracePointContext) -> Result<(), i32> {
     Ok(())
 }
 
+/// The raw tracepoint (`const struct sock *sk, int oldstate, int newstate`): every socket
+/// state change on the host passes here, and the raw form skips the record the classic one
+/// assembles before any program runs. Fields are read from the socket through BTF offsets.
+#[raw_tracepoint(tracepoint = "inet_sock_set_state")]
+pub fn raw_inet_sock_set_state(ctx: RawTracePointContext) -> u32 {
+    let _ = try_raw_sock_state(&ctx);
+    0
+}
+
+fn try_raw_sock_state(ctx: &RawTracePointContext) -> Result<(), i32> {
+    let s = layout().structs;
+    let sk: *const u8 = ctx.arg(0);
+    let read = |offset: u16| sk.wrapping_add(offset as usize);
+    let local_port = u16::from_be(unsafe { bpf_probe_read_kernel(read(s.inet_sport).cast())? });
+    if !port_tracked(local_port) {
+        return Ok(());
+    }
+    let protocol: u16 = unsafe { bpf_probe_read_kernel(read(s.sk_protocol).cast())? };
+    if protocol != IPPROTO_TCP {
+        return Ok(());
+    }
+    let mut ep = Endpoints {
+        family: unsafe { bpf_probe_read_kernel(read(s.skc_family).cast())? },
+        local_port,
+        remote_port: u16::from_be(unsafe { bpf_probe_read_kernel(read(s.skc_dport).cast())? }),
+        ..Endpoints::default()
+    };
+    match ep.family {
+        AF_INET => {
+            ep.local_addr[..4].copy_from_slice(&unsafe {
+                bpf_probe_read_kernel::<[u8; 4]>(read(s.skc_rcv_saddr).cast())?
+            });
+            ep.remote_addr[..4].copy_from_slice(&unsafe {
+                bpf_probe_read_kernel::<[u8; 4]>(read(s.skc_daddr).cast())?
+            });
+        }
+        AF_INET6 => {
+            ep.local_addr = unsafe { bpf_probe_read_kernel(read(s.skc_v6_rcv_saddr).cast())? };
+            ep.remote_addr = unsafe { bpf_probe_read_kernel(read(s.skc_v6_daddr).cast())? };
+        }
+        _ => return Ok(()),
+    }
+    let skaddr = sk as u64;
+    ep.netns = sk_netns(skaddr);
+    if !netns_tracked(ep.netns) {
+        return Ok(());
+    }
+    let old_state: i32 = ctx.arg(1);
+    let new_state: i32 = ctx.arg(2);
+    submit_batched(|e: &mut SockStateEvent| {
+        e.skaddr = skaddr;
+        e.old_state = old_state;
+        e.new_state = new_state;
+        e.endpoints = ep;
+    });
+    Ok(())
+}
+
+/// The classic tracepoint, where the socket's fields cannot be located through BTF.
 #[tracepoint]
 pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
     let _ = try_sock_state(&ctx);

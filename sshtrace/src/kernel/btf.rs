@@ -188,10 +188,13 @@ impl Btf {
     /// The byte offset of `member` in `struct name`, looking inside anonymous members too
     /// (fields of `struct sk_buff` sit in anonymous unions).
     pub fn member_offset(&self, name: &str, member: &str) -> Option<u32> {
+        self.member_bit_offset(name, member).map(|bits| bits / 8)
+    }
+
+    /// The offset in bits: a member that does not start on a byte is a bitfield.
+    pub fn member_bit_offset(&self, name: &str, member: &str) -> Option<u32> {
         let ids = self.by_name.get(name)?;
-        ids.iter()
-            .find_map(|&id| self.find_member(id, member, 0))
-            .map(|bits| bits / 8)
+        ids.iter().find_map(|&id| self.find_member(id, member, 0))
     }
 
     fn find_member(&self, id: u32, member: &str, base_bits: u32) -> Option<u32> {

@@ -130,6 +130,24 @@ pub fn discover(tracefs: &Path, btf: &Btf) -> Result<KernelLayout> {
         .or_else(|_| member("pt_regs", "syscallno"))
         .unwrap_or(ABSENT);
     layout.structs.task_signal = member("task_struct", "signal").unwrap_or(ABSENT);
+    // A socket's own fields, for the raw inet_sock_set_state tracepoint.
+    let s = &mut layout.structs;
+    for (slot, name) in [
+        (&mut s.skc_family, "skc_family"),
+        (&mut s.skc_dport, "skc_dport"),
+        (&mut s.skc_rcv_saddr, "skc_rcv_saddr"),
+        (&mut s.skc_daddr, "skc_daddr"),
+        (&mut s.skc_v6_rcv_saddr, "skc_v6_rcv_saddr"),
+        (&mut s.skc_v6_daddr, "skc_v6_daddr"),
+    ] {
+        *slot = member("sock_common", name).unwrap_or(ABSENT);
+    }
+    s.inet_sport = member("inet_sock", "inet_sport").unwrap_or(ABSENT);
+    // sk_protocol is a u16 since 5.6; before, an 8-bit bitfield the probe cannot read.
+    s.sk_protocol = match btf.member_bit_offset("sock", "sk_protocol") {
+        Some(bits) if bits % 16 == 0 => u16::try_from(bits / 8).unwrap_or(ABSENT),
+        _ => ABSENT,
+    };
     layout.structs.signal_rlim = member("signal_struct", "rlim").unwrap_or(ABSENT);
     Ok(layout)
 }
