@@ -5,7 +5,10 @@ mod cmd;
 mod setup;
 mod vm;
 
-use std::{path::PathBuf, process::ExitCode};
+use std::{
+    path::{Path, PathBuf},
+    process::ExitCode,
+};
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
@@ -90,16 +93,7 @@ fn run(task: Task) -> Result<()> {
         } => {
             setup::run()?;
             let binary = build(false)?;
-            vm::run(
-                &binary,
-                &workspace_root(),
-                &vm::Options {
-                    kernel,
-                    accel,
-                    memory_mib: memory,
-                    test_args: args,
-                },
-            )
+            vm_test(&binary, kernel, accel, memory, args)
         }
         Task::Setup => setup::run(),
         Task::Run { release, args } => {
@@ -144,19 +138,35 @@ fn run(task: Task) -> Result<()> {
                 return host;
             }
             // Run the VM suite even when the host's failed: both results matter.
-            let vm = vm::run(
+            let vm = vm_test(
                 &binary,
-                &workspace_root(),
-                &vm::Options {
-                    kernel: CI_VM_KERNEL.into(),
-                    accel: vm::Accel::Auto,
-                    memory_mib: vm::DEFAULT_MEMORY_MIB,
-                    test_args: args,
-                },
+                CI_VM_KERNEL.into(),
+                vm::Accel::Auto,
+                vm::DEFAULT_MEMORY_MIB,
+                args,
             );
             host.and(vm)
         }
     }
+}
+
+fn vm_test(
+    binary: &Path,
+    kernel: String,
+    accel: vm::Accel,
+    memory_mib: u32,
+    test_args: Vec<String>,
+) -> Result<()> {
+    vm::run(
+        binary,
+        &workspace_root(),
+        &vm::Options {
+            kernel,
+            accel,
+            memory_mib,
+            test_args,
+        },
+    )
 }
 
 /// Builds the sshtrace binary (its build script builds the eBPF object) and returns its path.

@@ -249,20 +249,23 @@ fn try_raw_sock_state(ctx: &RawTracePointContext) -> Result<(), i32> {
         }
         _ => return Ok(()),
     }
-    let skaddr = sk as u64;
-    ep.netns = sk_netns(skaddr);
-    if !netns_tracked(ep.netns) {
-        return Ok(());
+    submit_state(sk as u64, ctx.arg(1), ctx.arg(2), ep);
+    Ok(())
+}
+
+/// A state change of a socket on a tracked port, when its network namespace is tracked too.
+#[inline(always)]
+fn submit_state(skaddr: u64, old_state: i32, new_state: i32, mut endpoints: Endpoints) {
+    endpoints.netns = sk_netns(skaddr);
+    if !netns_tracked(endpoints.netns) {
+        return;
     }
-    let old_state: i32 = ctx.arg(1);
-    let new_state: i32 = ctx.arg(2);
     submit_batched(|e: &mut SockStateEvent| {
         e.skaddr = skaddr;
         e.old_state = old_state;
         e.new_state = new_state;
-        e.endpoints = ep;
+        e.endpoints = endpoints;
     });
-    Ok(())
 }
 
 /// The classic tracepoint, where the socket's fields cannot be located through BTF.
@@ -283,20 +286,13 @@ fn try_sock_state(ctx: &TracePointContext) -> Result<(), i32> {
     if protocol != IPPROTO_TCP {
         return Ok(());
     }
-    let mut endpoints = read_endpoints(ctx, &l.addr)?;
-    let skaddr: u64 = field(ctx, l.skaddr)?;
-    endpoints.netns = sk_netns(skaddr);
-    if !netns_tracked(endpoints.netns) {
-        return Ok(());
-    }
-    let old_state: i32 = field(ctx, l.oldstate)?;
-    let new_state: i32 = field(ctx, l.newstate)?;
-    submit_batched(|e: &mut SockStateEvent| {
-        e.skaddr = skaddr;
-        e.old_state = old_state;
-        e.new_state = new_state;
-        e.endpoints = endpoints;
-    });
+    let endpoints = read_endpoints(ctx, &l.addr)?;
+    submit_state(
+        field(ctx, l.skaddr)?,
+        field(ctx, l.oldstate)?,
+        field(ctx, l.newstate)?,
+        endpoints,
+    );
     Ok(())
 }
 
