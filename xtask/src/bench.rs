@@ -30,7 +30,7 @@ pub struct Options {
 }
 
 pub fn run(binary: &Path, opts: &Options) -> Result<()> {
-    tools()?;
+    let _tracefs = MountedTracefs(tools()?);
     let mut report = String::new();
     let _ = writeln!(
         report,
@@ -167,13 +167,26 @@ pub fn run(binary: &Path, opts: &Options) -> Result<()> {
     Ok(())
 }
 
+/// Unmounts, when dropped, the tracefs the bench mounted (also when a measurement fails).
+struct MountedTracefs(bool);
+
+impl Drop for MountedTracefs {
+    fn drop(&mut self) {
+        if self.0 {
+            let _ = Command::new("umount").arg("/sys/kernel/tracing").status();
+        }
+    }
+}
+
 fn num_cpus() -> usize {
     thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(1)
 }
 
-fn tools() -> Result<()> {
+/// Installs bpftrace and tcpdump; true when tracefs had to be mounted for bpftrace (the bench
+/// unmounts it at the end, leaving the host as it found it).
+fn tools() -> Result<bool> {
     for (package, path) in [
         ("bpftrace", "/usr/bin/bpftrace"),
         ("tcpdump", "/usr/bin/tcpdump"),
@@ -188,13 +201,14 @@ fn tools() -> Result<()> {
         }
     }
     // bpftrace finds tracepoints through tracefs (sshtrace mounts it privately for itself).
-    if !Path::new("/sys/kernel/tracing/events").exists() {
-        cmd::run(
-            Command::new("mount").args(["-t", "tracefs", "nodev", "/sys/kernel/tracing"]),
-            "bench: mount tracefs for bpftrace",
-        )?;
+    if Path::new("/sys/kernel/tracing/events").exists() {
+        return Ok(false);
     }
-    Ok(())
+    cmd::run(
+        Command::new("mount").args(["-t", "tracefs", "nodev", "/sys/kernel/tracing"]),
+        "bench: mount tracefs for bpftrace",
+    )?;
+    Ok(true)
 }
 
 /// A tracer running in the background, stopped (SIGINT) when dropped.
