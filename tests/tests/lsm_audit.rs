@@ -48,11 +48,6 @@ fn landlock_audit_record_names_the_denial() {
         v["details"]["path"],
         sshd.path("host_key").display().to_string()
     );
-    let report = v["evidence"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|e| e["event"] == "lsm_denial")
-        .unwrap();
+    let report = sshtrace_tests::evidence(&v, "lsm_denial");
     assert_eq!(report["pid"], v["details"]["denied_pid"]);
 }

@@ -44,12 +44,7 @@ fn host_key_refused_resets_the_client() {
     );
     assert_ne!(v["details"]["denied_pid"], sshd.pid());
     assert_eq!(v["sshd"]["listener_pid"], sshd.pid());
-    let failure = v["evidence"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|e| e["event"] == "syscall_error")
-        .unwrap();
+    let failure = sshtrace_tests::evidence(&v, "syscall_error");
     assert_eq!(failure["errno"], "EACCES");
     assert_eq!(failure["dac"]["allows"], true);
 }

@@ -30,12 +30,7 @@ fn refused_port_next_to_a_running_sshd() {
         listening.contains(&format!("{}:{}", ep.addr(), ep.port()).into()),
         "{v}"
     );
-    let reset = v["evidence"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|e| e["event"] == "tcp_send_reset")
-        .unwrap();
+    let reset = sshtrace_tests::evidence(&v, "tcp_send_reset");
     assert_eq!(reset["reason"], "NO_SOCKET");
     assert_eq!(reset["segment_flags"], "SYN");
 }

@@ -38,12 +38,7 @@ fn per_connection_sshd_oom_killed_in_its_cgroup() {
         "{v}"
     );
     assert_eq!(v["details"]["memcg"]["value"], (96u64 << 20).to_string());
-    let exit = v["evidence"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|e| e["event"] == "exit")
-        .unwrap();
+    let exit = sshtrace_tests::evidence(&v, "exit");
     assert_eq!(exit["signal"], "SIGKILL");
     drop(sshd);
 }
