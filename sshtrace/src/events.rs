@@ -6,7 +6,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use sshtrace_common as wire;
 
 use crate::{
-    dac::DacFacts,
+    dac::{DacFacts, KernelCreds},
     kernel::syscalls::syscall_name,
     limits::{LimitFacts, TaskRlimits},
 };
@@ -101,6 +101,8 @@ pub enum Kind {
         path: Option<String>,
         /// The failing task's rlimits, read by the kernel at the failure.
         rlimits: Option<TaskRlimits>,
+        /// The failing task's credentials and root, read by the kernel at an EACCES.
+        creds: Option<KernelCreds>,
         /// The limit behind a resource failure (see `limits`), filled in when the event arrived.
         limit: Option<LimitFacts>,
         /// For EACCES on a path: whether the mode bits would have allowed it.
@@ -233,6 +235,7 @@ pub fn decode(bytes: &[u8]) -> Option<Event> {
                     nproc: e.rlimits[1],
                     address_space: e.rlimits[2],
                 }),
+                creds: (e.creds_read != 0).then(|| kernel_creds(&e.creds)),
                 limit: None,
                 dac: None,
             }
@@ -258,6 +261,19 @@ pub fn decode(bytes: &[u8]) -> Option<Event> {
         },
         kind,
     })
+}
+
+fn kernel_creds(c: &wire::TaskCreds) -> KernelCreds {
+    let reported = (c.ngroups as usize).min(wire::GROUPS_REPORTED);
+    KernelCreds {
+        fsuid: c.fsuid,
+        fsgid: c.fsgid,
+        cap_effective: c.cap_effective,
+        groups: c.groups[..reported].to_vec(),
+        all_groups: c.ngroups as usize <= wire::GROUPS_REPORTED,
+        parent_pid: c.parent_tgid,
+        root: (c.root_ino != 0).then(|| (KernelCreds::user_dev(c.root_dev), c.root_ino)),
+    }
 }
 
 fn read<T: Copy>(bytes: &[u8]) -> Option<T> {

@@ -445,13 +445,14 @@ fn enrich(event: &mut events::Event) {
             path,
             dac,
             rlimits,
+            creds,
             ..
         } => {
             *limit = limits::for_failure(event.task.pid, syscall, *errno, *rlimits);
             if *errno == EACCES {
                 *dac = path
                     .as_deref()
-                    .and_then(|p| dac::check(event.task.pid, syscall, p));
+                    .and_then(|p| dac::check(event.task.pid, syscall, p, creds.as_ref()));
             }
         }
         Kind::OomVictim { pid, memcg, .. } => *memcg = Some(limits::memory_cgroup(*pid)),

@@ -47,6 +47,8 @@ fn host_key_refused_resets_the_client() {
     let failure = sshtrace_tests::evidence(&v, "syscall_error");
     assert_eq!(failure["errno"], "EACCES");
     assert_eq!(failure["dac"]["allows"], true);
+    // Read at the failure: the per-connection sshd may be gone when the event is read.
+    assert_eq!(failure["dac"]["credentials"], "kernel");
 }
 
 #[test]

@@ -201,8 +201,36 @@ pub struct SyscallErrorEvent {
     pub rlimits_read: u32,
     /// The task's soft limits at the failure, in [`RLIMITS_REPORTED`] order.
     pub rlimits: [u64; 3],
+    /// Non-zero when `creds` were read from the failing task.
+    pub creds_read: u32,
+    pub _pad: u32,
+    pub creds: TaskCreds,
     /// The path argument of a failed open, else empty.
     pub path: [u8; PATH_LEN],
+}
+
+/// Supplementary groups a failed syscall carries; a task with more says so in `ngroups`.
+pub const GROUPS_REPORTED: usize = 16;
+
+/// What a permission check of the failing task used, read in the kernel at the failure: the
+/// task may be gone by the time userspace asks whether the mode bits allowed the access.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct TaskCreds {
+    /// The subjective credentials' fs ids (`current->cred`).
+    pub fsuid: u32,
+    pub fsgid: u32,
+    pub cap_effective: u64,
+    /// All supplementary groups; the first [`GROUPS_REPORTED`] are in `groups`.
+    pub ngroups: u32,
+    /// The task's parent process: its root directory is a candidate for the failing task's.
+    pub parent_tgid: u32,
+    pub groups: [u32; GROUPS_REPORTED],
+    /// The task's root directory: its superblock's `s_dev` (kernel encoding, major << 20 |
+    /// minor) and inode number, 0 when unreadable. Names the directory a path resolved from.
+    pub root_dev: u32,
+    pub _pad: u32,
+    pub root_ino: u64,
 }
 
 /// The resource limits a failed syscall carries (`RLIMIT_NOFILE`, `RLIMIT_NPROC`,

@@ -153,6 +153,24 @@ pub struct StructLayout {
     /// `task_struct.signal` and `signal_struct.rlim`: a failing task's resource limits.
     pub task_signal: u16,
     pub signal_rlim: u16,
+    /// `task_struct.cred`/`real_parent`/`fs`, the `struct cred` members a permission check
+    /// uses, `group_info.ngroups`/`gid`, and the way from `fs_struct.root` (a `struct path`)
+    /// through `dentry.d_inode` to `inode.i_ino` and `inode.i_sb` → `super_block.s_dev`.
+    pub task_cred: u16,
+    pub task_real_parent: u16,
+    pub task_fs: u16,
+    pub cred_fsuid: u16,
+    pub cred_fsgid: u16,
+    pub cred_cap_effective: u16,
+    pub cred_group_info: u16,
+    pub group_info_ngroups: u16,
+    pub group_info_gid: u16,
+    pub fs_root: u16,
+    pub path_dentry: u16,
+    pub dentry_inode: u16,
+    pub inode_ino: u16,
+    pub inode_sb: u16,
+    pub sb_dev: u16,
     /// `struct sock_common` addresses and ports, `inet_sock.inet_sport`, and `sock.sk_protocol`
     /// (ABSENT where it is a bitfield, before 5.6): the raw `inet_sock_set_state` tracepoint
     /// passes only the socket. The local port is `inet_sport`, not `skc_num`: closing unhashes
@@ -319,6 +337,21 @@ impl KernelLayout {
             dev_net: ABSENT,
             task_signal: ABSENT,
             signal_rlim: ABSENT,
+            task_cred: ABSENT,
+            task_real_parent: ABSENT,
+            task_fs: ABSENT,
+            cred_fsuid: ABSENT,
+            cred_fsgid: ABSENT,
+            cred_cap_effective: ABSENT,
+            cred_group_info: ABSENT,
+            group_info_ngroups: ABSENT,
+            group_info_gid: ABSENT,
+            fs_root: ABSENT,
+            path_dentry: ABSENT,
+            dentry_inode: ABSENT,
+            inode_ino: ABSENT,
+            inode_sb: ABSENT,
+            sb_dev: ABSENT,
             skc_family: ABSENT,
             inet_sport: ABSENT,
             skc_dport: ABSENT,

@@ -11,7 +11,10 @@ use aya_ebpf::{
     maps::LruHashMap,
     programs::{RawTracePointContext, TracePointContext},
 };
-use sshtrace_common::{SyscallErrorEvent, ABSENT, RLIMITS_REPORTED, SYSCALL_ERROR_INTERVAL_NS};
+use sshtrace_common::{
+    SyscallErrorEvent, TaskCreds, ABSENT, GROUPS_REPORTED, RLIMITS_REPORTED,
+    SYSCALL_ERROR_INTERVAL_NS,
+};
 
 use super::field;
 use crate::{
@@ -81,6 +84,7 @@ fn save_path(ctx: &TracePointContext, offset: u16) -> Result<(), i32> {
 }
 
 const MAX_ERRNO: i64 = 4095;
+const EACCES: i64 = 13;
 /// ERESTARTSYS … ERESTART_RESTARTBLOCK: internal codes a process never sees.
 const KERNEL_RESTART_MIN: i64 = 512;
 const KERNEL_RESTART_MAX: i64 = 516;
@@ -174,6 +178,10 @@ fn syscall_exit(ret: i64, nr: impl FnOnce() -> Result<i64, i32>) -> Result<(), i
             e.rlimits_read = 1;
             e.rlimits = rlimits;
         }
+        // Only a refused access is checked against the mode bits later.
+        if ret == -EACCES && current_creds(&mut e.creds).is_some() {
+            e.creds_read = 1;
+        }
         if path != 0 {
             let _ = unsafe { bpf_probe_read_user_str_bytes(path as *const u8, &mut e.path) };
         }
@@ -199,4 +207,55 @@ fn current_rlimits() -> Option<[u64; 3]> {
         *slot = unsafe { bpf_probe_read_kernel(at.cast()) }.ok()?;
     }
     Some(out)
+}
+
+/// Reads a pointer-sized or smaller member at `base + offset`, failing on an unknown offset.
+#[inline(always)]
+fn member<T>(base: *const u8, offset: u16) -> Option<T> {
+    if offset == ABSENT || base.is_null() {
+        return None;
+    }
+    unsafe { bpf_probe_read_kernel(base.wrapping_add(offset as usize).cast()) }.ok()
+}
+
+/// The current task's file-access credentials, its parent and its root directory's identity.
+fn current_creds(out: &mut TaskCreds) -> Option<()> {
+    let s = layout().structs;
+    let task = unsafe { bpf_get_current_task() } as *const u8;
+    let cred: *const u8 = member(task, s.task_cred)?;
+    out.fsuid = member(cred, s.cred_fsuid)?;
+    out.fsgid = member(cred, s.cred_fsgid)?;
+    // kernel_cap_t is a u64 since 6.3 and a `u32 cap[2]` before: the same bytes either way.
+    out.cap_effective = member(cred, s.cred_cap_effective)?;
+    let groups: *const u8 = member(cred, s.cred_group_info)?;
+    let ngroups: i32 = member(groups, s.group_info_ngroups)?;
+    out.ngroups = ngroups as u32;
+    if s.group_info_gid == ABSENT {
+        return None;
+    }
+    let gids = groups.wrapping_add(s.group_info_gid as usize);
+    for i in 0..GROUPS_REPORTED {
+        if i as i32 >= ngroups {
+            break;
+        }
+        out.groups[i] = unsafe { bpf_probe_read_kernel(gids.wrapping_add(i * 4).cast()) }.ok()?;
+    }
+    let parent: *const u8 = member(task, s.task_real_parent)?;
+    out.parent_tgid = member(parent, s.task_tgid)?;
+    // The root's identity is optional: without it only a living task's root can be used.
+    let root = || -> Option<(u32, u64)> {
+        let fs: *const u8 = member(task, s.task_fs)?;
+        let path = fs.wrapping_add(s.fs_root as usize);
+        let dentry: *const u8 = member(path, s.path_dentry)?;
+        let inode: *const u8 = member(dentry, s.dentry_inode)?;
+        let sb: *const u8 = member(inode, s.inode_sb)?;
+        Some((member(sb, s.sb_dev)?, member(inode, s.inode_ino)?))
+    };
+    if s.fs_root != ABSENT {
+        if let Some((dev, ino)) = root() {
+            out.root_dev = dev;
+            out.root_ino = ino;
+        }
+    }
+    Some(())
 }

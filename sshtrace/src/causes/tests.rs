@@ -460,6 +460,7 @@ fn syscall_error(
         task(pid, "sshd"),
         Kind::SyscallError {
             rlimits: None,
+            creds: None,
             syscall: syscall.into(),
             errno,
             suppressed: 0,
@@ -754,6 +755,7 @@ fn stalled_listener_is_reported_before_anything_ends() {
         task(LISTENER, "sshd"),
         Kind::SyscallError {
             rlimits: None,
+            creds: None,
             syscall: "accept4".into(),
             errno: crate::kernel::syscalls::EMFILE,
             suppressed: 199,
@@ -969,6 +971,7 @@ fn eacces(s: &mut Script, pid: u32, path: &str, mode_allows: bool) {
         task(pid, "sshd"),
         Kind::SyscallError {
             rlimits: None,
+            creds: None,
             syscall: "openat".into(),
             errno: crate::kernel::syscalls::EACCES,
             suppressed: 0,
@@ -978,6 +981,7 @@ fn eacces(s: &mut Script, pid: u32, path: &str, mode_allows: bool) {
                 allows: mode_allows,
                 file: "0600 0:0".into(),
                 process: "0:0".into(),
+                credentials: "kernel",
                 refused: (!mode_allows).then(|| format!("read on {path}")),
             }),
         },

@@ -149,6 +149,27 @@ pub fn discover(tracefs: &Path, btf: &Btf) -> Result<KernelLayout> {
         _ => ABSENT,
     };
     layout.structs.signal_rlim = member("signal_struct", "rlim").unwrap_or(ABSENT);
+    // A failing task's credentials and root directory, for the permission (DAC) check.
+    let s = &mut layout.structs;
+    for (slot, strukt, name) in [
+        (&mut s.task_cred, "task_struct", "cred"),
+        (&mut s.task_real_parent, "task_struct", "real_parent"),
+        (&mut s.task_fs, "task_struct", "fs"),
+        (&mut s.cred_fsuid, "cred", "fsuid"),
+        (&mut s.cred_fsgid, "cred", "fsgid"),
+        (&mut s.cred_cap_effective, "cred", "cap_effective"),
+        (&mut s.cred_group_info, "cred", "group_info"),
+        (&mut s.group_info_ngroups, "group_info", "ngroups"),
+        (&mut s.group_info_gid, "group_info", "gid"),
+        (&mut s.fs_root, "fs_struct", "root"),
+        (&mut s.path_dentry, "path", "dentry"),
+        (&mut s.dentry_inode, "dentry", "d_inode"),
+        (&mut s.inode_ino, "inode", "i_ino"),
+        (&mut s.inode_sb, "inode", "i_sb"),
+        (&mut s.sb_dev, "super_block", "s_dev"),
+    ] {
+        *slot = member(strukt, name).unwrap_or(ABSENT);
+    }
     Ok(layout)
 }
 
