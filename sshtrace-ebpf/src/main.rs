@@ -5,6 +5,7 @@
 #![no_std]
 #![no_main]
 
+#[macro_use]
 mod maps;
 mod probes;
 mod record;

@@ -2,17 +2,18 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{HashMap, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, PerCpuArray, RingBuf},
 };
-use sshtrace_common::{counter, KernelLayout, Settings};
+use sshtrace_common::{counter, KernelLayout, Settings, TcpStateNumbers};
 
 /// Every record for userspace, in one ring so that their order is the order they happened.
 #[map]
 pub static EVENTS: RingBuf = RingBuf::with_byte_size(1 << 20, 0);
 
-/// Local TCP ports whose connections are reported (sshd ports and `--port`).
+/// Local TCP ports whose connections are reported (sshd ports and `--port`): non-zero at the
+/// port's index. An array, not a hash: every socket state change on the host looks here.
 #[map]
-pub static TRACKED_PORTS: HashMap<u16, u8> = HashMap::with_max_entries(256, 0);
+pub static TRACKED_PORTS: Array<u8> = Array::with_max_entries(65536, 0);
 
 /// Processes (tgid) whose forks, execs, exits, signals and accepts are reported. Userspace adds
 /// the sshd listeners; the fork probe adds their descendants at once, so no child is missed.
@@ -28,7 +29,16 @@ pub static ACCEPT_ARGS: HashMap<u64, [u64; 2]> = HashMap::with_max_entries(4096,
 pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::COUNT, 0);
 
 #[unsafe(no_mangle)]
-static LAYOUT: KernelLayout = KernelLayout::ABSENT;
+pub(crate) static LAYOUT: KernelLayout = KernelLayout::ABSENT;
+
+/// One section or member of the kernel layout userspace wrote before load, read alone: the
+/// whole layout is hundreds of bytes, too much to copy on every socket state change.
+#[macro_export]
+macro_rules! layout {
+    ($($path:ident).+) => {
+        unsafe { core::ptr::read_volatile(&raw const $crate::maps::LAYOUT.$($path).+) }
+    };
+}
 
 #[unsafe(no_mangle)]
 static SETTINGS: Settings = Settings {
@@ -36,6 +46,8 @@ static SETTINGS: Settings = Settings {
     netfilter_drop: u32::MAX,
     filter_netns: 0,
     no_socket_drop: u32::MAX,
+    tcp_states: TcpStateNumbers::LINUX,
+    claim_on_accept: 0,
 };
 
 /// Network namespaces (inode) to report TCP events in, with `--container`/`--host-only`.
@@ -51,7 +63,7 @@ pub fn netns_tracked(netns: u32) -> bool {
 /// The inode of the network namespace a `struct net *` is.
 #[inline(always)]
 pub fn net_inum(net: u64) -> u32 {
-    let s = layout().structs;
+    let s = layout!(structs);
     if net == 0 || s.net_inum == sshtrace_common::ABSENT {
         return 0;
     }
@@ -64,7 +76,7 @@ pub fn net_inum(net: u64) -> u32 {
 /// The network namespace of a socket.
 #[inline(always)]
 pub fn sk_netns(sk: u64) -> u32 {
-    let s = layout().structs;
+    let s = layout!(structs);
     if sk == 0 || s.sk_net == sshtrace_common::ABSENT {
         return 0;
     }
@@ -78,7 +90,7 @@ pub fn sk_netns(sk: u64) -> u32 {
 /// The network namespace of a packet, through its device.
 #[inline(always)]
 pub fn skb_netns(skb: u64) -> u32 {
-    let s = layout().structs;
+    let s = layout!(structs);
     if skb == 0 || s.skb_dev == sshtrace_common::ABSENT || s.dev_net == sshtrace_common::ABSENT {
         return 0;
     }
@@ -101,17 +113,20 @@ pub fn settings() -> Settings {
     unsafe { core::ptr::read_volatile(&raw const SETTINGS) }
 }
 
-/// The kernel layout userspace wrote before load. Read through a volatile load so that the
-/// compiler cannot fold the placeholder values of the static into the code.
 #[inline(always)]
-pub fn layout() -> KernelLayout {
-    unsafe { core::ptr::read_volatile(&raw const LAYOUT) }
+pub fn tcp_states() -> TcpStateNumbers {
+    unsafe { core::ptr::read_volatile(&raw const SETTINGS.tcp_states) }
+}
+
+#[inline(always)]
+pub fn claim_on_accept() -> bool {
+    unsafe { core::ptr::read_volatile(&raw const SETTINGS.claim_on_accept) != 0 }
 }
 
 #[inline(always)]
 pub fn port_tracked(port: u16) -> bool {
     let all_ports = unsafe { core::ptr::read_volatile(&raw const SETTINGS.all_ports) };
-    all_ports != 0 || unsafe { TRACKED_PORTS.get(port) }.is_some()
+    all_ports != 0 || TRACKED_PORTS.get(port as u32).is_some_and(|&t| t != 0)
 }
 
 #[inline(always)]

@@ -70,11 +70,16 @@ pub enum Kind {
         old_state: i32,
         new_state: i32,
         conn: ConnTuple,
+        /// Earlier transitions the kernel noted instead of sending.
+        history: SockHistory,
     },
     Accept {
         ret: i64,
         listen_fd: i32,
         peer: Option<SocketAddr>,
+        /// The accepted socket with the history the kernel kept of it: the connection's first
+        /// report when the kernel reports connections only once claimed.
+        claimed: Option<AcceptedSocket>,
     },
     Fork {
         child: u32,
@@ -119,6 +124,37 @@ pub enum Kind {
         /// The victim's memory cgroup limit, read when the event arrived.
         memcg: Option<LimitFacts>,
     },
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AcceptedSocket {
+    pub skaddr: u64,
+    pub conn: ConnTuple,
+    pub history: SockHistory,
+}
+
+/// A socket's transitions the kernel noted between records (CLOCK_MONOTONIC ns).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SockHistory {
+    pub syn_recv_ns: Option<u64>,
+    pub established_ns: Option<u64>,
+    /// The first FIN of an orderly close, and whether this host (true) or the peer sent it.
+    pub first_fin: Option<(u64, bool)>,
+}
+
+impl SockHistory {
+    pub fn from_wire(h: &wire::SockHistory) -> Self {
+        let seen = |ns: u64| (ns != 0).then_some(ns);
+        Self {
+            syn_recv_ns: seen(h.syn_recv_ns),
+            established_ns: seen(h.established_ns),
+            first_fin: match h.first_fin_by {
+                wire::first_fin_by::LOCAL => Some((h.first_fin_ns, true)),
+                wire::first_fin_by::PEER => Some((h.first_fin_ns, false)),
+                _ => None,
+            },
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -185,15 +221,26 @@ pub fn decode(bytes: &[u8]) -> Option<Event> {
                 old_state: e.old_state,
                 new_state: e.new_state,
                 conn: tuple(&e.endpoints)?,
+                history: SockHistory::from_wire(&e.history),
             }
         }
         EventKind::Accept => {
             let e: wire::AcceptEvent = read(bytes)?;
             let peer = (e.peer_len > 0).then(|| sockaddr(&e.peer)).flatten();
+            let claimed = (e.skaddr != 0 && e.history_found != 0)
+                .then(|| {
+                    Some(AcceptedSocket {
+                        skaddr: e.skaddr,
+                        conn: tuple(&e.history.endpoints)?,
+                        history: SockHistory::from_wire(&e.history),
+                    })
+                })
+                .flatten();
             Kind::Accept {
                 ret: e.ret,
                 listen_fd: e.listen_fd,
                 peer,
+                claimed,
             }
         }
         EventKind::Fork => {
@@ -309,7 +356,7 @@ pub fn unmap(addr: IpAddr) -> IpAddr {
     }
 }
 
-fn tuple(e: &wire::Endpoints) -> Option<ConnTuple> {
+pub fn tuple(e: &wire::Endpoints) -> Option<ConnTuple> {
     Some(ConnTuple {
         local: SocketAddr::new(ip(e.family, &e.local_addr)?, e.local_port),
         remote: SocketAddr::new(ip(e.family, &e.remote_addr)?, e.remote_port),
@@ -436,11 +483,52 @@ mod tests {
             peer_len: wire::SOCKADDR_LEN as u32,
             peer,
             _pad: 0,
+            skaddr: 0,
+            history_found: 0,
+            _pad2: 0,
+            history: wire::SockHistory::default(),
         };
-        let Kind::Accept { ret, peer, .. } = decode(&bytes_of(&e)).unwrap().kind else {
+        let Kind::Accept {
+            ret, peer, claimed, ..
+        } = decode(&bytes_of(&e)).unwrap().kind
+        else {
             panic!()
         };
         assert_eq!((ret, peer), (5, Some("127.0.0.9:40000".parse().unwrap())));
+        assert_eq!(claimed, None, "the socket was reported before");
+    }
+
+    #[test]
+    fn an_accept_claiming_its_socket_reports_the_connection() {
+        let mut history = wire::SockHistory {
+            syn_recv_ns: 10,
+            established_ns: 20,
+            ..Default::default()
+        };
+        history.endpoints.family = AF_INET;
+        history.endpoints.local_port = 22;
+        history.endpoints.remote_port = 40000;
+        history.endpoints.local_addr[..4].copy_from_slice(&[127, 0, 0, 1]);
+        history.endpoints.remote_addr[..4].copy_from_slice(&[127, 0, 0, 9]);
+        let e = wire::AcceptEvent {
+            header: header(EventKind::Accept),
+            ret: 5,
+            listen_fd: 3,
+            peer_len: 0,
+            peer: [0; wire::SOCKADDR_LEN],
+            _pad: 0,
+            skaddr: 0xffff_0000_1234,
+            history_found: 1,
+            _pad2: 0,
+            history,
+        };
+        let Kind::Accept { claimed, .. } = decode(&bytes_of(&e)).unwrap().kind else {
+            panic!()
+        };
+        let claimed = claimed.unwrap();
+        assert_eq!(claimed.skaddr, 0xffff_0000_1234);
+        assert_eq!(claimed.conn.remote, "127.0.0.9:40000".parse().unwrap());
+        assert_eq!(claimed.history.established_ns, Some(20));
     }
 
     #[test]

@@ -5,11 +5,11 @@ use std::collections::BTreeSet;
 
 use anyhow::{Context, Result};
 use aya::{
-    maps::{HashMap, MapData, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, MapData, PerCpuArray, RingBuf},
     programs::{KProbe, RawTracePoint, TracePoint},
     Ebpf, EbpfLoader,
 };
-use sshtrace_common::{counter, pid_flags, KernelLayout, Settings, PATH_SYSCALLS};
+use sshtrace_common::{counter, pid_flags, KernelLayout, Settings, SockHistory, PATH_SYSCALLS};
 
 /// The object built by `build.rs` from `sshtrace-ebpf`.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/sshtrace"));
@@ -70,6 +70,7 @@ pub struct Probes {
     pub events: RingBuf<MapData>,
     pub filters: KernelFilters,
     pub counters: LossCounters,
+    pub unclaimed: UnclaimedConnections,
 }
 
 impl Probes {
@@ -161,17 +162,20 @@ impl Probes {
         };
         let events = RingBuf::try_from(take("EVENTS")?)?;
         let filters = KernelFilters {
-            ports: HashMap::try_from(take("TRACKED_PORTS")?)?,
+            ports: Array::try_from(take("TRACKED_PORTS")?)?,
+            port_set: BTreeSet::new(),
             pids: HashMap::try_from(take("TRACKED_PIDS")?)?,
             netns: HashMap::try_from(take("TRACKED_NETNS")?)?,
         };
         let counters = LossCounters(PerCpuArray::try_from(take("COUNTERS")?)?);
+        let unclaimed = UnclaimedConnections(HashMap::try_from(take("SOCK_HISTORY")?)?);
         Ok(Self {
             _ebpf: ebpf,
             attached,
             skipped,
             events,
             filters,
+            unclaimed,
             counters,
         })
     }
@@ -229,9 +233,32 @@ pub fn program_types() -> Vec<(&'static str, String)> {
     .collect()
 }
 
+/// The kernel's history of sockets on tracked ports, where connections not claimed by a
+/// tracked process wait unreported.
+pub struct UnclaimedConnections(HashMap<MapData, u64, SockHistory>);
+
+impl UnclaimedConnections {
+    /// Established connections on `ports` that no tracked process has accepted and that are
+    /// not closing: a listener's queue. Read only when a listener fails to accept.
+    pub fn queued(&self, ports: &[u16]) -> Vec<(u64, SockHistory)> {
+        self.0
+            .iter()
+            .filter_map(Result::ok)
+            .filter(|(_, h)| {
+                h.claimed == 0
+                    && h.established_ns != 0
+                    && h.first_fin_by == sshtrace_common::first_fin_by::UNKNOWN
+                    && ports.contains(&h.endpoints.local_port)
+            })
+            .collect()
+    }
+}
+
 /// The kernel's view of what to report: tracked local ports and tracked processes.
 pub struct KernelFilters {
-    ports: HashMap<MapData, u16, u8>,
+    /// Indexed by port: 1 for a tracked one.
+    ports: Array<MapData, u8>,
+    port_set: BTreeSet<u16>,
     pids: HashMap<MapData, u32, u8>,
     netns: HashMap<MapData, u32, u8>,
 }
@@ -239,15 +266,18 @@ pub struct KernelFilters {
 impl KernelFilters {
     /// Makes the kernel's port set equal to `ports`.
     pub fn set_ports(&mut self, ports: &BTreeSet<u16>) -> Result<()> {
-        let current: BTreeSet<u16> = self.ports.keys().filter_map(|k| k.ok()).collect();
-        for stale in current.difference(ports) {
-            let _ = self.ports.remove(stale);
-        }
-        for port in ports.difference(&current) {
+        for (port, tracked) in self
+            .port_set
+            .difference(ports)
+            .map(|p| (*p, 0))
+            .chain(ports.difference(&self.port_set).map(|p| (*p, 1)))
+            .collect::<Vec<_>>()
+        {
             self.ports
-                .insert(port, 1, 0)
+                .set(u32::from(port), tracked, 0)
                 .context("cannot update the tracked ports")?;
         }
+        self.port_set.clone_from(ports);
         Ok(())
     }
 

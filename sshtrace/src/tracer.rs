@@ -32,7 +32,7 @@ use crate::{
     plan::Plan,
     probes::{KernelFilters, LossCounters, Probes},
     runtime::ContainerNames,
-    state::{State, TcpStates, SETTLE_NS},
+    state::{Connection, State, TcpStates, SETTLE_NS},
     summary::Summary,
 };
 
@@ -81,6 +81,8 @@ pub async fn run(
                 .drop_reason_value("NETFILTER_DROP")
                 .unwrap_or(u32::MAX),
             no_socket_drop: plan.no_socket_resets.drop_reason().unwrap_or(u32::MAX),
+            tcp_states: TcpStates::from_names(&names).numbers(),
+            claim_on_accept: layout.structs.accepted_socket_known() as u32,
         },
         plan.wants_refusal_kprobes(),
     )?;
@@ -117,6 +119,7 @@ pub async fn run(
         names,
         discovery,
         filters: probes.filters,
+        unclaimed: probes.unclaimed,
         counters: probes.counters,
         outputs: Outputs::start(outputs, host.clone(), clock),
         clock,
@@ -163,6 +166,7 @@ struct Tracer {
     discovery: Discovery,
     filters: KernelFilters,
     counters: LossCounters,
+    unclaimed: crate::probes::UnclaimedConnections,
     outputs: Outputs,
     clock: Clock,
     host: String,
@@ -335,7 +339,31 @@ impl Tracer {
                 continue;
             }
             let ports: Vec<u16> = listener.addrs.iter().map(|a| a.port()).collect();
-            if let Some(v) = causes::judge_stalled(listener.pid, &ports, now, &ctx) {
+            // The queue lives in the kernel's socket history (unclaimed connections are not
+            // reported): read it only for a listener that fails to accept.
+            let failing = ctx
+                .procs
+                .get(listener.pid)
+                .is_some_and(|p| causes::resource_limit::accept_failing(p, now));
+            if !failing {
+                continue;
+            }
+            let queued: Vec<Connection> = self
+                .unclaimed
+                .queued(&ports)
+                .into_iter()
+                .filter_map(|(skaddr, h)| {
+                    let tuple = events::tuple(&h.endpoints)?;
+                    let history = events::SockHistory::from_wire(&h);
+                    Some(Connection::queued(
+                        skaddr,
+                        tuple,
+                        history.syn_recv_ns.unwrap_or(h.established_ns),
+                        h.established_ns,
+                    ))
+                })
+                .collect();
+            if let Some(v) = causes::judge_stalled(listener.pid, &ports, &queued, now, &ctx) {
                 verdicts.push((listener.pid, v));
             }
         }

@@ -126,6 +126,35 @@ pub struct SockStateEvent {
     pub old_state: i32,
     pub new_state: i32,
     pub endpoints: Endpoints,
+    /// The transitions the kernel kept instead of sending (see [`SockHistory`]).
+    pub history: SockHistory,
+}
+
+/// What the kernel remembers of a tracked socket between the records it sends: its
+/// transitions are noted here, and a record is sent when a claimed connection is closed (or,
+/// without claims, also when it is established).
+/// Times are `bpf_ktime_get_ns`, 0 when not seen (e.g. before sshtrace started).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct SockHistory {
+    /// LISTEN → SYN_RECV: the socket was created for a client's SYN.
+    pub syn_recv_ns: u64,
+    pub established_ns: u64,
+    /// The first FIN of an orderly close, and who sent it ([`first_fin_by`]).
+    pub first_fin_ns: u64,
+    pub first_fin_by: u32,
+    /// Non-zero once the connection matters to a verdict (see `Settings::claim_on_accept`).
+    pub claimed: u32,
+    /// The connection, as seen when it was created (zero when it was not seen created).
+    pub endpoints: Endpoints,
+}
+
+pub mod first_fin_by {
+    pub const UNKNOWN: u32 = 0;
+    /// ESTABLISHED → FIN_WAIT1: this host (sshd) closed first.
+    pub const LOCAL: u32 = 1;
+    /// ESTABLISHED → CLOSE_WAIT: the peer closed first.
+    pub const PEER: u32 = 2;
 }
 
 /// `accept`/`accept4` returned in a tracked process (process context: the header's pid owns it).
@@ -141,6 +170,13 @@ pub struct AcceptEvent {
     /// The caller's `struct sockaddr` as the kernel filled it.
     pub peer: [u8; SOCKADDR_LEN],
     pub _pad: u32,
+    /// The accepted socket (0 when the fd could not be followed to it).
+    pub skaddr: u64,
+    /// Non-zero when the kernel kept the socket's history: the connection, not reported
+    /// before (see `Settings::claim_on_accept`), is reported here.
+    pub history_found: u32,
+    pub _pad2: u32,
+    pub history: SockHistory,
 }
 
 /// A tracked process created a new process (threads are not reported). The header is the parent.

@@ -171,6 +171,13 @@ pub struct StructLayout {
     pub inode_ino: u16,
     pub inode_sb: u16,
     pub sb_dev: u16,
+    /// From an accepted fd to its socket: `task_struct.files`, `files_struct.fdt`,
+    /// `fdtable.fd`, `file.private_data` (the `struct socket`), `socket.sk`.
+    pub task_files: u16,
+    pub files_fdt: u16,
+    pub fdtable_fd: u16,
+    pub file_private_data: u16,
+    pub socket_sk: u16,
     /// `struct sock_common` addresses and ports, `inet_sock.inet_sport`, and `sock.sk_protocol`
     /// (ABSENT where it is a bitfield, before 5.6): the raw `inet_sock_set_state` tracepoint
     /// passes only the socket. The local port is `inet_sport`, not `skc_num`: closing unhashes
@@ -225,6 +232,15 @@ pub struct KernelLayout {
 }
 
 impl StructLayout {
+    /// Whether an accepted fd can be followed to its socket.
+    pub const fn accepted_socket_known(&self) -> bool {
+        self.task_files != ABSENT
+            && self.files_fdt != ABSENT
+            && self.fdtable_fd != ABSENT
+            && self.file_private_data != ABSENT
+            && self.socket_sk != ABSENT
+    }
+
     /// Whether a socket's 4-tuple can be read from `struct sock` itself.
     pub const fn sock_tuple_known(&self) -> bool {
         self.skc_family != ABSENT
@@ -352,6 +368,11 @@ impl KernelLayout {
             inode_ino: ABSENT,
             inode_sb: ABSENT,
             sb_dev: ABSENT,
+            task_files: ABSENT,
+            files_fdt: ABSENT,
+            fdtable_fd: ABSENT,
+            file_private_data: ABSENT,
+            socket_sk: ABSENT,
             skc_family: ABSENT,
             inet_sport: ABSENT,
             skc_dport: ABSENT,

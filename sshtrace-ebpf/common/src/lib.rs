@@ -42,6 +42,42 @@ pub struct Settings {
     /// resets sent without a socket (before 6.10): refusals are then seen as the refused
     /// segment's drop. `u32::MAX` otherwise.
     pub no_socket_drop: u32,
+    /// This kernel's TCP state numbers, for the socket history kept in the kernel.
+    pub tcp_states: TcpStateNumbers,
+    /// Non-zero: connections created on a tracked port are reported only once claimed —
+    /// accepted by a tracked process, or reset — so that healthy traffic on the port costs no
+    /// records. Needs the accepted fd to be followed to its socket (see `StructLayout`).
+    pub claim_on_accept: u32,
+}
+
+/// The TCP states the kernel-side socket history follows (`enum` values from BTF).
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct TcpStateNumbers {
+    pub established: i32,
+    pub syn_recv: i32,
+    pub fin_wait1: i32,
+    pub close: i32,
+    pub close_wait: i32,
+    pub listen: i32,
+}
+
+impl TcpStateNumbers {
+    /// The numbers every Linux kernel has used (include/net/tcp_states.h).
+    pub const LINUX: Self = Self {
+        established: 1,
+        syn_recv: 3,
+        fin_wait1: 4,
+        close: 7,
+        close_wait: 8,
+        listen: 10,
+    };
+}
+
+impl Default for TcpStateNumbers {
+    fn default() -> Self {
+        Self::LINUX
+    }
 }
 
 #[cfg(feature = "user")]
@@ -49,4 +85,5 @@ mod pod {
     // SAFETY: plain-old-data: repr(C), integer fields only, no padding.
     unsafe impl aya::Pod for super::KernelLayout {}
     unsafe impl aya::Pod for super::Settings {}
+    unsafe impl aya::Pod for super::SockHistory {}
 }

@@ -1,16 +1,20 @@
 //! Successful `accept`/`accept4` in tracked processes. The peer address is read at exit, in the accepting
-//! process, so each accepted connection gets its owner from process context.
+//! process, so each accepted connection gets its owner from process context. The accepted
+//! socket is followed from the new fd, and its connection claimed (see `tcp::note_history`).
 
 use aya_ebpf::{
-    helpers::{bpf_get_current_pid_tgid, bpf_probe_read_user_buf},
+    helpers::{
+        bpf_get_current_pid_tgid, bpf_get_current_task, bpf_probe_read_kernel,
+        bpf_probe_read_user_buf,
+    },
     macros::tracepoint,
     programs::TracePointContext,
 };
-use sshtrace_common::{AcceptEvent, SOCKADDR_LEN};
+use sshtrace_common::{AcceptEvent, ABSENT, SOCKADDR_LEN};
 
-use super::field;
+use super::{field, tcp::SOCK_HISTORY};
 use crate::{
-    maps::{layout, pid_tracked, ACCEPT_ARGS},
+    maps::{claim_on_accept, pid_tracked, ACCEPT_ARGS},
     record::submit,
 };
 
@@ -43,7 +47,7 @@ fn try_enter(ctx: &TracePointContext) -> Result<(), i32> {
     if !pid_tracked((pid_tgid >> 32) as u32) {
         return Ok(());
     }
-    let l = layout().syscall;
+    let l = layout!(syscall);
     let peer: u64 = field(ctx, l.accept_peer)?;
     let fd: u64 = field(ctx, l.accept_fd)?;
     ACCEPT_ARGS.insert(pid_tgid, [peer, fd], 0)?;
@@ -56,17 +60,58 @@ fn try_exit(ctx: &TracePointContext) -> Result<(), i32> {
         return Ok(());
     };
     let _ = ACCEPT_ARGS.remove(pid_tgid);
-    let ret: i64 = field(ctx, layout().syscall.ret)?;
+    let ret: i64 = field(ctx, layout!(syscall.ret))?;
     // Failures are reported, rate-limited, by the syscall-error probe.
     if ret < 0 {
         return Ok(());
     }
+    let skaddr = accepted_socket(ret as u32).unwrap_or(0);
+    // (0 is never a key of the history.)
+    // Claim the connection: from now on its close is reported, and this record reports it.
+    let history = match SOCK_HISTORY.get_ptr_mut(skaddr) {
+        Some(h) => unsafe {
+            (*h).claimed = 1;
+            Some(*h)
+        },
+        None => None,
+    };
     submit(|e: &mut AcceptEvent| {
         e.ret = ret;
         e.listen_fd = fd as i32;
         if peer != 0 && unsafe { bpf_probe_read_user_buf(peer as *const u8, &mut e.peer) }.is_ok() {
             e.peer_len = SOCKADDR_LEN as u32;
         }
+        e.skaddr = skaddr;
+        if let Some(h) = history {
+            e.history_found = 1;
+            e.history = h;
+        }
     });
     Ok(())
+}
+
+/// The `struct sock` behind the current task's descriptor `fd`:
+/// `current->files->fdt->fd[fd]->private_data->sk`.
+fn accepted_socket(fd: u32) -> Option<u64> {
+    if !claim_on_accept() {
+        return None;
+    }
+    let s = layout!(structs);
+    if s.socket_sk == ABSENT {
+        return None;
+    }
+    let read = |base: u64, offset: u16| -> Option<u64> {
+        if base == 0 {
+            return None;
+        }
+        unsafe { bpf_probe_read_kernel((base as *const u8).wrapping_add(offset as usize).cast()) }
+            .ok()
+    };
+    let task = unsafe { bpf_get_current_task() };
+    let files = read(task, s.task_files)?;
+    let fdt = read(files, s.files_fdt)?;
+    let fds = read(fdt, s.fdtable_fd)?;
+    let file = read(fds + u64::from(fd) * 8, 0)?;
+    let socket = read(file, s.file_private_data)?;
+    read(socket, s.socket_sk)
 }

@@ -10,10 +10,7 @@ use aya_ebpf::{
 use sshtrace_common::SelinuxAuditedEvent;
 
 use super::field;
-use crate::{
-    maps::{layout, pid_tracked},
-    record::submit,
-};
+use crate::{maps::pid_tracked, record::submit};
 
 #[tracepoint]
 pub fn selinux_audited(ctx: TracePointContext) -> u32 {
@@ -33,7 +30,7 @@ fn try_selinux_audited(ctx: &TracePointContext) -> Result<(), i32> {
     if !pid_tracked((bpf_get_current_pid_tgid() >> 32) as u32) {
         return Ok(());
     }
-    let l = layout().selinux;
+    let l = layout!(selinux);
     let denied: u32 = field(ctx, l.denied)?;
     if denied == 0 {
         return Ok(());

@@ -4,10 +4,7 @@ use aya_ebpf::{macros::tracepoint, programs::TracePointContext};
 use sshtrace_common::{OomVictimEvent, UNKNOWN_U64};
 
 use super::field;
-use crate::{
-    maps::{layout, pid_tracked},
-    record::submit,
-};
+use crate::{maps::pid_tracked, record::submit};
 
 #[tracepoint]
 pub fn mark_victim(ctx: TracePointContext) -> u32 {
@@ -16,7 +13,7 @@ pub fn mark_victim(ctx: TracePointContext) -> u32 {
 }
 
 fn try_mark_victim(ctx: &TracePointContext) -> Result<(), i32> {
-    let l = layout().oom;
+    let l = layout!(oom);
     let pid: i32 = field(ctx, l.pid)?;
     if !pid_tracked(pid as u32) {
         return Ok(());

@@ -13,7 +13,7 @@ use sshtrace_common::{pid_flags, ExecEvent, ExitEvent, ForkEvent, ABSENT};
 
 use super::field;
 use crate::{
-    maps::{layout, pid_tracked, TRACKED_PIDS},
+    maps::{pid_tracked, TRACKED_PIDS},
     record::submit,
 };
 
@@ -34,7 +34,7 @@ fn try_fork(ctx: &RawTracePointContext) -> Result<(), i32> {
     if !pid_tracked(parent) {
         return Ok(());
     }
-    let tgid_offset = layout().structs.task_tgid;
+    let tgid_offset = layout!(structs.task_tgid);
     if tgid_offset == ABSENT {
         return Err(-1);
     }
@@ -61,7 +61,7 @@ fn try_exec(ctx: &TracePointContext) -> Result<(), i32> {
         return Ok(());
     }
     // A `__data_loc` field: the low 16 bits are the string's offset in the record.
-    let loc: u32 = field(ctx, layout().exec.filename)?;
+    let loc: u32 = field(ctx, layout!(exec.filename))?;
     let name = unsafe { (ctx.as_ptr() as *const u8).add((loc & 0xffff) as usize) };
     submit(|e: &mut ExecEvent| {
         let _ = unsafe { bpf_probe_read_kernel_str_bytes(name, &mut e.filename) };
@@ -88,8 +88,7 @@ fn try_exit(ctx: &TracePointContext) -> Result<(), i32> {
     if !pid_tracked(tgid) {
         return Ok(());
     }
-    let l = layout();
-    let process_ends = match field::<u8>(ctx, l.exit.group_dead) {
+    let process_ends = match field::<u8>(ctx, layout!(exit.group_dead)) {
         Ok(group_dead) => group_dead != 0,
         Err(_) => pid_tgid as u32 == tgid,
     };
@@ -98,12 +97,12 @@ fn try_exit(ctx: &TracePointContext) -> Result<(), i32> {
     }
     // The tracepoint runs after do_exit() stored the code and before the files are closed, so
     // this record comes before the resets or FINs the exit causes.
-    let exit_code: i32 = if l.structs.task_exit_code == ABSENT {
+    let exit_code_at = layout!(structs.task_exit_code);
+    let exit_code: i32 = if exit_code_at == ABSENT {
         -1
     } else {
         let task = unsafe { bpf_get_current_task() } as *const u8;
-        unsafe { bpf_probe_read_kernel(task.add(l.structs.task_exit_code as usize).cast()) }
-            .unwrap_or(-1)
+        unsafe { bpf_probe_read_kernel(task.add(exit_code_at as usize).cast()) }.unwrap_or(-1)
     };
     let _ = TRACKED_PIDS.remove(tgid);
     submit(|e: &mut ExitEvent| e.exit_code = exit_code);

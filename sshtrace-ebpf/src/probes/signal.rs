@@ -4,10 +4,7 @@ use aya_ebpf::{macros::tracepoint, programs::TracePointContext};
 use sshtrace_common::SignalEvent;
 
 use super::field;
-use crate::{
-    maps::{layout, pid_tracked},
-    record::submit,
-};
+use crate::{maps::pid_tracked, record::submit};
 
 /// Signals whose default action does not terminate: SIGCHLD, SIGCONT, SIGSTOP, SIGTSTP,
 /// SIGTTIN, SIGTTOU, SIGURG, SIGWINCH. Everything else (real-time signals too) can kill.
@@ -21,7 +18,7 @@ pub fn signal_generate(ctx: TracePointContext) -> u32 {
 }
 
 fn try_signal(ctx: &TracePointContext) -> Result<(), i32> {
-    let l = layout().signal;
+    let l = layout!(signal);
     let target: i32 = field(ctx, l.pid)?;
     if !pid_tracked(target as u32) {
         return Ok(());

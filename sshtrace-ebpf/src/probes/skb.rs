@@ -20,7 +20,7 @@ use super::{
     tcp::{burst, BurstKey},
 };
 use crate::{
-    maps::{layout, netns_tracked, port_tracked, settings, skb_netns},
+    maps::{netns_tracked, port_tracked, settings, skb_netns},
     record::{submit, submit_batched},
 };
 
@@ -73,16 +73,16 @@ struct Segment {
 }
 
 fn try_kfree_skb(ctx: &TracePointContext) -> Result<(), i32> {
-    let l = layout();
-    let reason: u32 = field(ctx, l.kfree_skb.reason)?;
+    let l = layout!(kfree_skb);
+    let reason: u32 = field(ctx, l.reason)?;
     // The cheap test first: every freed packet on the host passes here.
     let settings = settings();
     let no_socket = reason == settings.no_socket_drop;
     if reason != settings.netfilter_drop && !no_socket {
         return Ok(());
     }
-    let protocol: u16 = field(ctx, l.kfree_skb.protocol)?;
-    let skb: u64 = field(ctx, l.kfree_skb.skbaddr)?;
+    let protocol: u16 = field(ctx, l.protocol)?;
+    let skb: u64 = field(ctx, l.skbaddr)?;
     let Some(segment) = tracked_segment(skb, protocol)? else {
         return Ok(());
     };
@@ -121,7 +121,7 @@ fn refused(segment: Segment) -> Result<(), i32> {
 
 /// The TCP segment in `skb` when it is to or from a tracked port in a tracked namespace.
 fn tracked_segment(skb: u64, protocol: u16) -> Result<Option<Segment>, i32> {
-    let s = layout().structs;
+    let s = layout!(structs);
     if s.skb_head == ABSENT || s.skb_network_header == ABSENT || s.skb_transport_header == ABSENT {
         return Err(-1);
     }

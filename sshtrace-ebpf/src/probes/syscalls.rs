@@ -17,10 +17,7 @@ use sshtrace_common::{
 };
 
 use super::field;
-use crate::{
-    maps::{layout, pid_tracked},
-    record::submit,
-};
+use crate::{maps::pid_tracked, record::submit};
 
 /// The path argument of a call in progress: `[syscall nr, user pointer]` by pid_tgid.
 #[map]
@@ -53,7 +50,7 @@ macro_rules! path_programs {
     ($($name:ident => $index:expr),* $(,)?) => {$(
         #[tracepoint]
         pub fn $name(ctx: TracePointContext) -> u32 {
-            let _ = save_path(&ctx, layout().syscall.path_arg[$index]);
+            let _ = save_path(&ctx, layout!(syscall.path_arg)[$index]);
             0
         }
     )*};
@@ -78,7 +75,7 @@ fn save_path(ctx: &TracePointContext, offset: u16) -> Result<(), i32> {
     if !pid_tracked((pid_tgid >> 32) as u32) {
         return Ok(());
     }
-    let nr: i32 = field(ctx, layout().syscall.enter_nr)?;
+    let nr: i32 = field(ctx, layout!(syscall.enter_nr))?;
     let path: u64 = field(ctx, offset)?;
     OPEN_ARGS.insert(pid_tgid, [nr as u64, path], 0)
 }
@@ -93,7 +90,7 @@ const KERNEL_RESTART_MAX: i64 = 516;
 /// syscall number's place in `pt_regs` is unknown).
 #[tracepoint]
 pub fn sys_exit(ctx: TracePointContext) -> u32 {
-    let l = layout().syscall;
+    let l = layout!(syscall);
     if let Ok(ret) = field::<i64>(&ctx, l.raw_exit_ret) {
         let _ = syscall_exit(ret, || field(&ctx, l.raw_exit_id));
     }
@@ -107,7 +104,7 @@ pub fn raw_sys_exit(ctx: RawTracePointContext) -> u32 {
     let ret: i64 = ctx.arg(1);
     let _ = syscall_exit(ret, || {
         let regs: *const u8 = ctx.arg(0);
-        let at = layout().syscall.regs_syscall_nr;
+        let at = layout!(syscall.regs_syscall_nr);
         if at == ABSENT {
             return Err(-1);
         }
@@ -192,7 +189,7 @@ fn syscall_exit(ret: i64, nr: impl FnOnce() -> Result<i64, i32>) -> Result<(), i
 /// The current task's soft limits of [`RLIMITS_REPORTED`]: the values the failure met, read
 /// before the process can change or lose them.
 fn current_rlimits() -> Option<[u64; 3]> {
-    let s = layout().structs;
+    let s = layout!(structs);
     if s.task_signal == ABSENT || s.signal_rlim == ABSENT {
         return None;
     }
@@ -220,7 +217,7 @@ fn member<T>(base: *const u8, offset: u16) -> Option<T> {
 
 /// The current task's file-access credentials, its parent and its root directory's identity.
 fn current_creds(out: &mut TaskCreds) -> Option<()> {
-    let s = layout().structs;
+    let s = layout!(structs);
     let task = unsafe { bpf_get_current_task() } as *const u8;
     let cred: *const u8 = member(task, s.task_cred)?;
     out.fsuid = member(cred, s.cred_fsuid)?;

@@ -5,17 +5,18 @@
 use aya_ebpf::{
     helpers::{bpf_ktime_get_ns, bpf_probe_read_kernel},
     macros::{map, raw_tracepoint, tracepoint},
-    maps::LruHashMap,
+    maps::{LruHashMap, PerCpuArray},
     programs::{RawTracePointContext, TracePointContext},
 };
 use sshtrace_common::{
-    addr_style, AddrLayout, Endpoints, ReceiveResetEvent, SendResetEvent, SockStateEvent, ABSENT,
-    REASON_UNKNOWN, RESET_BURST_INTERVAL_NS, SEG_FLAGS_UNKNOWN,
+    addr_style, first_fin_by, AddrLayout, Endpoints, ReceiveResetEvent, SendResetEvent,
+    SockHistory, SockStateEvent, TcpStateNumbers, ABSENT, REASON_UNKNOWN, RESET_BURST_INTERVAL_NS,
+    SEG_FLAGS_UNKNOWN,
 };
 
 use super::field;
 use crate::{
-    maps::{layout, netns_tracked, port_tracked, sk_netns, skb_netns},
+    maps::{claim_on_accept, netns_tracked, port_tracked, sk_netns, skb_netns, tcp_states},
     record::submit_batched,
 };
 
@@ -98,7 +99,7 @@ pub fn tcp_send_reset(ctx: TracePointContext) -> u32 {
 }
 
 fn try_send_reset(ctx: &TracePointContext) -> Result<(), i32> {
-    let l = layout().send_reset;
+    let l = layout!(send_reset);
     let mut endpoints = read_endpoints(ctx, &l.addr)?;
     if !port_tracked(endpoints.local_port) {
         return Ok(());
@@ -120,6 +121,7 @@ fn try_send_reset(ctx: &TracePointContext) -> Result<(), i32> {
             None => return Ok(()),
         }
     } else {
+        claim(skaddr);
         0
     };
     let state: i32 = field(ctx, l.state).unwrap_or(-1);
@@ -145,7 +147,7 @@ fn try_send_reset(ctx: &TracePointContext) -> Result<(), i32> {
 /// The TCP flags of the segment in `skb` (which segment a no-socket reset answered: a SYN
 /// means a connection attempt was refused).
 fn segment_flags(skb: u64) -> Result<u16, i32> {
-    let s = layout().structs;
+    let s = layout!(structs);
     if s.skb_head == ABSENT || s.skb_transport_header == ABSENT {
         return Err(-1);
     }
@@ -168,7 +170,7 @@ pub fn tcp_receive_reset(ctx: TracePointContext) -> u32 {
 }
 
 fn try_receive_reset(ctx: &TracePointContext) -> Result<(), i32> {
-    let l = layout().receive_reset;
+    let l = layout!(receive_reset);
     let endpoints = read_endpoints(ctx, &l.addr)?;
     // A client of a tracked port on this host (its peer's port is tracked) is reported too:
     // the reset a firewall sends reaches the client, not sshd.
@@ -196,6 +198,7 @@ fn try_receive_reset(ctx: &TracePointContext) -> Result<(), i32> {
             None => return Ok(()),
         }
     } else {
+        claim(skaddr);
         0
     };
     submit_batched(|e: &mut ReceiveResetEvent| {
@@ -217,55 +220,211 @@ pub fn raw_inet_sock_set_state(ctx: RawTracePointContext) -> u32 {
 }
 
 fn try_raw_sock_state(ctx: &RawTracePointContext) -> Result<(), i32> {
-    let s = layout().structs;
     let sk: *const u8 = ctx.arg(0);
-    let read = |offset: u16| sk.wrapping_add(offset as usize);
-    let local_port = u16::from_be(unsafe { bpf_probe_read_kernel(read(s.inet_sport).cast())? });
+    let local_port: u16 = read_sock(sk, layout!(structs.inet_sport))?;
+    let local_port = u16::from_be(local_port);
     if !port_tracked(local_port) {
         return Ok(());
     }
-    let protocol: u16 = unsafe { bpf_probe_read_kernel(read(s.sk_protocol).cast())? };
-    if protocol != IPPROTO_TCP {
-        return Ok(());
+    let skaddr = sk as u64;
+    let (old_state, new_state): (i32, i32) = (ctx.arg(1), ctx.arg(2));
+    match step(skaddr, old_state, new_state)? {
+        Step::Done => Ok(()),
+        Step::Create(fresh) => {
+            raw_endpoints(sk, local_port, &mut fresh.endpoints)?;
+            created(skaddr, fresh);
+            Ok(())
+        }
+        Step::Send(history) => {
+            let mut ep = Endpoints::default();
+            raw_endpoints(sk, local_port, &mut ep)?;
+            send_state(skaddr, old_state, new_state, &mut ep, history);
+            Ok(())
+        }
+        Step::Established(history, send) => {
+            let mut ep = Endpoints::default();
+            raw_endpoints(sk, local_port, &mut ep)?;
+            refresh(history, &ep);
+            if send {
+                send_state(skaddr, old_state, new_state, &mut ep, Some(history));
+            }
+            Ok(())
+        }
     }
-    let mut ep = Endpoints {
-        family: unsafe { bpf_probe_read_kernel(read(s.skc_family).cast())? },
-        local_port,
-        remote_port: u16::from_be(unsafe { bpf_probe_read_kernel(read(s.skc_dport).cast())? }),
-        ..Endpoints::default()
-    };
+}
+
+#[inline(always)]
+fn read_sock<T>(sk: *const u8, offset: u16) -> Result<T, i32> {
+    if offset == ABSENT {
+        return Err(-1);
+    }
+    unsafe { bpf_probe_read_kernel(sk.wrapping_add(offset as usize).cast()) }.map_err(|e| e as i32)
+}
+
+/// A TCP socket's 4-tuple, read from `struct sock` (Err for other protocols).
+#[inline(always)]
+fn raw_endpoints(sk: *const u8, local_port: u16, ep: &mut Endpoints) -> Result<(), i32> {
+    let protocol: u16 = read_sock(sk, layout!(structs.sk_protocol))?;
+    if protocol != IPPROTO_TCP {
+        return Err(0);
+    }
+    ep.family = read_sock(sk, layout!(structs.skc_family))?;
+    ep.local_port = local_port;
+    ep.remote_port = u16::from_be(read_sock(sk, layout!(structs.skc_dport))?);
     match ep.family {
         AF_INET => {
-            ep.local_addr[..4].copy_from_slice(&unsafe {
-                bpf_probe_read_kernel::<[u8; 4]>(read(s.skc_rcv_saddr).cast())?
-            });
-            ep.remote_addr[..4].copy_from_slice(&unsafe {
-                bpf_probe_read_kernel::<[u8; 4]>(read(s.skc_daddr).cast())?
-            });
+            let local: [u8; 4] = read_sock(sk, layout!(structs.skc_rcv_saddr))?;
+            let remote: [u8; 4] = read_sock(sk, layout!(structs.skc_daddr))?;
+            ep.local_addr[..4].copy_from_slice(&local);
+            ep.remote_addr[..4].copy_from_slice(&remote);
         }
         AF_INET6 => {
-            ep.local_addr = unsafe { bpf_probe_read_kernel(read(s.skc_v6_rcv_saddr).cast())? };
-            ep.remote_addr = unsafe { bpf_probe_read_kernel(read(s.skc_v6_daddr).cast())? };
+            ep.local_addr = read_sock(sk, layout!(structs.skc_v6_rcv_saddr))?;
+            ep.remote_addr = read_sock(sk, layout!(structs.skc_v6_daddr))?;
         }
-        _ => return Ok(()),
+        _ => return Err(0),
     }
-    submit_state(sk as u64, ctx.arg(1), ctx.arg(2), ep);
     Ok(())
 }
 
-/// A state change of a socket on a tracked port, when its network namespace is tracked too.
+/// The history of tracked sockets between the records sent for them, by socket address.
+/// A socket evicted from a full map (the least recently changed) loses only what was noted.
+#[map]
+pub(super) static SOCK_HISTORY: LruHashMap<u64, SockHistory> =
+    LruHashMap::with_max_entries(32768, 0);
+
+/// A new socket's history is built here: the BPF stack is too small for it.
+#[map]
+static NEW_HISTORY: PerCpuArray<SockHistory> = PerCpuArray::with_max_entries(1, 0);
+
+/// What a state change of a socket on a tracked port needs.
+///
+/// A connection created on a tracked port is reported once claimed: the accept of a tracked
+/// process reports it (with its history), later its close is sent. Unclaimed connections
+/// (another program's, or closed in the queue without a reset) cost no record; a stalled
+/// listener's queue is read from the history map by userspace. Without claims (the accepted
+/// fd cannot be followed to its socket on this kernel), establishment and close are sent for
+/// every connection. Sockets not seen created (older than sshtrace, or evicted from the map)
+/// have every transition sent.
+enum Step {
+    /// Noted in the history (or of no interest): nothing to send.
+    Done,
+    /// A socket created for a client's SYN: its history, to be completed with its endpoints.
+    Create(&'static mut SockHistory),
+    /// A record to send, with the socket's history if it has one.
+    Send(Option<*mut SockHistory>),
+    /// Established: the client's address and port are complete only now (a socket is cloned
+    /// from its listener and traced as SYN_RECV before they are copied), so the history's
+    /// endpoints are read again; `send` when a record is due too (without claims).
+    Established(*mut SockHistory, bool),
+}
+
 #[inline(always)]
-fn submit_state(skaddr: u64, old_state: i32, new_state: i32, mut endpoints: Endpoints) {
-    endpoints.netns = sk_netns(skaddr);
-    if !netns_tracked(endpoints.netns) {
-        return;
+fn step(skaddr: u64, old: i32, new: i32) -> Result<Step, i32> {
+    let t = tcp_states();
+    let now = unsafe { bpf_ktime_get_ns() };
+    if old == t.listen && new == t.syn_recv {
+        let fresh = unsafe { &mut *NEW_HISTORY.get_ptr_mut(0).ok_or(0)? };
+        *fresh = SockHistory {
+            syn_recv_ns: now,
+            claimed: !claim_on_accept() as u32,
+            ..SockHistory::default()
+        };
+        return Ok(Step::Create(fresh));
     }
-    submit_batched(|e: &mut SockStateEvent| {
-        e.skaddr = skaddr;
-        e.old_state = old_state;
-        e.new_state = new_state;
-        e.endpoints = endpoints;
-    });
+    // A socket with a history is a tracked one: most transitions end here, without reading
+    // the socket again.
+    let Some(ptr) = SOCK_HISTORY.get_ptr_mut(skaddr) else {
+        return Ok(Step::Send(None));
+    };
+    let h = unsafe { &mut *ptr };
+    let closing = new == t.close;
+    let noted = !closing && note(h, &t, old, new, now);
+    if new == t.established {
+        return Ok(Step::Established(ptr, h.claimed != 0));
+    }
+    if noted || h.claimed == 0 {
+        if closing {
+            let _ = SOCK_HISTORY.remove(skaddr);
+        }
+        return Ok(Step::Done);
+    }
+    Ok(Step::Send(Some(ptr)))
+}
+
+/// Replaces the history's endpoints (keeping the network namespace read at creation).
+#[inline(always)]
+fn refresh(h: *mut SockHistory, ep: &Endpoints) {
+    let h = unsafe { &mut *h };
+    let netns = h.endpoints.netns;
+    h.endpoints = *ep;
+    h.endpoints.netns = netns;
+}
+
+/// Keeps the history of a socket created for a client's SYN in a tracked network namespace.
+#[inline(always)]
+fn created(skaddr: u64, fresh: &mut SockHistory) {
+    fresh.endpoints.netns = sk_netns(skaddr);
+    if netns_tracked(fresh.endpoints.netns) {
+        let _ = SOCK_HISTORY.insert(skaddr, &*fresh, 0);
+    }
+}
+
+/// Sends a state change, when the socket's network namespace is tracked, with its history;
+/// a closed socket's history is dropped once sent.
+#[inline(always)]
+fn send_state(
+    skaddr: u64,
+    old_state: i32,
+    new_state: i32,
+    ep: &mut Endpoints,
+    history: Option<*mut SockHistory>,
+) {
+    ep.netns = sk_netns(skaddr);
+    if netns_tracked(ep.netns) {
+        submit_batched(|e: &mut SockStateEvent| {
+            e.skaddr = skaddr;
+            e.old_state = old_state;
+            e.new_state = new_state;
+            e.endpoints = *ep;
+            match history {
+                // Copied in place: the history does not fit on the BPF stack twice.
+                Some(h) => unsafe { core::ptr::copy_nonoverlapping(h, &mut e.history, 1) },
+                None => e.history.claimed = 1,
+            }
+        });
+    }
+    if history.is_some() && new_state == tcp_states().close {
+        let _ = SOCK_HISTORY.remove(skaddr);
+    }
+}
+
+/// Marks a socket's connection as one userspace must hear the end of (it was reset).
+#[inline(always)]
+pub(super) fn claim(skaddr: u64) {
+    if let Some(h) = SOCK_HISTORY.get_ptr_mut(skaddr) {
+        unsafe { (*h).claimed = 1 };
+    }
+}
+
+/// Records the transition in `h`; true when it needs no record of its own.
+#[inline(always)]
+fn note(h: &mut SockHistory, t: &TcpStateNumbers, old: i32, new: i32, now: u64) -> bool {
+    if new == t.established {
+        h.established_ns = now;
+        return false;
+    }
+    if old == t.established && (new == t.fin_wait1 || new == t.close_wait) {
+        h.first_fin_ns = now;
+        h.first_fin_by = if new == t.fin_wait1 {
+            first_fin_by::LOCAL
+        } else {
+            first_fin_by::PEER
+        };
+        return true;
+    }
+    // FIN_WAIT2, CLOSING, LAST_ACK after the first FIN: nothing the verdict needs.
+    h.first_fin_by != first_fin_by::UNKNOWN
 }
 
 /// The classic tracepoint, where the socket's fields cannot be located through BTF.
@@ -276,23 +435,37 @@ pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
 }
 
 fn try_sock_state(ctx: &TracePointContext) -> Result<(), i32> {
-    let l = layout().sock_state;
+    let l = layout!(sock_state);
     // Every socket state change on the host passes here (several per connection): one read
     // and one lookup decide for all but the tracked ports.
     if !port_tracked(local_port(ctx, &l.addr)?) {
         return Ok(());
     }
-    let protocol: u16 = field(ctx, l.protocol)?;
-    if protocol != IPPROTO_TCP {
-        return Ok(());
+    let skaddr: u64 = field(ctx, l.skaddr)?;
+    let (old_state, new_state): (i32, i32) = (field(ctx, l.oldstate)?, field(ctx, l.newstate)?);
+    let tcp = || field::<u16>(ctx, l.protocol) == Ok(IPPROTO_TCP);
+    match step(skaddr, old_state, new_state)? {
+        Step::Done => {}
+        Step::Create(fresh) => {
+            if tcp() {
+                fresh.endpoints = read_endpoints(ctx, &l.addr)?;
+                created(skaddr, fresh);
+            }
+        }
+        Step::Send(history) => {
+            if tcp() {
+                let mut ep = read_endpoints(ctx, &l.addr)?;
+                send_state(skaddr, old_state, new_state, &mut ep, history);
+            }
+        }
+        Step::Established(history, send) => {
+            let mut ep = read_endpoints(ctx, &l.addr)?;
+            refresh(history, &ep);
+            if send {
+                send_state(skaddr, old_state, new_state, &mut ep, Some(history));
+            }
+        }
     }
-    let endpoints = read_endpoints(ctx, &l.addr)?;
-    submit_state(
-        field(ctx, l.skaddr)?,
-        field(ctx, l.oldstate)?,
-        field(ctx, l.newstate)?,
-        endpoints,
-    );
     Ok(())
 }
 

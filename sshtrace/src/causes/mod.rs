@@ -12,7 +12,7 @@ mod lsm_denied;
 mod not_listening;
 mod oom_killed;
 mod peer_reset;
-mod resource_limit;
+pub mod resource_limit;
 mod socket_killed;
 mod sshd_dropped;
 mod sshd_exited;
@@ -129,13 +129,22 @@ pub fn judge(conn: &Connection, tree: &[Process], ctx: &Context) -> Option<Verdi
 
 /// A verdict for a listener that cannot accept the connections waiting for it (no
 /// connection has ended: the clients are timing out).
-pub fn judge_stalled(listener: u32, ports: &[u16], now_ns: u64, ctx: &Context) -> Option<Verdict> {
+/// `queued`: connections waiting that only the kernel knows (not reported until accepted).
+pub fn judge_stalled(
+    listener: u32,
+    ports: &[u16],
+    queued: &[Connection],
+    now_ns: u64,
+    ctx: &Context,
+) -> Option<Verdict> {
     let process = ctx.procs.get(listener)?;
-    let waiting: Vec<&Connection> = ctx
+    let mut waiting: Vec<&Connection> = ctx
         .conns
         .waiting()
         .filter(|c| ports.contains(&c.tuple.local.port()))
         .collect();
+    let known: std::collections::HashSet<u64> = waiting.iter().map(|c| c.skaddr).collect();
+    waiting.extend(queued.iter().filter(|q| !known.contains(&q.skaddr)));
     let oldest = *waiting.iter().min_by_key(|c| c.first_ts)?;
     let finding = resource_limit::stalled(process, oldest, waiting.len(), now_ns, ctx)?;
     let ended = Ended {

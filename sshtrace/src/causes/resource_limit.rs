@@ -101,6 +101,13 @@ pub const STALL_WINDOW_NS: u64 = 2_000_000_000;
 
 /// A listener whose `accept` keeps failing on a limit while connections wait for it: the
 /// clients see no reset, only a time-out, so this is reported before anything ends.
+/// Whether `listener`'s accept failed on a limit within the stall window.
+pub fn accept_failing(listener: &Process, now_ns: u64) -> bool {
+    listener.syscall_errors.iter().any(|x| {
+        x.limit.is_some() && x.syscall.starts_with("accept") && x.ts_ns + STALL_WINDOW_NS >= now_ns
+    })
+}
+
 pub fn stalled(
     listener: &Process,
     waiting: &Connection,

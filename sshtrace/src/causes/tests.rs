@@ -2,7 +2,7 @@
 
 use super::*;
 use crate::{
-    events::{ConnTuple, Event, Kind, Task},
+    events::{ConnTuple, Event, Kind, SockHistory, Task},
     state::{State, TcpStates, SETTLE_NS},
 };
 
@@ -103,26 +103,25 @@ impl Script {
         self.ev(irq_task(), kind)
     }
 
-    /// SYN_RECV → ESTABLISHED, accept in the listener, fork of the session process.
+    /// The connection's first report is the listener's accept, which claims it (its creation
+    /// and establishment were only noted in the kernel); then the session process is forked.
     fn accepted(&mut self) -> &mut Self {
-        self.softirq(Kind::SockState {
-            skaddr: SK,
-            old_state: LISTEN,
-            new_state: SYN_RECV,
-            conn: tuple(),
-        })
-        .softirq(Kind::SockState {
-            skaddr: SK,
-            old_state: SYN_RECV,
-            new_state: ESTABLISHED,
-            conn: tuple(),
-        })
-        .ev(
+        let created = self.ts;
+        self.ev(
             task(LISTENER, "sshd"),
             Kind::Accept {
                 ret: 5,
                 listen_fd: 3,
                 peer: Some(tuple().remote),
+                claimed: Some(crate::events::AcceptedSocket {
+                    skaddr: SK,
+                    conn: tuple(),
+                    history: SockHistory {
+                        syn_recv_ns: Some(created),
+                        established_ns: Some(created + 1),
+                        first_fin: None,
+                    },
+                }),
             },
         )
         .ev(task(LISTENER, "sshd"), Kind::Fork { child: SESSION })
@@ -171,6 +170,7 @@ impl Script {
                 old_state: ESTABLISHED,
                 new_state: CLOSE,
                 conn: tuple(),
+                history: Default::default(),
             },
         )
     }
@@ -181,6 +181,7 @@ impl Script {
             old_state: 9,
             new_state: CLOSE,
             conn: tuple(),
+            history: Default::default(),
         })
     }
 
@@ -211,6 +212,30 @@ fn one(script: &mut Script) -> Verdict {
     let mut v = script.verdicts(&Snapshot::default());
     assert_eq!(v.len(), 1, "{v:#?}");
     v.remove(0)
+}
+
+#[test]
+fn without_claims_the_accept_finds_the_established_connection_by_its_peer() {
+    let mut s = Script::new();
+    s.softirq(Kind::SockState {
+        skaddr: SK,
+        old_state: SYN_RECV,
+        new_state: ESTABLISHED,
+        conn: tuple(),
+        history: Default::default(),
+    })
+    .ev(
+        task(LISTENER, "sshd"),
+        Kind::Accept {
+            ret: 5,
+            listen_fd: 3,
+            peer: Some(tuple().remote),
+            claimed: None,
+        },
+    );
+    let c = s.state.conns.by_tuple_mut(tuple()).unwrap();
+    assert_eq!(c.listener_pid, Some(LISTENER));
+    assert!(c.established_ts.is_some());
 }
 
 #[test]
@@ -487,12 +512,14 @@ fn accepted_without_fork(s: &mut Script) {
         old_state: LISTEN,
         new_state: SYN_RECV,
         conn: tuple(),
+        history: Default::default(),
     })
     .softirq(Kind::SockState {
         skaddr: SK,
         old_state: SYN_RECV,
         new_state: ESTABLISHED,
         conn: tuple(),
+        history: Default::default(),
     })
     .ev(
         task(LISTENER, "sshd"),
@@ -500,6 +527,7 @@ fn accepted_without_fork(s: &mut Script) {
             ret: 5,
             listen_fd: 3,
             peer: Some(tuple().remote),
+            claimed: None,
         },
     );
 }
@@ -592,12 +620,14 @@ fn tcp_state_reset_by_the_listener_is_a_drop_not_a_kill() {
         old_state: LISTEN,
         new_state: SYN_RECV,
         conn: tuple(),
+        history: Default::default(),
     })
     .softirq(Kind::SockState {
         skaddr: SK,
         old_state: SYN_RECV,
         new_state: ESTABLISHED,
         conn: tuple(),
+        history: Default::default(),
     })
     .ev(
         task(LISTENER, "sshd"),
@@ -687,6 +717,7 @@ fn client_giving_up_before_auth_is_closed_preauth() {
             old_state: ESTABLISHED,
             new_state: CLOSE_WAIT,
             conn: tuple(),
+            history: Default::default(),
         })
         .exit(PREAUTH, 255 << 8)
         .exit(SESSION, 255 << 8)
@@ -697,11 +728,57 @@ fn client_giving_up_before_auth_is_closed_preauth() {
                 old_state: 9,
                 new_state: CLOSE,
                 conn: tuple(),
+                history: Default::default(),
             },
         );
     let v = one(&mut s);
     assert_eq!(v.cause, Cause::ClosedPreauth);
     assert_eq!(v.details["closed_by"], "client");
+}
+
+#[test]
+fn the_first_fin_noted_in_the_kernel_tells_who_closed() {
+    // The kernel sends no record for ESTABLISHED → CLOSE_WAIT/FIN_WAIT1: the close record
+    // carries it.
+    for (local, closed_by) in [(false, "client"), (true, "sshd")] {
+        let mut s = Script::new();
+        s.accepted().exit(PREAUTH, 255 << 8).exit(SESSION, 255 << 8);
+        let fin = s.ts;
+        s.softirq(Kind::SockState {
+            skaddr: SK,
+            old_state: 9,
+            new_state: CLOSE,
+            conn: tuple(),
+            history: SockHistory {
+                first_fin: Some((fin, local)),
+                ..Default::default()
+            },
+        });
+        let v = one(&mut s);
+        assert_eq!(v.cause, Cause::ClosedPreauth);
+        assert_eq!(v.details["closed_by"], closed_by);
+    }
+}
+
+#[test]
+fn a_connection_first_seen_at_its_close_takes_its_times_from_the_history() {
+    let mut s = Script::new();
+    let (created, established) = (s.ts - 5_000_000, s.ts - 4_000_000);
+    s.softirq(Kind::SockState {
+        skaddr: SK,
+        old_state: 9,
+        new_state: CLOSE,
+        conn: tuple(),
+        history: SockHistory {
+            syn_recv_ns: Some(created),
+            established_ns: Some(established),
+            first_fin: Some((s.ts, false)),
+        },
+    });
+    let c = s.state.conns.by_tuple_mut(tuple()).unwrap();
+    assert_eq!(c.first_ts, created);
+    assert_eq!(c.established_ts, Some(established));
+    assert_eq!(c.closed_first_by, Some(crate::state::Closer::Peer));
 }
 
 #[test]
@@ -716,6 +793,7 @@ fn login_grace_time_is_closed_preauth_by_sshd() {
             old_state: ESTABLISHED,
             new_state: FIN_WAIT1,
             conn: tuple(),
+            history: Default::default(),
         })
         .exit(SESSION, 255 << 8)
         .fin_close();
@@ -736,21 +814,33 @@ fn auth_child_exiting_zero_means_authenticated_even_without_a_shell() {
     assert!(s.verdicts(&Snapshot::default()).is_empty());
 }
 
-#[test]
-fn stalled_listener_is_reported_before_anything_ends() {
+/// A listener failing accept with EMFILE while one connection waits: reported from the table
+/// (connections reported when established) or from the kernel's queue (`in_kernel`).
+fn stalled_listener(in_kernel: bool) {
     let mut s = Script::new();
-    s.softirq(Kind::SockState {
-        skaddr: SK,
-        old_state: LISTEN,
-        new_state: SYN_RECV,
-        conn: tuple(),
-    })
-    .softirq(Kind::SockState {
-        skaddr: SK,
-        old_state: SYN_RECV,
-        new_state: ESTABLISHED,
-        conn: tuple(),
-    });
+    let queued = [crate::state::Connection::queued(
+        SK,
+        tuple(),
+        s.ts,
+        s.ts + 1,
+    )];
+    let queued: &[crate::state::Connection] = if in_kernel { &queued } else { &[] };
+    if !in_kernel {
+        s.softirq(Kind::SockState {
+            skaddr: SK,
+            old_state: LISTEN,
+            new_state: SYN_RECV,
+            conn: tuple(),
+            history: Default::default(),
+        })
+        .softirq(Kind::SockState {
+            skaddr: SK,
+            old_state: SYN_RECV,
+            new_state: ESTABLISHED,
+            conn: tuple(),
+            history: Default::default(),
+        });
+    }
     s.ev(
         task(LISTENER, "sshd"),
         Kind::SyscallError {
@@ -777,7 +867,7 @@ fn stalled_listener_is_reported_before_anything_ends() {
         clock: &clock,
         host: "h",
     };
-    let v = judge_stalled(LISTENER, &[2222], s.ts, &ctx).unwrap();
+    let v = judge_stalled(LISTENER, &[2222], queued, s.ts, &ctx).unwrap();
     assert_eq!(
         (v.cause, v.outcome),
         (Cause::ResourceLimit, Outcome::Stalled)
@@ -785,6 +875,16 @@ fn stalled_listener_is_reported_before_anything_ends() {
     assert_eq!(v.details["failures_per_second"], 100.0);
     assert_eq!(v.details["waiting_connections"], 1);
     assert_eq!(v.conn.remote_port, 40000);
+}
+
+#[test]
+fn stalled_listener_is_reported_before_anything_ends() {
+    stalled_listener(false);
+}
+
+#[test]
+fn a_queue_only_the_kernel_holds_is_reported_for_a_stalled_listener() {
+    stalled_listener(true);
 }
 
 fn dropped_syn(s: &mut Script) -> &mut Script {
@@ -1017,6 +1117,7 @@ fn refused_access_the_mode_refuses_is_a_permission_problem() {
         old_state: ESTABLISHED,
         new_state: CLOSE_WAIT,
         conn: tuple(),
+        history: Default::default(),
     })
     .exit(SESSION, 255 << 8)
     .fin_close();
@@ -1056,6 +1157,7 @@ fn an_lsm_report_names_the_lsm_and_its_contexts() {
         old_state: ESTABLISHED,
         new_state: CLOSE_WAIT,
         conn: tuple(),
+        history: Default::default(),
     })
     .exit(SESSION, 255 << 8)
     .fin_close();

@@ -167,6 +167,11 @@ pub fn discover(tracefs: &Path, btf: &Btf) -> Result<KernelLayout> {
         (&mut s.inode_ino, "inode", "i_ino"),
         (&mut s.inode_sb, "inode", "i_sb"),
         (&mut s.sb_dev, "super_block", "s_dev"),
+        (&mut s.task_files, "task_struct", "files"),
+        (&mut s.files_fdt, "files_struct", "fdt"),
+        (&mut s.fdtable_fd, "fdtable", "fd"),
+        (&mut s.file_private_data, "file", "private_data"),
+        (&mut s.socket_sk, "socket", "sk"),
     ] {
         *slot = member(strukt, name).unwrap_or(ABSENT);
     }

@@ -89,6 +89,14 @@ impl Connection {
         }
     }
 
+    /// A connection waiting in a listener's queue that only the kernel's history holds.
+    pub fn queued(skaddr: u64, tuple: ConnTuple, first_ts: u64, established_ts: u64) -> Self {
+        Self {
+            established_ts: Some(established_ts),
+            ..Self::new(0, skaddr, tuple, first_ts)
+        }
+    }
+
     pub fn end(&mut self, ts: u64) {
         self.end_ts.get_or_insert(ts);
     }
@@ -119,6 +127,21 @@ impl ConnectionTable {
         let id = self.insert(skaddr, tuple, ts);
         self.by_skaddr.insert(skaddr, id);
         id
+    }
+
+    /// The live (not ended) connection of `skaddr` with this tuple, else a new one.
+    pub fn live_or_open(&mut self, skaddr: u64, tuple: ConnTuple, ts: u64) -> ConnId {
+        match self.by_skaddr.get(&skaddr) {
+            Some(&id)
+                if self
+                    .conns
+                    .get(&id)
+                    .is_some_and(|c| c.tuple == tuple && c.end_ts.is_none()) =>
+            {
+                id
+            }
+            _ => self.open(skaddr, tuple, ts),
+        }
     }
 
     /// The connection of `skaddr`, opened now when it was established before sshtrace started.

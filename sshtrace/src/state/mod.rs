@@ -5,7 +5,7 @@ pub mod connections;
 pub mod processes;
 
 use crate::{
-    events::{ConnTuple, Event, Kind},
+    events::{ConnTuple, Event, Kind, SockHistory},
     kernel::names::KernelNames,
 };
 pub use connections::{Closer, ConnId, Connection, ConnectionTable, Drop, ResetSent};
@@ -43,6 +43,31 @@ impl TcpStates {
             listen: names.tcp_state_value("TCP_LISTEN").unwrap_or(10),
         }
     }
+
+    /// The same numbers for the kernel-side socket history.
+    pub fn numbers(&self) -> sshtrace_common::TcpStateNumbers {
+        sshtrace_common::TcpStateNumbers {
+            established: self.established,
+            syn_recv: self.syn_recv,
+            fin_wait1: self.fin_wait1,
+            close: self.close,
+            close_wait: self.close_wait,
+            listen: self.listen,
+        }
+    }
+}
+
+/// What the kernel noted of a connection between its records.
+fn apply_history(c: &mut Connection, history: &SockHistory) {
+    if let Some(created) = history.syn_recv_ns {
+        c.first_ts = c.first_ts.min(created);
+    }
+    if let Some(established) = history.established_ns {
+        c.established_ts.get_or_insert(established);
+    }
+    if let (Some((_, local)), None) = (history.first_fin, c.closed_first_by) {
+        c.closed_first_by = Some(if local { Closer::Sshd } else { Closer::Peer });
+    }
 }
 
 pub struct State {
@@ -69,16 +94,22 @@ impl State {
                 old_state,
                 new_state,
                 conn,
+                history,
             } => {
                 if *new_state == s.listen || (*old_state == s.listen && *new_state != s.syn_recv) {
                     return; // the listening socket itself
                 }
-                let id = if *new_state == s.syn_recv {
+                // A connection's first record: its creation, or (the kernel noting creation
+                // only) its establishment.
+                let id = if *new_state == s.syn_recv
+                    || (*old_state == s.syn_recv && *new_state == s.established)
+                {
                     self.conns.open(*skaddr, *conn, ts)
                 } else {
                     self.conns.by_skaddr_or_open(*skaddr, *conn, ts)
                 };
                 let c = self.conns.get_mut(id).expect("just looked up");
+                apply_history(c, history);
                 if *new_state == s.established {
                     c.established_ts.get_or_insert(ts);
                 }
@@ -165,13 +196,25 @@ impl State {
                     c.end(ts);
                 }
             }
-            Kind::Accept { ret, peer, .. } => {
+            Kind::Accept {
+                ret, peer, claimed, ..
+            } => {
                 let pid = event.task.pid;
                 self.procs.touch(pid, &event.task.comm, ts);
                 if *ret < 0 {
                     return;
                 }
-                if let Some(id) = peer.and_then(|p| self.conns.unaccepted_from(p)) {
+                // Reported at its accept (claimed), or earlier: then found by its peer.
+                let accepted = match claimed {
+                    Some(a) => {
+                        let id = self.conns.live_or_open(a.skaddr, a.conn, ts);
+                        let c = self.conns.get_mut(id).expect("just looked up");
+                        apply_history(c, &a.history);
+                        Some(id)
+                    }
+                    None => peer.and_then(|p| self.conns.unaccepted_from(p)),
+                };
+                if let Some(id) = accepted {
                     let c = self.conns.get_mut(id).expect("just looked up");
                     c.listener_pid = Some(pid);
                     c.accept_ts = Some(ts);
