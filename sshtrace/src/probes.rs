@@ -62,8 +62,9 @@ const HOOKS: &[Hook] = &[
 const REFUSAL_KPROBES: [&str; 2] = ["tcp_v4_send_reset", "tcp_v6_send_reset"];
 
 pub struct Probes {
-    /// Keeps programs and links alive; dropping it detaches everything.
-    _ebpf: Ebpf,
+    /// Keeps programs and links alive; dropping it detaches everything (the maps taken out
+    /// of it below stay readable).
+    pub programs: Ebpf,
     pub attached: Vec<String>,
     /// Optional hooks this kernel lacks, with the reason.
     pub skipped: Vec<String>,
@@ -112,10 +113,10 @@ impl Probes {
                 attach: Attach::KProbe(name),
                 required: false,
             });
-        // The raw tracepoints for the two hottest hooks (cheaper: no record is assembled) are
-        // opt-in until an intermittent soft lockup seen once with them on a 6.1 guest is
-        // understood; the classic ones are the default.
-        let raw = std::env::var_os("SSHTRACE_RAW_TRACEPOINTS").is_some_and(|v| v == "1");
+        // The raw tracepoints for the two hottest hooks: cheaper, no record is assembled
+        // before the program runs (half the cost of tracing a connection storm). The classic
+        // ones where BTF does not locate the fields, or with SSHTRACE_RAW_TRACEPOINTS=0.
+        let raw = std::env::var_os("SSHTRACE_RAW_TRACEPOINTS").is_none_or(|v| v != "0");
         // Failed syscalls: the raw tracepoint where the syscall number can be found in the
         // registers, else the classic one.
         let syscall_exit = if raw && layout.syscall.regs_syscall_nr != sshtrace_common::ABSENT {
@@ -170,7 +171,7 @@ impl Probes {
         let counters = LossCounters(PerCpuArray::try_from(take("COUNTERS")?)?);
         let unclaimed = UnclaimedConnections(HashMap::try_from(take("SOCK_HISTORY")?)?);
         Ok(Self {
-            _ebpf: ebpf,
+            programs: ebpf,
             attached,
             skipped,
             events,

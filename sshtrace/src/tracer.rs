@@ -120,6 +120,7 @@ pub async fn run(
         discovery,
         filters: probes.filters,
         unclaimed: probes.unclaimed,
+        programs: Some(probes.programs),
         counters: probes.counters,
         outputs: Outputs::start(outputs, host.clone(), clock),
         clock,
@@ -167,6 +168,8 @@ struct Tracer {
     filters: KernelFilters,
     counters: LossCounters,
     unclaimed: crate::probes::UnclaimedConnections,
+    /// The attached programs, detached at the stop before the last read of the ring.
+    programs: Option<aya::Ebpf>,
     outputs: Outputs,
     clock: Clock,
     host: String,
@@ -244,7 +247,9 @@ impl Tracer {
                 break;
             }
         }
-        // Whatever is still in the ring, then every connection that has ended, without waiting.
+        // Detached first, so that nothing is produced after the last read: then whatever is
+        // still in the ring, then every connection that has ended, without waiting.
+        drop(self.programs.take());
         self.drain(ring.get_mut());
         self.emit_settled(Clock::monotonic_now_ns() + SETTLE_NS)
     }
