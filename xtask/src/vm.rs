@@ -504,7 +504,7 @@ fn boot(kernel: &Kernel, initrd: &Path, share: &Path, accel: Accel, memory_mib: 
         .arg(initrd)
         .args([
             "-append",
-            "console=ttyS0 quiet loglevel=4 panic=-1 oops=panic",
+            "console=ttyS0 quiet loglevel=4 panic=-1 oops=panic softlockup_panic=1",
             "-nographic",
             "-no-reboot",
             "-nic",
