@@ -258,7 +258,7 @@ fn read_sock<T>(sk: *const u8, offset: u16) -> Result<T, i32> {
     if offset == ABSENT {
         return Err(-1);
     }
-    unsafe { bpf_probe_read_kernel(sk.wrapping_add(offset as usize).cast()) }.map_err(|e| e as i32)
+    unsafe { bpf_probe_read_kernel(sk.wrapping_add(offset as usize).cast()) }
 }
 
 /// A TCP socket's 4-tuple, read from `struct sock` (Err for other protocols).
@@ -366,6 +366,8 @@ fn refresh(h: *mut SockHistory, ep: &Endpoints) {
 fn created(skaddr: u64, fresh: &mut SockHistory) {
     fresh.endpoints.netns = sk_netns(skaddr);
     if netns_tracked(fresh.endpoints.netns) {
+        // By reference: a copy would not fit on the BPF stack.
+        #[allow(clippy::needless_borrows_for_generic_args)]
         let _ = SOCK_HISTORY.insert(skaddr, &*fresh, 0);
     }
 }
