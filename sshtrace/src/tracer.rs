@@ -32,7 +32,7 @@ use crate::{
     plan::Plan,
     probes::{KernelFilters, LossCounters, Probes},
     runtime::ContainerNames,
-    state::{Connection, State, TcpStates, SETTLE_NS},
+    state::{Connection, State, SETTLE_NS},
     summary::Summary,
 };
 
@@ -81,7 +81,7 @@ pub async fn run(
                 .drop_reason_value("NETFILTER_DROP")
                 .unwrap_or(u32::MAX),
             no_socket_drop: plan.no_socket_resets.drop_reason().unwrap_or(u32::MAX),
-            tcp_states: TcpStates::from_names(&names).numbers(),
+            tcp_states: crate::state::tcp_states(&names),
             claim_on_accept: layout.structs.accepted_socket_known() as u32,
         },
         plan.wants_refusal_kprobes(),
@@ -115,7 +115,7 @@ pub async fn run(
     let mut tracer = Tracer {
         container_names,
         last_scan: std::time::Instant::now(),
-        state: State::new(TcpStates::from_names(&names)),
+        state: State::new(crate::state::tcp_states(&names)),
         names,
         discovery,
         filters: probes.filters,

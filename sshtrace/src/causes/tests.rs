@@ -3,7 +3,7 @@
 use super::*;
 use crate::{
     events::{ConnTuple, Event, Kind, SockHistory, Task},
-    state::{State, TcpStates, SETTLE_NS},
+    state::{State, SETTLE_NS},
 };
 
 const ESTABLISHED: i32 = 1;
@@ -84,7 +84,7 @@ struct Script {
 impl Script {
     fn new() -> Self {
         Self {
-            state: State::new(TcpStates::from_names(&names())),
+            state: State::new(crate::state::tcp_states(&names())),
             ts: 1_000_000_000,
         }
     }
@@ -217,22 +217,7 @@ fn one(script: &mut Script) -> Verdict {
 #[test]
 fn without_claims_the_accept_finds_the_established_connection_by_its_peer() {
     let mut s = Script::new();
-    s.softirq(Kind::SockState {
-        skaddr: SK,
-        old_state: SYN_RECV,
-        new_state: ESTABLISHED,
-        conn: tuple(),
-        history: Default::default(),
-    })
-    .ev(
-        task(LISTENER, "sshd"),
-        Kind::Accept {
-            ret: 5,
-            listen_fd: 3,
-            peer: Some(tuple().remote),
-            claimed: None,
-        },
-    );
+    accepted_without_fork(&mut s);
     let c = s.state.conns.by_tuple_mut(tuple()).unwrap();
     assert_eq!(c.listener_pid, Some(LISTENER));
     assert!(c.established_ts.is_some());
@@ -505,7 +490,8 @@ fn nofile(value: &str) -> Option<crate::limits::LimitFacts> {
     })
 }
 
-/// SYN_RECV → ESTABLISHED and the accept, with no fork after it.
+/// SYN_RECV → ESTABLISHED and the accept, with no fork after it: the connection reported by
+/// its state records (a kernel without claims), the accept finding it by its peer.
 fn accepted_without_fork(s: &mut Script) {
     s.softirq(Kind::SockState {
         skaddr: SK,

@@ -20,40 +20,22 @@ pub const SETTLE_NS: u64 = 300_000_000;
 /// (1 s) tells a DROP from a REJECT.
 pub const FIREWALL_SETTLE_NS: u64 = 1_200_000_000;
 
-/// TCP states used to follow a connection's life, by their numbers on this kernel.
-#[derive(Clone, Copy, Debug)]
-pub struct TcpStates {
-    pub established: i32,
-    pub syn_recv: i32,
-    pub fin_wait1: i32,
-    pub close: i32,
-    pub close_wait: i32,
-    pub listen: i32,
-}
+/// TCP states used to follow a connection's life, by their numbers on this kernel (the
+/// kernel-side socket history uses the same).
+pub use sshtrace_common::TcpStateNumbers as TcpStates;
 
-impl TcpStates {
-    pub fn from_names(names: &KernelNames) -> Self {
-        // The values have been the same since TCP states were numbered; BTF decides anyway.
-        Self {
-            established: names.tcp_state_value("TCP_ESTABLISHED").unwrap_or(1),
-            syn_recv: names.tcp_state_value("TCP_SYN_RECV").unwrap_or(3),
-            fin_wait1: names.tcp_state_value("TCP_FIN_WAIT1").unwrap_or(4),
-            close: names.tcp_state_value("TCP_CLOSE").unwrap_or(7),
-            close_wait: names.tcp_state_value("TCP_CLOSE_WAIT").unwrap_or(8),
-            listen: names.tcp_state_value("TCP_LISTEN").unwrap_or(10),
-        }
-    }
-
-    /// The same numbers for the kernel-side socket history.
-    pub fn numbers(&self) -> sshtrace_common::TcpStateNumbers {
-        sshtrace_common::TcpStateNumbers {
-            established: self.established,
-            syn_recv: self.syn_recv,
-            fin_wait1: self.fin_wait1,
-            close: self.close,
-            close_wait: self.close_wait,
-            listen: self.listen,
-        }
+/// This kernel's TCP state numbers. The values have been the same since TCP states were
+/// numbered; BTF decides anyway.
+pub fn tcp_states(names: &KernelNames) -> TcpStates {
+    let known = TcpStates::LINUX;
+    let value = |name: &str, default: i32| names.tcp_state_value(name).unwrap_or(default);
+    TcpStates {
+        established: value("TCP_ESTABLISHED", known.established),
+        syn_recv: value("TCP_SYN_RECV", known.syn_recv),
+        fin_wait1: value("TCP_FIN_WAIT1", known.fin_wait1),
+        close: value("TCP_CLOSE", known.close),
+        close_wait: value("TCP_CLOSE_WAIT", known.close_wait),
+        listen: value("TCP_LISTEN", known.listen),
     }
 }
 
