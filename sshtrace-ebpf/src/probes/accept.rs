@@ -3,16 +3,13 @@
 //! socket is followed from the new fd, and its connection claimed (see `tcp::note_history`).
 
 use aya_ebpf::{
-    helpers::{
-        bpf_get_current_pid_tgid, bpf_get_current_task, bpf_probe_read_kernel,
-        bpf_probe_read_user_buf,
-    },
+    helpers::{bpf_get_current_pid_tgid, bpf_get_current_task, bpf_probe_read_user_buf},
     macros::tracepoint,
     programs::TracePointContext,
 };
-use sshtrace_common::{AcceptEvent, ABSENT, SOCKADDR_LEN};
+use sshtrace_common::{AcceptEvent, SOCKADDR_LEN};
 
-use super::{field, tcp::SOCK_HISTORY};
+use super::{field, member, tcp::SOCK_HISTORY};
 use crate::{
     maps::{claim_on_accept, pid_tracked, ACCEPT_ARGS},
     record::submit,
@@ -97,21 +94,11 @@ fn accepted_socket(fd: u32) -> Option<u64> {
         return None;
     }
     let s = layout!(structs);
-    if s.socket_sk == ABSENT {
-        return None;
-    }
-    let read = |base: u64, offset: u16| -> Option<u64> {
-        if base == 0 {
-            return None;
-        }
-        unsafe { bpf_probe_read_kernel((base as *const u8).wrapping_add(offset as usize).cast()) }
-            .ok()
-    };
-    let task = unsafe { bpf_get_current_task() };
-    let files = read(task, s.task_files)?;
-    let fdt = read(files, s.files_fdt)?;
-    let fds = read(fdt, s.fdtable_fd)?;
-    let file = read(fds + u64::from(fd) * 8, 0)?;
-    let socket = read(file, s.file_private_data)?;
-    read(socket, s.socket_sk)
+    let task = unsafe { bpf_get_current_task() } as *const u8;
+    let files: *const u8 = member(task, s.task_files)?;
+    let fdt: *const u8 = member(files, s.files_fdt)?;
+    let fds: *const u8 = member(fdt, s.fdtable_fd)?;
+    let file: *const u8 = member(fds.wrapping_add(fd as usize * 8), 0)?;
+    let socket: *const u8 = member(file, s.file_private_data)?;
+    member::<u64>(socket, s.socket_sk)
 }

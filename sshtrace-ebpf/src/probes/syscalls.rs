@@ -16,7 +16,7 @@ use sshtrace_common::{
     SYSCALL_ERROR_INTERVAL_NS,
 };
 
-use super::field;
+use super::{field, member};
 use crate::{maps::pid_tracked, record::submit};
 
 /// The path argument of a call in progress: `[syscall nr, user pointer]` by pid_tgid.
@@ -204,15 +204,6 @@ fn current_rlimits() -> Option<[u64; 3]> {
         *slot = unsafe { bpf_probe_read_kernel(at.cast()) }.ok()?;
     }
     Some(out)
-}
-
-/// Reads a pointer-sized or smaller member at `base + offset`, failing on an unknown offset.
-#[inline(always)]
-fn member<T>(base: *const u8, offset: u16) -> Option<T> {
-    if offset == ABSENT || base.is_null() {
-        return None;
-    }
-    unsafe { bpf_probe_read_kernel(base.wrapping_add(offset as usize).cast()) }.ok()
 }
 
 /// The current task's file-access credentials, its parent and its root directory's identity.

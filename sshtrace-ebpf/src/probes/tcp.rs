@@ -14,7 +14,7 @@ use sshtrace_common::{
     SEG_FLAGS_UNKNOWN,
 };
 
-use super::field;
+use super::{field, member};
 use crate::{
     maps::{claim_on_accept, netns_tracked, port_tracked, sk_netns, skb_netns, tcp_states},
     record::submit_batched,
@@ -253,12 +253,10 @@ fn try_raw_sock_state(ctx: &RawTracePointContext) -> Result<(), i32> {
     }
 }
 
+/// A member of the socket, for `?` in the probes' `Result`s.
 #[inline(always)]
 fn read_sock<T>(sk: *const u8, offset: u16) -> Result<T, i32> {
-    if offset == ABSENT {
-        return Err(-1);
-    }
-    unsafe { bpf_probe_read_kernel(sk.wrapping_add(offset as usize).cast()) }
+    member(sk, offset).ok_or(-1)
 }
 
 /// A TCP socket's 4-tuple, read from `struct sock` (Err for other protocols).

@@ -134,6 +134,17 @@ impl Script {
         .ev(task(SESSION, "sshd"), Kind::Fork { child: PREAUTH })
     }
 
+    /// LAST_ACK → CLOSE, carrying what the kernel noted of the connection before.
+    fn closed_with(&mut self, history: SockHistory) -> &mut Self {
+        self.softirq(Kind::SockState {
+            skaddr: SK,
+            old_state: 9,
+            new_state: CLOSE,
+            conn: tuple(),
+            history,
+        })
+    }
+
     fn exit(&mut self, pid: u32, code: i32) -> &mut Self {
         self.ev(task(pid, "sshd"), Kind::Exit { exit_code: code })
     }
@@ -493,6 +504,19 @@ fn nofile(value: &str) -> Option<crate::limits::LimitFacts> {
 /// SYN_RECV → ESTABLISHED and the accept, with no fork after it: the connection reported by
 /// its state records (a kernel without claims), the accept finding it by its peer.
 fn accepted_without_fork(s: &mut Script) {
+    established(s).ev(
+        task(LISTENER, "sshd"),
+        Kind::Accept {
+            ret: 5,
+            listen_fd: 3,
+            peer: Some(tuple().remote),
+            claimed: None,
+        },
+    );
+}
+
+/// LISTEN → SYN_RECV → ESTABLISHED, each reported (a kernel without claims).
+fn established(s: &mut Script) -> &mut Script {
     s.softirq(Kind::SockState {
         skaddr: SK,
         old_state: LISTEN,
@@ -507,15 +531,6 @@ fn accepted_without_fork(s: &mut Script) {
         conn: tuple(),
         history: Default::default(),
     })
-    .ev(
-        task(LISTENER, "sshd"),
-        Kind::Accept {
-            ret: 5,
-            listen_fd: 3,
-            peer: Some(tuple().remote),
-            claimed: None,
-        },
-    );
 }
 
 #[test]
@@ -730,15 +745,9 @@ fn the_first_fin_noted_in_the_kernel_tells_who_closed() {
         let mut s = Script::new();
         s.accepted().exit(PREAUTH, 255 << 8).exit(SESSION, 255 << 8);
         let fin = s.ts;
-        s.softirq(Kind::SockState {
-            skaddr: SK,
-            old_state: 9,
-            new_state: CLOSE,
-            conn: tuple(),
-            history: SockHistory {
-                first_fin: Some((fin, local)),
-                ..Default::default()
-            },
+        s.closed_with(SockHistory {
+            first_fin: Some((fin, local)),
+            ..Default::default()
         });
         let v = one(&mut s);
         assert_eq!(v.cause, Cause::ClosedPreauth);
@@ -750,16 +759,11 @@ fn the_first_fin_noted_in_the_kernel_tells_who_closed() {
 fn a_connection_first_seen_at_its_close_takes_its_times_from_the_history() {
     let mut s = Script::new();
     let (created, established) = (s.ts - 5_000_000, s.ts - 4_000_000);
-    s.softirq(Kind::SockState {
-        skaddr: SK,
-        old_state: 9,
-        new_state: CLOSE,
-        conn: tuple(),
-        history: SockHistory {
-            syn_recv_ns: Some(created),
-            established_ns: Some(established),
-            first_fin: Some((s.ts, false)),
-        },
+    let fin = s.ts;
+    s.closed_with(SockHistory {
+        syn_recv_ns: Some(created),
+        established_ns: Some(established),
+        first_fin: Some((fin, false)),
     });
     let c = s.state.conns.by_tuple_mut(tuple()).unwrap();
     assert_eq!(c.first_ts, created);
@@ -812,20 +816,7 @@ fn stalled_listener(in_kernel: bool) {
     )];
     let queued: &[crate::state::Connection] = if in_kernel { &queued } else { &[] };
     if !in_kernel {
-        s.softirq(Kind::SockState {
-            skaddr: SK,
-            old_state: LISTEN,
-            new_state: SYN_RECV,
-            conn: tuple(),
-            history: Default::default(),
-        })
-        .softirq(Kind::SockState {
-            skaddr: SK,
-            old_state: SYN_RECV,
-            new_state: ESTABLISHED,
-            conn: tuple(),
-            history: Default::default(),
-        });
+        established(&mut s);
     }
     s.ev(
         task(LISTENER, "sshd"),
