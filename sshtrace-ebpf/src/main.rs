@@ -2,6 +2,10 @@
 //! ports end and what happens to the tracked sshd processes. Everything is filtered here, in
 //! the kernel, by tracked port and tracked process, so unrelated traffic never reaches the
 //! ring buffer. Field offsets come from userspace through the `LAYOUT` global.
+//!
+//! The object's BTF must load, or no tp_btf program can: a function the compiler keeps out
+//! of line becomes a BTF FUNC, and one whose signature holds a Rust enum (`Result`, `Option`)
+//! gets BTF the kernel rejects. Such helpers are `#[inline(always)]`.
 #![no_std]
 #![no_main]
 

@@ -136,21 +136,19 @@ pub struct AcceptedSocket {
 /// A socket's transitions the kernel noted between records (CLOCK_MONOTONIC ns).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct SockHistory {
-    pub syn_recv_ns: Option<u64>,
     pub established_ns: Option<u64>,
-    /// The first FIN of an orderly close, and whether this host (true) or the peer sent it.
-    pub first_fin: Option<(u64, bool)>,
+    /// Whether this host (true) or the peer sent the first FIN of an orderly close.
+    pub first_fin_local: Option<bool>,
 }
 
 impl SockHistory {
     pub fn from_wire(h: &wire::SockHistory) -> Self {
         let seen = |ns: u64| (ns != 0).then_some(ns);
         Self {
-            syn_recv_ns: seen(h.syn_recv_ns),
             established_ns: seen(h.established_ns),
-            first_fin: match h.first_fin_by {
-                wire::first_fin_by::LOCAL => Some((h.first_fin_ns, true)),
-                wire::first_fin_by::PEER => Some((h.first_fin_ns, false)),
+            first_fin_local: match h.first_fin_by {
+                wire::first_fin_by::LOCAL => Some(true),
+                wire::first_fin_by::PEER => Some(false),
                 _ => None,
             },
         }
@@ -501,7 +499,6 @@ mod tests {
     #[test]
     fn an_accept_claiming_its_socket_reports_the_connection() {
         let mut history = wire::SockHistory {
-            syn_recv_ns: 10,
             established_ns: 20,
             ..Default::default()
         };

@@ -14,6 +14,11 @@ const LANDLOCK_AUDIT: &str = "Landlock audit records (6.15+), when auditing is o
 const LSM_BY_ELIMINATION: &str =
     "the failed syscall's errno, the mode bits and the sole active access-control LSM";
 const KPROBE_REFUSALS: &str = "kprobe tcp_v4_send_reset/tcp_v6_send_reset without a socket";
+const SOCK_STATE_WAYS: &[&str] = &[
+    "tp_btf inet_sock_set_state (socket fields as plain loads)",
+    "raw_tracepoint inet_sock_set_state (socket fields through bpf_probe_read_kernel)",
+    "tracepoint sock:inet_sock_set_state (a record assembled for every state change)",
+];
 
 /// How resets sent without a socket (a connection to a port nothing listens on) are seen.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -72,6 +77,13 @@ impl Plan {
         };
         let netfilter = drop_reasons && names.drop_reason_value("NETFILTER_DROP").is_some();
         let capabilities = vec![
+            Capability {
+                evidence: "socket state changes (every connection's life)",
+                // Known once attached: see `socket_states_through`.
+                source: None,
+                ways: SOCK_STATE_WAYS,
+                without: "sshtrace cannot start",
+            },
             Capability {
                 evidence: "resets sent without a socket (refused connections)",
                 source: match no_socket_resets {
@@ -168,7 +180,21 @@ impl Plan {
     /// The kprobes attached: refusals are seen through them.
     pub fn refusals_by_kprobe(&mut self) {
         self.no_socket_resets = NoSocketResets::Kprobe;
-        self.capabilities[0].source = Some(KPROBE_REFUSALS.into());
+        self.capability("resets sent without a socket").source = Some(KPROBE_REFUSALS.into());
+    }
+
+    /// The hook that attached for socket states (`tp_btf inet_sock_set_state`, …), one of the
+    /// ways known.
+    pub fn socket_states_through(&mut self, hook: &str) {
+        let way = SOCK_STATE_WAYS.iter().find(|w| w.starts_with(hook));
+        self.capability("socket state changes").source = way.map(|w| (*w).into());
+    }
+
+    fn capability(&mut self, evidence: &str) -> &mut Capability {
+        self.capabilities
+            .iter_mut()
+            .find(|c| c.evidence.starts_with(evidence))
+            .expect("a capability of the plan")
     }
 
     /// The evidence this kernel cannot give, one line each with what it costs.
@@ -265,11 +291,12 @@ mod tests {
     fn before_6_10_refusals_come_from_the_dropped_segment() {
         let mut l = layout_6_18();
         l.send_reset.reason = ABSENT;
-        let plan = Plan::new(
+        let mut plan = Plan::new(
             &l,
             &names(&[(2, "NO_SOCKET"), (9, "NETFILTER_DROP")]),
             false,
         );
+        plan.socket_states_through("raw_tracepoint inet_sock_set_state");
         assert_eq!(plan.no_socket_resets, NoSocketResets::DroppedSegment(2));
         let missing: Vec<&str> = plan.missing().map(|c| c.evidence).collect();
         assert_eq!(missing, ["why the stack sent a reset (enum sk_rst_reason)"]);
@@ -279,6 +306,7 @@ mod tests {
     #[test]
     fn without_drop_reasons_refusals_and_firewall_are_unavailable() {
         let mut plan = Plan::new(&KernelLayout::ABSENT, &names(&[]), false);
+        plan.socket_states_through("tracepoint sock:inet_sock_set_state");
         assert_eq!(plan.no_socket_resets, NoSocketResets::Unavailable);
         assert!(plan.wants_refusal_kprobes());
         let report = plan.report(
@@ -295,5 +323,19 @@ mod tests {
         assert!(plan
             .report("5.10.0", &[], &[], &[])
             .contains("refused connections): kprobe tcp_v4_send_reset"));
+    }
+
+    #[test]
+    fn the_socket_state_hook_that_attached_is_the_way_reported() {
+        let mut plan = Plan::new(&layout_6_18(), &names(&[]), true);
+        assert_eq!(
+            plan.missing().next().map(|c| c.evidence),
+            Some("socket state changes (every connection's life)"),
+            "unknown until attached"
+        );
+        plan.socket_states_through("tp_btf inet_sock_set_state");
+        assert!(plan
+            .report("6.18.0", &[], &[], &[])
+            .contains("socket state changes (every connection's life): tp_btf inet_sock_set_state (socket fields as plain loads)"));
     }
 }

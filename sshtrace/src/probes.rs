@@ -6,8 +6,8 @@ use std::collections::BTreeSet;
 use anyhow::{Context, Result};
 use aya::{
     maps::{Array, HashMap, MapData, PerCpuArray, RingBuf},
-    programs::{KProbe, RawTracePoint, TracePoint},
-    Ebpf, EbpfLoader,
+    programs::{BtfTracePoint, KProbe, RawTracePoint, TracePoint},
+    Btf, Ebpf, EbpfLoader,
 };
 use sshtrace_common::{counter, pid_flags, KernelLayout, Settings, SockHistory, PATH_SYSCALLS};
 
@@ -18,6 +18,8 @@ static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/ss
 enum Attach {
     TracePoint(&'static str, &'static str),
     RawTracePoint(&'static str),
+    /// `tp_btf`: a raw tracepoint whose arguments the verifier types from the kernel's BTF.
+    BtfTracePoint(&'static str),
     KProbe(&'static str),
 }
 
@@ -84,7 +86,10 @@ impl Probes {
 
     /// `refusal_kprobes`: also try the kprobes that see refusals where no tracepoint does.
     pub fn load(layout: KernelLayout, settings: Settings, refusal_kprobes: bool) -> Result<Self> {
+        // Parsed once, for the loader and for the tp_btf attach (tens of milliseconds).
+        let kernel_btf = Btf::from_sys_fs().context("cannot read the kernel's BTF")?;
         let mut ebpf = EbpfLoader::new()
+            .btf(Some(&kernel_btf))
             .override_global("LAYOUT", &layout, true)
             .override_global("SETTINGS", &settings, true)
             .load(OBJECT)
@@ -128,21 +133,29 @@ impl Probes {
         } else {
             tracepoint("raw_syscalls", "sys_exit")
         };
-        // Socket states: the raw tracepoint where BTF locates the socket's fields (no record
-        // is assembled for the host's every state change), else the classic one.
-        let sock_state = if raw && layout.structs.sock_tuple_known() {
-            Hook {
+        // Socket states, the hottest hook (every state change on the host): tp_btf, whose
+        // socket reads are plain loads, else the raw tracepoint (a helper call per read), both
+        // where BTF locates the socket's fields; else the classic one.
+        let mut sock_state_ways = Vec::new();
+        if raw && layout.structs.sock_tuple_known() {
+            sock_state_ways.push(Hook {
+                program: "tp_btf_inet_sock_set_state",
+                attach: Attach::BtfTracePoint("inet_sock_set_state"),
+                required: true,
+            });
+            sock_state_ways.push(Hook {
                 program: "raw_inet_sock_set_state",
                 attach: Attach::RawTracePoint("inet_sock_set_state"),
                 required: true,
-            }
-        } else {
-            tracepoint("sock", "inet_sock_set_state")
-        };
+            });
+        }
+        sock_state_ways.push(tracepoint("sock", "inet_sock_set_state"));
+        let sock_state = attach_first(&mut ebpf, &kernel_btf, &sock_state_ways, &mut skipped)?;
+        attached.push(sock_state);
         for hook in HOOKS
             .iter()
             .copied()
-            .chain([sock_state, syscall_exit])
+            .chain([syscall_exit])
             .chain(path_hooks)
             .chain([selinux])
             .chain(kprobes)
@@ -151,7 +164,7 @@ impl Probes {
                 skipped.push(format!("{} (SSHTRACE_DEBUG_SKIP)", hook.program));
                 continue;
             }
-            match attach(&mut ebpf, hook.program, hook.attach) {
+            match attach(&mut ebpf, &kernel_btf, hook.program, hook.attach) {
                 Ok(done) => attached.push(done),
                 Err(err) if !hook.required => skipped.push(format!("{} ({err:#})", hook.program)),
                 Err(err) => return Err(err),
@@ -182,7 +195,28 @@ impl Probes {
     }
 }
 
-fn attach(ebpf: &mut Ebpf, name: &str, how: Attach) -> Result<String> {
+/// Attaches the first of `ways` (best first) that this kernel loads; the ones that failed
+/// before it are noted in `skipped`, with why.
+fn attach_first(
+    ebpf: &mut Ebpf,
+    btf: &Btf,
+    ways: &[Hook],
+    skipped: &mut Vec<String>,
+) -> Result<String> {
+    let mut failures = Vec::new();
+    for hook in ways {
+        match attach(ebpf, btf, hook.program, hook.attach) {
+            Ok(done) => {
+                skipped.extend(failures);
+                return Ok(done);
+            }
+            Err(err) => failures.push(format!("{} ({err:#}; a slower way is used)", hook.program)),
+        }
+    }
+    anyhow::bail!("no way to attach {}: {}", ways[0].program, failures.join("; "))
+}
+
+fn attach(ebpf: &mut Ebpf, btf: &Btf, name: &str, how: Attach) -> Result<String> {
     let program = ebpf
         .program_mut(name)
         .with_context(|| format!("the eBPF object has no program {name}"))?;
@@ -200,6 +234,14 @@ fn attach(ebpf: &mut Ebpf, name: &str, how: Attach) -> Result<String> {
             p.attach(tp)
                 .with_context(|| format!("cannot attach raw tracepoint {tp}"))?;
             format!("raw_tracepoint {tp}")
+        }
+        Attach::BtfTracePoint(tp) => {
+            let p: &mut BtfTracePoint = program.try_into()?;
+            p.load(tp, btf)
+                .with_context(|| format!("cannot load {name}"))?;
+            p.attach()
+                .with_context(|| format!("cannot attach tp_btf {tp}"))?;
+            format!("tp_btf {tp}")
         }
         Attach::KProbe(function) => {
             let p: &mut KProbe = program.try_into()?;
@@ -327,3 +369,4 @@ impl LossCounters {
         (sum(counter::PRODUCED), sum(counter::LOST))
     }
 }
+

@@ -89,6 +89,9 @@ pub async fn run(
     if probes.refusal_kprobes_attached() {
         plan.refusals_by_kprobe();
     }
+    if let Some(hook) = probes.attached.iter().find(|h| h.ends_with("inet_sock_set_state")) {
+        plan.socket_states_through(hook);
+    }
     if cli.probe_report {
         print!(
             "{}",
@@ -359,13 +362,7 @@ impl Tracer {
                 .into_iter()
                 .filter_map(|(skaddr, h)| {
                     let tuple = events::tuple(&h.endpoints)?;
-                    let history = events::SockHistory::from_wire(&h);
-                    Some(Connection::queued(
-                        skaddr,
-                        tuple,
-                        history.syn_recv_ns.unwrap_or(h.established_ns),
-                        h.established_ns,
-                    ))
+                    Some(Connection::queued(skaddr, tuple, h.established_ns))
                 })
                 .collect();
             if let Some(v) = causes::judge_stalled(listener.pid, &ports, &queued, now, &ctx) {

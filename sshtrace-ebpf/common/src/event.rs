@@ -133,15 +133,13 @@ pub struct SockStateEvent {
 /// What the kernel remembers of a tracked socket between the records it sends: its
 /// transitions are noted here, and a record is sent when a claimed connection is closed (or,
 /// without claims, also when it is established).
-/// Times are `bpf_ktime_get_ns`, 0 when not seen (e.g. before sshtrace started).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
 pub struct SockHistory {
-    /// LISTEN → SYN_RECV: the socket was created for a client's SYN.
-    pub syn_recv_ns: u64,
+    /// SYN_RECV → ESTABLISHED (`bpf_ktime_get_ns`): the handshake's last ACK, which also
+    /// created the full socket; 0 when not seen (e.g. before sshtrace started).
     pub established_ns: u64,
-    /// The first FIN of an orderly close, and who sent it ([`first_fin_by`]).
-    pub first_fin_ns: u64,
+    /// Who sent the first FIN of an orderly close ([`first_fin_by`]).
     pub first_fin_by: u32,
     /// Non-zero once the connection matters to a verdict (see `Settings::claim_on_accept`).
     pub claimed: u32,

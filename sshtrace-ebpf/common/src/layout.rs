@@ -179,10 +179,11 @@ pub struct StructLayout {
     pub file_private_data: u16,
     pub socket_sk: u16,
     /// `struct sock_common` addresses and ports, `inet_sock.inet_sport`, and `sock.sk_protocol`
-    /// (ABSENT where it is a bitfield, before 5.6): the raw `inet_sock_set_state` tracepoint
-    /// passes only the socket. The local port is `inet_sport`, not `skc_num`: closing unhashes
-    /// the socket and zeroes `skc_num` before the state change to TCP_CLOSE is traced.
+    /// (ABSENT where it is a bitfield, before 5.6): the raw and BTF `inet_sock_set_state`
+    /// tracepoints pass only the socket. `skc_num` is the local port too, except at the change
+    /// to TCP_CLOSE: closing unhashes the socket and zeroes it first; `inet_sport` keeps it.
     pub skc_family: u16,
+    pub skc_num: u16,
     pub inet_sport: u16,
     pub skc_dport: u16,
     pub skc_rcv_saddr: u16,
@@ -244,6 +245,7 @@ impl StructLayout {
     /// Whether a socket's 4-tuple can be read from `struct sock` itself.
     pub const fn sock_tuple_known(&self) -> bool {
         self.skc_family != ABSENT
+            && self.skc_num != ABSENT
             && self.inet_sport != ABSENT
             && self.skc_dport != ABSENT
             && self.skc_rcv_saddr != ABSENT
@@ -374,6 +376,7 @@ impl KernelLayout {
             file_private_data: ABSENT,
             socket_sk: ABSENT,
             skc_family: ABSENT,
+            skc_num: ABSENT,
             inet_sport: ABSENT,
             skc_dport: ABSENT,
             skc_rcv_saddr: ABSENT,

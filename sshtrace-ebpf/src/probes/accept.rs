@@ -1,6 +1,6 @@
 //! Successful `accept`/`accept4` in tracked processes. The peer address is read at exit, in the accepting
 //! process, so each accepted connection gets its owner from process context. The accepted
-//! socket is followed from the new fd, and its connection claimed (see `tcp::note_history`).
+//! socket is followed from the new fd, and its connection claimed (see `sock_state`).
 
 use aya_ebpf::{
     helpers::{bpf_get_current_pid_tgid, bpf_get_current_task, bpf_probe_read_user_buf},
@@ -9,7 +9,7 @@ use aya_ebpf::{
 };
 use sshtrace_common::{AcceptEvent, SOCKADDR_LEN};
 
-use super::{field, member, tcp::SOCK_HISTORY};
+use super::{field, member, sock_state::claim_accepted};
 use crate::{
     maps::{claim_on_accept, pid_tracked, ACCEPT_ARGS},
     record::submit,
@@ -51,6 +51,7 @@ fn try_enter(ctx: &TracePointContext) -> Result<(), i32> {
     Ok(())
 }
 
+#[inline(always)]
 fn try_exit(ctx: &TracePointContext) -> Result<(), i32> {
     let pid_tgid = bpf_get_current_pid_tgid();
     let Some(&[peer, fd]) = (unsafe { ACCEPT_ARGS.get(pid_tgid) }) else {
@@ -63,14 +64,10 @@ fn try_exit(ctx: &TracePointContext) -> Result<(), i32> {
         return Ok(());
     }
     let skaddr = accepted_socket(ret as u32).unwrap_or(0);
-    // (0 is never a key of the history.)
     // Claim the connection: from now on its close is reported, and this record reports it.
-    let history = match SOCK_HISTORY.get_ptr_mut(skaddr) {
-        Some(h) => unsafe {
-            (*h).claimed = 1;
-            Some(*h)
-        },
-        None => None,
+    let history = match skaddr {
+        0 => None,
+        _ => claim_accepted(skaddr),
     };
     submit(|e: &mut AcceptEvent| {
         e.ret = ret;
@@ -81,7 +78,8 @@ fn try_exit(ctx: &TracePointContext) -> Result<(), i32> {
         e.skaddr = skaddr;
         if let Some(h) = history {
             e.history_found = 1;
-            e.history = h;
+            // Copied in place: the history does not fit on the BPF stack twice.
+            unsafe { core::ptr::copy_nonoverlapping(h, &mut e.history, 1) };
         }
     });
     Ok(())

@@ -6,6 +6,8 @@ mod oom;
 mod process;
 mod signal;
 mod skb;
+mod sock_state;
+mod socket;
 mod syscalls;
 mod tcp;
 

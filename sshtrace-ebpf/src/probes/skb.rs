@@ -100,6 +100,7 @@ fn try_kfree_skb(ctx: &TracePointContext) -> Result<(), i32> {
 
 /// A segment to a tracked port that found no socket: the kernel answers it with a RST (unless
 /// it is itself one), reported as the reset `tcp:tcp_send_reset` shows on newer kernels.
+#[inline(always)]
 fn refused(segment: Segment) -> Result<(), i32> {
     if !segment.inbound || segment.flags & TCP_RST != 0 {
         return Ok(());
@@ -120,6 +121,7 @@ fn refused(segment: Segment) -> Result<(), i32> {
 }
 
 /// The TCP segment in `skb` when it is to or from a tracked port in a tracked namespace.
+#[inline(always)]
 fn tracked_segment(skb: u64, protocol: u16) -> Result<Option<Segment>, i32> {
     let s = layout!(structs);
     if s.skb_head == ABSENT || s.skb_network_header == ABSENT || s.skb_transport_header == ABSENT {

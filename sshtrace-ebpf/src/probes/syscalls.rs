@@ -207,6 +207,7 @@ fn current_rlimits() -> Option<[u64; 3]> {
 }
 
 /// The current task's file-access credentials, its parent and its root directory's identity.
+#[inline(always)]
 fn current_creds(out: &mut TaskCreds) -> Option<()> {
     let s = layout!(structs);
     let task = unsafe { bpf_get_current_task() } as *const u8;

@@ -1,28 +1,28 @@
-//! TCP resets and socket state changes on tracked local ports. These often run in softirq (or,
-//! on loopback, in the sending task): the header's pid is not the socket's owner, and
-//! userspace attributes them by `skaddr` and 4-tuple instead.
+//! TCP resets on tracked local ports. These often run in softirq (or, on loopback, in the
+//! sending task): the header's pid is not the socket's owner, and userspace attributes them by
+//! `skaddr` and 4-tuple instead.
 
 use aya_ebpf::{
     helpers::{bpf_ktime_get_ns, bpf_probe_read_kernel},
-    macros::{map, raw_tracepoint, tracepoint},
-    maps::{LruHashMap, PerCpuArray},
-    programs::{RawTracePointContext, TracePointContext},
+    macros::{map, tracepoint},
+    maps::LruHashMap,
+    programs::TracePointContext,
 };
 use sshtrace_common::{
-    addr_style, first_fin_by, AddrLayout, Endpoints, ReceiveResetEvent, SendResetEvent,
-    SockHistory, SockStateEvent, TcpStateNumbers, ABSENT, REASON_UNKNOWN, RESET_BURST_INTERVAL_NS,
-    SEG_FLAGS_UNKNOWN,
+    addr_style, AddrLayout, Endpoints, ReceiveResetEvent, SendResetEvent, ABSENT, REASON_UNKNOWN,
+    RESET_BURST_INTERVAL_NS, SEG_FLAGS_UNKNOWN,
 };
 
-use super::{field, member};
+use super::{
+    field,
+    sock_state::claim,
+    socket::{AF_INET, AF_INET6},
+};
 use crate::{
-    maps::{claim_on_accept, netns_tracked, port_tracked, sk_netns, skb_netns, tcp_states},
+    maps::{netns_tracked, port_tracked, sk_netns, skb_netns},
     record::submit_batched,
 };
 
-const AF_INET: u16 = 2;
-const AF_INET6: u16 = 10;
-const IPPROTO_TCP: u16 = 6;
 /// Offset of the flags byte in `struct tcphdr`.
 const TCPHDR_FLAGS: usize = 13;
 
@@ -210,268 +210,9 @@ fn try_receive_reset(ctx: &TracePointContext) -> Result<(), i32> {
     Ok(())
 }
 
-/// The raw tracepoint (`const struct sock *sk, int oldstate, int newstate`): every socket
-/// state change on the host passes here, and the raw form skips the record the classic one
-/// assembles before any program runs. Fields are read from the socket through BTF offsets.
-#[raw_tracepoint(tracepoint = "inet_sock_set_state")]
-pub fn raw_inet_sock_set_state(ctx: RawTracePointContext) -> u32 {
-    let _ = try_raw_sock_state(&ctx);
-    0
-}
-
-fn try_raw_sock_state(ctx: &RawTracePointContext) -> Result<(), i32> {
-    let sk: *const u8 = ctx.arg(0);
-    let local_port: u16 = read_sock(sk, layout!(structs.inet_sport))?;
-    let local_port = u16::from_be(local_port);
-    if !port_tracked(local_port) {
-        return Ok(());
-    }
-    let skaddr = sk as u64;
-    let (old_state, new_state): (i32, i32) = (ctx.arg(1), ctx.arg(2));
-    match step(skaddr, old_state, new_state)? {
-        Step::Done => Ok(()),
-        Step::Create(fresh) => {
-            raw_endpoints(sk, local_port, &mut fresh.endpoints)?;
-            created(skaddr, fresh);
-            Ok(())
-        }
-        Step::Send(history) => {
-            let mut ep = Endpoints::default();
-            raw_endpoints(sk, local_port, &mut ep)?;
-            send_state(skaddr, old_state, new_state, &mut ep, history);
-            Ok(())
-        }
-        Step::Established(history, send) => {
-            let mut ep = Endpoints::default();
-            raw_endpoints(sk, local_port, &mut ep)?;
-            refresh(history, &ep);
-            if send {
-                send_state(skaddr, old_state, new_state, &mut ep, Some(history));
-            }
-            Ok(())
-        }
-    }
-}
-
-/// A member of the socket, for `?` in the probes' `Result`s.
-#[inline(always)]
-fn read_sock<T>(sk: *const u8, offset: u16) -> Result<T, i32> {
-    member(sk, offset).ok_or(-1)
-}
-
-/// A TCP socket's 4-tuple, read from `struct sock` (Err for other protocols).
-#[inline(always)]
-fn raw_endpoints(sk: *const u8, local_port: u16, ep: &mut Endpoints) -> Result<(), i32> {
-    let protocol: u16 = read_sock(sk, layout!(structs.sk_protocol))?;
-    if protocol != IPPROTO_TCP {
-        return Err(0);
-    }
-    ep.family = read_sock(sk, layout!(structs.skc_family))?;
-    ep.local_port = local_port;
-    ep.remote_port = u16::from_be(read_sock(sk, layout!(structs.skc_dport))?);
-    match ep.family {
-        AF_INET => {
-            let local: [u8; 4] = read_sock(sk, layout!(structs.skc_rcv_saddr))?;
-            let remote: [u8; 4] = read_sock(sk, layout!(structs.skc_daddr))?;
-            ep.local_addr[..4].copy_from_slice(&local);
-            ep.remote_addr[..4].copy_from_slice(&remote);
-        }
-        AF_INET6 => {
-            ep.local_addr = read_sock(sk, layout!(structs.skc_v6_rcv_saddr))?;
-            ep.remote_addr = read_sock(sk, layout!(structs.skc_v6_daddr))?;
-        }
-        _ => return Err(0),
-    }
-    Ok(())
-}
-
-/// The history of tracked sockets between the records sent for them, by socket address.
-/// A socket evicted from a full map (the least recently changed) loses only what was noted.
-#[map]
-pub(super) static SOCK_HISTORY: LruHashMap<u64, SockHistory> =
-    LruHashMap::with_max_entries(32768, 0);
-
-/// A new socket's history is built here: the BPF stack is too small for it.
-#[map]
-static NEW_HISTORY: PerCpuArray<SockHistory> = PerCpuArray::with_max_entries(1, 0);
-
-/// What a state change of a socket on a tracked port needs.
-///
-/// A connection created on a tracked port is reported once claimed: the accept of a tracked
-/// process reports it (with its history), later its close is sent. Unclaimed connections
-/// (another program's, or closed in the queue without a reset) cost no record; a stalled
-/// listener's queue is read from the history map by userspace. Without claims (the accepted
-/// fd cannot be followed to its socket on this kernel), establishment and close are sent for
-/// every connection. Sockets not seen created (older than sshtrace, or evicted from the map)
-/// have every transition sent.
-enum Step {
-    /// Noted in the history (or of no interest): nothing to send.
-    Done,
-    /// A socket created for a client's SYN: its history, to be completed with its endpoints.
-    Create(&'static mut SockHistory),
-    /// A record to send, with the socket's history if it has one.
-    Send(Option<*mut SockHistory>),
-    /// Established: the client's address and port are complete only now (a socket is cloned
-    /// from its listener and traced as SYN_RECV before they are copied), so the history's
-    /// endpoints are read again; `send` when a record is due too (without claims).
-    Established(*mut SockHistory, bool),
-}
-
-#[inline(always)]
-fn step(skaddr: u64, old: i32, new: i32) -> Result<Step, i32> {
-    let t = tcp_states();
-    let now = unsafe { bpf_ktime_get_ns() };
-    if old == t.listen && new == t.syn_recv {
-        let fresh = unsafe { &mut *NEW_HISTORY.get_ptr_mut(0).ok_or(0)? };
-        *fresh = SockHistory {
-            syn_recv_ns: now,
-            claimed: !claim_on_accept() as u32,
-            ..SockHistory::default()
-        };
-        return Ok(Step::Create(fresh));
-    }
-    // A socket with a history is a tracked one: most transitions end here, without reading
-    // the socket again.
-    let Some(ptr) = SOCK_HISTORY.get_ptr_mut(skaddr) else {
-        return Ok(Step::Send(None));
-    };
-    let h = unsafe { &mut *ptr };
-    let closing = new == t.close;
-    let noted = !closing && note(h, &t, old, new, now);
-    if new == t.established {
-        return Ok(Step::Established(ptr, h.claimed != 0));
-    }
-    if noted || h.claimed == 0 {
-        if closing {
-            let _ = SOCK_HISTORY.remove(skaddr);
-        }
-        return Ok(Step::Done);
-    }
-    Ok(Step::Send(Some(ptr)))
-}
-
-/// Replaces the history's endpoints (keeping the network namespace read at creation).
-#[inline(always)]
-fn refresh(h: *mut SockHistory, ep: &Endpoints) {
-    let h = unsafe { &mut *h };
-    let netns = h.endpoints.netns;
-    h.endpoints = *ep;
-    h.endpoints.netns = netns;
-}
-
-/// Keeps the history of a socket created for a client's SYN in a tracked network namespace.
-#[inline(always)]
-fn created(skaddr: u64, fresh: &mut SockHistory) {
-    fresh.endpoints.netns = sk_netns(skaddr);
-    if netns_tracked(fresh.endpoints.netns) {
-        // By reference: a copy would not fit on the BPF stack.
-        #[allow(clippy::needless_borrows_for_generic_args)]
-        let _ = SOCK_HISTORY.insert(skaddr, &*fresh, 0);
-    }
-}
-
-/// Sends a state change, when the socket's network namespace is tracked, with its history;
-/// a closed socket's history is dropped once sent.
-#[inline(always)]
-fn send_state(
-    skaddr: u64,
-    old_state: i32,
-    new_state: i32,
-    ep: &mut Endpoints,
-    history: Option<*mut SockHistory>,
-) {
-    ep.netns = sk_netns(skaddr);
-    if netns_tracked(ep.netns) {
-        submit_batched(|e: &mut SockStateEvent| {
-            e.skaddr = skaddr;
-            e.old_state = old_state;
-            e.new_state = new_state;
-            e.endpoints = *ep;
-            match history {
-                // Copied in place: the history does not fit on the BPF stack twice.
-                Some(h) => unsafe { core::ptr::copy_nonoverlapping(h, &mut e.history, 1) },
-                None => e.history.claimed = 1,
-            }
-        });
-    }
-    if history.is_some() && new_state == tcp_states().close {
-        let _ = SOCK_HISTORY.remove(skaddr);
-    }
-}
-
-/// Marks a socket's connection as one userspace must hear the end of (it was reset).
-#[inline(always)]
-pub(super) fn claim(skaddr: u64) {
-    if let Some(h) = SOCK_HISTORY.get_ptr_mut(skaddr) {
-        unsafe { (*h).claimed = 1 };
-    }
-}
-
-/// Records the transition in `h`; true when it needs no record of its own.
-#[inline(always)]
-fn note(h: &mut SockHistory, t: &TcpStateNumbers, old: i32, new: i32, now: u64) -> bool {
-    if new == t.established {
-        h.established_ns = now;
-        return false;
-    }
-    if old == t.established && (new == t.fin_wait1 || new == t.close_wait) {
-        h.first_fin_ns = now;
-        h.first_fin_by = if new == t.fin_wait1 {
-            first_fin_by::LOCAL
-        } else {
-            first_fin_by::PEER
-        };
-        return true;
-    }
-    // FIN_WAIT2, CLOSING, LAST_ACK after the first FIN: nothing the verdict needs.
-    h.first_fin_by != first_fin_by::UNKNOWN
-}
-
-/// The classic tracepoint, where the socket's fields cannot be located through BTF.
-#[tracepoint]
-pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
-    let _ = try_sock_state(&ctx);
-    0
-}
-
-fn try_sock_state(ctx: &TracePointContext) -> Result<(), i32> {
-    let l = layout!(sock_state);
-    // Every socket state change on the host passes here (several per connection): one read
-    // and one lookup decide for all but the tracked ports.
-    if !port_tracked(local_port(ctx, &l.addr)?) {
-        return Ok(());
-    }
-    let skaddr: u64 = field(ctx, l.skaddr)?;
-    let (old_state, new_state): (i32, i32) = (field(ctx, l.oldstate)?, field(ctx, l.newstate)?);
-    let tcp = || field::<u16>(ctx, l.protocol) == Ok(IPPROTO_TCP);
-    match step(skaddr, old_state, new_state)? {
-        Step::Done => {}
-        Step::Create(fresh) => {
-            if tcp() {
-                fresh.endpoints = read_endpoints(ctx, &l.addr)?;
-                created(skaddr, fresh);
-            }
-        }
-        Step::Send(history) => {
-            if tcp() {
-                let mut ep = read_endpoints(ctx, &l.addr)?;
-                send_state(skaddr, old_state, new_state, &mut ep, history);
-            }
-        }
-        Step::Established(history, send) => {
-            let mut ep = read_endpoints(ctx, &l.addr)?;
-            refresh(history, &ep);
-            if send {
-                send_state(skaddr, old_state, new_state, &mut ep, Some(history));
-            }
-        }
-    }
-    Ok(())
-}
-
 /// The local port alone, in whichever style this kernel's record uses.
 #[inline(always)]
-fn local_port(ctx: &TracePointContext, l: &AddrLayout) -> Result<u16, i32> {
+pub(super) fn local_port(ctx: &TracePointContext, l: &AddrLayout) -> Result<u16, i32> {
     match l.style {
         // sockaddr_in{,6}: the big-endian port follows the 2-byte family in both.
         addr_style::SOCKADDR => Ok(u16::from_be(field(ctx, l.saddr + 2)?)),

@@ -117,9 +117,8 @@ impl Script {
                     skaddr: SK,
                     conn: tuple(),
                     history: SockHistory {
-                        syn_recv_ns: Some(created),
-                        established_ns: Some(created + 1),
-                        first_fin: None,
+                        established_ns: Some(created),
+                        first_fin_local: None,
                     },
                 }),
             },
@@ -744,9 +743,8 @@ fn the_first_fin_noted_in_the_kernel_tells_who_closed() {
     for (local, closed_by) in [(false, "client"), (true, "sshd")] {
         let mut s = Script::new();
         s.accepted().exit(PREAUTH, 255 << 8).exit(SESSION, 255 << 8);
-        let fin = s.ts;
         s.closed_with(SockHistory {
-            first_fin: Some((fin, local)),
+            first_fin_local: Some(local),
             ..Default::default()
         });
         let v = one(&mut s);
@@ -758,15 +756,13 @@ fn the_first_fin_noted_in_the_kernel_tells_who_closed() {
 #[test]
 fn a_connection_first_seen_at_its_close_takes_its_times_from_the_history() {
     let mut s = Script::new();
-    let (created, established) = (s.ts - 5_000_000, s.ts - 4_000_000);
-    let fin = s.ts;
+    let established = s.ts - 4_000_000;
     s.closed_with(SockHistory {
-        syn_recv_ns: Some(created),
         established_ns: Some(established),
-        first_fin: Some((fin, false)),
+        first_fin_local: Some(false),
     });
     let c = s.state.conns.by_tuple_mut(tuple()).unwrap();
-    assert_eq!(c.first_ts, created);
+    assert_eq!(c.first_ts, established);
     assert_eq!(c.established_ts, Some(established));
     assert_eq!(c.closed_first_by, Some(crate::state::Closer::Peer));
 }
@@ -808,12 +804,7 @@ fn auth_child_exiting_zero_means_authenticated_even_without_a_shell() {
 /// (connections reported when established) or from the kernel's queue (`in_kernel`).
 fn stalled_listener(in_kernel: bool) {
     let mut s = Script::new();
-    let queued = [crate::state::Connection::queued(
-        SK,
-        tuple(),
-        s.ts,
-        s.ts + 1,
-    )];
+    let queued = [crate::state::Connection::queued(SK, tuple(), s.ts)];
     let queued: &[crate::state::Connection] = if in_kernel { &queued } else { &[] };
     if !in_kernel {
         established(&mut s);

@@ -134,6 +134,7 @@ pub fn discover(tracefs: &Path, btf: &Btf) -> Result<KernelLayout> {
     let s = &mut layout.structs;
     for (slot, name) in [
         (&mut s.skc_family, "skc_family"),
+        (&mut s.skc_num, "skc_num"),
         (&mut s.skc_dport, "skc_dport"),
         (&mut s.skc_rcv_saddr, "skc_rcv_saddr"),
         (&mut s.skc_daddr, "skc_daddr"),

@@ -90,10 +90,10 @@ impl Connection {
     }
 
     /// A connection waiting in a listener's queue that only the kernel's history holds.
-    pub fn queued(skaddr: u64, tuple: ConnTuple, first_ts: u64, established_ts: u64) -> Self {
+    pub fn queued(skaddr: u64, tuple: ConnTuple, established_ts: u64) -> Self {
         Self {
             established_ts: Some(established_ts),
-            ..Self::new(0, skaddr, tuple, first_ts)
+            ..Self::new(0, skaddr, tuple, established_ts)
         }
     }
 

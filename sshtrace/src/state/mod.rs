@@ -41,13 +41,11 @@ pub fn tcp_states(names: &KernelNames) -> TcpStates {
 
 /// What the kernel noted of a connection between its records.
 fn apply_history(c: &mut Connection, history: &SockHistory) {
-    if let Some(created) = history.syn_recv_ns {
-        c.first_ts = c.first_ts.min(created);
-    }
     if let Some(established) = history.established_ns {
+        c.first_ts = c.first_ts.min(established);
         c.established_ts.get_or_insert(established);
     }
-    if let (Some((_, local)), None) = (history.first_fin, c.closed_first_by) {
+    if let (Some(local), None) = (history.first_fin_local, c.closed_first_by) {
         c.closed_first_by = Some(if local { Closer::Sshd } else { Closer::Peer });
     }
 }
