@@ -1,7 +1,7 @@
 //! Loading the eBPF object with this kernel's layout, attaching every hook, and the handles
 //! userspace keeps: the kernel-side filters, the event ring and the loss counters.
 
-use std::collections::BTreeSet;
+use std::{collections::BTreeSet, os::fd::AsFd};
 
 use anyhow::{Context, Result};
 use aya::{
@@ -73,6 +73,7 @@ pub struct Probes {
     pub events: RingBuf<MapData>,
     pub filters: KernelFilters,
     pub counters: LossCounters,
+    pub skipped_runs: SkippedRuns,
     pub unclaimed: UnclaimedConnections,
 }
 
@@ -183,8 +184,14 @@ impl Probes {
         };
         let counters = LossCounters(PerCpuArray::try_from(take("COUNTERS")?)?);
         let unclaimed = UnclaimedConnections(HashMap::try_from(take("SOCK_HISTORY")?)?);
+        let skipped_runs = SkippedRuns(
+            ebpf.programs()
+                .filter_map(|(_, p)| p.fd().ok()?.try_clone().ok())
+                .collect(),
+        );
         Ok(Self {
             programs: ebpf,
+            skipped_runs,
             attached,
             skipped,
             events,
@@ -370,3 +377,47 @@ impl LossCounters {
     }
 }
 
+/// Runs of sshtrace's programs the kernel skipped: a program is not run again on a CPU where it
+/// is already running (an interrupt nested in it), so whatever event it would have seen is
+/// unknown — perhaps one that mattered. Counted by the kernel per program (5.12+). Holds its
+/// own descriptors, so that the count stays readable after the programs are detached.
+pub struct SkippedRuns(Vec<aya::programs::ProgramFd>);
+
+impl SkippedRuns {
+    pub fn read(&self) -> u64 {
+        self.0.iter().map(|fd| recursion_misses(fd.as_fd())).sum()
+    }
+}
+
+/// `bpf_prog_info.recursion_misses` of a program (0 where the kernel does not count them).
+fn recursion_misses(fd: std::os::fd::BorrowedFd<'_>) -> u64 {
+    use std::os::fd::AsRawFd;
+
+    // SAFETY: plain-old-data filled by the kernel (up to the size it knows).
+    let mut info: aya_obj::generated::bpf_prog_info = unsafe { std::mem::zeroed() };
+    #[repr(C)]
+    struct InfoByFd {
+        bpf_fd: u32,
+        info_len: u32,
+        info: u64,
+    }
+    let mut attr = InfoByFd {
+        bpf_fd: fd.as_raw_fd() as u32,
+        info_len: std::mem::size_of_val(&info) as u32,
+        info: (&raw mut info) as u64,
+    };
+    // SAFETY: BPF_OBJ_GET_INFO_BY_FD with an attribute of the size passed, whose `info`
+    // points to a buffer of `info_len` bytes that outlives the call.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            aya_obj::generated::bpf_cmd::BPF_OBJ_GET_INFO_BY_FD as i32,
+            &raw mut attr,
+            std::mem::size_of::<InfoByFd>(),
+        )
+    };
+    if ret < 0 {
+        return 0;
+    }
+    info.recursion_misses
+}

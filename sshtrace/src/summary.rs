@@ -7,7 +7,7 @@ use std::{collections::BTreeMap, fmt::Write};
 use serde::Serialize;
 use serde_json::json;
 
-use crate::{escape, verdict::Verdict};
+use crate::{escape, output::KernelLoss, verdict::Verdict};
 
 #[derive(Default, Serialize)]
 struct CauseStats {
@@ -66,12 +66,14 @@ impl Summary {
         all
     }
 
-    pub fn render_text(&self, lost_kernel_events: u64) -> String {
+    pub fn render_text(&self, kernel: KernelLoss) -> String {
         let mut out = String::new();
         let _ = writeln!(
             out,
-            "\nsshtrace summary: {} verdict(s), {lost_kernel_events} kernel event(s) lost",
-            self.total()
+            "\nsshtrace summary: {} verdict(s), {} kernel event(s) lost, {} program run(s) skipped by the kernel",
+            self.total(),
+            kernel.lost,
+            kernel.skipped_runs
         );
         if self.causes.is_empty() {
             return out;
@@ -108,7 +110,7 @@ impl Summary {
         out
     }
 
-    pub fn render_json(&self, host: &str, lost_kernel_events: u64) -> String {
+    pub fn render_json(&self, host: &str, kernel: KernelLoss) -> String {
         let causes: Vec<_> = self
             .ordered()
             .into_iter()
@@ -129,7 +131,8 @@ impl Summary {
             "type": "summary",
             "host": host,
             "verdicts": self.total(),
-            "lost_kernel_events": lost_kernel_events,
+            "lost_kernel_events": kernel.lost,
+            "skipped_program_runs": kernel.skipped_runs,
             "causes": causes,
         })
         .to_string()

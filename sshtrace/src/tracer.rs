@@ -28,9 +28,9 @@ use crate::{
     kernel::syscalls::EACCES,
     kernel::{btf::Btf, layout, names::KernelNames},
     limits,
-    output::{Outputs, Record, SinkSpec},
+    output::{KernelLoss, Outputs, Record, SinkSpec},
     plan::Plan,
-    probes::{KernelFilters, LossCounters, Probes},
+    probes::{KernelFilters, LossCounters, Probes, SkippedRuns},
     runtime::ContainerNames,
     state::{Connection, State, SETTLE_NS},
     summary::Summary,
@@ -125,6 +125,7 @@ pub async fn run(
         unclaimed: probes.unclaimed,
         programs: Some(probes.programs),
         counters: probes.counters,
+        skipped_runs: probes.skipped_runs,
         outputs: Outputs::start(outputs, host.clone(), clock),
         clock,
         host,
@@ -170,6 +171,7 @@ struct Tracer {
     discovery: Discovery,
     filters: KernelFilters,
     counters: LossCounters,
+    skipped_runs: SkippedRuns,
     unclaimed: crate::probes::UnclaimedConnections,
     /// The attached programs, detached at the stop before the last read of the ring.
     programs: Option<aya::Ebpf>,
@@ -200,7 +202,8 @@ struct View {
 struct Stats {
     verdicts: u64,
     undecodable: u64,
-    lost_reported: u64,
+    /// Kernel losses reported so far.
+    loss_reported: KernelLoss,
     produced_at_last_status: u64,
     /// Records read from the ring buffer.
     read: u64,
@@ -395,14 +398,27 @@ impl Tracer {
 
     /// Kernel events per second, verdicts and losses, redrawn in place on a terminal.
     fn report_status(&mut self) {
-        let (produced, lost) = self.counters.read();
+        let (produced, _) = self.counters.read();
         let rate = produced.saturating_sub(self.stats.produced_at_last_status);
         self.stats.produced_at_last_status = produced;
+        let loss = self.kernel_loss();
+        let skipped = match loss.skipped_runs {
+            0 => String::new(),
+            n => format!(" · {n} program runs skipped"),
+        };
         self.outputs.status(format!(
-            "[{rate} kernel events/s · {} verdicts · {lost} events lost · {} connections followed]",
+            "[{rate} kernel events/s · {} verdicts · {} events lost{skipped} · {} connections followed]",
             self.stats.verdicts,
+            loss.lost,
             self.state.conns.len()
         ));
+    }
+
+    fn kernel_loss(&self) -> KernelLoss {
+        KernelLoss {
+            lost: self.counters.read().1,
+            skipped_runs: self.skipped_runs.read(),
+        }
     }
 
     fn rediscover(&mut self) -> Result<()> {
@@ -423,22 +439,34 @@ impl Tracer {
         Ok(())
     }
 
-    /// Lost records are never silent: each increase is reported once.
+    /// Lost records and skipped program runs are never silent: each increase is reported once.
     fn report_loss(&mut self) {
-        let (_, lost) = self.counters.read();
-        if lost > self.stats.lost_reported {
+        let now = self.kernel_loss();
+        let before = self.stats.loss_reported;
+        if now.lost > before.lost {
             eprintln!(
-                "sshtrace: warning: {} kernel events lost (ring buffer full), {lost} in total",
-                lost - self.stats.lost_reported
+                "sshtrace: warning: {} kernel events lost (ring buffer full), {} in total",
+                now.lost - before.lost,
+                now.lost
             );
-            self.stats.lost_reported = lost;
-            self.outputs.kernel_lost(lost);
+        }
+        if now.skipped_runs > before.skipped_runs {
+            eprintln!(
+                "sshtrace: warning: the kernel skipped {} runs of sshtrace's programs (already running on that CPU; what they would have seen is unknown), {} in total",
+                now.skipped_runs - before.skipped_runs,
+                now.skipped_runs
+            );
+        }
+        if now != before {
+            self.stats.loss_reported = now;
+            self.outputs.kernel_lost(now);
         }
     }
 
     async fn finish(mut self) {
         self.report_loss();
-        let (produced, lost) = self.counters.read();
+        let (produced, _) = self.counters.read();
+        let loss = self.kernel_loss();
         self.outputs.status(String::new());
         for line in self.outputs.finish(OUTPUT_GRACE).await {
             eprintln!("sshtrace: {line}");
@@ -447,18 +475,19 @@ impl Tracer {
         let v = &self.view;
         if v.summary_only || v.stdout_is_output {
             if v.json {
-                println!("{}", self.summary.render_json(&self.host, lost));
+                println!("{}", self.summary.render_json(&self.host, loss));
             } else {
-                print!("{}", self.summary.render_text(lost));
+                print!("{}", self.summary.render_text(loss));
             }
         } else {
-            eprint!("{}", self.summary.render_text(lost));
+            eprint!("{}", self.summary.render_text(loss));
         }
         // Nothing lost silently: every event the kernel produced was read here (produced =
-        // read), and the ones it could not produce are counted as lost.
+        // read), the ones it could not produce are counted as lost, and the program runs the
+        // kernel skipped are counted by the kernel.
         eprintln!(
-            "sshtrace: {} verdicts; {produced} kernel events, {} read, {lost} lost, {} undecodable",
-            self.stats.verdicts, self.stats.read, self.stats.undecodable
+            "sshtrace: {} verdicts; {produced} kernel events, {} read, {} lost, {} undecodable, {} program runs skipped",
+            self.stats.verdicts, self.stats.read, loss.lost, self.stats.undecodable, loss.skipped_runs
         );
     }
 }

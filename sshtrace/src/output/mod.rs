@@ -15,7 +15,7 @@ use std::{
     time::Duration,
 };
 
-pub use record::{LossRecord, Record};
+pub use record::{KernelLoss, LossRecord, Record};
 use sink::{LossContext, Shared};
 use tokio::{sync::watch, task::JoinHandle};
 pub use url::{SinkSpec, StdoutView};
@@ -36,6 +36,7 @@ impl Outputs {
             host,
             clock,
             kernel_lost: Default::default(),
+            kernel_skipped_runs: Default::default(),
         });
         let (stop, stopped) = watch::channel(false);
         let sinks: Vec<Arc<Shared>> = specs
@@ -68,10 +69,12 @@ impl Outputs {
         }
     }
 
-    /// Kernel events lost so far; an increase is also published as a loss record.
-    pub fn kernel_lost(&self, total: u64) {
-        let before = self.loss.kernel_lost.swap(total, Relaxed);
-        if total > before {
+    /// Kernel events lost and program runs skipped so far; an increase is also published as a
+    /// loss record.
+    pub fn kernel_lost(&self, total: KernelLoss) {
+        let lost_before = self.loss.kernel_lost.swap(total.lost, Relaxed);
+        let skipped_before = self.loss.kernel_skipped_runs.swap(total.skipped_runs, Relaxed);
+        if total.lost > lost_before || total.skipped_runs > skipped_before {
             let ts = self.loss.clock.rfc3339(Clock::monotonic_now_ns());
             self.publish(Record::Loss(LossRecord::new(
                 ts,

@@ -11,8 +11,19 @@ pub enum Record {
     Loss(LossRecord),
 }
 
+/// Kernel events sshtrace never saw, as the kernel counts them.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct KernelLoss {
+    /// Records the ring buffer had no room for (counted by the programs).
+    pub lost: u64,
+    /// Runs of sshtrace's programs the kernel skipped, the program being already running on
+    /// that CPU (`recursion_misses`): what they would have seen is unknown, perhaps nothing
+    /// sshtrace tracks.
+    pub skipped_runs: u64,
+}
+
 /// `{"type":"loss", …}`: records this output dropped while its destination was slow or away,
-/// or kernel events lost because the ring buffer was full.
+/// or kernel events lost (ring buffer full) or program runs skipped by the kernel.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct LossRecord {
     pub schema: &'static str,
@@ -28,6 +39,8 @@ pub struct LossRecord {
     pub dropped_total: u64,
     /// Kernel events lost since sshtrace started (ring buffer full), as counted in the kernel.
     pub lost_kernel_events: u64,
+    /// Program runs the kernel skipped since sshtrace started (see [`KernelLoss`]).
+    pub skipped_program_runs: u64,
 }
 
 impl LossRecord {
@@ -37,7 +50,7 @@ impl LossRecord {
         sink: Option<String>,
         dropped: u64,
         dropped_total: u64,
-        lost_kernel_events: u64,
+        kernel: KernelLoss,
     ) -> Self {
         Self {
             schema: SCHEMA,
@@ -47,7 +60,8 @@ impl LossRecord {
             sink,
             dropped,
             dropped_total,
-            lost_kernel_events,
+            lost_kernel_events: kernel.lost,
+            skipped_program_runs: kernel.skipped_runs,
         }
     }
 
@@ -55,10 +69,13 @@ impl LossRecord {
     pub fn summary(&self) -> String {
         match &self.sink {
             Some(sink) => format!(
-                "sshtrace dropped {} record(s) for {sink} while it was slow or unreachable ({} in total); {} kernel event(s) lost so far",
-                self.dropped, self.dropped_total, self.lost_kernel_events
+                "sshtrace dropped {} record(s) for {sink} while it was slow or unreachable ({} in total); {} kernel event(s) lost and {} program run(s) skipped so far",
+                self.dropped, self.dropped_total, self.lost_kernel_events, self.skipped_program_runs
             ),
-            None => format!("sshtrace lost {} kernel event(s): the ring buffer was full", self.lost_kernel_events),
+            None => format!(
+                "sshtrace lost {} kernel event(s) (ring buffer full); the kernel skipped {} run(s) of its programs (already running on that CPU)",
+                self.lost_kernel_events, self.skipped_program_runs
+            ),
         }
     }
 }

@@ -23,7 +23,7 @@ use tokio::{
 use super::{
     journald, json, syslog, text,
     url::{Encoding, SinkSpec, Transport},
-    LossRecord, Record,
+    KernelLoss, LossRecord, Record,
 };
 use crate::clock::Clock;
 
@@ -31,8 +31,10 @@ use crate::clock::Clock;
 pub struct LossContext {
     pub host: String,
     pub clock: Clock,
-    /// Kernel events lost so far (ring buffer full), kept up to date by the tracer.
+    /// Kernel events lost so far (ring buffer full) and program runs the kernel skipped, kept
+    /// up to date by the tracer.
     pub kernel_lost: AtomicU64,
+    pub kernel_skipped_runs: AtomicU64,
 }
 
 #[derive(Default)]
@@ -317,7 +319,10 @@ pub async fn run(shared: Arc<Shared>, loss: Arc<LossContext>, mut stop: watch::R
                 Some(spec.name.clone()),
                 unreported,
                 shared.counters.dropped.load(Relaxed),
-                loss.kernel_lost.load(Relaxed),
+                KernelLoss {
+                    lost: loss.kernel_lost.load(Relaxed),
+                    skipped_runs: loss.kernel_skipped_runs.load(Relaxed),
+                },
             ));
             let sent = send(c, &spec.transport, &encode(&record, &spec.encoding)).await;
             if sent.is_ok() {

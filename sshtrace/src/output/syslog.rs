@@ -61,6 +61,7 @@ pub fn render(record: &Record, pid: u32, octet_counting: bool) -> BytesMut {
                 ("dropped", l.dropped.to_string()),
                 ("dropped_total", l.dropped_total.to_string()),
                 ("lost_kernel_events", l.lost_kernel_events.to_string()),
+                ("skipped_program_runs", l.skipped_program_runs.to_string()),
             ];
             if let Some(sink) = &l.sink {
                 params.push(("sink", sink.clone()));
@@ -141,7 +142,7 @@ mod tests {
             Some("tcp://h:1".into()),
             6,
             6,
-            0,
+            Default::default(),
         );
         let out = render(&Record::Loss(loss), 42, true);
         let text = String::from_utf8(out.to_vec()).unwrap();
