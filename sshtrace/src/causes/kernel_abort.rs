@@ -7,8 +7,10 @@ use serde_json::{json, Map};
 use super::{Context, Ended, Finding};
 use crate::verdict::{Cause, Outcome};
 
-/// Reasons that mean a process's close (judged by the sshd rules) or no socket at all.
-const NOT_THE_STACKS_OWN: [&str; 3] = ["TCP_ABORT_ON_CLOSE", "NO_SOCKET", "NOT_SPECIFIED"];
+/// Reasons that mean a process's close or request (judged by the sshd and socket_killed rules)
+/// or no socket at all. TCP_STATE is always asked for: tcp_abort() (a sock_diag destroy) or
+/// tcp_disconnect() (e.g. a listener closing with connections queued).
+const NOT_THE_STACKS_OWN: [&str; 4] = ["TCP_ABORT_ON_CLOSE", "TCP_STATE", "NO_SOCKET", "NOT_SPECIFIED"];
 
 fn explain(reason: &str) -> &'static str {
     match reason {
@@ -18,7 +20,6 @@ fn explain(reason: &str) -> &'static str {
         "TCP_KEEPALIVE_TIMEOUT" => "keepalive probes went unanswered",
         "TCP_ABORT_ON_LINGER" => "the socket was closed with a zero linger time",
         "TCP_ABORT_ON_DATA" => "data arrived after the socket had been closed",
-        "TCP_STATE" => "the socket was aborted in its current state",
         "TCP_TIMEWAIT_SOCKET" => "a segment arrived for a connection in TIME_WAIT",
         _ => "the kernel's own decision (see enum sk_rst_reason)",
     }

@@ -1,6 +1,13 @@
 //! `socket_killed`: a process outside sshd destroyed the socket (sock_diag destroy, as `ss -K`
 //! does). Resets with reason TCP_STATE come from tcp_abort() and tcp_disconnect(), which run in
 //! the context of the process that asked for them, so the current task is the actor.
+//!
+//! tcp_abort() — a destroy of the connection itself — resets the socket in its state;
+//! tcp_disconnect() first moves it to TCP_CLOSE: for a connection no process accepted, that
+//! is its listener's queue flushed as the listening socket closed. Whoever closed it is the
+//! actor: on a port sshd listens on, sshd itself (`sshd_dropped`) or a process that destroyed
+//! sshd's listener (a kill); on another program's port, most likely that program closing its
+//! own listener — not a kill, and not decided here.
 
 use serde_json::{json, Map};
 
@@ -12,6 +19,11 @@ pub fn judge(e: &Ended, ctx: &Context) -> Option<Finding> {
     let reason = reset.reason.map(|r| ctx.names.rst_reason(r))?;
     let actor = &reset.current;
     if reason != "TCP_STATE" || e.in_tree(actor.pid) || is_sshd(actor.pid, e, ctx) {
+        return None;
+    }
+    let closed = crate::state::tcp_states(ctx.names).close;
+    let flushed_from_queue = reset.state == closed && e.conn.listener_pid.is_none();
+    if flushed_from_queue && !sshd_port(e.conn.tuple.local.port(), ctx) {
         return None;
     }
     let mut details = Map::new();
@@ -34,6 +46,15 @@ pub fn judge(e: &Ended, ctx: &Context) -> Option<Finding> {
             actor.pid, actor.pid
         ),
     })
+}
+
+/// Whether an sshd listens, or listened, on `port`.
+fn sshd_port(port: u16, ctx: &Context) -> bool {
+    ctx.sshd
+        .listeners
+        .values()
+        .chain(&ctx.sshd.gone)
+        .any(|l| l.addrs.iter().any(|a| a.port() == port))
 }
 
 /// sshd itself aborting sockets (a listener closing with connections queued) is not a kill.

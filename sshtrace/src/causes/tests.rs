@@ -653,6 +653,56 @@ fn tcp_state_reset_by_the_listener_is_a_drop_not_a_kill() {
     assert_eq!(v.details["queued"], true);
 }
 
+/// A connection waiting in the accept queue of another program's listener (a port given with
+/// `--port`, or `--all-tcp`) when that program closes it: reset by tcp_disconnect (state
+/// TCP_CLOSE), in the program's own context. Not a kill.
+fn flushed_from_queue_by(actor: Task) -> Script {
+    let mut s = Script::new();
+    s.softirq(Kind::SockState {
+        skaddr: SK,
+        old_state: SYN_RECV,
+        new_state: ESTABLISHED,
+        conn: tuple(),
+        history: Default::default(),
+    })
+    .ev(
+        actor,
+        Kind::SendReset {
+            skaddr: SK,
+            state: CLOSE,
+            reason: Some(TCP_STATE),
+            seg_flags: None,
+            repeated: 0,
+            conn: tuple(),
+        },
+    );
+    s
+}
+
+#[test]
+fn another_program_closing_its_listener_is_not_a_socket_kill() {
+    let mut s = flushed_from_queue_by(task(900, "nginx"));
+    let v = one(&mut s);
+    assert_eq!(v.cause, Cause::Unknown, "{v:#?}");
+    assert_eq!(v.outcome, Outcome::ResetSent);
+}
+
+#[test]
+fn ss_k_of_sshds_listener_is_a_socket_kill_of_its_queued_connections() {
+    let mut s = flushed_from_queue_by(task(900, "ss"));
+    let mut sshd = Snapshot::default();
+    sshd.gone.push(crate::discovery::Listener {
+        pid: LISTENER,
+        netns: None,
+        container: None,
+        exe: "/usr/sbin/sshd".into(),
+        addrs: vec![tuple().local],
+    });
+    let v = s.verdicts(&sshd).remove(0);
+    assert_eq!(v.cause, Cause::SocketKilled);
+    assert_eq!(v.details["actor_comm"], "ss");
+}
+
 #[test]
 fn keepalive_timeout_is_a_kernel_abort() {
     let mut s = Script::new();
