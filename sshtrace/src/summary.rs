@@ -2,21 +2,72 @@
 //! last seen, top clients and sshd pids, and the hint — what a user pastes into the incident
 //! channel.
 
-use std::{collections::BTreeMap, fmt::Write};
+use std::{
+    collections::{BTreeMap, HashMap},
+    fmt::Write,
+    hash::Hash,
+};
 
-use serde::Serialize;
 use serde_json::json;
 
 use crate::{escape, output::KernelLoss, verdict::Verdict};
 
-#[derive(Default, Serialize)]
+#[derive(Default)]
 struct CauseStats {
     count: u64,
     first: String,
     last: String,
-    clients: BTreeMap<String, u64>,
-    sshd_pids: BTreeMap<u32, u64>,
+    clients: HeavyHitters<String>,
+    sshd_pids: HeavyHitters<u32>,
     hint: String,
+}
+
+/// Counts per key for at most [`HeavyHitters::CAPACITY`] keys, so that a storm from a million
+/// addresses costs no more memory than one from three (the Space-Saving algorithm): past
+/// capacity, a new key takes the place of the least counted one and inherits its count. Every
+/// key counted more than total/CAPACITY times is kept, and its count is at most that much too
+/// high; exact while there are fewer keys than places.
+struct HeavyHitters<K> {
+    counts: HashMap<K, u64>,
+}
+
+impl<K> Default for HeavyHitters<K> {
+    fn default() -> Self {
+        Self {
+            counts: HashMap::new(),
+        }
+    }
+}
+
+impl<K: Clone + Eq + Hash + Ord> HeavyHitters<K> {
+    const CAPACITY: usize = 64;
+
+    fn add(&mut self, key: K) {
+        if let Some(n) = self.counts.get_mut(&key) {
+            *n += 1;
+            return;
+        }
+        let mut inherited = 0;
+        if self.counts.len() >= Self::CAPACITY {
+            let (least, n) = self
+                .counts
+                .iter()
+                .min_by(|a, b| a.1.cmp(b.1).then(b.0.cmp(a.0)))
+                .map(|(k, n)| (k.clone(), *n))
+                .expect("full");
+            self.counts.remove(&least);
+            inherited = n;
+        }
+        self.counts.insert(key, inherited + 1);
+    }
+
+    /// The most counted keys, most first.
+    fn top(&self) -> Vec<(K, u64)> {
+        let mut all: Vec<(K, u64)> = self.counts.iter().map(|(k, n)| (k.clone(), *n)).collect();
+        all.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+        all.truncate(TOP);
+        all
+    }
 }
 
 #[derive(Default)]
@@ -27,12 +78,6 @@ pub struct Summary {
 /// How many clients and pids the report names per cause.
 const TOP: usize = 3;
 
-fn top<K: Clone + Ord>(counts: &BTreeMap<K, u64>) -> Vec<(K, u64)> {
-    let mut all: Vec<(K, u64)> = counts.iter().map(|(k, n)| (k.clone(), *n)).collect();
-    all.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
-    all.truncate(TOP);
-    all
-}
 
 impl Summary {
     pub fn add(&mut self, v: &Verdict) {
@@ -48,9 +93,9 @@ impl Summary {
             s.first = v.ts.clone();
         }
         s.last = v.ts.clone();
-        *s.clients.entry(v.conn.remote_addr.clone()).or_default() += 1;
+        s.clients.add(v.conn.remote_addr.clone());
         if let Some(sshd) = &v.sshd {
-            *s.sshd_pids.entry(sshd.pid).or_default() += 1;
+            s.sshd_pids.add(sshd.pid);
         }
         s.hint = v.hint.clone();
     }
@@ -84,11 +129,11 @@ impl Summary {
             "cause", "count", "first", "last"
         );
         for (cause, s) in self.ordered() {
-            let clients: Vec<String> = top(&s.clients)
+            let clients: Vec<String> = s.clients.top()
                 .iter()
                 .map(|(c, n)| format!("{c} ({n})"))
                 .collect();
-            let pids: Vec<String> = top(&s.sshd_pids)
+            let pids: Vec<String> = s.sshd_pids.top()
                 .iter()
                 .map(|(p, n)| format!("{p} ({n})"))
                 .collect();
@@ -120,8 +165,8 @@ impl Summary {
                     "count": s.count,
                     "first": s.first,
                     "last": s.last,
-                    "top_clients": top(&s.clients).into_iter().map(|(c, n)| json!({"addr": c, "count": n})).collect::<Vec<_>>(),
-                    "top_sshd_pids": top(&s.sshd_pids).into_iter().map(|(p, n)| json!({"pid": p, "count": n})).collect::<Vec<_>>(),
+                    "top_clients": s.clients.top().into_iter().map(|(c, n)| json!({"addr": c, "count": n})).collect::<Vec<_>>(),
+                    "top_sshd_pids": s.sshd_pids.top().into_iter().map(|(p, n)| json!({"pid": p, "count": n})).collect::<Vec<_>>(),
                     "hint": s.hint,
                 })
             })
@@ -136,5 +181,38 @@ impl Summary {
             "causes": causes,
         })
         .to_string()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn heavy_hitters_are_exact_below_capacity() {
+        let mut h = HeavyHitters::default();
+        for key in ["b", "a", "b", "c", "b", "a"] {
+            h.add(key.to_owned());
+        }
+        assert_eq!(
+            h.top(),
+            [("b".into(), 3), ("a".into(), 2), ("c".into(), 1)]
+        );
+    }
+
+    #[test]
+    fn a_storm_of_distinct_clients_stays_bounded_and_keeps_the_heavy_one() {
+        let mut h = HeavyHitters::default();
+        for i in 0..100_000u32 {
+            h.add(format!("10.{}.{}.{}", i >> 16, (i >> 8) & 255, i & 255));
+            if i % 10 == 0 {
+                h.add("203.0.113.5".to_owned());
+            }
+        }
+        assert!(h.counts.len() <= HeavyHitters::<String>::CAPACITY);
+        let (first, n) = h.top()[0].clone();
+        assert_eq!(first, "203.0.113.5");
+        // 10 000 true hits, over-counted by at most total / capacity.
+        assert!((10_000..=10_000 + 110_000 / 64).contains(&n), "{n}");
     }
 }
