@@ -7,6 +7,7 @@ use aya_ebpf::{
 use sshtrace_common::{counter, KernelLayout, Settings, TcpStateNumbers};
 
 /// Every record for userspace, in one ring so that their order is the order they happened.
+/// Its size is set at load (`--ring-size`).
 #[map]
 pub static EVENTS: RingBuf = RingBuf::with_byte_size(1 << 20, 0);
 
@@ -48,6 +49,7 @@ static SETTINGS: Settings = Settings {
     no_socket_drop: u32::MAX,
     tcp_states: TcpStateNumbers::LINUX,
     claim_on_accept: 0,
+    wakeup_backlog: 256 * 1024,
 };
 
 /// Network namespaces (inode) to report TCP events in, with `--container`/`--host-only`.

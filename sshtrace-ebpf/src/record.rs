@@ -5,10 +5,8 @@ use sshtrace_common::{counter, EventHeader, EventKind};
 
 use aya_ebpf::bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP};
 
-use crate::maps::{count, EVENTS};
+use crate::maps::{count, settings, EVENTS};
 
-/// Bytes waiting in the ring that make a record wake userspace at once (a quarter of it).
-const WAKEUP_BACKLOG: u64 = 256 * 1024;
 
 /// A record type that begins with an [`EventHeader`].
 pub trait Record: 'static {
@@ -57,9 +55,11 @@ pub fn submit_batched<T: Record>(fill: impl FnOnce(&mut T)) {
 }
 
 /// Reserves a zeroed record, stamps the header with the current task, lets `fill` write the
-/// rest and submits it. A full ring buffer is counted as a lost record, never ignored.
+/// rest and submits it. Every record is counted as produced; one the full ring buffer has no
+/// room for is counted as lost too, never ignored (produced = read + lost).
 #[inline(always)]
 fn submit_with<T: Record>(wake_now: bool, fill: impl FnOnce(&mut T)) {
+    count(counter::PRODUCED);
     let Some(mut entry) = EVENTS.reserve::<T>(0) else {
         count(counter::LOST);
         return;
@@ -79,11 +79,11 @@ fn submit_with<T: Record>(wake_now: bool, fill: impl FnOnce(&mut T)) {
     fill(record);
     // Batched wake-ups for high-volume records: userspace drains on a 100 ms tick anyway,
     // and is woken early only when a backlog builds up.
-    let flags = if wake_now || EVENTS.query(BPF_RB_AVAIL_DATA as u64) >= WAKEUP_BACKLOG {
+    let backlog = settings().wakeup_backlog as u64;
+    let flags = if wake_now || EVENTS.query(BPF_RB_AVAIL_DATA as u64) >= backlog {
         BPF_RB_FORCE_WAKEUP
     } else {
         BPF_RB_NO_WAKEUP
     };
     entry.submit(flags as u64);
-    count(counter::PRODUCED);
 }

@@ -150,6 +150,12 @@ pub struct TraceArgs {
     #[arg(long, value_name = "N")]
     pub count: Option<u64>,
 
+    /// The kernel's buffer of records for sshtrace (a power of two, at least 4K): larger
+    /// rides out longer bursts on a busy host. Records it has no room for are counted and
+    /// reported, never lost silently.
+    #[arg(long, value_name = "SIZE", default_value = "1M", value_parser = parse_ring_size)]
+    pub ring_size: u32,
+
     /// Attach, print which hooks this kernel has, how each kind of evidence is collected on it
     /// and which verdicts it cannot give; then exit.
     #[arg(long)]
@@ -201,6 +207,13 @@ fn parse_network(text: &str) -> Result<Network, String> {
     Ok(Network { addr, prefix })
 }
 
+fn parse_ring_size(text: &str) -> Result<u32, String> {
+    crate::output::url::parse_size(text)
+        .and_then(|n| u32::try_from(n).ok())
+        .filter(|n| n.is_power_of_two() && *n >= 4096)
+        .ok_or_else(|| format!("'{text}' is not a power of two of at least 4K, like 256K or 4M"))
+}
+
 fn parse_duration(text: &str) -> Result<Duration, String> {
     let split = text
         .find(|c: char| !c.is_ascii_digit())
@@ -224,6 +237,10 @@ mod tests {
 
     #[test]
     fn durations() {
+        assert_eq!(parse_ring_size("64K"), Ok(65536));
+        assert_eq!(parse_ring_size("4M"), Ok(4 << 20));
+        assert!(parse_ring_size("3M").is_err());
+        assert!(parse_ring_size("1K").is_err());
         assert_eq!(parse_duration("30"), Ok(Duration::from_secs(30)));
         assert_eq!(parse_duration("5m"), Ok(Duration::from_secs(300)));
         assert!(parse_duration("5 minutes").is_err());

@@ -85,12 +85,19 @@ impl Probes {
             .any(|h| h == &format!("kprobe {}", REFUSAL_KPROBES[0]))
     }
 
-    /// `refusal_kprobes`: also try the kprobes that see refusals where no tracepoint does.
-    pub fn load(layout: KernelLayout, settings: Settings, refusal_kprobes: bool) -> Result<Self> {
+    /// `ring_size`: bytes of the ring buffer; `refusal_kprobes`: also try the kprobes that see
+    /// refusals where no tracepoint does.
+    pub fn load(
+        layout: KernelLayout,
+        settings: Settings,
+        ring_size: u32,
+        refusal_kprobes: bool,
+    ) -> Result<Self> {
         // Parsed once, for the loader and for the tp_btf attach (tens of milliseconds).
         let kernel_btf = Btf::from_sys_fs().context("cannot read the kernel's BTF")?;
         let mut ebpf = EbpfLoader::new()
             .btf(Some(&kernel_btf))
+            .map_max_entries("EVENTS", ring_size)
             .override_global("LAYOUT", &layout, true)
             .override_global("SETTINGS", &settings, true)
             .load(OBJECT)
@@ -362,7 +369,7 @@ impl KernelFilters {
     }
 }
 
-/// Records produced and lost by the probes, summed over CPUs.
+/// Records produced (read or lost) and lost by the probes, summed over CPUs.
 pub struct LossCounters(PerCpuArray<MapData, u64>);
 
 impl LossCounters {

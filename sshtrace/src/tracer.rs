@@ -85,7 +85,9 @@ pub async fn run(
             no_socket_drop: plan.no_socket_resets.drop_reason().unwrap_or(u32::MAX),
             tcp_states: crate::state::tcp_states(&names),
             claim_on_accept: layout.structs.accepted_socket_known() as u32,
+            wakeup_backlog: cli.ring_size / 4,
         },
+        cli.ring_size,
         plan.wants_refusal_kprobes(),
     )?;
     if probes.refusal_kprobes_attached() {
@@ -519,9 +521,9 @@ impl Tracer {
         } else {
             eprint!("{}", self.report.summary.render_text(loss));
         }
-        // Nothing lost silently: every event the kernel produced was read here (produced =
-        // read), the ones it could not produce are counted as lost, and the program runs the
-        // kernel skipped are counted by the kernel.
+        // Nothing lost silently: every record the programs produced was read here or counted
+        // as lost by them (produced = read + lost), and the program runs the kernel skipped
+        // are counted by the kernel.
         eprintln!(
             "sshtrace: {} verdicts; {produced} kernel events, {} read, {} lost, {} undecodable, {} program runs skipped",
             self.report.verdicts, self.stats.read, loss.lost, self.stats.undecodable, loss.skipped_runs

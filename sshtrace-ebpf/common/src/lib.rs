@@ -21,7 +21,7 @@ pub mod pid_flags {
 
 /// Indexes of the per-CPU `COUNTERS` array.
 pub mod counter {
-    /// Records written to the ring buffer.
+    /// Records the programs produced: written to the ring buffer, or lost.
     pub const PRODUCED: u32 = 0;
     /// Records lost because the ring buffer was full.
     pub const LOST: u32 = 1;
@@ -48,6 +48,9 @@ pub struct Settings {
     /// accepted by a tracked process, or reset — so that healthy traffic on the port costs no
     /// records. Needs the accepted fd to be followed to its socket (see `StructLayout`).
     pub claim_on_accept: u32,
+    /// Bytes waiting in the ring buffer that make a high-volume record wake userspace at once
+    /// (it drains on a 100 ms tick otherwise): a quarter of the ring.
+    pub wakeup_backlog: u32,
 }
 
 /// The TCP states the kernel-side socket history follows (`enum` values from BTF).

@@ -178,7 +178,8 @@ fn local_path(text: &str, fail: &dyn Fn(&str) -> anyhow::Error) -> Result<PathBu
     Ok(path)
 }
 
-fn parse_size(text: &str) -> Option<u64> {
+/// `4096`, `64K`, `10M`, `1G`.
+pub(crate) fn parse_size(text: &str) -> Option<u64> {
     let (number, unit) = text.split_at(
         text.find(|c: char| !c.is_ascii_digit())
             .unwrap_or(text.len()),
