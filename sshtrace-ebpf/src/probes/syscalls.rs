@@ -8,7 +8,7 @@ use aya_ebpf::{
         bpf_probe_read_user_str_bytes,
     },
     macros::{map, raw_tracepoint, tracepoint},
-    maps::LruHashMap,
+    maps::{LruHashMap, LruPerCpuHashMap},
     programs::{RawTracePointContext, TracePointContext},
 };
 use sshtrace_common::{
@@ -42,8 +42,9 @@ struct Burst {
     _pad: u32,
 }
 
+/// Per CPU, so that threads failing at once on two CPUs never carry the same count twice.
 #[map]
-static BURSTS: LruHashMap<BurstKey, Burst> = LruHashMap::with_max_entries(4096, 0);
+static BURSTS: LruPerCpuHashMap<BurstKey, Burst> = LruPerCpuHashMap::with_max_entries(4096, 0);
 
 /// One program per entry of `PATH_SYSCALLS`, each reading the path at its own offset.
 macro_rules! path_programs {

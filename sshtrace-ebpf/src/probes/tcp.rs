@@ -5,7 +5,7 @@
 use aya_ebpf::{
     helpers::{bpf_ktime_get_ns, bpf_probe_read_kernel},
     macros::{map, tracepoint},
-    maps::LruHashMap,
+    maps::LruPerCpuHashMap,
     programs::TracePointContext,
 };
 use sshtrace_common::{
@@ -57,12 +57,16 @@ struct Burst {
     suppressed: u32,
 }
 
-/// Records sent per key and interval before the rest are only counted: sporadic refusals each
-/// get their own verdict, a storm costs at most this many records per client per interval.
+/// Records sent per key, interval and CPU before the rest are only counted: sporadic refusals
+/// each get their own verdict, a storm costs at most this many records per client per interval
+/// on each CPU.
 const RECORDS_PER_INTERVAL: u32 = 8;
 
+/// Per CPU: a shared count would race (two CPUs sending records at once both carried the same
+/// held-back count, and the summary counted thousands of refusals twice).
 #[map]
-static RESET_BURSTS: LruHashMap<BurstKey, Burst> = LruHashMap::with_max_entries(8192, 0);
+static RESET_BURSTS: LruPerCpuHashMap<BurstKey, Burst> =
+    LruPerCpuHashMap::with_max_entries(8192, 0);
 
 /// `Some(count of resets held back before this one)` when a record should be sent now, `None`
 /// when this one is only counted.
