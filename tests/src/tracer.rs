@@ -119,6 +119,11 @@ impl Tracer {
             .collect()
     }
 
+    /// Every JSON record so far: verdicts, loss records, the summary.
+    pub fn records(&self) -> Vec<Value> {
+        self.verdicts.lock().unwrap().clone()
+    }
+
     pub fn stdout_lines(&self) -> Vec<String> {
         self.stdout.lock().unwrap().clone()
     }

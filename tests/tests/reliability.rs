@@ -1,108 +1,132 @@
 //! Reliability: a stop leaves the kernel as sshtrace found it (SIGINT, SIGTERM, even
 //! `kill -9`), an sshd restarted while tracing is found again, two instances work side by
-//! side, and a reset storm keeps memory bounded with every kernel event accounted for.
+//! side, and storms keep memory bounded with every kernel record accounted for — read, or
+//! counted as lost by the programs themselves.
 
 use std::{
     collections::BTreeSet,
-    net::TcpStream,
+    io::Read,
+    net::{TcpListener, TcpStream},
+    os::fd::AsRawFd,
     sync::{
         atomic::{AtomicBool, Ordering},
         Arc,
     },
+    thread,
     time::Duration,
 };
 
+use serde_json::Value;
 use sshtrace_tests::{kill, privileged, wait_for, Endpoint, Sshd, SshdOptions, Tracer};
 
-/// BPF objects (`prog_id`, `map_id`, `link_id`) held by a process's descriptors.
-fn bpf_objects(pid: u32) -> BTreeSet<(String, u32)> {
-    let mut found = BTreeSet::new();
+/// The kinds of BPF object, with their `…_GET_NEXT_ID` command and their fdinfo key.
+const OBJECT_KINDS: [(&str, u32); 3] = [
+    ("prog_id", 11),  // BPF_PROG_GET_NEXT_ID
+    ("map_id", 12),   // BPF_MAP_GET_NEXT_ID
+    ("link_id", 31),  // BPF_LINK_GET_NEXT_ID
+];
+
+/// Every BPF object on the host, enumerated through the bpf syscall.
+fn loaded_objects() -> BTreeSet<(&'static str, u32)> {
+    let mut all = BTreeSet::new();
+    for (kind, next_id_cmd) in OBJECT_KINDS {
+        let mut id = 0u32;
+        loop {
+            // union bpf_attr for …_GET_NEXT_ID: start_id, next_id, open_flags.
+            let mut attr: [u32; 3] = [id, 0, 0];
+            // SAFETY: a bpf(2) call with an attribute buffer of the size passed.
+            let ret = unsafe {
+                libc::syscall(
+                    libc::SYS_bpf,
+                    next_id_cmd,
+                    attr.as_mut_ptr(),
+                    std::mem::size_of_val(&attr),
+                )
+            };
+            if ret != 0 {
+                break; // ENOENT: no object after `id`.
+            }
+            id = attr[1];
+            all.insert((kind, id));
+        }
+    }
+    all
+}
+
+/// BPF objects a process holds through its descriptors (fdinfo `prog_id`, `map_id`, `link_id`).
+fn objects_held_by(pid: u32) -> BTreeSet<(&'static str, u32)> {
+    let mut held = BTreeSet::new();
     for entry in std::fs::read_dir(format!("/proc/{pid}/fdinfo"))
         .unwrap()
         .flatten()
     {
         let text = std::fs::read_to_string(entry.path()).unwrap_or_default();
         for line in text.lines() {
-            if let Some((key, value)) = line.split_once(":\t") {
-                if matches!(key, "prog_id" | "map_id" | "link_id") {
-                    found.insert((key.to_owned(), value.trim().parse().unwrap()));
-                }
+            let Some((key, value)) = line.split_once(":\t") else {
+                continue;
+            };
+            if let Some((kind, _)) = OBJECT_KINDS.iter().find(|(k, _)| *k == key) {
+                held.insert((*kind, value.trim().parse().unwrap()));
             }
         }
     }
-    found
+    held
 }
 
-/// Whether a BPF object still exists, asked through the bpf syscall (…_GET_FD_BY_ID).
-fn bpf_object_exists(kind: &str, id: u32) -> bool {
-    let cmd = match kind {
-        "prog_id" => 13,
-        "map_id" => 14,
-        _ => 30,
-    };
-    let attr: [u32; 4] = [id, 0, 0, 0];
-    // SAFETY: a bpf(2) call with an attribute buffer of the size passed.
-    let fd = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            cmd,
-            attr.as_ptr(),
-            std::mem::size_of_val(&attr),
-        )
-    };
-    if fd >= 0 {
-        unsafe { libc::close(fd as i32) };
-        return true;
-    }
-    false
-}
-
-fn tracefs_mounts() -> usize {
-    std::fs::read_to_string("/proc/self/mountinfo")
+fn mount_points() -> Vec<String> {
+    let mut all: Vec<String> = std::fs::read_to_string("/proc/1/mountinfo")
         .unwrap()
         .lines()
-        .filter(|l| l.contains(" tracefs "))
-        .count()
+        .map(|l| l.split_whitespace().nth(4).unwrap_or("").to_owned())
+        .collect();
+    all.sort();
+    all
+}
+
+/// Objects pinned in the BPF filesystem, if one is mounted.
+fn pinned() -> Vec<String> {
+    walkdir("/sys/fs/bpf")
+}
+
+fn walkdir(dir: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let path = entry.path().display().to_string();
+        if entry.file_type().is_ok_and(|t| t.is_dir()) {
+            out.extend(walkdir(&path));
+        }
+        out.push(path);
+    }
+    out
 }
 
 fn stopped_cleanly(signal: i32) {
-    let mounts_before = tracefs_mounts();
+    let (mounts_before, pinned_before) = (mount_points(), pinned());
+    let before = loaded_objects();
     let tracer = Tracer::start(&["--port", "22199"]);
-    let objects = bpf_objects(tracer.pid());
-    let kinds: BTreeSet<&str> = objects.iter().map(|(k, _)| k.as_str()).collect();
+    let ours = objects_held_by(tracer.pid());
+    let kinds: BTreeSet<&str> = ours.iter().map(|(k, _)| *k).collect();
+    assert_eq!(kinds.len(), 3, "programs, maps and links held: {ours:?}");
+    let listed = loaded_objects();
     assert!(
-        kinds.contains("prog_id") && kinds.contains("map_id") && kinds.contains("link_id"),
-        "{objects:?}"
+        ours.is_subset(&listed) && ours.is_disjoint(&before),
+        "the bpf syscall lists sshtrace's objects, new since it started"
     );
     kill(tracer.pid(), signal);
     wait_for("sshtrace to exit", Duration::from_secs(10), || {
-        (!std::path::Path::new(&format!("/proc/{}/fdinfo", tracer.pid())).exists()
-            || std::fs::read_to_string(format!("/proc/{}/stat", tracer.pid()))
-                .is_ok_and(|s| s.contains(") Z ")))
-        .then_some(())
+        std::fs::read_to_string(format!("/proc/{}/stat", tracer.pid()))
+            .map_or(true, |s| s.contains(") Z "))
+            .then_some(())
     });
     drop(tracer);
     // The kernel frees programs and then their maps asynchronously (RCU): give it a moment.
-    let settled = (0..100).any(|_| {
-        let gone = objects.iter().all(|(k, id)| !bpf_object_exists(k, *id));
-        if !gone {
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        gone
+    let left = wait_for("sshtrace's BPF objects to be freed", Duration::from_secs(5), || {
+        let left: Vec<_> = ours.intersection(&loaded_objects()).copied().collect();
+        left.is_empty().then_some(left)
     });
-    let left: Vec<&(String, u32)> = objects
-        .iter()
-        .filter(|(k, id)| bpf_object_exists(k, *id))
-        .collect();
-    assert!(
-        settled && left.is_empty(),
-        "BPF objects left after signal {signal}: {left:?}"
-    );
-    assert_eq!(
-        tracefs_mounts(),
-        mounts_before,
-        "a tracefs mount was left behind"
-    );
+    assert!(left.is_empty(), "BPF objects left after signal {signal}: {left:?}");
+    assert_eq!(mount_points(), mounts_before, "a mount was left behind");
+    assert_eq!(pinned(), pinned_before, "an object was pinned");
 }
 
 #[test]
@@ -175,25 +199,56 @@ fn rss_kib(pid: u32) -> u64 {
         .unwrap()
 }
 
-/// `… verdicts; P kernel events, R read, L lost, U undecodable` → (P, R, L).
-fn event_totals(tracer: &Tracer) -> (u64, u64, u64) {
+/// The exit totals, `V verdicts; P kernel events, R read, L lost, U undecodable, S program
+/// runs skipped`.
+struct Totals {
+    produced: u64,
+    read: u64,
+    lost: u64,
+}
+
+fn totals(tracer: &Tracer) -> Totals {
     let line = tracer
         .stderr_lines()
         .into_iter()
         .find(|l| l.contains(" kernel events, "))
         .expect("exit totals");
-    let numbers: Vec<u64> = line
+    let n: Vec<u64> = line
         .split(|c: char| !c.is_ascii_digit())
         .filter(|s| !s.is_empty())
         .map(|s| s.parse().unwrap())
         .collect();
-    // verdicts, produced, read, lost, undecodable
-    (numbers[1], numbers[2], numbers[3])
+    Totals {
+        produced: n[1],
+        read: n[2],
+        lost: n[3],
+    }
 }
 
-/// Twenty seconds of refused connections from two threads: memory stays bounded, every event
-/// the kernel produced was read (produced == read, losses counted in the kernel), and the
-/// refusals the kernel aggregated are all accounted for in the summary.
+/// `threads` threads calling `attempt` until `stop`; the number of calls.
+fn storm(
+    threads: usize,
+    stop: &Arc<AtomicBool>,
+    attempt: impl Fn() + Send + Clone + 'static,
+) -> Vec<thread::JoinHandle<u64>> {
+    (0..threads)
+        .map(|_| {
+            let (stop, attempt) = (stop.clone(), attempt.clone());
+            thread::spawn(move || {
+                let mut n = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    attempt();
+                    n += 1;
+                }
+                n
+            })
+        })
+        .collect()
+}
+
+/// Twenty seconds of refused connections from two threads: memory stays bounded, every record
+/// the programs produced was read (produced = read + lost, with nothing lost at the default
+/// ring size), and the refusals the kernel aggregated are accounted for in the summary.
 #[test]
 fn reset_storm_keeps_memory_bounded_and_counts_everything() {
     if !privileged("reset_storm_keeps_memory_bounded_and_counts_everything") {
@@ -202,35 +257,30 @@ fn reset_storm_keeps_memory_bounded_and_counts_everything() {
     let ep = Endpoint::new(197);
     let mut tracer = Tracer::start_text(&["--port", &ep.port().to_string(), "--summary-only"]);
     let stop = Arc::new(AtomicBool::new(false));
-    let storm: Vec<_> = (0..2)
-        .map(|_| {
-            let (stop, addr) = (stop.clone(), ep.addr());
-            std::thread::spawn(move || {
-                let mut attempts = 0u64;
-                while !stop.load(Ordering::Relaxed) {
-                    let _ = TcpStream::connect((addr.as_str(), ep.port()));
-                    attempts += 1;
-                }
-                attempts
-            })
-        })
-        .collect();
-    std::thread::sleep(Duration::from_secs(5));
+    let addr = ep.addr();
+    let threads = storm(2, &stop, move || {
+        let _ = TcpStream::connect((addr.as_str(), ep.port()));
+    });
+    thread::sleep(Duration::from_secs(5));
     let early = rss_kib(tracer.pid());
-    std::thread::sleep(Duration::from_secs(15));
+    thread::sleep(Duration::from_secs(15));
     let late = rss_kib(tracer.pid());
     stop.store(true, Ordering::Relaxed);
-    let attempts: u64 = storm.into_iter().map(|t| t.join().unwrap()).sum();
+    let attempts: u64 = threads.into_iter().map(|t| t.join().unwrap()).sum();
     assert!(tracer.stop().success());
-    let (produced, read, lost) = event_totals(&tracer);
+    let t = totals(&tracer);
     let row = tracer
         .stdout_lines()
         .into_iter()
         .find(|l| l.starts_with("not_listening"))
         .expect("summary row");
     let counted: u64 = row.split_whitespace().nth(1).unwrap().parse().unwrap();
-    eprintln!("storm: {attempts} refused connections, {counted} in the summary, {produced} events produced, {read} read, {lost} lost, RSS {early} → {late} KiB");
-    assert_eq!(produced, read, "every event the kernel produced was read");
+    eprintln!(
+        "storm: {attempts} refused connections, {counted} in the summary, {} records produced, {} read, {} lost, RSS {early} → {late} KiB",
+        t.produced, t.read, t.lost
+    );
+    assert_eq!(t.produced, t.read + t.lost, "every record read or counted lost");
+    assert_eq!(t.lost, 0, "the refusals are aggregated in the kernel");
     // Each client's last 100 ms of refusals are still being counted in the kernel at the stop.
     assert!(
         counted <= attempts && counted * 100 >= attempts * 95,
@@ -241,4 +291,88 @@ fn reset_storm_keeps_memory_bounded_and_counts_everything() {
         late < early * 2 + 4096,
         "RSS grew from {early} to {late} KiB"
     );
+}
+
+/// A ring buffer far too small for a storm of connections reset on accepted sockets (each a
+/// verdict of its own): records are lost, and every one is counted in the kernel and reported —
+/// a warning, in-band loss records with the running total, the summary and the exit totals —
+/// while produced = read + lost holds exactly.
+#[test]
+fn records_the_ring_has_no_room_for_are_counted_and_reported() {
+    if !privileged("records_the_ring_has_no_room_for_are_counted_and_reported") {
+        return;
+    }
+    let ep = Endpoint::new(198);
+    // No verdict passes the cause filter: the JSON stream holds only loss records and the
+    // summary.
+    let mut tracer = Tracer::start(&[
+        "--port",
+        &ep.port().to_string(),
+        "--ring-size",
+        "4K",
+        "--cause",
+        "firewall",
+    ]);
+    let listener = TcpListener::bind((ep.addr().as_str(), ep.port())).unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let server_stop = stop.clone();
+    let server = thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            if server_stop.load(Ordering::Relaxed) {
+                break;
+            }
+            abort_on_close(&stream);
+        }
+    });
+    let addr = ep.addr();
+    let clients = storm(4, &stop, move || {
+        if let Ok(mut s) = TcpStream::connect((addr.as_str(), ep.port())) {
+            let _ = s.read(&mut [0u8; 1]);
+        }
+    });
+    thread::sleep(Duration::from_secs(5));
+    stop.store(true, Ordering::Relaxed);
+    for c in clients {
+        c.join().unwrap();
+    }
+    let _ = TcpStream::connect((ep.addr().as_str(), ep.port()));
+    server.join().unwrap();
+    assert!(tracer.stop().success());
+
+    let t = totals(&tracer);
+    eprintln!(
+        "4K ring: {} records produced, {} read, {} lost",
+        t.produced, t.read, t.lost
+    );
+    assert!(t.lost > 0, "a 4K ring cannot hold this storm");
+    assert_eq!(t.produced, t.read + t.lost, "every record read or counted lost");
+    assert!(tracer
+        .stderr_lines()
+        .iter()
+        .any(|l| l.contains("kernel events lost (ring buffer full)")));
+    let records = tracer.records();
+    let losses: Vec<&Value> = records.iter().filter(|r| r["type"] == "loss").collect();
+    let last = losses.last().expect("an in-band loss record");
+    assert_eq!(last["lost_kernel_events"], t.lost, "{last}");
+    assert!(last["sink"].is_null());
+    let summary = records.last().expect("the summary");
+    assert_eq!(summary["type"], "summary");
+    assert_eq!(summary["lost_kernel_events"], t.lost);
+}
+
+fn abort_on_close(stream: &TcpStream) {
+    let linger = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    // SAFETY: setsockopt with a `struct linger` of the size passed, on an open socket.
+    unsafe {
+        libc::setsockopt(
+            stream.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            (&raw const linger).cast(),
+            std::mem::size_of::<libc::linger>() as libc::socklen_t,
+        );
+    }
 }
