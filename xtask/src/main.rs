@@ -41,6 +41,9 @@ enum Task {
         /// Seconds of the long reset storm for the memory measurement.
         #[arg(long, default_value_t = 60)]
         storm_seconds: u64,
+        /// Rounds of the connection storm (each measures every tracer once).
+        #[arg(long, default_value_t = 5)]
+        rounds: usize,
     },
     /// Set up, build and run every test: unit tests and the real-sshd integration suite on this
     /// kernel, then the integration suite again on Debian 12's 6.1 kernel in a VM (the
@@ -104,6 +107,7 @@ fn run(task: Task) -> Result<()> {
         Task::Bench {
             seconds,
             storm_seconds,
+            rounds,
         } => {
             setup::run()?;
             let binary = build(true)?;
@@ -112,6 +116,7 @@ fn run(task: Task) -> Result<()> {
                 &bench::Options {
                     seconds,
                     storm_seconds,
+                    rounds: rounds.max(1),
                 },
             )
         }

@@ -1,0 +1,136 @@
+//! The loads the bench measures under: loopback connection storms on the bench's own
+//! addresses and ports (never any other address), from many threads so that every CPU is busy.
+
+use std::{
+    io::Read,
+    net::{SocketAddr, TcpListener, TcpStream},
+    os::fd::AsRawFd,
+    sync::{
+        atomic::{AtomicBool, AtomicU64, Ordering},
+        Arc,
+    },
+    thread,
+    time::Duration,
+};
+
+use anyhow::Result;
+
+/// Orderly connections: the server accepts and closes, clients read its FIN.
+pub const ORDERLY: &str = "127.0.0.77:22777";
+/// Nothing listens here: every connection is refused with a RST.
+pub const CLOSED: &str = "127.0.0.77:22778";
+/// The server accepts and aborts (SO_LINGER 0): a RST on every accepted socket.
+pub const ABORTING: &str = "127.0.0.77:22780";
+
+pub fn port(addr: &str) -> &str {
+    addr.rsplit(':').next().unwrap_or(addr)
+}
+
+pub fn num_cpus() -> usize {
+    thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+}
+
+/// Clients per CPU: idle CPUs in a VM wake slowly, which would measure wake-up latency
+/// instead of the cost of tracing.
+const CLIENTS_PER_CPU: usize = 8;
+
+/// Connections completed in `d` against [`ORDERLY`]. The server closes first; reading its FIN
+/// before closing leaves no TIME_WAIT on the client's ports, so every round starts equal.
+pub fn orderly(d: Duration) -> Result<u64> {
+    with_server(ORDERLY, d, |_| {}, |stream| {
+        let _ = stream.read(&mut [0u8; 1]);
+        true
+    })
+}
+
+/// Connections refused in `d` by [`CLOSED`], from one client per CPU.
+pub fn refused(d: Duration) -> u64 {
+    let addr: SocketAddr = CLOSED.parse().expect("a socket address");
+    clients(num_cpus(), d, move || TcpStream::connect(addr).is_err())
+}
+
+/// Connections accepted and reset by the server in `d` against [`ABORTING`]: each accepted
+/// socket is closed with SO_LINGER 0, so the kernel sends a RST (reason TCP_ABORT_ON_LINGER
+/// where it has reasons) instead of a FIN.
+pub fn aborted(d: Duration) -> Result<u64> {
+    with_server(ABORTING, d, abort_on_close, |stream| {
+        // The reset arrives as ECONNRESET (or, if it came first, as the connect's error).
+        stream.read(&mut [0u8; 1]).is_err()
+    })
+}
+
+fn abort_on_close(stream: &TcpStream) {
+    let linger = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    // SAFETY: setsockopt with a `struct linger` of the size passed, on an open socket.
+    unsafe {
+        libc::setsockopt(
+            stream.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            (&raw const linger).cast(),
+            std::mem::size_of::<libc::linger>() as libc::socklen_t,
+        );
+    }
+}
+
+/// A server thread accepting on `addr` (each accepted stream passed to `on_accept`, then
+/// closed) and many clients connecting for `d`; `on_connected` says whether a connection
+/// counts. Returns the count.
+fn with_server(
+    addr: &'static str,
+    d: Duration,
+    on_accept: fn(&TcpStream),
+    on_connected: fn(&mut TcpStream) -> bool,
+) -> Result<u64> {
+    let listener = TcpListener::bind(addr)?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let server_stop = stop.clone();
+    let server = thread::spawn(move || {
+        for conn in listener.incoming() {
+            if server_stop.load(Ordering::Relaxed) {
+                break;
+            }
+            if let Ok(stream) = conn {
+                on_accept(&stream);
+            }
+        }
+    });
+    let target: SocketAddr = addr.parse()?;
+    let count = clients(num_cpus() * CLIENTS_PER_CPU, d, move || {
+        TcpStream::connect(target).is_ok_and(|mut s| on_connected(&mut s))
+    });
+    stop.store(true, Ordering::Relaxed);
+    // Wakes the server from accept, to see `stop`.
+    let _ = TcpStream::connect(target);
+    let _ = server.join();
+    Ok(count)
+}
+
+/// `n` threads calling `attempt` in a loop for `d`; the number of attempts that counted.
+fn clients(n: usize, d: Duration, attempt: impl Fn() -> bool + Send + Clone + 'static) -> u64 {
+    let stop = Arc::new(AtomicBool::new(false));
+    let count = Arc::new(AtomicU64::new(0));
+    let threads: Vec<_> = (0..n)
+        .map(|_| {
+            let (stop, count, attempt) = (stop.clone(), count.clone(), attempt.clone());
+            thread::spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    if attempt() {
+                        count.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            })
+        })
+        .collect();
+    thread::sleep(d);
+    stop.store(true, Ordering::Relaxed);
+    for t in threads {
+        let _ = t.join();
+    }
+    count.load(Ordering::Relaxed)
+}
