@@ -7,7 +7,6 @@ use aya_ebpf::bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEU
 
 use crate::maps::{count, settings, EVENTS};
 
-
 /// A record type that begins with an [`EventHeader`].
 pub trait Record: 'static {
     const KIND: EventKind;

@@ -227,7 +227,11 @@ fn attach_first(
             Err(err) => failures.push(format!("{} ({err:#}; a slower way is used)", hook.program)),
         }
     }
-    anyhow::bail!("no way to attach {}: {}", ways[0].program, failures.join("; "))
+    anyhow::bail!(
+        "no way to attach {}: {}",
+        ways[0].program,
+        failures.join("; ")
+    )
 }
 
 fn attach(ebpf: &mut Ebpf, btf: &Btf, name: &str, how: Attach) -> Result<String> {

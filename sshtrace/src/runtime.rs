@@ -4,12 +4,12 @@
 //! reads the cache, and a container that has exited keeps the name it had.
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, HashSet},
     io::{Read, Write},
     os::unix::net::UnixStream,
     path::PathBuf,
     sync::{mpsc, Arc, Mutex},
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 pub const DEFAULT_SOCKETS: [&str; 4] = [
@@ -19,43 +19,85 @@ pub const DEFAULT_SOCKETS: [&str; 4] = [
     "/run/user/0/podman/podman.sock",
 ];
 
+/// How long one answer may take: the lookup thread waits, never the event path. A runtime
+/// under load (or in a slow VM) answers its first request in seconds.
+const ANSWER_TIMEOUT: Duration = Duration::from_secs(10);
+/// Retries of an id no socket answered for, spaced 1, 2, 4, 8, 16 s apart.
+const RETRIES: u32 = 5;
+
 #[derive(Clone)]
 pub struct ContainerNames {
     cache: Arc<Mutex<HashMap<String, String>>>,
+    /// Ids queued or being asked for: a runtime that is slow to answer gets one request per
+    /// container, however often the name is wanted meanwhile.
+    asking: Arc<Mutex<HashSet<String>>>,
     requests: mpsc::Sender<String>,
     sockets: Arc<Vec<PathBuf>>,
 }
 
 impl ContainerNames {
     pub fn start(sockets: Vec<PathBuf>) -> Self {
-        let cache: Arc<Mutex<HashMap<String, String>>> = Arc::default();
-        let sockets = Arc::new(sockets);
+        let names = Self {
+            cache: Arc::default(),
+            asking: Arc::default(),
+            requests: mpsc::channel().0,
+            sockets: Arc::new(sockets),
+        };
         let (requests, pending) = mpsc::channel::<String>();
-        let (fill, from) = (cache.clone(), sockets.clone());
+        let worker = names.clone();
         std::thread::Builder::new()
             .name("container-names".into())
-            .spawn(move || {
-                for id in pending {
-                    if fill.lock().unwrap().contains_key(&id) {
-                        continue;
-                    }
-                    if let Some(name) = ask(&from, &id) {
-                        fill.lock().unwrap().insert(id, name);
-                    }
-                }
-            })
+            .spawn(move || worker.answer(&pending))
             .expect("spawn the container-name thread");
-        Self {
-            cache,
-            requests,
-            sockets,
+        Self { requests, ..names }
+    }
+
+    /// The lookup thread: asks for each requested id, and again later for ids no runtime
+    /// answered for (the runtime's API may start after sshtrace, or be slow to answer).
+    fn answer(&self, pending: &mpsc::Receiver<String>) {
+        let mut retries: Vec<(Instant, u32, String)> = Vec::new();
+        loop {
+            let wait = retries
+                .iter()
+                .map(|(at, ..)| at.saturating_duration_since(Instant::now()))
+                .min()
+                .unwrap_or(Duration::from_secs(3600));
+            let (id, attempt) = match pending.recv_timeout(wait) {
+                Ok(id) => (id, 0),
+                Err(mpsc::RecvTimeoutError::Disconnected) => return,
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    let now = Instant::now();
+                    let Some(due) = retries.iter().position(|(at, ..)| *at <= now) else {
+                        continue;
+                    };
+                    let (_, attempt, id) = retries.swap_remove(due);
+                    (id, attempt)
+                }
+            };
+            if self.cache.lock().unwrap().contains_key(&id) {
+                self.asking.lock().unwrap().remove(&id);
+                continue;
+            }
+            match ask(&self.sockets, &id) {
+                Some(name) => {
+                    self.cache.lock().unwrap().insert(id.clone(), name);
+                    self.asking.lock().unwrap().remove(&id);
+                }
+                None if attempt < RETRIES => {
+                    let at = Instant::now() + Duration::from_secs(1 << attempt);
+                    retries.push((at, attempt + 1, id));
+                }
+                None => {
+                    self.asking.lock().unwrap().remove(&id);
+                }
+            }
         }
     }
 
     /// The cached name, asking for it in the background when unknown.
     pub fn get(&self, id: &str) -> Option<String> {
         let name = self.cache.lock().unwrap().get(id).cloned();
-        if name.is_none() {
+        if name.is_none() && self.asking.lock().unwrap().insert(id.to_owned()) {
             let _ = self.requests.send(id.to_owned());
         }
         name
@@ -82,10 +124,8 @@ fn ask(sockets: &[PathBuf], id: &str) -> Option<String> {
 /// `GET /containers/ID/json` over HTTP/1.0 on a unix socket; the `Name` field ("/sshbox").
 fn inspect_name(socket: &std::path::Path, id: &str) -> Option<String> {
     let mut stream = UnixStream::connect(socket).ok()?;
-    stream.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
-    stream
-        .set_write_timeout(Some(Duration::from_secs(2)))
-        .ok()?;
+    stream.set_read_timeout(Some(ANSWER_TIMEOUT)).ok()?;
+    stream.set_write_timeout(Some(ANSWER_TIMEOUT)).ok()?;
     write!(
         stream,
         "GET /containers/{id}/json HTTP/1.0\r\nHost: localhost\r\n\r\n"
@@ -128,6 +168,33 @@ mod tests {
             Some(("kube-system".into(), "sshd-jump-0".into()))
         );
         assert_eq!(parse_pod_dir("default_web_other-uid", uid), None);
+    }
+
+    /// A runtime API that starts after the first lookup failed is asked again, once.
+    #[test]
+    fn a_runtime_that_answers_late_is_asked_again() {
+        let socket =
+            std::env::temp_dir().join(format!("sshtrace-names-{}.sock", std::process::id()));
+        let _ = std::fs::remove_file(&socket);
+        let names = ContainerNames::start(vec![socket.clone()]);
+        assert_eq!(names.get("abc"), None);
+        assert_eq!(names.get("abc"), None, "one request in flight");
+        std::thread::sleep(Duration::from_millis(200));
+        let listener = std::os::unix::net::UnixListener::bind(&socket).unwrap();
+        let (mut stream, _) = listener.accept().unwrap();
+        let mut request = [0u8; 256];
+        let n = stream.read(&mut request).unwrap();
+        assert!(String::from_utf8_lossy(&request[..n]).starts_with("GET /containers/abc/json"));
+        stream
+            .write_all(b"HTTP/1.0 200 OK\r\n\r\n{\"Name\": \"/sshbox\"}")
+            .unwrap();
+        drop(stream);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while names.get("abc").is_none() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert_eq!(names.get("abc").as_deref(), Some("sshbox"));
+        let _ = std::fs::remove_file(&socket);
     }
 
     #[test]

@@ -78,7 +78,6 @@ pub struct Summary {
 /// How many clients and pids the report names per cause.
 const TOP: usize = 3;
 
-
 impl Summary {
     pub fn add(&mut self, v: &Verdict) {
         let s = self.causes.entry(v.cause.as_str().to_owned()).or_default();
@@ -129,11 +128,15 @@ impl Summary {
             "cause", "count", "first", "last"
         );
         for (cause, s) in self.ordered() {
-            let clients: Vec<String> = s.clients.top()
+            let clients: Vec<String> = s
+                .clients
+                .top()
                 .iter()
                 .map(|(c, n)| format!("{c} ({n})"))
                 .collect();
-            let pids: Vec<String> = s.sshd_pids.top()
+            let pids: Vec<String> = s
+                .sshd_pids
+                .top()
                 .iter()
                 .map(|(p, n)| format!("{p} ({n})"))
                 .collect();
@@ -194,10 +197,7 @@ mod tests {
         for key in ["b", "a", "b", "c", "b", "a"] {
             h.add(key.to_owned());
         }
-        assert_eq!(
-            h.top(),
-            [("b".into(), 3), ("a".into(), 2), ("c".into(), 1)]
-        );
+        assert_eq!(h.top(), [("b".into(), 3), ("a".into(), 2), ("c".into(), 1)]);
     }
 
     #[test]

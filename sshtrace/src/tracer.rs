@@ -93,7 +93,11 @@ pub async fn run(
     if probes.refusal_kprobes_attached() {
         plan.refusals_by_kprobe();
     }
-    if let Some(hook) = probes.attached.iter().find(|h| h.ends_with("inet_sock_set_state")) {
+    if let Some(hook) = probes
+        .attached
+        .iter()
+        .find(|h| h.ends_with("inet_sock_set_state"))
+    {
         plan.socket_states_through(hook);
     }
     if cli.probe_report {

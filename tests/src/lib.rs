@@ -102,8 +102,22 @@ pub fn sshtrace_bin() -> PathBuf {
     bin
 }
 
-/// Polls `check` every 50 ms until it returns `Some`, or panics with `what` after `timeout`.
+/// `timeout` stretched by `SSHTRACE_TEST_PATIENCE` (a whole factor, 1 when unset): vm-test sets
+/// it for guests under emulation, where everything runs several times slower. Deadlines only:
+/// no test asserts how fast anything is.
+pub fn patient(timeout: Duration) -> Duration {
+    let factor = std::env::var("SSHTRACE_TEST_PATIENCE")
+        .ok()
+        .and_then(|f| f.parse::<u32>().ok())
+        .unwrap_or(1)
+        .max(1);
+    timeout * factor
+}
+
+/// Polls `check` every 50 ms until it returns `Some`, or panics with `what` after `timeout`
+/// (made [`patient`]).
 pub fn wait_for<T>(what: &str, timeout: Duration, mut check: impl FnMut() -> Option<T>) -> T {
+    let timeout = patient(timeout);
     let start = Instant::now();
     loop {
         if let Some(value) = check() {

@@ -10,7 +10,7 @@ use std::{
 
 use serde_json::Value;
 
-use crate::{kill, sshtrace_bin, wait_for};
+use crate::{kill, patient, sshtrace_bin, wait_for};
 
 pub struct Tracer {
     child: Child,
@@ -94,13 +94,14 @@ impl Tracer {
     /// time-out, fails with the verdicts that did arrive for that port.
     pub fn verdict_for(&self, port: u16, matches: impl Fn(&Value) -> bool) -> Value {
         let start = std::time::Instant::now();
+        let deadline = patient(Duration::from_secs(15));
         loop {
             if let Some(v) = self.verdicts(port).into_iter().find(|v| matches(v)) {
                 return v;
             }
-            if start.elapsed() > Duration::from_secs(15) {
+            if start.elapsed() > deadline {
                 panic!(
-                    "no matching verdict on port {port} within 15 s; got {:#?}",
+                    "no matching verdict on port {port} within {deadline:?}; got {:#?}",
                     self.verdicts(port)
                 );
             }

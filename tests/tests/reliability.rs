@@ -21,9 +21,9 @@ use sshtrace_tests::{kill, privileged, wait_for, Endpoint, Sshd, SshdOptions, Tr
 
 /// The kinds of BPF object, with their `…_GET_NEXT_ID` command and their fdinfo key.
 const OBJECT_KINDS: [(&str, u32); 3] = [
-    ("prog_id", 11),  // BPF_PROG_GET_NEXT_ID
-    ("map_id", 12),   // BPF_MAP_GET_NEXT_ID
-    ("link_id", 31),  // BPF_LINK_GET_NEXT_ID
+    ("prog_id", 11), // BPF_PROG_GET_NEXT_ID
+    ("map_id", 12),  // BPF_MAP_GET_NEXT_ID
+    ("link_id", 31), // BPF_LINK_GET_NEXT_ID
 ];
 
 /// Every BPF object on the host, enumerated through the bpf syscall.
@@ -120,11 +120,18 @@ fn stopped_cleanly(signal: i32) {
     });
     drop(tracer);
     // The kernel frees programs and then their maps asynchronously (RCU): give it a moment.
-    let left = wait_for("sshtrace's BPF objects to be freed", Duration::from_secs(5), || {
-        let left: Vec<_> = ours.intersection(&loaded_objects()).copied().collect();
-        left.is_empty().then_some(left)
-    });
-    assert!(left.is_empty(), "BPF objects left after signal {signal}: {left:?}");
+    let left = wait_for(
+        "sshtrace's BPF objects to be freed",
+        Duration::from_secs(5),
+        || {
+            let left: Vec<_> = ours.intersection(&loaded_objects()).copied().collect();
+            left.is_empty().then_some(left)
+        },
+    );
+    assert!(
+        left.is_empty(),
+        "BPF objects left after signal {signal}: {left:?}"
+    );
     assert_eq!(mount_points(), mounts_before, "a mount was left behind");
     assert_eq!(pinned(), pinned_before, "an object was pinned");
 }
@@ -279,7 +286,11 @@ fn reset_storm_keeps_memory_bounded_and_counts_everything() {
         "storm: {attempts} refused connections, {counted} in the summary, {} records produced, {} read, {} lost, RSS {early} → {late} KiB",
         t.produced, t.read, t.lost
     );
-    assert_eq!(t.produced, t.read + t.lost, "every record read or counted lost");
+    assert_eq!(
+        t.produced,
+        t.read + t.lost,
+        "every record read or counted lost"
+    );
     assert_eq!(t.lost, 0, "the refusals are aggregated in the kernel");
     // Each client's last 100 ms of refusals are still being counted in the kernel at the stop.
     assert!(
@@ -345,7 +356,11 @@ fn records_the_ring_has_no_room_for_are_counted_and_reported() {
         t.produced, t.read, t.lost
     );
     assert!(t.lost > 0, "a 4K ring cannot hold this storm");
-    assert_eq!(t.produced, t.read + t.lost, "every record read or counted lost");
+    assert_eq!(
+        t.produced,
+        t.read + t.lost,
+        "every record read or counted lost"
+    );
     assert!(tracer
         .stderr_lines()
         .iter()

@@ -54,7 +54,13 @@ fn try_sock_state(ctx: &TracePointContext) -> Result<(), i32> {
     let skaddr: u64 = field(ctx, l.skaddr)?;
     let (old_state, new_state): (i32, i32) = (field(ctx, l.oldstate)?, field(ctx, l.newstate)?);
     let endpoints = RecordEndpoints { ctx, skaddr };
-    sock_state(skaddr, local_port(ctx, &l.addr)?, old_state, new_state, &endpoints)
+    sock_state(
+        skaddr,
+        local_port(ctx, &l.addr)?,
+        old_state,
+        new_state,
+        &endpoints,
+    )
 }
 
 /// The programs that read the socket itself.

@@ -81,7 +81,9 @@ impl SockFields for TypedSock {
         if tcp.is_null() {
             return Err(0);
         }
-        Ok(u16::from_be(TypedSock(tcp).read(layout!(structs.inet_sport))?))
+        Ok(u16::from_be(
+            TypedSock(tcp).read(layout!(structs.inet_sport))?,
+        ))
     }
 }
 

@@ -10,7 +10,12 @@ use crate::verdict::{Cause, Outcome};
 /// Reasons that mean a process's close or request (judged by the sshd and socket_killed rules)
 /// or no socket at all. TCP_STATE is always asked for: tcp_abort() (a sock_diag destroy) or
 /// tcp_disconnect() (e.g. a listener closing with connections queued).
-const NOT_THE_STACKS_OWN: [&str; 4] = ["TCP_ABORT_ON_CLOSE", "TCP_STATE", "NO_SOCKET", "NOT_SPECIFIED"];
+const NOT_THE_STACKS_OWN: [&str; 4] = [
+    "TCP_ABORT_ON_CLOSE",
+    "TCP_STATE",
+    "NO_SOCKET",
+    "NOT_SPECIFIED",
+];
 
 fn explain(reason: &str) -> &'static str {
     match reason {

@@ -57,7 +57,14 @@ mod tests {
 
     #[test]
     fn one_field_per_line_and_no_raw_newlines() {
-        let mut loss = LossRecord::new("t".into(), "h".into(), Some("x\ny".into()), 1, 1, Default::default());
+        let mut loss = LossRecord::new(
+            "t".into(),
+            "h".into(),
+            Some("x\ny".into()),
+            1,
+            1,
+            Default::default(),
+        );
         loss.sink = Some("x\ny".into());
         let text = String::from_utf8(render(&Record::Loss(loss)).to_vec()).unwrap();
         assert!(text.lines().all(|l| l.contains('=')), "{text}");

@@ -73,7 +73,10 @@ impl Outputs {
     /// loss record.
     pub fn kernel_lost(&self, total: KernelLoss) {
         let lost_before = self.loss.kernel_lost.swap(total.lost, Relaxed);
-        let skipped_before = self.loss.kernel_skipped_runs.swap(total.skipped_runs, Relaxed);
+        let skipped_before = self
+            .loss
+            .kernel_skipped_runs
+            .swap(total.skipped_runs, Relaxed);
         if total.lost > lost_before || total.skipped_runs > skipped_before {
             let ts = self.loss.clock.rfc3339(Clock::monotonic_now_ns());
             self.publish(Record::Loss(LossRecord::new(

@@ -39,10 +39,15 @@ const CLIENTS_PER_CPU: usize = 8;
 /// Connections completed in `d` against [`ORDERLY`]. The server closes first; reading its FIN
 /// before closing leaves no TIME_WAIT on the client's ports, so every round starts equal.
 pub fn orderly(d: Duration) -> Result<u64> {
-    with_server(ORDERLY, d, |_| {}, |stream| {
-        let _ = stream.read(&mut [0u8; 1]);
-        true
-    })
+    with_server(
+        ORDERLY,
+        d,
+        |_| {},
+        |stream| {
+            let _ = stream.read(&mut [0u8; 1]);
+            true
+        },
+    )
 }
 
 /// Connections refused in `d` by [`CLOSED`], from one client per CPU.

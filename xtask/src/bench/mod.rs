@@ -54,7 +54,10 @@ pub fn run(binary: &Path, opts: &Options) -> Result<()> {
          |---|---|---|---|---|---|---|"
     );
     for (name, s) in [
-        ("refused: connects to a closed port, one client per CPU", &refused),
+        (
+            "refused: connects to a closed port, one client per CPU",
+            &refused,
+        ),
         ("aborted: accepted, then closed with SO_LINGER 0", &aborted),
     ] {
         let secs = d.as_secs_f64();
@@ -96,7 +99,10 @@ pub fn run(binary: &Path, opts: &Options) -> Result<()> {
         ours.as_secs_f64() / theirs.as_secs_f64()
     );
 
-    eprintln!("xtask bench: memory, {} s of both reset storms", opts.storm_seconds);
+    eprintln!(
+        "xtask bench: memory, {} s of both reset storms",
+        opts.storm_seconds
+    );
     let rss = memory(binary, Duration::from_secs(opts.storm_seconds))?;
     let _ = writeln!(
         report,
@@ -109,7 +115,10 @@ pub fn run(binary: &Path, opts: &Options) -> Result<()> {
     let verdict = |ok: bool| if ok { "met" } else { "MISSED" };
     let slowdown = storm.slowdown(Kind::Sshtrace);
     let lost = refused.lost + aborted.lost;
-    let _ = writeln!(report, "\n## Targets\n\n| target | measured | |\n|---|---|---|");
+    let _ = writeln!(
+        report,
+        "\n## Targets\n\n| target | measured | |\n|---|---|---|"
+    );
     let _ = writeln!(
         report,
         "| < 2 % slowdown of the connection storm | {:.1} % (median of {} rounds) | {} |",
@@ -141,7 +150,10 @@ pub fn run(binary: &Path, opts: &Options) -> Result<()> {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/bench");
     std::fs::create_dir_all(&dir)?;
     std::fs::write(dir.join("results.md"), &report)?;
-    eprintln!("xtask bench: written to {}", dir.join("results.md").display());
+    eprintln!(
+        "xtask bench: written to {}",
+        dir.join("results.md").display()
+    );
     Ok(())
 }
 
@@ -227,7 +239,10 @@ impl ConnectionStorm {
 }
 
 fn index(tracer: Kind) -> usize {
-    Kind::ALL.iter().position(|k| *k == tracer).expect("a known tracer")
+    Kind::ALL
+        .iter()
+        .position(|k| *k == tracer)
+        .expect("a known tracer")
 }
 
 fn connection_storm(binary: &Path, d: Duration, rounds: usize) -> Result<ConnectionStorm> {
@@ -241,7 +256,9 @@ fn connection_storm(binary: &Path, d: Duration, rounds: usize) -> Result<Connect
         for k in 0..n {
             let tracer = Kind::ALL[(round + k) % n];
             let running = tracer.start(binary)?;
-            let cpu_before = running.as_ref().map(|t| usage::process_cpu_seconds(t.pid()));
+            let cpu_before = running
+                .as_ref()
+                .map(|t| usage::process_cpu_seconds(t.pid()));
             let connections = load::orderly(d)?;
             let cpu = match (&running, cpu_before) {
                 (Some(t), Some(before)) => usage::process_cpu_seconds(t.pid()) - before,
@@ -307,7 +324,10 @@ fn traced_storm(
     storm: fn(Duration) -> Result<u64>,
 ) -> Result<TracedStorm> {
     let dir = std::env::temp_dir();
-    let (summary, log) = (dir.join("sshtrace-bench.stdout"), dir.join("sshtrace-bench.stderr"));
+    let (summary, log) = (
+        dir.join("sshtrace-bench.stdout"),
+        dir.join("sshtrace-bench.stderr"),
+    );
     let mut child = Command::new(binary)
         .args(["--port", port(addr), "--summary-only"])
         .stdin(Stdio::null())
@@ -318,7 +338,10 @@ fn traced_storm(
     while !std::fs::read_to_string(&log)?.contains("sshtrace: attached") {
         if started.elapsed() > Duration::from_secs(30) {
             let _ = child.kill();
-            bail!("sshtrace did not attach: {}", std::fs::read_to_string(&log)?);
+            bail!(
+                "sshtrace did not attach: {}",
+                std::fs::read_to_string(&log)?
+            );
         }
         thread::sleep(Duration::from_millis(20));
     }
@@ -365,7 +388,13 @@ struct Rss {
 fn memory(binary: &Path, storm_for: Duration) -> Result<Rss> {
     let (tracer, _) = tracers::sshtrace(
         binary,
-        &["--port", port(load::CLOSED), "--port", port(load::ABORTING), "--summary-only"],
+        &[
+            "--port",
+            port(load::CLOSED),
+            "--port",
+            port(load::ABORTING),
+            "--summary-only",
+        ],
     )?;
     let pid = tracer.pid();
     thread::sleep(Duration::from_secs(1));

@@ -146,7 +146,10 @@ pub fn bpftrace() -> Result<(Tracer, Duration)> {
 
 fn tcpdump() -> Result<Tracer> {
     let mut c = Command::new("tcpdump");
-    let filter = format!("tcp port {} and tcp[tcpflags] & tcp-rst != 0", port(ORDERLY));
+    let filter = format!(
+        "tcp port {} and tcp[tcpflags] & tcp-rst != 0",
+        port(ORDERLY)
+    );
     c.args(["-i", "lo", "-w", "/dev/null", &filter]);
     Ok(start_ready(c, "listening on")?.0)
 }
