@@ -6,7 +6,7 @@ use std::{collections::BTreeSet, os::fd::AsFd};
 use anyhow::{Context, Result};
 use aya::{
     maps::{Array, HashMap, MapData, PerCpuArray, RingBuf},
-    programs::{BtfTracePoint, KProbe, RawTracePoint, TracePoint},
+    programs::{BtfTracePoint, KProbe, Program, RawTracePoint, TracePoint},
     Btf, Ebpf, EbpfLoader,
 };
 use sshtrace_common::{counter, pid_flags, KernelLayout, Settings, SockHistory, PATH_SYSCALLS};
@@ -88,15 +88,14 @@ impl Probes {
     /// `ring_size`: bytes of the ring buffer; `refusal_kprobes`: also try the kprobes that see
     /// refusals where no tracepoint does.
     pub fn load(
+        btf: BtfParses,
         layout: KernelLayout,
         settings: Settings,
         ring_size: u32,
         refusal_kprobes: bool,
     ) -> Result<Self> {
-        // Parsed once, for the loader and for the tp_btf attach (tens of milliseconds).
-        let kernel_btf = Btf::from_sys_fs().context("cannot read the kernel's BTF")?;
-        let mut ebpf = EbpfLoader::new()
-            .btf(Some(&kernel_btf))
+        let (mut loader, kernel_btf) = btf.join()?;
+        let mut ebpf = loader
             .map_max_entries("EVENTS", ring_size)
             .override_global("LAYOUT", &layout, true)
             .override_global("SETTINGS", &settings, true)
@@ -158,16 +157,24 @@ impl Probes {
             });
         }
         sock_state_ways.push(tracepoint("sock", "inet_sock_set_state"));
-        let sock_state = attach_first(&mut ebpf, &kernel_btf, &sock_state_ways, &mut skipped)?;
-        attached.push(sock_state);
-        for hook in HOOKS
+        let hooks: Vec<Hook> = HOOKS
             .iter()
             .copied()
             .chain([syscall_exit])
             .chain(path_hooks)
             .chain([selinux])
             .chain(kprobes)
-        {
+            .collect();
+        let first_choices: Vec<Hook> = hooks
+            .iter()
+            .chain(&sock_state_ways[..1])
+            .filter(|h| !debug_skip.iter().any(|p| p == h.program))
+            .copied()
+            .collect();
+        verify_in_parallel(&mut ebpf, &kernel_btf, &first_choices);
+        let sock_state = attach_first(&mut ebpf, &kernel_btf, &sock_state_ways, &mut skipped)?;
+        attached.push(sock_state);
+        for hook in hooks {
             if debug_skip.iter().any(|p| p == hook.program) {
                 skipped.push(format!("{} (SSHTRACE_DEBUG_SKIP)", hook.program));
                 continue;
@@ -238,37 +245,92 @@ fn attach(ebpf: &mut Ebpf, btf: &Btf, name: &str, how: Attach) -> Result<String>
     let program = ebpf
         .program_mut(name)
         .with_context(|| format!("the eBPF object has no program {name}"))?;
+    if program.fd().is_err() {
+        load(program, btf, how).with_context(|| format!("cannot load {name}"))?;
+    }
     Ok(match how {
         Attach::TracePoint(category, tp) => {
             let p: &mut TracePoint = program.try_into()?;
-            p.load().with_context(|| format!("cannot load {name}"))?;
             p.attach(category, tp)
                 .with_context(|| format!("cannot attach tracepoint {category}:{tp}"))?;
             format!("tracepoint {category}:{tp}")
         }
         Attach::RawTracePoint(tp) => {
             let p: &mut RawTracePoint = program.try_into()?;
-            p.load().with_context(|| format!("cannot load {name}"))?;
             p.attach(tp)
                 .with_context(|| format!("cannot attach raw tracepoint {tp}"))?;
             format!("raw_tracepoint {tp}")
         }
         Attach::BtfTracePoint(tp) => {
             let p: &mut BtfTracePoint = program.try_into()?;
-            p.load(tp, btf)
-                .with_context(|| format!("cannot load {name}"))?;
             p.attach()
                 .with_context(|| format!("cannot attach tp_btf {tp}"))?;
             format!("tp_btf {tp}")
         }
         Attach::KProbe(function) => {
             let p: &mut KProbe = program.try_into()?;
-            p.load().with_context(|| format!("cannot load {name}"))?;
             p.attach(function, 0)
                 .with_context(|| format!("cannot attach a kprobe to {function}"))?;
             format!("kprobe {function}")
         }
     })
+}
+
+/// Loads a program: the kernel verifies it.
+fn load(program: &mut Program, btf: &Btf, how: Attach) -> Result<()> {
+    match how {
+        Attach::TracePoint(..) => <&mut TracePoint>::try_from(program)?.load()?,
+        Attach::RawTracePoint(_) => <&mut RawTracePoint>::try_from(program)?.load()?,
+        Attach::BtfTracePoint(tp) => <&mut BtfTracePoint>::try_from(program)?.load(tp, btf)?,
+        Attach::KProbe(_) => <&mut KProbe>::try_from(program)?.load()?,
+    }
+    Ok(())
+}
+
+/// Loads the programs of `hooks` on two threads: the verifier is most of start-up, and each
+/// program is verified on its own. A program that fails here is loaded again by `attach`,
+/// which reports why.
+fn verify_in_parallel(ebpf: &mut Ebpf, btf: &Btf, hooks: &[Hook]) {
+    let programs: Vec<(&mut Program, Attach)> = ebpf
+        .programs_mut()
+        .filter_map(|(name, p)| Some((p, hooks.iter().find(|h| h.program == name)?.attach)))
+        .collect();
+    let (mine, theirs): (Vec<_>, Vec<_>) = programs
+        .into_iter()
+        .enumerate()
+        .partition(|(i, _)| i % 2 == 0);
+    let verify = |programs: Vec<(usize, (&mut Program, Attach))>| {
+        for (_, (program, how)) in programs {
+            let _ = load(program, btf, how);
+        }
+    };
+    std::thread::scope(|scope| {
+        scope.spawn(|| verify(theirs));
+        verify(mine);
+    });
+}
+
+/// The kernel's BTF as aya reads it, parsed on threads of their own while the rest of
+/// start-up runs (tens of milliseconds each): the loader parses its own copy when it is
+/// made, and attaching tp_btf programs needs another.
+pub struct BtfParses {
+    loader: std::thread::JoinHandle<EbpfLoader<'static>>,
+    btf: std::thread::JoinHandle<Result<Btf, aya::BtfError>>,
+}
+
+impl BtfParses {
+    pub fn start() -> Self {
+        Self {
+            loader: std::thread::spawn(EbpfLoader::new),
+            btf: std::thread::spawn(Btf::from_sys_fs),
+        }
+    }
+
+    fn join(self) -> Result<(EbpfLoader<'static>, Btf)> {
+        let loader = self.loader.join().expect("the BTF parse panicked");
+        let btf = self.btf.join().expect("the BTF parse panicked");
+        Ok((loader, btf.context("cannot read the kernel's BTF")?))
+    }
 }
 
 /// Which program types this kernel's verifier knows, by aya's feature probe (a minimal program

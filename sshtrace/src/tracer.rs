@@ -51,6 +51,8 @@ pub async fn run(
     tracefs: PathBuf,
     lsms: ActiveLsms,
 ) -> Result<()> {
+    // aya's own parses of the kernel's BTF run beside this one.
+    let aya_btf = crate::probes::BtfParses::start();
     let btf = Btf::load()?;
     let layout = layout::discover(&tracefs, &btf)?;
     let names = KernelNames::from_btf(&btf);
@@ -75,6 +77,7 @@ pub async fn run(
         pids: cli.pids.iter().copied().collect(),
     })?;
     let probes = Probes::load(
+        aya_btf,
         layout,
         Settings {
             all_ports: cli.all_tcp as u32,
