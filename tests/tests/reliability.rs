@@ -7,7 +7,6 @@ use std::{
     collections::BTreeSet,
     io::Read,
     net::{TcpListener, TcpStream},
-    os::fd::AsRawFd,
     sync::{
         atomic::{AtomicBool, Ordering},
         Arc,
@@ -376,18 +375,6 @@ fn records_the_ring_has_no_room_for_are_counted_and_reported() {
 }
 
 fn abort_on_close(stream: &TcpStream) {
-    let linger = libc::linger {
-        l_onoff: 1,
-        l_linger: 0,
-    };
-    // SAFETY: setsockopt with a `struct linger` of the size passed, on an open socket.
-    unsafe {
-        libc::setsockopt(
-            stream.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_LINGER,
-            (&raw const linger).cast(),
-            std::mem::size_of::<libc::linger>() as libc::socklen_t,
-        );
-    }
+    // SO_LINGER 0: close sends a reset instead of a FIN.
+    let _ = socket2::SockRef::from(stream).set_linger(Some(Duration::ZERO));
 }

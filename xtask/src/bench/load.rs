@@ -4,7 +4,6 @@
 use std::{
     io::Read,
     net::{SocketAddr, TcpListener, TcpStream},
-    os::fd::AsRawFd,
     sync::{
         atomic::{AtomicBool, AtomicU64, Ordering},
         Arc,
@@ -67,20 +66,8 @@ pub fn aborted(d: Duration) -> Result<u64> {
 }
 
 fn abort_on_close(stream: &TcpStream) {
-    let linger = libc::linger {
-        l_onoff: 1,
-        l_linger: 0,
-    };
-    // SAFETY: setsockopt with a `struct linger` of the size passed, on an open socket.
-    unsafe {
-        libc::setsockopt(
-            stream.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_LINGER,
-            (&raw const linger).cast(),
-            std::mem::size_of::<libc::linger>() as libc::socklen_t,
-        );
-    }
+    // SO_LINGER 0: close sends a reset instead of a FIN.
+    let _ = socket2::SockRef::from(stream).set_linger(Some(Duration::ZERO));
 }
 
 /// A server thread accepting on `addr` (each accepted stream passed to `on_accept`, then
