@@ -5,11 +5,14 @@ use std::{collections::BTreeSet, os::fd::AsFd};
 
 use anyhow::{Context, Result};
 use aya::{
-    maps::{Array, HashMap, MapData, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, MapData, PerCpuArray, PerCpuHashMap, RingBuf},
     programs::{BtfTracePoint, KProbe, Program, RawTracePoint, TracePoint},
     Btf, Ebpf, EbpfLoader,
 };
-use sshtrace_common::{counter, pid_flags, KernelLayout, Settings, SockHistory, PATH_SYSCALLS};
+use sshtrace_common::{
+    burst_kind, counter, pid_flags, Burst, BurstKey, KernelLayout, Settings, SockHistory,
+    PATH_SYSCALLS,
+};
 
 /// The object built by `build.rs` from `sshtrace-ebpf`.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/sshtrace"));
@@ -75,6 +78,7 @@ pub struct Probes {
     pub counters: LossCounters,
     pub skipped_runs: SkippedRuns,
     pub unclaimed: UnclaimedConnections,
+    pub bursts: ResetBursts,
 }
 
 impl Probes {
@@ -198,6 +202,7 @@ impl Probes {
         };
         let counters = LossCounters(PerCpuArray::try_from(take("COUNTERS")?)?);
         let unclaimed = UnclaimedConnections(HashMap::try_from(take("SOCK_HISTORY")?)?);
+        let bursts = ResetBursts(PerCpuHashMap::try_from(take("RESET_BURSTS")?)?);
         let skipped_runs = SkippedRuns(
             ebpf.programs()
                 .filter_map(|(_, p)| p.fd().ok()?.try_clone().ok())
@@ -211,6 +216,7 @@ impl Probes {
             events,
             filters,
             unclaimed,
+            bursts,
             counters,
         })
     }
@@ -374,6 +380,29 @@ impl UnclaimedConnections {
                     && ports.contains(&h.endpoints.local_port)
             })
             .collect()
+    }
+}
+
+/// The kernel's per-CPU counts of resets in storms (`RESET_BURSTS`): each record carries the
+/// resets held back before it, and what was held back after a client's last record is still
+/// here when sshtrace stops.
+pub struct ResetBursts(PerCpuHashMap<MapData, BurstKey, Burst>);
+
+impl ResetBursts {
+    /// Resets without a socket (refusals) counted after the last record for their client, on
+    /// every CPU. Read once the programs are detached, so that the counts stand still.
+    pub fn held_back_refusals(&self) -> u64 {
+        self.0
+            .iter()
+            .filter_map(Result::ok)
+            .filter(|(key, _)| key.kind == burst_kind::REFUSAL)
+            .flat_map(|(_, per_cpu)| {
+                per_cpu
+                    .iter()
+                    .map(|b| u64::from(b.suppressed))
+                    .collect::<Vec<_>>()
+            })
+            .sum()
     }
 }
 

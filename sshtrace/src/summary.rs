@@ -73,6 +73,8 @@ impl<K: Clone + Eq + Hash + Ord> HeavyHitters<K> {
 #[derive(Default)]
 pub struct Summary {
     causes: BTreeMap<String, CauseStats>,
+    /// Refusals the kernel counted after the last record for their client: never judged.
+    held_back_refusals: u64,
 }
 
 /// How many clients and pids the report names per cause.
@@ -99,6 +101,10 @@ impl Summary {
         s.hint = v.hint.clone();
     }
 
+    pub fn held_back_refusals(&mut self, count: u64) {
+        self.held_back_refusals = count;
+    }
+
     pub fn total(&self) -> u64 {
         self.causes.values().map(|s| s.count).sum()
     }
@@ -119,6 +125,13 @@ impl Summary {
             kernel.lost,
             kernel.skipped_runs
         );
+        if self.held_back_refusals > 0 {
+            let _ = writeln!(
+                out,
+                "{} reset(s) without a socket counted in the kernel after their client's last record (not judged)",
+                self.held_back_refusals
+            );
+        }
         if self.causes.is_empty() {
             return out;
         }
@@ -181,6 +194,7 @@ impl Summary {
             "verdicts": self.total(),
             "lost_kernel_events": kernel.lost,
             "skipped_program_runs": kernel.skipped_runs,
+            "held_back_refusals": self.held_back_refusals,
             "causes": causes,
         })
         .to_string()
@@ -214,5 +228,20 @@ mod tests {
         assert_eq!(first, "203.0.113.5");
         // 10 000 true hits, over-counted by at most total / capacity.
         assert!((10_000..=10_000 + 110_000 / 64).contains(&n), "{n}");
+    }
+
+    #[test]
+    fn refusals_held_back_in_the_kernel_are_shown_not_judged() {
+        let mut summary = Summary::default();
+        summary.held_back_refusals(42);
+        let loss = KernelLoss::default();
+        assert_eq!(summary.total(), 0);
+        assert!(summary.render_text(loss).contains(
+            "42 reset(s) without a socket counted in the kernel after their client's last record"
+        ));
+        let json: serde_json::Value =
+            serde_json::from_str(&summary.render_json("h", loss)).unwrap();
+        assert_eq!(json["held_back_refusals"], 42);
+        assert_eq!(json["verdicts"], 0);
     }
 }

@@ -134,6 +134,7 @@ pub async fn run(
         discovery,
         filters: probes.filters,
         unclaimed: probes.unclaimed,
+        bursts: probes.bursts,
         programs: Some(probes.programs),
         counters: probes.counters,
         skipped_runs: probes.skipped_runs,
@@ -188,6 +189,7 @@ struct Tracer {
     counters: LossCounters,
     skipped_runs: SkippedRuns,
     unclaimed: crate::probes::UnclaimedConnections,
+    bursts: crate::probes::ResetBursts,
     /// The attached programs, detached at the stop before the last read of the ring.
     programs: Option<aya::Ebpf>,
     report: Report,
@@ -511,6 +513,10 @@ impl Tracer {
 
     async fn finish(mut self) {
         self.report_loss();
+        // The programs are detached: these counts stand still.
+        self.report
+            .summary
+            .held_back_refusals(self.bursts.held_back_refusals());
         let (produced, _) = self.counters.read();
         let loss = self.kernel_loss();
         self.report.outputs.status(String::new());

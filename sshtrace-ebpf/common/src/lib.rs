@@ -28,6 +28,37 @@ pub mod counter {
     pub const COUNT: u32 = 2;
 }
 
+/// What a `RESET_BURSTS` entry counts.
+pub mod burst_kind {
+    /// Resets sent without a socket: refused connection attempts (and stray segments).
+    pub const REFUSAL: u16 = 0;
+    /// Resets a client-side socket received (a REJECT's answer): evidence only.
+    pub const CLIENT_SIDE: u16 = 1;
+}
+
+/// Key of the kernel's per-CPU `RESET_BURSTS` map: a storm of resets is counted per tracked
+/// endpoint and client, one record sent per interval and the rest held back.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct BurstKey {
+    pub netns: u32,
+    pub local_port: u16,
+    /// A [`burst_kind`].
+    pub kind: u16,
+    pub local_addr: [u8; 16],
+    pub remote_addr: [u8; 16],
+}
+
+/// Value of `RESET_BURSTS`, per CPU.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Burst {
+    pub window_start_ns: u64,
+    pub sent_in_window: u32,
+    /// Resets counted since the last record sent for the key; the next record carries them.
+    pub suppressed: u32,
+}
+
 /// Run-time switches userspace sets through the `SETTINGS` global.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
@@ -89,4 +120,6 @@ mod pod {
     unsafe impl aya::Pod for super::KernelLayout {}
     unsafe impl aya::Pod for super::Settings {}
     unsafe impl aya::Pod for super::SockHistory {}
+    unsafe impl aya::Pod for super::BurstKey {}
+    unsafe impl aya::Pod for super::Burst {}
 }

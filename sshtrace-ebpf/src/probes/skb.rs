@@ -12,12 +12,12 @@ use aya_ebpf::{
     programs::{ProbeContext, TracePointContext},
 };
 use sshtrace_common::{
-    Endpoints, FirewallDropEvent, SendResetEvent, ABSENT, REASON_NO_SOCKET_DROP,
+    burst_kind, Endpoints, FirewallDropEvent, SendResetEvent, ABSENT, REASON_NO_SOCKET_DROP,
 };
 
 use super::{
     field,
-    tcp::{burst, BurstKey},
+    tcp::{burst, client_key},
 };
 use crate::{
     maps::{netns_tracked, port_tracked, settings, skb_netns},
@@ -106,7 +106,7 @@ fn refused(segment: Segment) -> Result<(), i32> {
         return Ok(());
     }
     let endpoints = segment.endpoints;
-    let Some(suppressed) = burst(BurstKey::client(&endpoints, 0)) else {
+    let Some(suppressed) = burst(client_key(&endpoints, burst_kind::REFUSAL)) else {
         return Ok(());
     };
     submit_batched(|e: &mut SendResetEvent| {

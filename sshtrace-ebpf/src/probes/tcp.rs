@@ -9,8 +9,8 @@ use aya_ebpf::{
     programs::TracePointContext,
 };
 use sshtrace_common::{
-    addr_style, AddrLayout, Endpoints, ReceiveResetEvent, SendResetEvent, ABSENT, REASON_UNKNOWN,
-    RESET_BURST_INTERVAL_NS, SEG_FLAGS_UNKNOWN,
+    addr_style, burst_kind, AddrLayout, Burst, BurstKey, Endpoints, ReceiveResetEvent,
+    SendResetEvent, ABSENT, REASON_UNKNOWN, RESET_BURST_INTERVAL_NS, SEG_FLAGS_UNKNOWN,
 };
 
 use super::{
@@ -26,35 +26,15 @@ use crate::{
 /// Offset of the flags byte in `struct tcphdr`.
 const TCPHDR_FLAGS: usize = 13;
 
-/// Where bursts of resets without a socket are counted: by tracked endpoint and client address.
-#[repr(C)]
-#[derive(Clone, Copy)]
-pub(super) struct BurstKey {
-    netns: u32,
-    local_port: u16,
-    kind: u16,
-    local_addr: [u8; 16],
-    remote_addr: [u8; 16],
-}
-
-impl BurstKey {
-    pub(super) fn client(ep: &Endpoints, kind: u16) -> Self {
-        Self {
-            netns: ep.netns,
-            local_port: ep.local_port,
-            kind,
-            local_addr: ep.local_addr,
-            remote_addr: ep.remote_addr,
-        }
+/// The burst key of a reset on `ep`: by tracked endpoint and client address.
+pub(super) fn client_key(ep: &Endpoints, kind: u16) -> BurstKey {
+    BurstKey {
+        netns: ep.netns,
+        local_port: ep.local_port,
+        kind,
+        local_addr: ep.local_addr,
+        remote_addr: ep.remote_addr,
     }
-}
-
-#[repr(C)]
-#[derive(Clone, Copy)]
-struct Burst {
-    window_start_ns: u64,
-    sent_in_window: u32,
-    suppressed: u32,
 }
 
 /// Records sent per key, interval and CPU before the rest are only counted: sporadic refusals
@@ -120,7 +100,7 @@ fn try_send_reset(ctx: &TracePointContext) -> Result<(), i32> {
     // Resets without a socket come in storms (scans, floods): one record per client per
     // interval, the rest counted.
     let suppressed = if skaddr == 0 {
-        match burst(BurstKey::client(&endpoints, 0)) {
+        match burst(client_key(&endpoints, burst_kind::REFUSAL)) {
             Some(n) => n,
             None => return Ok(()),
         }
@@ -197,7 +177,7 @@ fn try_receive_reset(ctx: &TracePointContext) -> Result<(), i32> {
         let mut server = endpoints;
         core::mem::swap(&mut server.local_addr, &mut server.remote_addr);
         core::mem::swap(&mut server.local_port, &mut server.remote_port);
-        match burst(BurstKey::client(&server, 1)) {
+        match burst(client_key(&server, burst_kind::CLIENT_SIDE)) {
             Some(n) => n,
             None => return Ok(()),
         }

@@ -63,11 +63,12 @@ pub fn run(binary: &Path, opts: &Options) -> Result<()> {
         let secs = d.as_secs_f64();
         let _ = writeln!(
             report,
-            "| {name} | {:.0} | {:.0} | {} | {} of {} | {:.1} % | {} KiB |",
+            "| {name} | {:.0} | {:.0} | {} | {} + {} held back, of {} | {:.1} % | {} KiB |",
             s.attempts as f64 / secs,
             s.read as f64 / secs,
             s.lost,
             s.summarised,
+            s.held_back,
             s.attempts,
             s.cpu_seconds / secs * 100.0,
             s.rss_kib
@@ -76,7 +77,9 @@ pub fn run(binary: &Path, opts: &Options) -> Result<()> {
     let _ = writeln!(
         report,
         "\nRefusals are counted in the kernel per client and interval (a record carries how \
-         many it stands for); each aborted connection is a verdict of its own."
+         many it stands for; what a client's last record did not carry is read out at the stop, \
+         \"held back\"); each aborted connection is a verdict of its own. The clients' count \
+         closes when they stop: a connection reset after that is in the summary only."
     );
 
     eprintln!("xtask bench: start-up");
@@ -311,6 +314,8 @@ struct TracedStorm {
     lost: u64,
     /// Refusals or connections the summary accounts for.
     summarised: u64,
+    /// Refusals the kernel still held for their client at the stop (summary, not judged).
+    held_back: u64,
     cpu_seconds: f64,
     rss_kib: u64,
 }
@@ -362,16 +367,24 @@ fn traced_storm(
         .split(|c: char| !c.is_ascii_digit())
         .filter_map(|x| x.parse().ok())
         .collect();
-    // Summary rows: "cause  count  first …" under a header line.
-    let summarised = std::fs::read_to_string(&summary)?
+    // Summary rows: "cause  count  first …" under a header line, and "N reset(s) without a
+    // socket counted in the kernel after their client's last record".
+    let summary = std::fs::read_to_string(&summary)?;
+    let summarised = summary
         .lines()
         .filter_map(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
         .sum();
+    let held_back = summary
+        .lines()
+        .find(|l| l.contains("counted in the kernel after"))
+        .and_then(|l| l.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0);
     Ok(TracedStorm {
         attempts,
         read: totals.get(2).copied().unwrap_or(0),
         lost: totals.get(3).copied().unwrap_or(0),
         summarised,
+        held_back,
         cpu_seconds,
         rss_kib,
     })
