@@ -175,6 +175,8 @@ struct KernelCost {
     ns_per_connection: f64,
     runs_per_connection: f64,
     share_of_cpu: f64,
+    /// Program name, runs per connection, ns per run; most time first.
+    by_program: Vec<(String, f64, f64)>,
 }
 
 struct Spread {
@@ -238,6 +240,20 @@ impl ConnectionStorm {
                 tracer.name()
             );
         }
+        if let Some(cost) = &self.kernel_cost[index(Kind::Sshtrace)] {
+            let _ = writeln!(
+                report,
+                "\nWhere sshtrace's program time goes (counting included):\n\n\
+                 | program | runs per connection | ns per run | ns per connection |\n|---|---|---|---|"
+            );
+            for (name, runs, ns) in &cost.by_program {
+                let _ = writeln!(
+                    report,
+                    "| {name} | {runs:.2} | {ns:.0} | {:.0} |",
+                    runs * ns
+                );
+            }
+        }
     }
 }
 
@@ -295,15 +311,35 @@ fn kernel_cost(binary: &Path, tracer: Kind, d: Duration) -> Result<KernelCost> {
     let stats = ProgramStats::enable()?;
     let (before, busy_before) = (usage::program_time(&programs), usage::busy_cpu_seconds());
     let connections = load::orderly(d)?;
-    let spent: ProgramTime = usage::program_time(&programs) - before;
+    let after = usage::program_time(&programs);
     let busy = usage::busy_cpu_seconds() - busy_before;
     drop(stats);
     running.stop()?;
     let connections = connections.max(1) as f64;
+    let mut by_program: Vec<(String, ProgramTime)> = after
+        .into_iter()
+        .map(|(name, t)| {
+            let earlier = before.get(&name).copied().unwrap_or_default();
+            (name, t - earlier)
+        })
+        .filter(|(_, t)| t.runs > 0)
+        .collect();
+    by_program.sort_by_key(|(_, t)| std::cmp::Reverse(t.run_ns));
+    let spent: ProgramTime = by_program.iter().map(|(_, t)| *t).sum();
     Ok(KernelCost {
         ns_per_connection: spent.run_ns as f64 / connections,
         runs_per_connection: spent.runs as f64 / connections,
         share_of_cpu: spent.run_ns as f64 / 1e9 / busy.max(f64::EPSILON) * 100.0,
+        by_program: by_program
+            .into_iter()
+            .map(|(name, t)| {
+                (
+                    name,
+                    t.runs as f64 / connections,
+                    t.run_ns as f64 / t.runs as f64,
+                )
+            })
+            .collect(),
     })
 }
 

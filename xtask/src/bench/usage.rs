@@ -1,7 +1,10 @@
 //! What a measurement cost, as the kernel counts it: a process's CPU time and memory, the
 //! machine's busy CPU time, and the run time of a process's BPF programs (BPF_ENABLE_STATS).
 
-use std::{collections::BTreeSet, os::fd::OwnedFd};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    os::fd::OwnedFd,
+};
 
 use anyhow::{Context, Result};
 use aya::{
@@ -89,14 +92,40 @@ impl std::ops::Sub for ProgramTime {
     }
 }
 
-pub fn program_time(programs: &BTreeSet<u32>) -> ProgramTime {
+/// Run time and run count of each of `programs`, by program name.
+pub fn program_time(programs: &BTreeSet<u32>) -> BTreeMap<String, ProgramTime> {
     loaded_programs()
         .filter_map(Result::ok)
         .filter(|p| programs.contains(&p.id()))
-        .fold(ProgramTime::default(), |sum, p| ProgramTime {
-            run_ns: sum.run_ns + p.run_time().as_nanos() as u64,
-            runs: sum.runs + p.run_count(),
+        .map(|p| {
+            let name = p.name_as_str().unwrap_or("?").to_owned();
+            let time = ProgramTime {
+                run_ns: p.run_time().as_nanos() as u64,
+                runs: p.run_count(),
+            };
+            (name, time)
         })
+        .fold(BTreeMap::new(), |mut all, (name, time)| {
+            let sum = all.entry(name).or_insert_with(ProgramTime::default);
+            *sum = *sum + time;
+            all
+        })
+}
+
+impl std::ops::Add for ProgramTime {
+    type Output = Self;
+    fn add(self, other: Self) -> Self {
+        Self {
+            run_ns: self.run_ns + other.run_ns,
+            runs: self.runs + other.runs,
+        }
+    }
+}
+
+impl std::iter::Sum for ProgramTime {
+    fn sum<I: Iterator<Item = Self>>(iter: I) -> Self {
+        iter.fold(Self::default(), |a, b| a + b)
+    }
 }
 
 /// Program run-time statistics, counted while this is held (and only then: counting costs
