@@ -126,11 +126,9 @@ fn inspect_name(socket: &std::path::Path, id: &str) -> Option<String> {
     let mut stream = UnixStream::connect(socket).ok()?;
     stream.set_read_timeout(Some(ANSWER_TIMEOUT)).ok()?;
     stream.set_write_timeout(Some(ANSWER_TIMEOUT)).ok()?;
-    write!(
-        stream,
-        "GET /containers/{id}/json HTTP/1.0\r\nHost: localhost\r\n\r\n"
-    )
-    .ok()?;
+    // One write: a request split over several is more than a slow server needs to handle.
+    let request = format!("GET /containers/{id}/json HTTP/1.0\r\nHost: localhost\r\n\r\n");
+    stream.write_all(request.as_bytes()).ok()?;
     let mut response = Vec::new();
     stream.read_to_end(&mut response).ok()?;
     let text = String::from_utf8_lossy(&response);
@@ -182,9 +180,14 @@ mod tests {
         std::thread::sleep(Duration::from_millis(200));
         let listener = std::os::unix::net::UnixListener::bind(&socket).unwrap();
         let (mut stream, _) = listener.accept().unwrap();
-        let mut request = [0u8; 256];
-        let n = stream.read(&mut request).unwrap();
-        assert!(String::from_utf8_lossy(&request[..n]).starts_with("GET /containers/abc/json"));
+        let mut request = Vec::new();
+        let mut chunk = [0u8; 256];
+        while !request.ends_with(b"\r\n\r\n") {
+            let n = stream.read(&mut chunk).unwrap();
+            assert!(n > 0, "the request ended early: {request:?}");
+            request.extend_from_slice(&chunk[..n]);
+        }
+        assert!(String::from_utf8_lossy(&request).starts_with("GET /containers/abc/json"));
         stream
             .write_all(b"HTTP/1.0 200 OK\r\n\r\n{\"Name\": \"/sshbox\"}")
             .unwrap();
