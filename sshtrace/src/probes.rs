@@ -297,16 +297,13 @@ fn load(program: &mut Program, btf: &Btf, how: Attach) -> Result<()> {
 /// program is verified on its own. A program that fails here is loaded again by `attach`,
 /// which reports why.
 fn verify_in_parallel(ebpf: &mut Ebpf, btf: &Btf, hooks: &[Hook]) {
-    let programs: Vec<(&mut Program, Attach)> = ebpf
+    let mut mine: Vec<(&mut Program, Attach)> = ebpf
         .programs_mut()
         .filter_map(|(name, p)| Some((p, hooks.iter().find(|h| h.program == name)?.attach)))
         .collect();
-    let (mine, theirs): (Vec<_>, Vec<_>) = programs
-        .into_iter()
-        .enumerate()
-        .partition(|(i, _)| i % 2 == 0);
-    let verify = |programs: Vec<(usize, (&mut Program, Attach))>| {
-        for (_, (program, how)) in programs {
+    let theirs = mine.split_off(mine.len() / 2);
+    let verify = |programs: Vec<(&mut Program, Attach)>| {
+        for (program, how) in programs {
             let _ = load(program, btf, how);
         }
     };
@@ -396,12 +393,7 @@ impl ResetBursts {
             .iter()
             .filter_map(Result::ok)
             .filter(|(key, _)| key.kind == burst_kind::REFUSAL)
-            .flat_map(|(_, per_cpu)| {
-                per_cpu
-                    .iter()
-                    .map(|b| u64::from(b.suppressed))
-                    .collect::<Vec<_>>()
-            })
+            .map(|(_, per_cpu)| per_cpu.iter().map(|b| u64::from(b.suppressed)).sum::<u64>())
             .sum()
     }
 }

@@ -101,7 +101,7 @@ impl Summary {
         s.hint = v.hint.clone();
     }
 
-    pub fn held_back_refusals(&mut self, count: u64) {
+    pub fn set_held_back_refusals(&mut self, count: u64) {
         self.held_back_refusals = count;
     }
 
@@ -233,7 +233,7 @@ mod tests {
     #[test]
     fn refusals_held_back_in_the_kernel_are_shown_not_judged() {
         let mut summary = Summary::default();
-        summary.held_back_refusals(42);
+        summary.set_held_back_refusals(42);
         let loss = KernelLoss::default();
         assert_eq!(summary.total(), 0);
         assert!(summary.render_text(loss).contains(

@@ -516,7 +516,7 @@ impl Tracer {
         // The programs are detached: these counts stand still.
         self.report
             .summary
-            .held_back_refusals(self.bursts.held_back_refusals());
+            .set_held_back_refusals(self.bursts.held_back_refusals());
         let (produced, _) = self.counters.read();
         let loss = self.kernel_loss();
         self.report.outputs.status(String::new());
