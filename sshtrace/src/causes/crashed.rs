@@ -15,8 +15,7 @@ const FAULT_SIGNALS: [i32; 7] = [4, 5, 6, 7, 8, 11, 31];
 
 /// How the fatal signal came about, when it was a crash.
 fn crash_origin(p: &Process, sig: i32) -> Option<(&'static str, Option<&SignalInfo>)> {
-    let recorded = p.signals.iter().rev().find(|s| s.sig == sig);
-    match recorded {
+    match p.fatal_signal() {
         Some(s) if !s.from_process() && s.code != SI_KERNEL => Some(("fault", Some(s))),
         Some(s) if s.from_process() && s.sender.pid == p.pid => Some(("self", Some(s))),
         // Sent by another process or by the kernel's own decision (e.g. the OOM killer):

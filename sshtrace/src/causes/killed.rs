@@ -10,18 +10,16 @@ use crate::{
 };
 
 pub fn judge(e: &Ended, ctx: &Context) -> Option<Finding> {
+    // Only the signal a process died of is a cause: handled, ignored or blocked ones are not,
+    // and a fault it raised itself after them is a crash.
     let (victim, signal) = e
         .tree
         .iter()
         .filter_map(|p| {
-            let exit = p.exit?;
-            let s = p.signals.iter().find(|s| {
-                s.from_process()
-                    && s.sender.pid != p.pid
-                    && !e.in_tree(s.sender.pid)
-                    && s.ts_ns <= exit.ts_ns
-            })?;
-            Some((p, s))
+            let s = p.fatal_signal()?;
+            let from_outside =
+                s.from_process() && s.sender.pid != p.pid && !e.in_tree(s.sender.pid);
+            from_outside.then_some((p, s))
         })
         .min_by_key(|(_, s)| s.ts_ns)?;
     let exit = victim.exit?;
@@ -30,9 +28,10 @@ pub fn judge(e: &Ended, ctx: &Context) -> Option<Finding> {
         escape::text(&signal.sender.comm),
         signal.sender.pid
     );
-    let how = match exit.signal() {
-        Some(sig) => format!("died of {}", signal_name(sig)),
-        None => format!("exited with status {}", exit.status().unwrap_or(-1)),
+    let core = if exit.core_dumped() {
+        " (core dumped)"
+    } else {
+        ""
     };
     let mut details = Map::new();
     details.insert("signal".into(), json!(signal_name(signal.sig)));
@@ -48,7 +47,7 @@ pub fn judge(e: &Ended, ctx: &Context) -> Option<Finding> {
         details,
         evidence,
         summary: format!(
-            "{} was sent {} by {sender} and {how}; {}",
+            "{} was killed with {} by {sender}{core}; {}",
             e.name(victim.pid),
             signal_name(signal.sig),
             consequence(e.outcome)

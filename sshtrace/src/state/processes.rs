@@ -110,6 +110,17 @@ impl Process {
         self.syscall_errors.push_back(error);
     }
 
+    /// The generation of the signal the process died of: the last one of that number before
+    /// its exit. `None` when it did not die of a signal, or the signal was not seen.
+    pub fn fatal_signal(&self) -> Option<&SignalInfo> {
+        let exit = self.exit?;
+        let sig = exit.signal()?;
+        self.signals
+            .iter()
+            .rev()
+            .find(|s| s.sig == sig && s.ts_ns <= exit.ts_ns)
+    }
+
     /// Whether this runs an sshd program (sshd, sshd-session, sshd-auth), judging by what it
     /// executed; a process seen only through fork inherits its parent's program.
     pub fn runs_sshd(&self) -> bool {
