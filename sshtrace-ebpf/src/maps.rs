@@ -4,10 +4,18 @@ use aya_ebpf::{
     macros::map,
     maps::{Array, HashMap, PerCpuArray, RingBuf},
 };
-use sshtrace_common::{counter, KernelLayout, Settings, TcpStateNumbers};
+use sshtrace_common::{counter, pid_flags, KernelLayout, Settings, TcpStateNumbers};
 
 /// Every record for userspace, in one ring so that their order is the order they happened.
 /// Its size is set at load (`--ring-size`).
+/// One setting, read alone: a copy of the whole struct costs BPF stack in every program.
+#[macro_export]
+macro_rules! setting {
+    ($name:ident) => {
+        unsafe { core::ptr::read_volatile(&raw const $crate::maps::SETTINGS.$name) }
+    };
+}
+
 #[map]
 pub static EVENTS: RingBuf = RingBuf::with_byte_size(1 << 20, 0);
 
@@ -42,7 +50,7 @@ macro_rules! layout {
 }
 
 #[unsafe(no_mangle)]
-static SETTINGS: Settings = Settings {
+pub(crate) static SETTINGS: Settings = Settings {
     all_ports: 0,
     netfilter_drop: u32::MAX,
     filter_netns: 0,
@@ -50,6 +58,7 @@ static SETTINGS: Settings = Settings {
     tcp_states: TcpStateNumbers::LINUX,
     claim_on_accept: 0,
     wakeup_backlog: 256 * 1024,
+    follow_sshd_execs: 0,
 };
 
 /// Network namespaces (inode) to report TCP events in, with `--container`/`--host-only`.
@@ -59,7 +68,7 @@ pub static TRACKED_NETNS: HashMap<u32, u8> = HashMap::with_max_entries(1024, 0);
 /// Whether TCP events of network namespace `netns` are reported.
 #[inline(always)]
 pub fn netns_tracked(netns: u32) -> bool {
-    settings().filter_netns == 0 || unsafe { TRACKED_NETNS.get(netns) }.is_some()
+    setting!(filter_netns) == 0 || unsafe { TRACKED_NETNS.get(netns) }.is_some()
 }
 
 /// The inode of the network namespace a `struct net *` is.
@@ -111,11 +120,6 @@ pub fn skb_netns(skb: u64) -> u32 {
 }
 
 #[inline(always)]
-pub fn settings() -> Settings {
-    unsafe { core::ptr::read_volatile(&raw const SETTINGS) }
-}
-
-#[inline(always)]
 pub fn tcp_states() -> TcpStateNumbers {
     unsafe { core::ptr::read_volatile(&raw const SETTINGS.tcp_states) }
 }
@@ -134,6 +138,34 @@ pub fn port_tracked(port: u16) -> bool {
 #[inline(always)]
 pub fn pid_tracked(tgid: u32) -> bool {
     unsafe { TRACKED_PIDS.get(tgid) }.is_some()
+}
+
+#[inline(always)]
+pub fn follow_sshd_execs() -> bool {
+    unsafe { core::ptr::read_volatile(&raw const SETTINGS.follow_sshd_execs) != 0 }
+}
+
+/// Whether process `tgid` owns sshd's listening sockets (see `pid_flags::OWNS_LISTENERS`).
+#[inline(always)]
+pub fn owns_listeners(tgid: u32) -> bool {
+    unsafe { TRACKED_PIDS.get(tgid) }.is_some_and(|&f| f & pid_flags::OWNS_LISTENERS != 0)
+}
+
+/// Value of a port in `TRACKED_PORTS` that the kernel itself tracked (an sshd listened or
+/// accepted there); userspace writes 1.
+pub const PORT_LEARNED: u8 = 2;
+
+/// Tracks `port` from now on: an sshd listens or accepts there. Done in the kernel, so the
+/// first connection of a new sshd is followed before userspace hears of it.
+#[inline(always)]
+pub fn track_port(port: u16) {
+    if let Some(slot) = TRACKED_PORTS.get_ptr_mut(port as u32) {
+        unsafe {
+            if *slot == 0 {
+                *slot = PORT_LEARNED;
+            }
+        }
+    }
 }
 
 #[inline(always)]

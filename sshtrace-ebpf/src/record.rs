@@ -5,7 +5,7 @@ use sshtrace_common::{counter, EventHeader, EventKind};
 
 use aya_ebpf::bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP};
 
-use crate::maps::{count, settings, EVENTS};
+use crate::maps::{count, EVENTS};
 
 /// A record type that begins with an [`EventHeader`].
 pub trait Record: 'static {
@@ -78,7 +78,7 @@ fn submit_with<T: Record>(wake_now: bool, fill: impl FnOnce(&mut T)) {
     fill(record);
     // Batched wake-ups for high-volume records: userspace drains on a 100 ms tick anyway,
     // and is woken early only when a backlog builds up.
-    let backlog = settings().wakeup_backlog as u64;
+    let backlog = setting!(wakeup_backlog) as u64;
     let flags = if wake_now || EVENTS.query(BPF_RB_AVAIL_DATA as u64) >= backlog {
         BPF_RB_FORCE_WAKEUP
     } else {

@@ -73,6 +73,8 @@ pub struct Discovery {
     /// when clients are refused there.
     seen_ports: BTreeSet<u16>,
     last: Snapshot,
+    /// Processes refused as listeners (said once each).
+    refused: std::cell::RefCell<BTreeSet<u32>>,
 }
 
 impl Discovery {
@@ -94,6 +96,7 @@ impl Discovery {
             last_listen: HashMap::new(),
             seen_ports: BTreeSet::new(),
             last: Snapshot::default(),
+            refused: Default::default(),
         })
     }
 
@@ -132,6 +135,13 @@ impl Discovery {
         &self.last
     }
 
+    /// A port the kernel saw an sshd accept on: traced from now on, like a scanned one.
+    pub fn learn_port(&mut self, port: u16) {
+        if self.seen_ports.insert(port) {
+            self.last.ports.insert(port);
+        }
+    }
+
     fn build(&self) -> Snapshot {
         let mut listeners: BTreeMap<u32, Listener> = BTreeMap::new();
         let processes = process_list(&self.proc_root);
@@ -149,6 +159,15 @@ impl Discovery {
             }
             let exe = exe_of(&dir);
             if !is_sshd_exe(&exe) {
+                continue;
+            }
+            if let Err(why) = trusted_executable(&dir) {
+                if self.refused.borrow_mut().insert(pid) {
+                    eprintln!(
+                        "sshtrace: not tracing pid {pid} ({}): {why}",
+                        crate::escape::text(&exe)
+                    );
+                }
                 continue;
             }
             let container = crate::container::of_process(pid);
@@ -211,6 +230,22 @@ fn is_sshd_exe(exe: &str) -> bool {
     let name = exe.rsplit('/').next().unwrap_or(exe);
     let name = name.strip_suffix(" (deleted)").unwrap_or(name);
     name == "sshd"
+}
+
+/// Only a root-owned regular file is an sshd to trust: anyone can name a program `sshd`.
+fn trusted_executable(dir: &Path) -> Result<(), String> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = fs::metadata(dir.join("exe")).map_err(|e| format!("its executable: {e}"))?;
+    if !meta.is_file() {
+        return Err("its executable is not a regular file".into());
+    }
+    if meta.uid() != 0 {
+        return Err(format!(
+            "its executable is owned by uid {}, not root",
+            meta.uid()
+        ));
+    }
+    Ok(())
 }
 
 fn exe_of(dir: &Path) -> String {

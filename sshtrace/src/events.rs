@@ -80,12 +80,19 @@ pub enum Kind {
         /// The accepted socket with the history the kernel kept of it: the connection's first
         /// report when the kernel reports connections only once claimed.
         claimed: Option<AcceptedSocket>,
+        /// Not an accept: the connection the process was started with on its standard input
+        /// (inetd mode), found by the kernel at its exec.
+        inherited: bool,
     },
     Fork {
         child: u32,
     },
     Exec {
         filename: String,
+        /// This exec of a root-owned sshd program made the kernel follow the process.
+        began_tracking: bool,
+        /// The executable's owner and mode, read by the kernel at the exec.
+        executable: Option<Executable>,
     },
     Exit {
         exit_code: i32,
@@ -126,6 +133,13 @@ pub enum Kind {
     },
 }
 
+/// An executed program's file, as the kernel saw it at the exec.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Executable {
+    pub uid: u32,
+    pub mode: u32,
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct AcceptedSocket {
     pub skaddr: u64,
@@ -164,6 +178,7 @@ pub struct Event {
 }
 
 pub const TCP_SYN: u8 = 0x02;
+pub const TCP_ACK: u8 = 0x10;
 
 /// Decodes one record; `None` for a record of unknown kind or short length.
 pub fn decode(bytes: &[u8]) -> Option<Event> {
@@ -239,6 +254,7 @@ pub fn decode(bytes: &[u8]) -> Option<Event> {
                 listen_fd: e.listen_fd,
                 peer,
                 claimed,
+                inherited: e.inherited != 0,
             }
         }
         EventKind::Fork => {
@@ -249,6 +265,11 @@ pub fn decode(bytes: &[u8]) -> Option<Event> {
             let e: wire::ExecEvent = read(bytes)?;
             Kind::Exec {
                 filename: c_string(&e.filename),
+                began_tracking: e.began_tracking != 0,
+                executable: (e.exe_known != 0).then_some(Executable {
+                    uid: e.exe_uid,
+                    mode: e.exe_mode,
+                }),
             }
         }
         EventKind::Exit => {
@@ -480,7 +501,7 @@ mod tests {
             listen_fd: 3,
             peer_len: wire::SOCKADDR_LEN as u32,
             peer,
-            _pad: 0,
+            inherited: 0,
             skaddr: 0,
             history_found: 0,
             _pad2: 0,
@@ -513,7 +534,7 @@ mod tests {
             listen_fd: 3,
             peer_len: 0,
             peer: [0; wire::SOCKADDR_LEN],
-            _pad: 0,
+            inherited: 0,
             skaddr: 0xffff_0000_1234,
             history_found: 1,
             _pad2: 0,

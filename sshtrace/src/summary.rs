@@ -75,6 +75,8 @@ pub struct Summary {
     causes: BTreeMap<String, CauseStats>,
     /// Refusals the kernel counted after the last record for their client: never judged.
     held_back_refusals: u64,
+    /// Resets answering late segments of connections already judged: part of those verdicts.
+    late_resets: u64,
 }
 
 /// How many clients and pids the report names per cause.
@@ -105,6 +107,10 @@ impl Summary {
         self.held_back_refusals = count;
     }
 
+    pub fn set_late_resets(&mut self, count: u64) {
+        self.late_resets = count;
+    }
+
     pub fn total(&self) -> u64 {
         self.causes.values().map(|s| s.count).sum()
     }
@@ -130,6 +136,13 @@ impl Summary {
                 out,
                 "{} reset(s) without a socket counted in the kernel after their client's last record (not judged)",
                 self.held_back_refusals
+            );
+        }
+        if self.late_resets > 0 {
+            let _ = writeln!(
+                out,
+                "{} reset(s) answered late segments of connections already judged (part of those verdicts)",
+                self.late_resets
             );
         }
         if self.causes.is_empty() {
@@ -195,6 +208,7 @@ impl Summary {
             "lost_kernel_events": kernel.lost,
             "skipped_program_runs": kernel.skipped_runs,
             "held_back_refusals": self.held_back_refusals,
+            "late_resets_after_verdict": self.late_resets,
             "causes": causes,
         })
         .to_string()

@@ -89,6 +89,8 @@ pub async fn run(
             tcp_states: crate::state::tcp_states(&names),
             claim_on_accept: layout.structs.accepted_socket_known() as u32,
             wakeup_backlog: cli.ring_size / 4,
+            // `--pid` names the sshd to trace: no other is followed.
+            follow_sshd_execs: (cli.pids.is_empty() && layout.structs.executable_known()) as u32,
         },
         cli.ring_size,
         plan.wants_refusal_kprobes(),
@@ -129,6 +131,7 @@ pub async fn run(
     let mut tracer = Tracer {
         container_names,
         last_scan: std::time::Instant::now(),
+        scan_due: false,
         state: State::new(crate::state::tcp_states(&names)),
         names,
         discovery,
@@ -202,6 +205,9 @@ struct Tracer {
     lsms: ActiveLsms,
     container_names: ContainerNames,
     last_scan: std::time::Instant,
+    /// A new sshd began to be followed by the kernel: scan /proc at the next tick for its
+    /// addresses and container, rather than at the periodic scan.
+    scan_due: bool,
 }
 
 /// Where verdicts go: the outputs and the summary, as the user asked to see them.
@@ -277,7 +283,7 @@ impl Tracer {
                     // Records submitted without a wake-up are read here.
                     self.drain(ring.get_mut());
                     self.emit_settled(Clock::monotonic_now_ns())?;
-                    if ticks.is_multiple_of(DISCOVERY_EVERY_TICKS) {
+                    if self.scan_due || ticks.is_multiple_of(DISCOVERY_EVERY_TICKS) {
                         self.rediscover()?;
                     }
                     if ticks.is_multiple_of(LOSS_CHECK_EVERY_TICKS) {
@@ -312,6 +318,7 @@ impl Tracer {
             match events::decode(&item) {
                 Some(mut event) => {
                     enrich(&mut event);
+                    self.note_tracking(&event);
                     if self.dump_events {
                         eprintln!("sshtrace: event: {}", escape::text(&format!("{event:?}")));
                     }
@@ -319,6 +326,21 @@ impl Tracer {
                 }
                 None => self.stats.undecodable += 1,
             }
+        }
+    }
+
+    /// What the kernel began to follow on its own: a new sshd (its addresses and container
+    /// come from the next scan), and the ports sshd accepted on.
+    fn note_tracking(&mut self, event: &events::Event) {
+        match &event.kind {
+            Kind::Exec {
+                began_tracking: true,
+                ..
+            } => self.scan_due = true,
+            Kind::Accept {
+                claimed: Some(a), ..
+            } => self.discovery.learn_port(a.conn.local.port()),
+            _ => {}
         }
     }
 
@@ -349,11 +371,17 @@ impl Tracer {
         if settled.is_empty() {
             return Ok(());
         }
-        // Refusals say where sshd listens now, not at the last periodic scan (at most every
-        // 250 ms: a storm of refusals must not turn into a storm of scans).
-        if settled.iter().any(|(c, _)| c.skaddr == 0)
-            && self.last_scan.elapsed() >= Duration::from_millis(250)
-        {
+        // Refusals say where sshd listens now, and a listener the kernel followed before any
+        // scan saw it gets its addresses and container, not the last periodic scan's (at most
+        // every 250 ms: a storm must not turn into a storm of scans).
+        let known = |pid: &u32| {
+            let sshd = self.discovery.current();
+            sshd.listeners.contains_key(pid) || sshd.gone.iter().any(|l| l.pid == *pid)
+        };
+        let stale = settled
+            .iter()
+            .any(|(c, _)| c.skaddr == 0 || c.listener_pid.is_some_and(|p| !known(&p)));
+        if stale && self.last_scan.elapsed() >= Duration::from_millis(250) {
             self.rediscover()?;
         }
         // One verdict at a time, from judgement to the outputs: a storm's settled connections
@@ -471,6 +499,7 @@ impl Tracer {
 
     fn rediscover(&mut self) -> Result<()> {
         self.last_scan = std::time::Instant::now();
+        self.scan_due = false;
         let Some(snapshot) = self.discovery.scan() else {
             return Ok(());
         };
@@ -517,6 +546,9 @@ impl Tracer {
         self.report
             .summary
             .set_held_back_refusals(self.bursts.held_back_refusals());
+        self.report
+            .summary
+            .set_late_resets(self.state.late_resets_after_verdict);
         let (produced, _) = self.counters.read();
         let loss = self.kernel_loss();
         self.report.outputs.status(String::new());

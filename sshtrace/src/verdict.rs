@@ -142,6 +142,9 @@ pub enum Evidence {
         current_comm: String,
         #[serde(skip_serializing_if = "Option::is_none")]
         segment_flags: Option<String>,
+        /// More resets like this one (answers to the client's retransmissions), counted.
+        #[serde(skip_serializing_if = "is_zero")]
+        repeated: u32,
     },
     TcpReceiveReset {
         ts: String,
@@ -326,6 +329,10 @@ pub fn signal_name(sig: i32) -> String {
         32..=64 => format!("SIGRTMIN+{}", sig - 32),
         _ => format!("signal {sig}"),
     }
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 #[cfg(test)]

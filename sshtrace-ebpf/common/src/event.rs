@@ -167,7 +167,9 @@ pub struct AcceptEvent {
     pub peer_len: u32,
     /// The caller's `struct sockaddr` as the kernel filled it.
     pub peer: [u8; SOCKADDR_LEN],
-    pub _pad: u32,
+    /// Non-zero: not an accept but a connection the process was started with on its standard
+    /// input (inetd mode: `sshd -i` under inetd or systemd's `Accept=yes`), found at its exec.
+    pub inherited: u32,
     /// The accepted socket (0 when the fd could not be followed to it).
     pub skaddr: u64,
     /// Non-zero when the kernel kept the socket's history: the connection, not reported
@@ -186,11 +188,19 @@ pub struct ForkEvent {
     pub _pad: u32,
 }
 
-/// A tracked process executed a new program. The header is the process after exec.
+/// A tracked process executed a new program, or a process began to be followed because it
+/// executed an sshd program. The header is the process after exec.
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
 pub struct ExecEvent {
     pub header: EventHeader,
+    /// Non-zero: the process was not followed before; this exec of an sshd program made it so.
+    pub began_tracking: u32,
+    /// Non-zero when `exe_uid` and `exe_mode` were read.
+    pub exe_known: u32,
+    /// The executable's owner (global uid) and `i_mode`, read in the kernel at the exec.
+    pub exe_uid: u32,
+    pub exe_mode: u32,
     pub filename: [u8; PATH_LEN],
 }
 

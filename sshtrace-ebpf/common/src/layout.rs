@@ -191,6 +191,15 @@ pub struct StructLayout {
     pub skc_v6_rcv_saddr: u16,
     pub skc_v6_daddr: u16,
     pub sk_protocol: u16,
+    /// From a task to its executable's inode (`task_struct.mm`, `mm_struct.exe_file`,
+    /// `file.f_inode`) and the inode's owner and mode: an sshd is followed from its exec only
+    /// when its program is a root-owned regular file. `file.f_inode` and `inode.i_mode` also
+    /// tell a socket on an inherited descriptor (inetd mode).
+    pub task_mm: u16,
+    pub mm_exe_file: u16,
+    pub file_inode: u16,
+    pub inode_uid: u16,
+    pub inode_mode: u16,
 }
 
 /// `avc:selinux_audited`; the three contexts are `__data_loc char[]` fields.
@@ -240,6 +249,15 @@ impl StructLayout {
             && self.fdtable_fd != ABSENT
             && self.file_private_data != ABSENT
             && self.socket_sk != ABSENT
+    }
+
+    /// Whether an exec'd program's owner and mode can be read.
+    pub const fn executable_known(&self) -> bool {
+        self.task_mm != ABSENT
+            && self.mm_exe_file != ABSENT
+            && self.file_inode != ABSENT
+            && self.inode_uid != ABSENT
+            && self.inode_mode != ABSENT
     }
 
     /// Whether a socket's 4-tuple can be read from `struct sock` itself.
@@ -384,6 +402,11 @@ impl KernelLayout {
             skc_v6_rcv_saddr: ABSENT,
             skc_v6_daddr: ABSENT,
             sk_protocol: ABSENT,
+            task_mm: ABSENT,
+            mm_exe_file: ABSENT,
+            file_inode: ABSENT,
+            inode_uid: ABSENT,
+            inode_mode: ABSENT,
         },
     };
 }

@@ -17,6 +17,11 @@ pub mod pid_flags {
     pub const LISTENER: u8 = 1;
     /// A descendant of a tracked process, added by the fork probe itself.
     pub const DESCENDANT: u8 = 2;
+    /// Followed since it executed a root-owned sshd program (found by the kernel at once).
+    pub const SSHD_EXEC: u8 = 4;
+    /// What a process that owns sshd's listening sockets has: its listens and accepts make
+    /// their ports tracked. A descendant (a session's port forwarding) does not.
+    pub const OWNS_LISTENERS: u8 = LISTENER | SSHD_EXEC;
 }
 
 /// Indexes of the per-CPU `COUNTERS` array.
@@ -82,6 +87,9 @@ pub struct Settings {
     /// Bytes waiting in the ring buffer that make a high-volume record wake userspace at once
     /// (it drains on a 100 ms tick otherwise): a quarter of the ring.
     pub wakeup_backlog: u32,
+    /// Non-zero: a process that executes a root-owned sshd program is followed from that exec,
+    /// and the ports its listens and accepts use become tracked (off with `--pid`).
+    pub follow_sshd_execs: u32,
 }
 
 /// The TCP states the kernel-side socket history follows (`enum` values from BTF).

@@ -11,7 +11,7 @@ use sshtrace_common::{AcceptEvent, SOCKADDR_LEN};
 
 use super::{field, member, sock_state::claim_accepted};
 use crate::{
-    maps::{claim_on_accept, pid_tracked, ACCEPT_ARGS},
+    maps::{claim_on_accept, owns_listeners, pid_tracked, track_port, ACCEPT_ARGS},
     record::submit,
 };
 
@@ -69,6 +69,12 @@ fn try_exit(ctx: &TracePointContext) -> Result<(), i32> {
         0 => None,
         _ => claim_accepted(skaddr),
     };
+    // sshd accepts here: the port is sshd's, whatever discovery knows yet.
+    if let Some(h) = history {
+        if owns_listeners((pid_tgid >> 32) as u32) {
+            track_port(unsafe { (*h).endpoints.local_port });
+        }
+    }
     submit(|e: &mut AcceptEvent| {
         e.ret = ret;
         e.listen_fd = fd as i32;

@@ -9,11 +9,11 @@ use aya_ebpf::{
     programs::{RawTracePointContext, TracePointContext},
     EbpfContext,
 };
-use sshtrace_common::{pid_flags, ExecEvent, ExitEvent, ForkEvent, ABSENT};
+use sshtrace_common::{pid_flags, AcceptEvent, ExecEvent, ExitEvent, ForkEvent, ABSENT};
 
-use super::field;
+use super::{field, member, sock_state::claim_accepted};
 use crate::{
-    maps::{pid_tracked, TRACKED_PIDS},
+    maps::{follow_sshd_execs, pid_tracked, track_port, TRACKED_PIDS},
     record::submit,
 };
 
@@ -57,24 +57,114 @@ pub fn sched_process_exec(ctx: TracePointContext) -> u32 {
 
 fn try_exec(ctx: &TracePointContext) -> Result<(), i32> {
     let tgid = current_tgid();
-    if !pid_tracked(tgid) {
+    // After exec, comm is the program's file name.
+    let comm = bpf_get_current_comm().unwrap_or_default();
+    let tracked = pid_tracked(tgid);
+    if !tracked && !(follow_sshd_execs() && is_sshd_program(&comm)) {
         return Ok(());
+    }
+    let exe = executable();
+    if !tracked {
+        // A name is not an identity: only a root-owned regular file is followed.
+        match exe {
+            Some((0, mode)) if mode & S_IFMT == S_IFREG => {}
+            _ => return Ok(()),
+        }
+        TRACKED_PIDS.insert(tgid, pid_flags::SSHD_EXEC, 0)?;
     }
     // A `__data_loc` field: the low 16 bits are the string's offset in the record.
     let loc: u32 = field(ctx, layout!(exec.filename))?;
     let name = unsafe { (ctx.as_ptr() as *const u8).add((loc & 0xffff) as usize) };
     submit(|e: &mut ExecEvent| {
+        e.began_tracking = !tracked as u32;
+        if let Some((uid, mode)) = exe {
+            (e.exe_known, e.exe_uid, e.exe_mode) = (1, uid, mode as u32);
+        }
         let _ = unsafe { bpf_probe_read_kernel_str_bytes(name, &mut e.filename) };
     });
+    if !tracked {
+        claim_inherited_connection();
+        return Ok(());
+    }
     // A user's shell or command: the connection is in use, and what that program and its
     // children do is not sshd's doing. Stop following them (volume, not identification:
     // sshd processes are found by the process tree, this only prunes it).
-    let comm = bpf_get_current_comm().unwrap_or_default();
     if !comm.starts_with(b"sshd") {
         let _ = TRACKED_PIDS.remove(tgid);
     }
     Ok(())
 }
+
+const S_IFMT: u16 = 0o170000;
+const S_IFREG: u16 = 0o100000;
+const S_IFSOCK: u16 = 0o140000;
+
+/// `sshd`, `sshd-session` (OpenSSH 9.8+) or `sshd-auth` (10.0+), exactly.
+#[inline(always)]
+fn is_sshd_program(comm: &[u8; 16]) -> bool {
+    if comm[..4] != *b"sshd" {
+        return false;
+    }
+    match comm[4] {
+        0 => true,
+        b'-' => comm[5..13] == *b"session\0" || comm[5..10] == *b"auth\0",
+        _ => false,
+    }
+}
+
+/// The current task's executable: its owner (global uid) and mode.
+#[inline(always)]
+fn executable() -> Option<(u32, u16)> {
+    let s = layout!(structs);
+    let task = unsafe { bpf_get_current_task() } as *const u8;
+    let mm: *const u8 = member(task, s.task_mm)?;
+    let file: *const u8 = member(mm, s.mm_exe_file)?;
+    let inode: *const u8 = member(file, s.file_inode)?;
+    Some((member(inode, s.inode_uid)?, member(inode, s.inode_mode)?))
+}
+
+/// inetd mode (`sshd -i` under inetd or systemd's `Accept=yes`): the connection was accepted
+/// by another program and handed over as standard input. Claimed and reported here, so that
+/// the first connection of a socket-activated sshd is followed like an accepted one.
+#[inline(always)]
+fn claim_inherited_connection() {
+    let Some(sk) = socket_on_fd0() else {
+        return;
+    };
+    let Some(history) = claim_accepted(sk) else {
+        return;
+    };
+    let local_port = unsafe { (*history).endpoints.local_port };
+    track_port(local_port);
+    submit(|e: &mut AcceptEvent| {
+        e.inherited = 1;
+        e.listen_fd = -1;
+        e.skaddr = sk;
+        e.history_found = 1;
+        unsafe { core::ptr::copy_nonoverlapping(history, &mut e.history, 1) };
+    });
+}
+
+/// The `struct sock` of a TCP socket on the current task's descriptor 0.
+#[inline(always)]
+fn socket_on_fd0() -> Option<u64> {
+    let s = layout!(structs);
+    let task = unsafe { bpf_get_current_task() } as *const u8;
+    let files: *const u8 = member(task, s.task_files)?;
+    let fdt: *const u8 = member(files, s.files_fdt)?;
+    let fds: *const u8 = member(fdt, s.fdtable_fd)?;
+    let file: *const u8 = member(fds, 0)?;
+    let inode: *const u8 = member(file, s.file_inode)?;
+    if member::<u16>(inode, s.inode_mode)? & S_IFMT != S_IFSOCK {
+        return None;
+    }
+    let socket: *const u8 = member(file, s.file_private_data)?;
+    let sk: u64 = member(socket, s.socket_sk)?;
+    let protocol: u16 = member(sk as *const u8, s.sk_protocol)?;
+    (protocol == IPPROTO_TCP).then_some(sk)
+}
+
+const IPPROTO_TCP: u16 = 6;
 
 #[tracepoint]
 pub fn sched_process_exit(ctx: TracePointContext) -> u32 {

@@ -20,7 +20,7 @@ use super::{
     tcp::{burst, client_key},
 };
 use crate::{
-    maps::{netns_tracked, port_tracked, settings, skb_netns},
+    maps::{netns_tracked, port_tracked, skb_netns},
     record::{submit, submit_batched},
 };
 
@@ -76,9 +76,8 @@ fn try_kfree_skb(ctx: &TracePointContext) -> Result<(), i32> {
     let l = layout!(kfree_skb);
     let reason: u32 = field(ctx, l.reason)?;
     // The cheap test first: every freed packet on the host passes here.
-    let settings = settings();
-    let no_socket = reason == settings.no_socket_drop;
-    if reason != settings.netfilter_drop && !no_socket {
+    let no_socket = reason == setting!(no_socket_drop);
+    if reason != setting!(netfilter_drop) && !no_socket {
         return Ok(());
     }
     let protocol: u16 = field(ctx, l.protocol)?;

@@ -9,7 +9,7 @@
 
 use aya_ebpf::{
     bindings::BPF_NOEXIST,
-    helpers::bpf_ktime_get_ns,
+    helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns},
     macros::{btf_tracepoint, map, raw_tracepoint, tracepoint},
     maps::{LruHashMap, PerCpuArray},
     programs::{BtfTracePointContext, RawTracePointContext, TracePointContext},
@@ -22,7 +22,10 @@ use super::{
     tcp::{local_port, read_endpoints},
 };
 use crate::{
-    maps::{claim_on_accept, netns_tracked, port_tracked, sk_netns, tcp_states},
+    maps::{
+        claim_on_accept, netns_tracked, owns_listeners, port_tracked, sk_netns, tcp_states,
+        track_port,
+    },
     record::submit_batched,
 };
 
@@ -147,6 +150,9 @@ fn sock_state(
     endpoints: &impl EndpointSource,
 ) -> Result<(), i32> {
     if !port_tracked(local_port) {
+        if new_state == tcp_states().listen {
+            learn_listening_port(local_port);
+        }
         return Ok(());
     }
     match step(skaddr, old_state, new_state)? {
@@ -263,6 +269,16 @@ fn send_state(
     }
     if history.is_some() && new_state == tcp_states().close {
         let _ = SOCK_HISTORY.remove(skaddr);
+    }
+}
+
+/// A socket moved to LISTEN by a process that owns sshd's listeners (in process context:
+/// `listen()`): its port is tracked before the first client arrives.
+#[inline(always)]
+fn learn_listening_port(local_port: u16) {
+    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    if owns_listeners(tgid) {
+        track_port(local_port);
     }
 }
 

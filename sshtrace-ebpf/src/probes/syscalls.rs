@@ -190,14 +190,12 @@ fn syscall_exit(ret: i64, nr: impl FnOnce() -> Result<i64, i32>) -> Result<(), i
 /// The current task's soft limits of [`RLIMITS_REPORTED`]: the values the failure met, read
 /// before the process can change or lose them.
 fn current_rlimits() -> Option<[u64; 3]> {
-    let s = layout!(structs);
-    if s.task_signal == ABSENT || s.signal_rlim == ABSENT {
+    if layout!(structs.task_signal) == ABSENT || layout!(structs.signal_rlim) == ABSENT {
         return None;
     }
     let task = unsafe { bpf_get_current_task() } as *const u8;
-    let signal: u64 =
-        unsafe { bpf_probe_read_kernel(task.add(s.task_signal as usize).cast()) }.ok()?;
-    let rlim = (signal as *const u8).wrapping_add(s.signal_rlim as usize);
+    let signal: u64 = member(task, layout!(structs.task_signal))?;
+    let rlim = (signal as *const u8).wrapping_add(layout!(structs.signal_rlim) as usize);
     let mut out = [0u64; 3];
     for (slot, resource) in out.iter_mut().zip(RLIMITS_REPORTED) {
         // struct rlimit { rlim_cur, rlim_max }: 16 bytes each.
@@ -210,38 +208,40 @@ fn current_rlimits() -> Option<[u64; 3]> {
 /// The current task's file-access credentials, its parent and its root directory's identity.
 #[inline(always)]
 fn current_creds(out: &mut TaskCreds) -> Option<()> {
-    let s = layout!(structs);
     let task = unsafe { bpf_get_current_task() } as *const u8;
-    let cred: *const u8 = member(task, s.task_cred)?;
-    out.fsuid = member(cred, s.cred_fsuid)?;
-    out.fsgid = member(cred, s.cred_fsgid)?;
+    let cred: *const u8 = member(task, layout!(structs.task_cred))?;
+    out.fsuid = member(cred, layout!(structs.cred_fsuid))?;
+    out.fsgid = member(cred, layout!(structs.cred_fsgid))?;
     // kernel_cap_t is a u64 since 6.3 and a `u32 cap[2]` before: the same bytes either way.
-    out.cap_effective = member(cred, s.cred_cap_effective)?;
-    let groups: *const u8 = member(cred, s.cred_group_info)?;
-    let ngroups: i32 = member(groups, s.group_info_ngroups)?;
+    out.cap_effective = member(cred, layout!(structs.cred_cap_effective))?;
+    let groups: *const u8 = member(cred, layout!(structs.cred_group_info))?;
+    let ngroups: i32 = member(groups, layout!(structs.group_info_ngroups))?;
     out.ngroups = ngroups as u32;
-    if s.group_info_gid == ABSENT {
+    if layout!(structs.group_info_gid) == ABSENT {
         return None;
     }
-    let gids = groups.wrapping_add(s.group_info_gid as usize);
+    let gids = groups.wrapping_add(layout!(structs.group_info_gid) as usize);
     for i in 0..GROUPS_REPORTED {
         if i as i32 >= ngroups {
             break;
         }
         out.groups[i] = unsafe { bpf_probe_read_kernel(gids.wrapping_add(i * 4).cast()) }.ok()?;
     }
-    let parent: *const u8 = member(task, s.task_real_parent)?;
-    out.parent_tgid = member(parent, s.task_tgid)?;
+    let parent: *const u8 = member(task, layout!(structs.task_real_parent))?;
+    out.parent_tgid = member(parent, layout!(structs.task_tgid))?;
     // The root's identity is optional: without it only a living task's root can be used.
     let root = || -> Option<(u32, u64)> {
-        let fs: *const u8 = member(task, s.task_fs)?;
-        let path = fs.wrapping_add(s.fs_root as usize);
-        let dentry: *const u8 = member(path, s.path_dentry)?;
-        let inode: *const u8 = member(dentry, s.dentry_inode)?;
-        let sb: *const u8 = member(inode, s.inode_sb)?;
-        Some((member(sb, s.sb_dev)?, member(inode, s.inode_ino)?))
+        let fs: *const u8 = member(task, layout!(structs.task_fs))?;
+        let path = fs.wrapping_add(layout!(structs.fs_root) as usize);
+        let dentry: *const u8 = member(path, layout!(structs.path_dentry))?;
+        let inode: *const u8 = member(dentry, layout!(structs.dentry_inode))?;
+        let sb: *const u8 = member(inode, layout!(structs.inode_sb))?;
+        Some((
+            member(sb, layout!(structs.sb_dev))?,
+            member(inode, layout!(structs.inode_ino))?,
+        ))
     };
-    if s.fs_root != ABSENT {
+    if layout!(structs.fs_root) != ABSENT {
         if let Some((dev, ino)) = root() {
             out.root_dev = dev;
             out.root_ino = ino;

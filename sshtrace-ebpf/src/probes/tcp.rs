@@ -19,7 +19,7 @@ use super::{
     socket::{AF_INET, AF_INET6},
 };
 use crate::{
-    maps::{netns_tracked, port_tracked, sk_netns, skb_netns},
+    maps::{netns_tracked, port_tracked, sk_netns, skb_netns, tcp_states},
     record::submit_batched,
 };
 
@@ -89,6 +89,14 @@ fn try_send_reset(ctx: &TracePointContext) -> Result<(), i32> {
         return Ok(());
     }
     let skaddr: u64 = field(ctx, l.skaddr)?;
+    let state: i32 = field(ctx, l.state).unwrap_or(-1);
+    let mut seg_flags = SEG_FLAGS_UNKNOWN;
+    // A listener answering a segment no connection took (a dead connection's retransmission,
+    // a stray ACK): the record holds the listener's addresses, the segment the client's.
+    let by_listener = skaddr != 0 && state == tcp_states().listen;
+    if by_listener {
+        seg_flags = client_of_answered_segment(ctx, &mut endpoints).unwrap_or(SEG_FLAGS_UNKNOWN);
+    }
     endpoints.netns = if skaddr != 0 {
         sk_netns(skaddr)
     } else {
@@ -97,9 +105,9 @@ fn try_send_reset(ctx: &TracePointContext) -> Result<(), i32> {
     if !netns_tracked(endpoints.netns) {
         return Ok(());
     }
-    // Resets without a socket come in storms (scans, floods): one record per client per
-    // interval, the rest counted.
-    let suppressed = if skaddr == 0 {
+    // Resets without a connection socket come in storms (scans, floods): one record per
+    // client per interval, the rest counted.
+    let suppressed = if skaddr == 0 || by_listener {
         match burst(client_key(&endpoints, burst_kind::REFUSAL)) {
             Some(n) => n,
             None => return Ok(()),
@@ -108,15 +116,12 @@ fn try_send_reset(ctx: &TracePointContext) -> Result<(), i32> {
         claim(skaddr);
         0
     };
-    let state: i32 = field(ctx, l.state).unwrap_or(-1);
     let reason: u32 = field(ctx, l.reason).unwrap_or(REASON_UNKNOWN);
-    let seg_flags = if skaddr == 0 {
-        field::<u64>(ctx, l.skbaddr)
+    if skaddr == 0 {
+        seg_flags = field::<u64>(ctx, l.skbaddr)
             .and_then(segment_flags)
-            .unwrap_or(SEG_FLAGS_UNKNOWN)
-    } else {
-        SEG_FLAGS_UNKNOWN
-    };
+            .unwrap_or(SEG_FLAGS_UNKNOWN);
+    }
     submit_batched(|e: &mut SendResetEvent| {
         e.skaddr = skaddr;
         e.state = state;
@@ -126,6 +131,37 @@ fn try_send_reset(ctx: &TracePointContext) -> Result<(), i32> {
         e.endpoints = endpoints;
     });
     Ok(())
+}
+
+/// The client's address and port from the inbound segment a listener's reset answers (the
+/// record's addresses are the listener's), written over the remote half of `ep`; the
+/// segment's TCP flags.
+#[inline(always)]
+fn client_of_answered_segment(ctx: &TracePointContext, ep: &mut Endpoints) -> Option<u16> {
+    let s = layout!(structs);
+    if s.skb_head == ABSENT || s.skb_network_header == ABSENT || s.skb_transport_header == ABSENT {
+        return None;
+    }
+    let skb = field::<u64>(ctx, layout!(send_reset.skbaddr)).ok()? as *const u8;
+    unsafe {
+        let head: u64 = bpf_probe_read_kernel(skb.add(s.skb_head as usize).cast()).ok()?;
+        let network: u16 =
+            bpf_probe_read_kernel(skb.add(s.skb_network_header as usize).cast()).ok()?;
+        let transport: u16 =
+            bpf_probe_read_kernel(skb.add(s.skb_transport_header as usize).cast()).ok()?;
+        let ip = (head as *const u8).add(network as usize);
+        let tcp = (head as *const u8).add(transport as usize);
+        // The source address: at 12 in an IPv4 header, at 8 in an IPv6 one.
+        match ep.family {
+            AF_INET => ep.remote_addr[..4]
+                .copy_from_slice(&bpf_probe_read_kernel::<[u8; 4]>(ip.add(12).cast()).ok()?),
+            AF_INET6 => ep.remote_addr = bpf_probe_read_kernel(ip.add(8).cast()).ok()?,
+            _ => return None,
+        }
+        ep.remote_port = u16::from_be(bpf_probe_read_kernel(tcp.cast()).ok()?);
+        let flags: u8 = bpf_probe_read_kernel(tcp.add(TCPHDR_FLAGS)).ok()?;
+        Some(flags as u16)
+    }
 }
 
 /// The TCP flags of the segment in `skb` (which segment a no-socket reset answered: a SYN

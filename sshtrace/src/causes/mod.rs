@@ -206,6 +206,27 @@ pub(crate) fn unexplained_deaths(e: &Ended, ctx: &Context) -> Vec<Evidence> {
     out
 }
 
+/// How many signals a process survived the evidence shows (a tenant can signal its own
+/// session process in a loop).
+const SHOWN_SURVIVED_SIGNALS: usize = 4;
+
+/// Signals from outside the connection's sshd tree that a process survived (handled, ignored
+/// or blocked): evidence, never a cause.
+fn survived_signals(e: &Ended, ctx: &Context) -> Vec<Evidence> {
+    e.tree
+        .iter()
+        .flat_map(|p| {
+            let fatal = p.fatal_signal().map(|s| s as *const _);
+            p.signals
+                .iter()
+                .filter(move |s| Some(*s as *const _) != fatal)
+                .filter(|s| s.from_process() && !e.in_tree(s.sender.pid))
+                .take(SHOWN_SURVIVED_SIGNALS)
+                .map(move |s| signal_evidence(p, s, ctx))
+        })
+        .collect()
+}
+
 fn unexplained(e: &Ended, evidence: Vec<Evidence>) -> Finding {
     let what = match e.outcome {
         Outcome::ResetSent => "this host sent a reset",
@@ -232,6 +253,7 @@ fn assemble(e: &Ended, finding: Finding, ctx: &Context) -> Verdict {
     let ts = conn.end_ts.unwrap_or(conn.first_ts);
     let mut evidence = connection_evidence(e, ctx);
     evidence.extend(finding.evidence);
+    evidence.extend(survived_signals(e, ctx));
     // In time order (RFC 3339 strings of one length sort as times), undated facts last.
     evidence.sort_by(|a, b| (a.ts().is_none(), a.ts()).cmp(&(b.ts().is_none(), b.ts())));
     let sshd_pid = finding.pid.or(conn.session_pid).or(conn.listener_pid);
@@ -331,6 +353,7 @@ fn connection_evidence(e: &Ended, ctx: &Context) -> Vec<Evidence> {
             current_pid: r.current.pid,
             current_comm: r.current.comm.clone(),
             segment_flags: r.seg_flags.map(tcp_flags),
+            repeated: if conn.skaddr == 0 { 0 } else { r.repeated },
         });
     }
     for &ts in &conn.resets_received {

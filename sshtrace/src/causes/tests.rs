@@ -121,6 +121,7 @@ impl Script {
                         first_fin_local: None,
                     },
                 }),
+                inherited: false,
             },
         )
         .ev(task(LISTENER, "sshd"), Kind::Fork { child: SESSION })
@@ -128,6 +129,8 @@ impl Script {
             task(SESSION, "sshd"),
             Kind::Exec {
                 filename: "/usr/sbin/sshd".into(),
+                began_tracking: false,
+                executable: None,
             },
         )
         .ev(task(SESSION, "sshd"), Kind::Fork { child: PREAUTH })
@@ -295,20 +298,56 @@ fn kill_from_outside_the_tree_names_the_sender() {
     assert_eq!(v.sshd.unwrap().pid, SESSION);
 }
 
+/// A signal the process handled is evidence, not the cause: it went on to exit by itself.
 #[test]
-fn handled_sigterm_followed_by_exit_is_a_kill() {
+fn handled_sigterm_followed_by_exit_is_not_a_kill() {
     let mut s = Script::new();
     s.accepted()
         .signal(task(900, "pkill"), SESSION, 15, 0)
         .exit(SESSION, 255 << 8)
-        .fin_close();
+        .reset_on_close(SESSION);
     let v = one(&mut s);
-    assert_eq!(v.cause, Cause::SshdKilled);
+    assert_eq!(v.cause, Cause::SshdExited, "{}", v.summary);
     assert!(
-        v.summary.contains("exited with status 255"),
-        "{}",
-        v.summary
+        v.evidence.iter().any(|e| matches!(
+            e,
+            Evidence::Signal {
+                sender_pid: 900,
+                ..
+            }
+        )),
+        "the handled signal is shown as evidence: {:?}",
+        v.evidence
     );
+}
+
+/// A fault the process raised itself after handling another process's signal is a crash.
+#[test]
+fn fault_after_a_handled_signal_is_a_crash() {
+    let mut s = Script::new();
+    s.accepted()
+        .signal(task(900, "bash"), PREAUTH, 12, 0) // SIGUSR2, handled
+        .signal(task(PREAUTH, "sshd"), PREAUTH, 4, 2) // SIGILL, ILL_ILLOPN: a fault
+        .exit(PREAUTH, 4)
+        .reset_on_close(SESSION);
+    let v = one(&mut s);
+    assert_eq!(v.cause, Cause::SshdCrashed, "{}", v.summary);
+    assert_eq!(v.details["signal"], "SIGILL");
+    assert_eq!(v.details["signal_origin"], "fault");
+}
+
+/// A kill after which the process faulted while dying is still a kill only if the kill's
+/// signal is the one it died of.
+#[test]
+fn the_signal_a_process_died_of_decides() {
+    let mut s = Script::new();
+    s.accepted()
+        .signal(task(900, "kill"), PREAUTH, 11, 0) // SIGSEGV sent by kill: a kill
+        .exit(PREAUTH, 11)
+        .reset_on_close(SESSION);
+    let v = one(&mut s);
+    assert_eq!(v.cause, Cause::SshdKilled, "{}", v.summary);
+    assert_eq!(v.details["sender_pid"], 900);
 }
 
 /// The monitor killing its own child is cleanup; the monitor's error exit is the story.
@@ -510,6 +549,7 @@ fn accepted_without_fork(s: &mut Script) {
             listen_fd: 3,
             peer: Some(tuple().remote),
             claimed: None,
+            inherited: false,
         },
     );
 }

@@ -173,6 +173,11 @@ pub fn discover(tracefs: &Path, btf: &Btf) -> Result<KernelLayout> {
         (&mut s.fdtable_fd, "fdtable", "fd"),
         (&mut s.file_private_data, "file", "private_data"),
         (&mut s.socket_sk, "socket", "sk"),
+        (&mut s.task_mm, "task_struct", "mm"),
+        (&mut s.mm_exe_file, "mm_struct", "exe_file"),
+        (&mut s.file_inode, "file", "f_inode"),
+        (&mut s.inode_uid, "inode", "i_uid"),
+        (&mut s.inode_mode, "inode", "i_mode"),
     ] {
         *slot = member(strukt, name).unwrap_or(ABSENT);
     }

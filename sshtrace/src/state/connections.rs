@@ -1,11 +1,11 @@
 //! Connections on tracked ports, keyed by their kernel socket address while it lives.
 
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::{BTreeMap, HashMap, VecDeque},
     net::SocketAddr,
 };
 
-use crate::events::{ConnTuple, Task};
+use crate::events::{ConnTuple, Task, TCP_ACK, TCP_SYN};
 
 pub type ConnId = u64;
 
@@ -100,10 +100,42 @@ impl Connection {
     pub fn end(&mut self, ts: u64) {
         self.end_ts.get_or_insert(ts);
     }
+
+    /// A reset sent for the connection; one like the last (the same reason and state, the
+    /// answer to a retransmission) is counted on it, not listed again.
+    pub fn add_reset(&mut self, reset: ResetSent) {
+        match self.resets_sent.last_mut() {
+            Some(last)
+                if self.end_ts.is_some()
+                    && last.reason == reset.reason
+                    && last.state == reset.state =>
+            {
+                last.repeated += 1 + reset.repeated;
+            }
+            _ => self.resets_sent.push(reset),
+        }
+    }
 }
 
 /// Bound on connections kept at once; the oldest are dropped past it.
 const MAX_CONNECTIONS: usize = 65_536;
+
+/// How long after its verdict a connection's address pair is remembered: a client retransmits
+/// to a dead connection for about two minutes (RTO backoff) before it gives up.
+const LATE_SEGMENT_WINDOW_NS: u64 = 120_000_000_000;
+/// Bound on address pairs remembered after their verdict; the oldest are forgotten first.
+const MAX_JUDGED_REMEMBERED: usize = 16_384;
+
+/// Where a reset sent without a connection socket belongs.
+#[derive(Debug, PartialEq, Eq)]
+pub enum StrayReset {
+    /// To the connection still followed that the segment belonged to.
+    Joins(ConnId),
+    /// To a connection already judged: counted, never a verdict of its own.
+    AfterVerdict,
+    /// To nothing known: a refused connection attempt of its own.
+    New,
+}
 
 #[derive(Default)]
 pub struct ConnectionTable {
@@ -112,6 +144,10 @@ pub struct ConnectionTable {
     /// The newest connection of each address pair (network namespaces aside): resets and
     /// drops without a socket find theirs in constant time, even in a storm.
     by_addrs: HashMap<(SocketAddr, SocketAddr), ConnId>,
+    /// Address pairs of connections judged recently, with when they were taken for judging
+    /// (oldest first): the resets their late segments draw belong to that verdict.
+    judged: HashMap<(SocketAddr, SocketAddr), u64>,
+    judged_order: VecDeque<((SocketAddr, SocketAddr), u64)>,
     next_id: ConnId,
 }
 
@@ -152,14 +188,32 @@ impl ConnectionTable {
         }
     }
 
-    /// A reset sent with no connection socket: a late segment of a connection just closed
-    /// joins that one; anything else is a connection of its own (e.g. a refused SYN).
-    pub fn orphan_reset(&mut self, tuple: ConnTuple, ts: u64) -> ConnId {
-        let recent = self
+    /// A reset sent with no connection socket (by the stack, or by the listener), answering a
+    /// segment with `seg_flags` (when known): a late segment of a connection still followed
+    /// joins it, one of a connection already judged is only counted; a connection attempt
+    /// (a SYN) or a segment of nothing known is a connection of its own.
+    pub fn stray_reset(&mut self, tuple: ConnTuple, seg_flags: Option<u8>, ts: u64) -> StrayReset {
+        if let Some(c) = self
             .newest(tuple)
             .filter(|c| c.tuple == tuple && c.skaddr != 0)
-            .map(|c| c.id);
-        recent.unwrap_or_else(|| self.insert(0, tuple, ts))
+        {
+            return StrayReset::Joins(c.id);
+        }
+        let attempt = seg_flags.is_some_and(|f| f & TCP_SYN != 0 && f & TCP_ACK == 0);
+        let addrs = (tuple.local, tuple.remote);
+        let judged = self
+            .judged
+            .get(&addrs)
+            .is_some_and(|&t| t + LATE_SEGMENT_WINDOW_NS >= ts);
+        if judged && !attempt {
+            return StrayReset::AfterVerdict;
+        }
+        StrayReset::New
+    }
+
+    /// A connection of its own for a reset sent without a socket (e.g. a refused SYN).
+    pub fn orphan(&mut self, tuple: ConnTuple, ts: u64) -> ConnId {
+        self.insert(0, tuple, ts)
     }
 
     fn newest(&self, tuple: ConnTuple) -> Option<&Connection> {
@@ -228,7 +282,26 @@ impl ConnectionTable {
             .filter(|c| c.end_ts.is_some_and(|t| t + c.extra_settle_ns <= cutoff_ns))
             .map(|c| c.id)
             .collect();
-        ids.into_iter().filter_map(|id| self.remove(id)).collect()
+        let taken: Vec<Connection> = ids.into_iter().filter_map(|id| self.remove(id)).collect();
+        for c in taken.iter().filter(|c| c.skaddr != 0) {
+            self.remember_judged((c.tuple.local, c.tuple.remote), cutoff_ns);
+        }
+        taken
+    }
+
+    fn remember_judged(&mut self, addrs: (SocketAddr, SocketAddr), ts: u64) {
+        while let Some(&(old, at)) = self.judged_order.front() {
+            if self.judged_order.len() < MAX_JUDGED_REMEMBERED && at + LATE_SEGMENT_WINDOW_NS >= ts
+            {
+                break;
+            }
+            self.judged_order.pop_front();
+            if self.judged.get(&old) == Some(&at) {
+                self.judged.remove(&old);
+            }
+        }
+        self.judged.insert(addrs, ts);
+        self.judged_order.push_back((addrs, ts));
     }
 
     fn insert(&mut self, skaddr: u64, tuple: ConnTuple, ts: u64) -> ConnId {

@@ -8,7 +8,7 @@ use crate::{
     events::{ConnTuple, Event, Kind, SockHistory},
     kernel::names::KernelNames,
 };
-pub use connections::{Closer, ConnId, Connection, ConnectionTable, Drop, ResetSent};
+pub use connections::{Closer, ConnId, Connection, ConnectionTable, Drop, ResetSent, StrayReset};
 pub use processes::{ExitInfo, OomKill, Process, ProcessTable, SignalInfo, SyscallError};
 
 /// How long after a connection ends its verdict waits for late evidence (the exit of the
@@ -53,6 +53,9 @@ fn apply_history(c: &mut Connection, history: &SockHistory) {
 pub struct State {
     pub conns: ConnectionTable,
     pub procs: ProcessTable,
+    /// Resets answering late segments of connections already judged (a crashed session's
+    /// client retransmitting): part of those verdicts' incidents, counted, not judged again.
+    pub late_resets_after_verdict: u64,
     states: TcpStates,
 }
 
@@ -61,6 +64,7 @@ impl State {
         Self {
             conns: ConnectionTable::default(),
             procs: ProcessTable::default(),
+            late_resets_after_verdict: 0,
             states,
         }
     }
@@ -123,12 +127,19 @@ impl State {
                 };
                 let id = if *skaddr == 0 || *state == s.listen {
                     // No connection socket: answered by the stack or by the listener.
-                    self.conns.orphan_reset(*conn, ts)
+                    match self.conns.stray_reset(*conn, *seg_flags, ts) {
+                        StrayReset::Joins(id) => id,
+                        StrayReset::AfterVerdict => {
+                            self.late_resets_after_verdict += 1 + u64::from(*repeated);
+                            return;
+                        }
+                        StrayReset::New => self.conns.orphan(*conn, ts),
+                    }
                 } else {
                     self.conns.by_skaddr_or_open(*skaddr, *conn, ts)
                 };
                 let c = self.conns.get_mut(id).expect("just looked up");
-                c.resets_sent.push(reset);
+                c.add_reset(reset);
                 c.end(ts);
             }
             Kind::ReceiveReset {
@@ -177,6 +188,20 @@ impl State {
                 }
             }
             Kind::Accept {
+                claimed: Some(a),
+                inherited: true,
+                ..
+            } => {
+                // inetd mode: the process serves the connection it was started with.
+                let pid = event.task.pid;
+                let id = self.conns.live_or_open(a.skaddr, a.conn, ts);
+                let c = self.conns.get_mut(id).expect("just looked up");
+                apply_history(c, &a.history);
+                c.accept_ts = Some(ts);
+                c.session_pid.get_or_insert(pid);
+                self.procs.touch(pid, &event.task.comm, ts).conn = Some(id);
+            }
+            Kind::Accept {
                 ret, peer, claimed, ..
             } => {
                 let pid = event.task.pid;
@@ -213,7 +238,7 @@ impl State {
                     c.session_pid.get_or_insert(*child);
                 }
             }
-            Kind::Exec { filename } => {
+            Kind::Exec { filename, .. } => {
                 let p = self.procs.touch(event.task.pid, &event.task.comm, ts);
                 p.comm = event.task.comm.clone();
                 p.exe = Some(filename.clone());
