@@ -96,6 +96,8 @@ pub enum Kind {
     },
     Exit {
         exit_code: i32,
+        /// The exiting task's memory cgroup (limit, usage) in pages, read by the kernel.
+        memcg_pages: Option<(u64, u64)>,
     },
     Signal {
         target: u32,
@@ -128,8 +130,6 @@ pub enum Kind {
         /// kB: total_vm, anon_rss, file_rss, shmem_rss, pgtables (None where not reported).
         memory_kb: [Option<u64>; 5],
         oom_score_adj: i16,
-        /// The victim's memory cgroup limit, read when the event arrived.
-        memcg: Option<LimitFacts>,
     },
 }
 
@@ -276,6 +276,8 @@ pub fn decode(bytes: &[u8]) -> Option<Event> {
             let e: wire::ExitEvent = read(bytes)?;
             Kind::Exit {
                 exit_code: e.exit_code,
+                memcg_pages: (e.memcg_read != 0)
+                    .then_some((e.memcg_max_pages, e.memcg_usage_pages)),
             }
         }
         EventKind::Signal => {
@@ -314,7 +316,6 @@ pub fn decode(bytes: &[u8]) -> Option<Event> {
                 uid: (e.uid != u32::MAX).then_some(e.uid),
                 memory_kb: [e.total_vm, e.anon_rss, e.file_rss, e.shmem_rss, e.pgtables].map(known),
                 oom_score_adj: e.oom_score_adj,
-                memcg: None,
             }
         }
     };

@@ -577,8 +577,7 @@ impl Tracer {
 }
 
 /// Facts that must be read while the process still exists: the limit behind a resource
-/// failure, whether the mode bits allowed a refused access, the memory cgroup of an OOM
-/// victim.
+/// failure, whether the mode bits allowed a refused access.
 fn enrich(event: &mut events::Event) {
     match &mut event.kind {
         Kind::SyscallError {
@@ -598,7 +597,6 @@ fn enrich(event: &mut events::Event) {
                     .and_then(|p| dac::check(event.task.pid, syscall, p, creds.as_ref()));
             }
         }
-        Kind::OomVictim { pid, memcg, .. } => *memcg = Some(limits::memory_cgroup(*pid)),
         _ => {}
     }
 }

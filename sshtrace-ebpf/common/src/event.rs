@@ -211,7 +211,11 @@ pub struct ExitEvent {
     pub header: EventHeader,
     /// `task_struct.exit_code`: wait(2) status bits (signal in the low 7, 0x80 core, status << 8).
     pub exit_code: i32,
-    pub _pad: u32,
+    /// Non-zero when the memory cgroup numbers were read from the exiting task.
+    pub memcg_read: u32,
+    /// Its memory cgroup's limit and usage, in pages (`page_counter`).
+    pub memcg_max_pages: u64,
+    pub memcg_usage_pages: u64,
 }
 
 /// `signal:signal_generate` for a terminating signal aimed at a tracked process.

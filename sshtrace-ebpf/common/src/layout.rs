@@ -200,6 +200,18 @@ pub struct StructLayout {
     pub file_inode: u16,
     pub inode_uid: u16,
     pub inode_mode: u16,
+    /// From a task to its memory cgroup's limit and usage (`task_struct.cgroups`,
+    /// `css_set.subsys[memory_cgrp_id]`, `mem_cgroup.css`/`memory`, `page_counter.max`/`usage`):
+    /// read from an exiting process itself, since /proc shows an exiting task's cgroup v1 path
+    /// as "/" (the root's limit is not the victim's).
+    pub task_cgroups: u16,
+    pub css_set_subsys: u16,
+    /// `enum cgroup_subsys_id`'s `memory_cgrp_id`: the index in `css_set.subsys`.
+    pub memory_cgrp_id: u16,
+    pub mem_cgroup_css: u16,
+    pub mem_cgroup_memory: u16,
+    pub page_counter_max: u16,
+    pub page_counter_usage: u16,
 }
 
 /// `avc:selinux_audited`; the three contexts are `__data_loc char[]` fields.
@@ -407,6 +419,13 @@ impl KernelLayout {
             file_inode: ABSENT,
             inode_uid: ABSENT,
             inode_mode: ABSENT,
+            task_cgroups: ABSENT,
+            css_set_subsys: ABSENT,
+            memory_cgrp_id: ABSENT,
+            mem_cgroup_css: ABSENT,
+            mem_cgroup_memory: ABSENT,
+            page_counter_max: ABSENT,
+            page_counter_usage: ABSENT,
         },
     };
 }

@@ -195,6 +195,31 @@ fn try_exit(ctx: &TracePointContext) -> Result<(), i32> {
         unsafe { bpf_probe_read_kernel(task.add(exit_code_at as usize).cast()) }.unwrap_or(-1)
     };
     let _ = TRACKED_PIDS.remove(tgid);
-    submit(|e: &mut ExitEvent| e.exit_code = exit_code);
+    let memcg = memory_cgroup();
+    submit(|e: &mut ExitEvent| {
+        e.exit_code = exit_code;
+        if let Some((max, usage)) = memcg {
+            (e.memcg_read, e.memcg_max_pages, e.memcg_usage_pages) = (1, max, usage);
+        }
+    });
     Ok(())
+}
+
+/// The current task's memory cgroup limit and usage, in pages.
+#[inline(always)]
+fn memory_cgroup() -> Option<(u64, u64)> {
+    let s = layout!(structs);
+    if s.memory_cgrp_id == ABSENT || s.mem_cgroup_css == ABSENT {
+        return None;
+    }
+    let task = unsafe { bpf_get_current_task() } as *const u8;
+    let cset: *const u8 = member(task, s.task_cgroups)?;
+    let subsys = cset.wrapping_add(s.css_set_subsys as usize);
+    let css: *const u8 = member(subsys, s.memory_cgrp_id.wrapping_mul(8))?;
+    let memcg = css.wrapping_sub(s.mem_cgroup_css as usize);
+    let counter = memcg.wrapping_add(s.mem_cgroup_memory as usize);
+    Some((
+        member(counter, s.page_counter_max)?,
+        member(counter, s.page_counter_usage)?,
+    ))
 }

@@ -148,7 +148,13 @@ impl Script {
     }
 
     fn exit(&mut self, pid: u32, code: i32) -> &mut Self {
-        self.ev(task(pid, "sshd"), Kind::Exit { exit_code: code })
+        self.ev(
+            task(pid, "sshd"),
+            Kind::Exit {
+                exit_code: code,
+                memcg_pages: None,
+            },
+        )
     }
 
     fn signal(&mut self, sender: Task, target: u32, sig: i32, code: i32) -> &mut Self {
@@ -619,17 +625,46 @@ fn oom_kill_of_the_session() {
                 uid: Some(0),
                 memory_kb: [Some(300_000), Some(200_000), Some(1000), Some(0), Some(100)],
                 oom_score_adj: 0,
-                memcg: None,
             },
         )
         .signal(task(PREAUTH, "sshd"), SESSION, 9, SI_KERNEL_CODE)
-        .exit(SESSION, 9)
+        .ev(
+            task(SESSION, "sshd"),
+            Kind::Exit {
+                exit_code: 9,
+                memcg_pages: Some((24_576, 24_000)),
+            },
+        )
         .fin_close();
     let v = one(&mut s);
     assert_eq!(v.cause, Cause::OomKilled);
     assert_eq!(v.details["victim_pid"], SESSION);
     assert_eq!(v.details["anon_rss_kb"], 200_000);
     assert!(v.summary.contains("anon-rss 195 MiB"), "{}", v.summary);
+    // The victim's own cgroup, read by the kernel as it exited (96 MiB of 4 KiB pages).
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) } as u64;
+    assert_eq!(v.details["memcg"]["value"], (24_576 * page).to_string());
+}
+
+/// A victim whose memory cgroup the kernel could not read has none: never another's.
+#[test]
+fn oom_kill_without_the_victims_cgroup_shows_none() {
+    let mut s = Script::new();
+    s.accepted()
+        .ev(
+            task(PREAUTH, "sshd"),
+            Kind::OomVictim {
+                pid: SESSION,
+                uid: Some(0),
+                memory_kb: [None; 5],
+                oom_score_adj: 0,
+            },
+        )
+        .exit(SESSION, 9)
+        .fin_close();
+    let v = one(&mut s);
+    assert_eq!(v.cause, Cause::OomKilled);
+    assert!(v.details["memcg"].is_null(), "{}", v.details["memcg"]);
 }
 
 #[test]

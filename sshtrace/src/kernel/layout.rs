@@ -178,9 +178,20 @@ pub fn discover(tracefs: &Path, btf: &Btf) -> Result<KernelLayout> {
         (&mut s.file_inode, "file", "f_inode"),
         (&mut s.inode_uid, "inode", "i_uid"),
         (&mut s.inode_mode, "inode", "i_mode"),
+        (&mut s.task_cgroups, "task_struct", "cgroups"),
+        (&mut s.css_set_subsys, "css_set", "subsys"),
+        (&mut s.mem_cgroup_css, "mem_cgroup", "css"),
+        (&mut s.mem_cgroup_memory, "mem_cgroup", "memory"),
+        (&mut s.page_counter_max, "page_counter", "max"),
+        (&mut s.page_counter_usage, "page_counter", "usage"),
     ] {
         *slot = member(strukt, name).unwrap_or(ABSENT);
     }
+    s.memory_cgrp_id = btf
+        .enum_values(Some("cgroup_subsys_id"), None)
+        .and_then(|values| values.into_iter().find(|(n, _)| n == "memory_cgrp_id"))
+        .and_then(|(_, v)| u16::try_from(v).ok())
+        .unwrap_or(ABSENT);
     Ok(layout)
 }
 

@@ -243,12 +243,19 @@ impl State {
                 p.comm = event.task.comm.clone();
                 p.exe = Some(filename.clone());
             }
-            Kind::Exit { exit_code } => {
+            Kind::Exit {
+                exit_code,
+                memcg_pages,
+            } => {
                 let p = self.procs.touch(event.task.pid, &event.task.comm, ts);
                 p.exit = Some(ExitInfo {
                     ts_ns: ts,
                     code: *exit_code,
                 });
+                // The OOM victim's memory cgroup, read from the victim as it exits.
+                if let (Some(oom), Some((max, usage))) = (p.oom.as_mut(), memcg_pages) {
+                    oom.memcg = Some(crate::limits::memory_cgroup_read_in_kernel(*max, *usage));
+                }
             }
             Kind::Signal {
                 target,
@@ -297,7 +304,6 @@ impl State {
                 uid,
                 memory_kb,
                 oom_score_adj,
-                memcg,
             } => {
                 let p = self.procs.touch(*pid, "", ts);
                 p.oom = Some(OomKill {
@@ -305,7 +311,7 @@ impl State {
                     uid: *uid,
                     memory_kb: *memory_kb,
                     oom_score_adj: *oom_score_adj,
-                    memcg: memcg.clone(),
+                    memcg: None,
                     trigger: event.task.clone(),
                 });
             }
