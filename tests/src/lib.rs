@@ -1,12 +1,13 @@
-//! The integration-test harness: a real OpenSSH sshd started directly (own keys and config in
-//! a temporary directory, on a 127.0.0.0/8 address unique per test), a real `ssh` client, and
-//! the real sshtrace binary with its eBPF programs. Everything a test starts is stopped and
+//! The integration-test harness: a real OpenSSH sshd started directly or by socket activation
+//! (own keys and config in a temporary directory, on a 127.0.0.0/8 address unique per test), a
+//! real `ssh` client, and the real sshtrace binary with its eBPF programs. Everything a test starts is stopped and
 //! removed when its guard drops, also when the test fails.
 
 pub mod collectors;
 pub mod kernel;
 pub mod podman;
 pub mod sandbox;
+pub mod socket_activation;
 pub mod sshd;
 pub mod tracer;
 
@@ -18,7 +19,8 @@ use std::{
 };
 
 pub use sandbox::{AuditOn, Cgroup, Link, NetNs, User};
-pub use sshd::{Sshd, SshdOptions};
+pub use socket_activation::{Activation, SocketActivated};
+pub use sshd::{Sshd, SshdFiles, SshdOptions};
 pub use tracer::Tracer;
 
 /// The address and port a test uses: 127.0.N.1 (or an address of a namespace the test made)
@@ -145,6 +147,23 @@ pub fn children(pid: u32) -> Vec<u32> {
         .split_whitespace()
         .filter_map(|p| p.parse().ok())
         .collect()
+}
+
+/// Whether a TCP socket listens on `port` in the network namespace of `pid` (its /proc/PID/net):
+/// a listening socket seen without connecting to it.
+pub fn listens(pid: u32, port: u16) -> bool {
+    const TCP_LISTEN: &str = "0A";
+    let local_port = format!(":{port:04X}");
+    ["tcp", "tcp6"].iter().any(|table| {
+        std::fs::read_to_string(format!("/proc/{pid}/net/{table}"))
+            .unwrap_or_default()
+            .lines()
+            .skip(1)
+            .any(|line| {
+                let fields: Vec<&str> = line.split_whitespace().collect();
+                fields.len() > 3 && fields[1].ends_with(&local_port) && fields[3] == TCP_LISTEN
+            })
+    })
 }
 
 /// `pid` and all its descendants, deepest first.

@@ -11,7 +11,7 @@ use std::{
     time::Duration,
 };
 
-use crate::{run, wait_for};
+use crate::{listens, run, wait_for};
 
 pub const IMAGE: &str = "localhost/sshtrace-sshbox:latest";
 
@@ -128,7 +128,7 @@ impl Container {
         wait_for(
             "sshd in the container to listen",
             Duration::from_secs(30),
-            || listening(c.pid, port.parse().unwrap()).then_some(()),
+            || listens(c.pid, port.parse().unwrap()).then_some(()),
         );
         c
     }
@@ -158,22 +158,6 @@ impl Drop for Container {
     fn drop(&mut self) {
         let _ = run(podman().args(["rm", "-f", "-t", "0", &self.name]));
     }
-}
-
-/// Whether a socket listens on `port` in the network namespace of `pid` (its /proc/PID/net).
-fn listening(pid: u32, port: u16) -> bool {
-    const TCP_LISTEN: &str = "0A";
-    let local_port = format!(":{port:04X}");
-    ["tcp", "tcp6"].iter().any(|table| {
-        fs::read_to_string(format!("/proc/{pid}/net/{table}"))
-            .unwrap_or_default()
-            .lines()
-            .skip(1)
-            .any(|line| {
-                let fields: Vec<&str> = line.split_whitespace().collect();
-                fields.len() > 3 && fields[1].ends_with(&local_port) && fields[3] == TCP_LISTEN
-            })
-    })
 }
 
 /// `podman system service` answering the Docker-compatible API on a socket of the test's own.

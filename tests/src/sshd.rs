@@ -12,7 +12,7 @@ use std::{
 
 use crate::{kill, process_tree, run, wait_for, Endpoint};
 
-const SSHD: &str = "/usr/sbin/sshd";
+pub(crate) const SSHD: &str = "/usr/sbin/sshd";
 /// Where sshd's unprivileged child chroots; Debian's package creates it at boot only.
 const PRIVSEP_DIR: &str = "/run/sshd";
 
@@ -33,15 +33,18 @@ pub struct SshdOptions {
     pub keys_apart: bool,
 }
 
-pub struct Sshd {
-    pub endpoint: Endpoint,
+/// An sshd's own files, in a temporary directory of the test's, removed on drop: host key,
+/// client key, `authorized_keys`, `sshd_config`, the built fixture and sshd's log. Written once,
+/// used by every sshd the test starts with them (see [`Sshd::restart`] and
+/// [`crate::socket_activation`]).
+pub struct SshdFiles {
     pub dir: PathBuf,
-    child: Child,
-    client_netns: Option<String>,
+    /// The environment sshd runs with: the test's, and LD_PRELOAD of the built fixture.
+    pub env: Vec<(String, String)>,
 }
 
-impl Sshd {
-    pub fn start(name: &str, endpoint: Endpoint, options: SshdOptions) -> Self {
+impl SshdFiles {
+    pub fn write(name: &str, endpoint: Endpoint, options: &SshdOptions) -> Self {
         let dir = std::env::temp_dir().join(format!("sshtrace-test-{name}-{}", std::process::id()));
         let _ = fs::remove_dir_all(&dir);
         fs::create_dir_all(&dir).expect("create test dir");
@@ -78,33 +81,92 @@ impl Sshd {
             config.push('\n');
         }
         fs::write(dir.join("sshd_config"), config).expect("write sshd_config");
-        let log = fs::File::create(dir.join("sshd.log")).expect("sshd.log");
-        let mut command = in_netns(options.netns.as_deref(), SSHD);
-        command
-            .args(["-D", "-e", "-f"])
-            .arg(dir.join("sshd_config"))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log);
-        for (k, v) in &options.env {
-            command.env(k, v);
-        }
+        let mut env = options.env.clone();
         if let Some(fixture) = options.preload {
-            command.env("LD_PRELOAD", build_fixture(fixture, &dir));
+            let library = build_fixture(fixture, &dir);
+            env.push(("LD_PRELOAD".into(), library.display().to_string()));
         }
-        let child = command.spawn().expect("start sshd");
-        let client_netns = options.client_netns.or(options.netns);
+        Self { dir, env }
+    }
+
+    pub fn path(&self, file: &str) -> PathBuf {
+        self.dir.join(file)
+    }
+
+    pub fn config(&self) -> PathBuf {
+        self.path("sshd_config")
+    }
+
+    /// An empty `sshd.log` for the next sshd to write to (`-e`: its standard error).
+    pub fn new_log(&self) -> fs::File {
+        fs::File::create(self.path("sshd.log")).expect("sshd.log")
+    }
+
+    pub fn log(&self) -> String {
+        fs::read_to_string(self.path("sshd.log")).unwrap_or_default()
+    }
+
+    /// The client ports of the connections sshd logged (`Connection from ADDR port P on …`),
+    /// oldest first: which connection is which, from sshd's side.
+    pub fn client_ports(&self) -> Vec<u16> {
+        self.log()
+            .lines()
+            .filter_map(|line| {
+                let (_, from) = line.split_once("Connection from ")?;
+                let mut words = from.split_whitespace();
+                match (words.next(), words.next(), words.next()) {
+                    (Some(_addr), Some("port"), Some(port)) => port.parse().ok(),
+                    _ => None,
+                }
+            })
+            .collect()
+    }
+}
+
+impl Drop for SshdFiles {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.dir);
+        let _ = fs::remove_dir_all(keys_dir_of(&self.dir));
+    }
+}
+
+pub struct Sshd {
+    pub endpoint: Endpoint,
+    pub files: SshdFiles,
+    child: Child,
+    netns: Option<String>,
+    client_netns: Option<String>,
+}
+
+impl Sshd {
+    pub fn start(name: &str, endpoint: Endpoint, options: SshdOptions) -> Self {
+        let files = SshdFiles::write(name, endpoint, &options);
+        let child = spawn(&files, options.netns.as_deref());
+        let client_netns = options.client_netns.or(options.netns.clone());
         let sshd = Self {
             endpoint,
-            dir,
+            files,
             child,
+            netns: options.netns,
             client_netns,
         };
+        sshd.wait_until_listening();
+        sshd
+    }
+
+    /// Stops the listener and everything it started, and starts sshd again with the same
+    /// files (no new keys): as quick as sshd's own start. [`Self::pid`] is the new listener.
+    pub fn restart(&mut self) {
+        self.stop();
+        self.child = spawn(&self.files, self.netns.as_deref());
+        self.wait_until_listening();
+    }
+
+    fn wait_until_listening(&self) {
         // Its own log line, not a test connection: a connection would be a verdict of its own.
         wait_for("sshd to listen", Duration::from_secs(10), || {
-            sshd.log().contains("Server listening on").then_some(())
+            self.log().contains("Server listening on").then_some(())
         });
-        sshd
     }
 
     pub fn pid(&self) -> u32 {
@@ -112,17 +174,17 @@ impl Sshd {
     }
 
     pub fn log(&self) -> String {
-        fs::read_to_string(self.dir.join("sshd.log")).unwrap_or_default()
+        self.files.log()
     }
 
     /// A real `ssh` client logging in with the test key and running `command`.
     pub fn ssh_command(&self, command: &str) -> Command {
-        self.ssh_command_with(self.endpoint.port(), &self.dir.join("client_key"), command)
+        self.ssh_command_with(self.endpoint.port(), &self.path("client_key"), command)
     }
 
     /// Like [`Self::ssh_command`], to another port of the same address.
     pub fn ssh_command_to(&self, port: u16, command: &str) -> Command {
-        self.ssh_command_with(port, &self.dir.join("client_key"), command)
+        self.ssh_command_with(port, &self.path("client_key"), command)
     }
 
     /// An `ssh` client to `port` offering only the key `identity`.
@@ -132,29 +194,8 @@ impl Sshd {
 
     /// An `ssh` client logging in as `user`.
     pub fn ssh_command_as(&self, user: &str, port: u16, identity: &Path, command: &str) -> Command {
-        let mut ssh = in_netns(self.client_netns.as_deref(), "ssh");
-        ssh.args(["-F", "/dev/null", "-i"])
-            .arg(identity)
-            .args([
-                "-o",
-                "IdentitiesOnly=yes",
-                "-o",
-                "BatchMode=yes",
-                "-o",
-                "StrictHostKeyChecking=no",
-                "-o",
-                "UserKnownHostsFile=/dev/null",
-                "-o",
-                "ConnectTimeout=5",
-                "-o",
-                "LogLevel=ERROR",
-                "-p",
-            ])
-            .arg(port.to_string())
-            .arg(format!("{user}@{}", self.endpoint.addr()))
-            .arg(command)
-            .stdin(Stdio::null());
-        ssh
+        let (netns, addr) = (self.client_netns.as_deref(), self.endpoint.addr());
+        ssh_client(netns, user, &addr, port, identity, command)
     }
 
     pub fn ssh(&self, command: &str) -> Output {
@@ -176,8 +217,12 @@ impl Sshd {
         })
     }
 
-    /// Stops the listener and everything it started.
+    /// Stops the listener and everything it started (nothing when it is already stopped: its
+    /// pid may belong to another process by now).
     pub fn stop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(Some(_))) {
+            return;
+        }
         for pid in process_tree(self.pid()) {
             kill(pid, libc::SIGKILL);
         }
@@ -186,16 +231,28 @@ impl Sshd {
 
     /// The config/keys directory, for tests that break a file on purpose.
     pub fn path(&self, file: &str) -> PathBuf {
-        self.dir.join(file)
+        self.files.path(file)
     }
 }
 
 impl Drop for Sshd {
     fn drop(&mut self) {
+        // The files go after (a field drops after its owner): nothing is left running in them.
         self.stop();
-        let _ = fs::remove_dir_all(&self.dir);
-        let _ = fs::remove_dir_all(keys_dir_of(&self.dir));
     }
+}
+
+/// `sshd -D -e -f CONFIG` with the files' environment, logging to a fresh `sshd.log`.
+fn spawn(files: &SshdFiles, netns: Option<&str>) -> Child {
+    in_netns(netns, SSHD)
+        .args(["-D", "-e", "-f"])
+        .arg(files.config())
+        .envs(files.env.iter().cloned())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(files.new_log())
+        .spawn()
+        .expect("start sshd")
 }
 
 fn keys_dir_of(dir: &Path) -> PathBuf {
@@ -213,6 +270,41 @@ pub fn in_netns(netns: Option<&str>, program: &str) -> Command {
         }
         None => Command::new(program),
     }
+}
+
+/// A real `ssh` client (in `netns` when given) logging in as `user` to ADDR:PORT, offering
+/// only the key `identity`, and running `command`.
+pub fn ssh_client(
+    netns: Option<&str>,
+    user: &str,
+    addr: &str,
+    port: u16,
+    identity: &Path,
+    command: &str,
+) -> Command {
+    let mut ssh = in_netns(netns, "ssh");
+    ssh.args(["-F", "/dev/null", "-i"])
+        .arg(identity)
+        .args([
+            "-o",
+            "IdentitiesOnly=yes",
+            "-o",
+            "BatchMode=yes",
+            "-o",
+            "StrictHostKeyChecking=no",
+            "-o",
+            "UserKnownHostsFile=/dev/null",
+            "-o",
+            "ConnectTimeout=5",
+            "-o",
+            "LogLevel=ERROR",
+            "-p",
+        ])
+        .arg(port.to_string())
+        .arg(format!("{user}@{addr}"))
+        .arg(command)
+        .stdin(Stdio::null());
+    ssh
 }
 
 /// Reads what a raw TCP peer receives until EOF or error; Err carries the error kind.

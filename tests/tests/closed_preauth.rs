@@ -11,8 +11,8 @@ fn refused_key_client_gives_up() {
         return;
     }
     let ep = Endpoint::new(110);
-    let sshd = Sshd::start("badkey", ep, SshdOptions::default());
     let tracer = Tracer::start(&["--port", &ep.port().to_string()]);
+    let sshd = Sshd::start("badkey", ep, SshdOptions::default());
     // A key sshd does not accept: its own host key.
     let out = sshd
         .ssh_command_with(ep.port(), &sshd.path("host_key"), "true")
@@ -35,6 +35,7 @@ fn login_grace_time_expires() {
         return;
     }
     let ep = Endpoint::new(111);
+    let tracer = Tracer::start(&["--port", &ep.port().to_string()]);
     let _sshd = Sshd::start(
         "grace",
         ep,
@@ -43,7 +44,6 @@ fn login_grace_time_expires() {
             ..Default::default()
         },
     );
-    let tracer = Tracer::start(&["--port", &ep.port().to_string()]);
     let mut client = TcpStream::connect((ep.addr().as_str(), ep.port())).unwrap();
     client.write_all(b"SSH-2.0-sshtrace-test\r\n").unwrap();
     let port = client.local_addr().unwrap().port();

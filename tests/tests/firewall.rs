@@ -26,6 +26,7 @@ fn no_verdict_without_drop_reasons(test: &str, tracer: &Tracer, port: u16) -> bo
 
 fn blocked(name: &str, ep: Endpoint, target: &[&str]) -> (NetNs, Sshd, Tracer, Output) {
     let ns = NetNs::new(name);
+    let tracer = Tracer::start(&["--port", &ep.port().to_string()]);
     let sshd = Sshd::start(
         name,
         ep,
@@ -34,7 +35,6 @@ fn blocked(name: &str, ep: Endpoint, target: &[&str]) -> (NetNs, Sshd, Tracer, O
             ..Default::default()
         },
     );
-    let tracer = Tracer::start(&["--port", &ep.port().to_string()]);
     let port = ep.port().to_string();
     let mut rule = vec![
         "iptables", "-A", "INPUT", "-p", "tcp", "--dport", &port, "--syn", "-j",

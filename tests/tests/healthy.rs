@@ -10,6 +10,7 @@ fn healthy_login_gives_no_verdict() {
         return;
     }
     let ep = Endpoint::new(10);
+    // sshd already running when sshtrace starts: the start-up scan's path.
     let sshd = Sshd::start("healthy", ep, SshdOptions::default());
     let closed = Endpoint::new(11);
     let tracer = Tracer::start(&[

@@ -25,6 +25,7 @@ fn keepalive_timeout() {
             .exec(&["sysctl", "-q", &format!("net.ipv4.{sysctl}={value}")]);
     }
     let ep = Endpoint::at(N, "10.254.120.1");
+    let tracer = Tracer::start(&["--port", &ep.port().to_string()]);
     let sshd = Sshd::start(
         "keepalive",
         ep,
@@ -34,7 +35,6 @@ fn keepalive_timeout() {
             ..Default::default()
         },
     );
-    let tracer = Tracer::start(&["--port", &ep.port().to_string()]);
     let mut client = sshd.ssh_command("sleep 60").spawn().unwrap();
     sshd.wait_for_session();
     link.cut(N);

@@ -16,6 +16,7 @@ fn landlock_audit_record_names_the_denial() {
     }
     let _audit = AuditOn::new();
     let ep = Endpoint::new(150);
+    let tracer = Tracer::start(&["--port", &ep.port().to_string()]);
     let sshd = Sshd::start(
         "ll-audit",
         ep,
@@ -25,13 +26,13 @@ fn landlock_audit_record_names_the_denial() {
             ..Default::default()
         },
     );
-    let tracer = Tracer::start(&["--port", &ep.port().to_string()]);
-    tracer.wait_stderr("the audit listener", |l| {
-        l.contains("audit records: listening") && !l.contains("disabled")
-    });
     assert!(!sshd.ssh("true").status.success());
 
     let v = tracer.verdict_for(ep.port(), |v| v["cause"] == "lsm_denied");
+    // Checked after, not waited for before: sshtrace listens before it reports `attached`.
+    tracer.wait_stderr("the audit listener", |l| {
+        l.contains("audit records: listening") && !l.contains("disabled")
+    });
     assert_eq!(v["details"]["lsm"], "landlock");
     if !kernel::expect(
         "landlock_audit_record_names_the_denial",

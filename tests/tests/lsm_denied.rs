@@ -31,8 +31,8 @@ fn host_key_refused_resets_the_client() {
         return;
     }
     let ep = Endpoint::new(140);
-    let sshd = landlocked("ll-hostkey", ep, false);
     let tracer = Tracer::start(&["--port", &ep.port().to_string()]);
+    let sshd = landlocked("ll-hostkey", ep, false);
     assert!(!sshd.ssh("true").status.success());
 
     let v = tracer.verdict_for(ep.port(), |v| v["cause"] == "lsm_denied");
@@ -59,8 +59,8 @@ fn authorized_keys_refused_denies_the_publickey() {
         return;
     }
     let ep = Endpoint::new(141);
-    let sshd = landlocked("ll-authkeys", ep, true);
     let tracer = Tracer::start(&["--port", &ep.port().to_string()]);
+    let sshd = landlocked("ll-authkeys", ep, true);
     let out = sshd.ssh("true");
     assert!(
         String::from_utf8_lossy(&out.stderr).contains("Permission denied (publickey"),

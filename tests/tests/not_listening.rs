@@ -10,6 +10,7 @@ fn refused_port_next_to_a_running_sshd() {
         return;
     }
     let ep = Endpoint::new(20);
+    // sshd already running when sshtrace starts: the start-up scan's path.
     let sshd = Sshd::start("refused", ep, SshdOptions::default());
     let wrong = Endpoint::new(21).port();
     let tracer = Tracer::start(&["--port", &wrong.to_string()]);
@@ -35,7 +36,8 @@ fn refused_port_next_to_a_running_sshd() {
     assert_eq!(reset["segment_flags"], "SYN");
 }
 
-/// Ports sshd listened on stay traced after it stops: that is when users meet "refused".
+/// Ports sshd listened on stay traced after it stops: that is when users meet "refused". The
+/// sshd lives only a moment, started after sshtrace and stopped the instant it listens.
 #[test]
 fn sshd_that_stopped_no_longer_listens() {
     if !privileged("sshd_that_stopped_no_longer_listens") {
@@ -44,12 +46,6 @@ fn sshd_that_stopped_no_longer_listens() {
     let ep = Endpoint::new(22);
     let tracer = Tracer::start(&[]);
     let mut sshd = Sshd::start("stopped", ep, SshdOptions::default());
-    let port = ep.port().to_string();
-    tracer.wait_stderr("sshd to be discovered", |l| {
-        l.starts_with("sshtrace: tracking ports")
-            && l.contains(&port)
-            && l.contains(&sshd.pid().to_string())
-    });
     sshd.stop();
     wait_for(
         "the port to close",

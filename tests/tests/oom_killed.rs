@@ -10,6 +10,7 @@ fn per_connection_sshd_oom_killed_in_its_cgroup() {
     }
     let cgroup = Cgroup::new("memory", "oom");
     let ep = Endpoint::new(70);
+    let tracer = Tracer::start(&["--port", &ep.port().to_string()]);
     let sshd = Sshd::start(
         "oom",
         ep,
@@ -26,7 +27,6 @@ fn per_connection_sshd_oom_killed_in_its_cgroup() {
     };
     cgroup.set(limit_file, &(96u64 << 20).to_string());
     cgroup.add(sshd.pid());
-    let tracer = Tracer::start(&["--port", &ep.port().to_string()]);
 
     assert!(!sshd.ssh("true").status.success());
 

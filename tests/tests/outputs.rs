@@ -157,12 +157,12 @@ fn hostile_process_name_stays_inside_its_field_in_every_output() {
         return;
     }
     let ep = Endpoint::new(164);
-    let sshd = Sshd::start("hostile", ep, SshdOptions::default());
     let (tcp, udp) = (ep.port() + 100, ep.port() + 101);
     let rsyslog = Rsyslog::start("hostile", &ep.addr(), tcp, udp);
     let json_addr = format!("{}:{}", ep.addr(), ep.port() + 102);
     let receiver = LineReceiver::start(&json_addr);
-    let file = sshd.path("verdicts.jsonl");
+    // Not in sshd's directory: sshd starts after sshtrace opened the file.
+    let file = rsyslog.dir.join("verdicts.jsonl");
     let port = ep.port().to_string();
     let outputs = [
         "-".to_owned(),
@@ -177,10 +177,11 @@ fn hostile_process_name_stays_inside_its_field_in_every_output() {
     }
     let json_tracer = Tracer::start(&args);
     let text_tracer = Tracer::start_text(&["--port", &port, "-v"]);
+    let sshd = Sshd::start("hostile", ep, SshdOptions::default());
 
     let mut client = sshd.ssh_command("sleep 60").spawn().unwrap();
     let session = sshd.wait_for_session();
-    let killer = build_program("named_kill.c", &sshd.dir);
+    let killer = build_program("named_kill.c", &sshd.files.dir);
     let hostile = "k\n]\"\\\x1b[2Jx";
     let status = std::process::Command::new(&killer)
         .args([hostile, &session.to_string()])

@@ -11,6 +11,7 @@ fn client_aborts_with_a_reset() {
         return;
     }
     let ep = Endpoint::new(100);
+    // sshd already running when sshtrace starts: the start-up scan's path.
     let _sshd = Sshd::start("peer", ep, SshdOptions::default());
     let tracer = Tracer::start(&["--port", &ep.port().to_string()]);
 

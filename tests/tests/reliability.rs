@@ -1,5 +1,5 @@
 //! Reliability: a stop leaves the kernel as sshtrace found it (SIGINT, SIGTERM, even
-//! `kill -9`), an sshd restarted while tracing is found again, two instances work side by
+//! `kill -9`), an sshd restarted while tracing is traced again, two instances work side by
 //! side, and storms keep memory bounded with every kernel record accounted for — read, or
 //! counted as lost by the programs themselves.
 
@@ -145,6 +145,25 @@ fn sigint_sigterm_and_kill_9_leave_nothing_behind() {
     }
 }
 
+/// A login with a key sshd refuses, to its end: the connection's sshd has exited too.
+fn refused_login(sshd: &Sshd) {
+    let out = sshd
+        .ssh_command_with(sshd.endpoint.port(), &sshd.path("host_key"), "true")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    wait_for(
+        "the connection's sshd to exit",
+        Duration::from_secs(10),
+        || {
+            sshtrace_tests::children(sshd.pid())
+                .is_empty()
+                .then_some(())
+        },
+    );
+}
+
+/// Each sshd is logged into the moment it listens, with nothing awaited from sshtrace.
 #[test]
 fn sshd_restarted_while_tracing_is_traced_again() {
     if !privileged("sshd_restarted_while_tracing_is_traced_again") {
@@ -152,23 +171,16 @@ fn sshd_restarted_while_tracing_is_traced_again() {
     }
     let ep = Endpoint::new(195);
     let tracer = Tracer::start(&[]);
-    let first = Sshd::start("restart", ep, SshdOptions::default());
-    let first_pid = first.pid();
-    tracer.wait_stderr("the first sshd", |l| {
-        l.contains(&format!("{first_pid} on {}", ep.addr()))
-    });
-    drop(first);
-    let second = Sshd::start("restart", ep, SshdOptions::default());
-    tracer.wait_stderr("the restarted sshd", |l| {
-        l.contains(&format!("{} on {}", second.pid(), ep.addr()))
-    });
-    let out = second
-        .ssh_command_with(ep.port(), &second.path("host_key"), "true")
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let v = tracer.verdict_for(ep.port(), |v| v["cause"] == "closed_preauth");
-    assert_eq!(v["sshd"]["listener_pid"], second.pid());
+    let mut sshd = Sshd::start("restart", ep, SshdOptions::default());
+    let first = sshd.pid();
+    refused_login(&sshd);
+    sshd.restart();
+    refused_login(&sshd);
+
+    for listener in [first, sshd.pid()] {
+        let v = tracer.verdict_for(ep.port(), |v| v["sshd"]["listener_pid"] == listener);
+        assert_eq!(v["cause"], "closed_preauth", "{v}");
+    }
 }
 
 #[test]

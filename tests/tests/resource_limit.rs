@@ -28,8 +28,8 @@ fn listener_out_of_descriptors_after_accept() {
         return;
     }
     let ep = Endpoint::new(60);
-    let sshd = Sshd::start("nofile", ep, SshdOptions::default());
     let tracer = Tracer::start(&["--port", &ep.port().to_string()]);
+    let sshd = Sshd::start("nofile", ep, SshdOptions::default());
     let limit = open_fds(sshd.pid()) + 1;
     set_nofile(sshd.pid(), limit);
 
@@ -58,8 +58,8 @@ fn listener_stalled_on_accept() {
         return;
     }
     let ep = Endpoint::new(61);
-    let sshd = Sshd::start("stalled", ep, SshdOptions::default());
     let tracer = Tracer::start(&["--port", &ep.port().to_string()]);
+    let sshd = Sshd::start("stalled", ep, SshdOptions::default());
     set_nofile(sshd.pid(), open_fds(sshd.pid()));
 
     let mut client = TcpStream::connect((ep.addr().as_str(), ep.port())).unwrap();
@@ -92,10 +92,10 @@ fn pids_cgroup_full() {
     }
     let cgroup = Cgroup::new("pids", "pids");
     let ep = Endpoint::new(62);
+    let tracer = Tracer::start(&["--port", &ep.port().to_string()]);
     let sshd = Sshd::start("pids", ep, SshdOptions::default());
     cgroup.add(sshd.pid());
     cgroup.set("pids.max", "1");
-    let tracer = Tracer::start(&["--port", &ep.port().to_string()]);
 
     assert!(!sshd.ssh("true").status.success());
 
@@ -124,10 +124,10 @@ fn non_root_session_over_nproc() {
     }
     let user = User::new("nproc");
     let ep = Endpoint::new(63);
+    let tracer = Tracer::start(&["--port", &ep.port().to_string()]);
     let sshd = Sshd::start("nproc", ep, SshdOptions::default());
     let out = run(Command::new("prlimit").args(["--nproc=1:1", "--pid", &sshd.pid().to_string()]));
     assert!(out.status.success());
-    let tracer = Tracer::start(&["--port", &ep.port().to_string()]);
 
     let out = sshd
         .ssh_command_as(&user.name, ep.port(), &sshd.path("client_key"), "true")
@@ -150,6 +150,7 @@ fn address_space_limit() {
         return;
     }
     let ep = Endpoint::new(64);
+    let tracer = Tracer::start(&["--port", &ep.port().to_string()]);
     let sshd = Sshd::start("as-limit", ep, SshdOptions::default());
     let limit = (14u64 << 20).to_string();
     let value = format!("--as={limit}:{limit}");
@@ -158,7 +159,6 @@ fn address_space_limit() {
             .status
             .success()
     );
-    let tracer = Tracer::start(&["--port", &ep.port().to_string()]);
 
     assert!(!sshd.ssh("true").status.success());
 

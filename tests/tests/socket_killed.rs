@@ -14,8 +14,8 @@ fn ss_kill_of_an_established_session() {
         return;
     }
     let ep = Endpoint::new(90);
-    let sshd = Sshd::start("sskill", ep, SshdOptions::default());
     let tracer = Tracer::start(&["--port", &ep.port().to_string()]);
+    let sshd = Sshd::start("sskill", ep, SshdOptions::default());
     let mut client = sshd.ssh_command("sleep 60").spawn().unwrap();
     sshd.wait_for_session();
 

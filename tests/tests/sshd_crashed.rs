@@ -1,16 +1,17 @@
 //! `sshd_crashed`: a process serving the connection dies of a real SIGSEGV (a fixture
 //! preloaded into the real sshd writes through NULL). Both symptoms: a reset when the
-//! client's data was unread, an orderly close when nothing was.
+//! client's data was unread, an orderly close when nothing was. And a fault right after a
+//! signal another process sent (and sshd handled) is still a crash, not a kill.
 
-use std::net::TcpStream;
+use std::{fs, net::TcpStream, time::Duration};
 
 use serde_json::Value;
 use sshtrace_tests::{
     evidence,
     kernel::{self, Evidence},
-    privileged,
+    kill, privileged,
     sshd::read_until_closed,
-    Endpoint, Sshd, SshdOptions, Tracer,
+    wait_for, Endpoint, Sshd, SshdOptions, Tracer,
 };
 
 fn crashing_sshd(name: &str, ep: Endpoint, mode: &str) -> Sshd {
@@ -41,8 +42,8 @@ fn preauth_child_segfault_resets_the_client() {
         return;
     }
     let ep = Endpoint::new(30);
-    let sshd = crashing_sshd("crash-preauth", ep, "preauth");
     let tracer = Tracer::start(&["--port", &ep.port().to_string()]);
+    let sshd = crashing_sshd("crash-preauth", ep, "preauth");
 
     let out = sshd.ssh("true");
     assert!(!out.status.success());
@@ -75,8 +76,8 @@ fn session_segfault_with_nothing_unread_closes_the_client() {
         return;
     }
     let ep = Endpoint::new(31);
-    let sshd = crashing_sshd("crash-session", ep, "session");
     let tracer = Tracer::start(&["--port", &ep.port().to_string()]);
+    let sshd = crashing_sshd("crash-session", ep, "session");
 
     // A client that sends nothing (a health check, a port scanner): nothing is left unread.
     let mut stream = TcpStream::connect((ep.addr().as_str(), ep.port())).unwrap();
@@ -94,4 +95,56 @@ fn session_segfault_with_nothing_unread_closes_the_client() {
     assert_eq!(sshd_info["role"], "session");
     assert_eq!(sshd_info["listener_pid"], sshd.pid());
     assert_eq!(exit_of(&v, &sshd_info["pid"])["signal"], "SIGSEGV");
+}
+
+/// Whether `pid` has a handler installed for `signal` (SigCgt in /proc/PID/status).
+fn catches(pid: u32, signal: i32) -> bool {
+    fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("SigCgt:"))
+        .and_then(|mask| u64::from_str_radix(mask.trim(), 16).ok())
+        .is_some_and(|mask| mask & (1 << (signal - 1)) != 0)
+}
+
+#[test]
+fn fault_after_a_handled_signal_is_a_crash_not_a_kill() {
+    if !privileged("fault_after_a_handled_signal_is_a_crash_not_a_kill") {
+        return;
+    }
+    let ep = Endpoint::new(32);
+    let tracer = Tracer::start(&["--port", &ep.port().to_string()]);
+    let sshd = crashing_sshd("crash-handled", ep, "handled_then_fault");
+
+    let mut stream = TcpStream::connect((ep.addr().as_str(), ep.port())).unwrap();
+    let local = stream.local_addr().unwrap();
+    // The per-connection sshd once the fixture's handler is in: before that, SIGUSR2 would
+    // kill it (the default action), which is not the case under test.
+    let session = wait_for(
+        "the session's SIGUSR2 handler",
+        Duration::from_secs(10),
+        || {
+            sshtrace_tests::children(sshd.pid())
+                .into_iter()
+                .find(|&p| catches(p, libc::SIGUSR2))
+        },
+    );
+    kill(session, libc::SIGUSR2);
+    let _ = read_until_closed(&mut stream);
+
+    let v = tracer.verdict_for(ep.port(), |v| v["conn"]["remote_port"] == local.port());
+    assert_eq!(v["cause"], "sshd_crashed", "{v}");
+    assert_eq!(v["details"]["signal"], "SIGILL");
+    assert_eq!(v["details"]["signal_origin"], "fault");
+    assert_eq!(v["details"]["crashed_pid"], session);
+    assert_eq!(exit_of(&v, &Value::from(session))["signal"], "SIGILL");
+    let killed: Vec<Value> = tracer
+        .verdicts(ep.port())
+        .into_iter()
+        .filter(|v| v["cause"] == "sshd_killed")
+        .collect();
+    assert!(
+        killed.is_empty(),
+        "the test's SIGUSR2 taken for a kill: {killed:#?}"
+    );
 }

@@ -11,6 +11,7 @@ fn past_max_startups() {
         return;
     }
     let ep = Endpoint::new(80);
+    let tracer = Tracer::start(&["--port", &ep.port().to_string()]);
     let sshd = Sshd::start(
         "dropped",
         ep,
@@ -19,7 +20,6 @@ fn past_max_startups() {
             ..Default::default()
         },
     );
-    let tracer = Tracer::start(&["--port", &ep.port().to_string()]);
 
     // Connected but silent: counts against MaxStartups until LoginGraceTime.
     let _pending = TcpStream::connect((ep.addr().as_str(), ep.port())).unwrap();

@@ -9,8 +9,8 @@ fn host_key_removed_while_sshd_runs() {
         return;
     }
     let ep = Endpoint::new(50);
-    let sshd = Sshd::start("exited", ep, SshdOptions::default());
     let tracer = Tracer::start(&["--port", &ep.port().to_string()]);
+    let sshd = Sshd::start("exited", ep, SshdOptions::default());
     let key = sshd.path("host_key");
     std::fs::remove_file(&key).unwrap();
 

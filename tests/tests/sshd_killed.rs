@@ -1,5 +1,6 @@
-//! `sshd_killed`: another process kills the per-connection sshd. Also proves discovery: the
-//! tracer starts first, with no flags, and finds the sshd that starts after it.
+//! `sshd_killed`: another process kills the per-connection sshd. Also proves that an sshd
+//! started after sshtrace is followed: the tracer starts first, with no flags, and the client
+//! logs in the moment sshd listens, without waiting for sshtrace to report it.
 
 use std::process::Command;
 
@@ -13,13 +14,6 @@ fn kill_of_the_session_names_the_sender() {
     let tracer = Tracer::start(&[]);
     let ep = Endpoint::new(40);
     let sshd = Sshd::start("killed", ep, SshdOptions::default());
-    let port = ep.port().to_string();
-    tracer.wait_stderr("sshd to be discovered", |l| {
-        l.starts_with("sshtrace: tracking ports")
-            && l.contains(&port)
-            && l.contains(&sshd.pid().to_string())
-    });
-
     let mut client = sshd.ssh_command("sleep 60").spawn().expect("ssh");
     let session = sshd.wait_for_session();
     let killer = Command::new("kill")
@@ -37,4 +31,11 @@ fn kill_of_the_session_names_the_sender() {
     assert_eq!(v["sshd"]["pid"], session);
     assert_eq!(v["sshd"]["listener_pid"], sshd.pid());
     assert_eq!(v["sshd"]["role"], "session");
+    // sshtrace's own report of the sshd it tracks: checked after the verdict, not before.
+    let port = ep.port().to_string();
+    tracer.wait_stderr("sshd reported as tracked", |l| {
+        l.starts_with("sshtrace: tracking ports")
+            && l.contains(&port)
+            && l.contains(&sshd.pid().to_string())
+    });
 }
