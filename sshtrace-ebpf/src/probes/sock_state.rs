@@ -149,10 +149,11 @@ fn sock_state(
     new_state: i32,
     endpoints: &impl EndpointSource,
 ) -> Result<(), i32> {
-    if !port_tracked(local_port) {
-        if new_state == tcp_states().listen {
-            learn_listening_port(local_port);
-        }
+    // A listen by sshd on a port not tracked yet tracks it, and is reported like any socket
+    // state change on a tracked port (userspace learns where sshd listens from it).
+    if !port_tracked(local_port)
+        && !(new_state == tcp_states().listen && learn_listening_port(local_port))
+    {
         return Ok(());
     }
     match step(skaddr, old_state, new_state)? {
@@ -275,11 +276,13 @@ fn send_state(
 /// A socket moved to LISTEN by a process that owns sshd's listeners (in process context:
 /// `listen()`): its port is tracked before the first client arrives.
 #[inline(always)]
-fn learn_listening_port(local_port: u16) {
+fn learn_listening_port(local_port: u16) -> bool {
     let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
-    if owns_listeners(tgid) {
-        track_port(local_port);
+    if !owns_listeners(tgid) {
+        return false;
     }
+    track_port(local_port);
+    true
 }
 
 /// Marks a socket's connection as one userspace must hear the end of (it was reset).

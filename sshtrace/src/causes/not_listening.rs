@@ -8,7 +8,6 @@ use serde_json::{json, Map, Value};
 
 use super::{exit_evidence, signal_evidence, Context, Ended, Finding};
 use crate::{
-    discovery::Listener,
     escape,
     events::TCP_SYN,
     verdict::{signal_name, Cause, Evidence, Outcome},
@@ -58,20 +57,27 @@ pub fn judge(e: &Ended, ctx: &Context) -> Option<Finding> {
             listening.join(", ")
         ));
     }
-    let previous = ctx.sshd.gone.iter().rev().find(|l| serves(l, target));
+    // A scan saw it listen, or (gone before any scan) the kernel saw its listen().
+    let previous = ctx
+        .sshd
+        .gone
+        .iter()
+        .rev()
+        .find(|l| l.addrs.iter().any(|a| serves(a, target)))
+        .map(|l| l.pid)
+        .or_else(|| {
+            let p = ctx.procs.exited_listener(|a| serves(a, target))?;
+            (!pids.contains(&p.pid)).then_some(p.pid)
+        });
     if let Some(gone) = previous {
         let (how, info) = listener_end(gone, ctx, &mut evidence);
-        summary.push_str(&format!(
-            "; sshd[{}], which listened there, {how}",
-            gone.pid
-        ));
+        summary.push_str(&format!("; sshd[{gone}], which listened there, {how}"));
         details.insert("previous_listener".into(), info);
     }
     let hint = match (pids.is_empty(), previous) {
         (_, Some(gone)) => format!(
-            "sshd {} stopped listening on {target}: find out why (journalctl -u ssh; sshd -t) \
-             and start it again",
-            gone.pid
+            "sshd {gone} stopped listening on {target}: find out why (journalctl -u ssh; sshd -t) \
+             and start it again"
         ),
         (true, None) => {
             "start sshd (systemctl start ssh) and check why it is not running: sshd -t; \
@@ -93,19 +99,17 @@ pub fn judge(e: &Ended, ctx: &Context) -> Option<Finding> {
     })
 }
 
-/// Whether `listener` accepted connections for `target` (same port, same or wildcard address).
-fn serves(listener: &Listener, target: SocketAddr) -> bool {
-    listener
-        .addrs
-        .iter()
-        .any(|a| a.port() == target.port() && (a.ip() == target.ip() || a.ip().is_unspecified()))
+/// Whether a socket listening on `addr` accepts connections for `target` (same port, same or
+/// wildcard address).
+fn serves(addr: &SocketAddr, target: SocketAddr) -> bool {
+    addr.port() == target.port() && (addr.ip() == target.ip() || addr.ip().is_unspecified())
 }
 
 /// How a listener that is gone ended, from its exit and the signals it got.
-fn listener_end(gone: &Listener, ctx: &Context, evidence: &mut Vec<Evidence>) -> (String, Value) {
+fn listener_end(gone: u32, ctx: &Context, evidence: &mut Vec<Evidence>) -> (String, Value) {
     let mut info = Map::new();
-    info.insert("pid".into(), json!(gone.pid));
-    let Some(p) = ctx.procs.get(gone.pid) else {
+    info.insert("pid".into(), json!(gone));
+    let Some(p) = ctx.procs.get(gone) else {
         return ("no longer listens".into(), Value::Object(info));
     };
     let Some(exit) = p.exit else {

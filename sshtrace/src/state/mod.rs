@@ -80,7 +80,15 @@ impl State {
                 conn,
                 history,
             } => {
-                if *new_state == s.listen || (*old_state == s.listen && *new_state != s.syn_recv) {
+                if *new_state == s.listen {
+                    // In process context: the task is the one that listens. Only a tracked
+                    // sshd's listening is remembered (to say how a listener that is gone ended).
+                    if let Some(p) = self.procs.get_mut(event.task.pid) {
+                        p.note_listening(conn.local);
+                    }
+                    return;
+                }
+                if *old_state == s.listen && *new_state != s.syn_recv {
                     return; // the listening socket itself
                 }
                 // A connection's first record: its creation, or (the kernel noting creation

@@ -1,6 +1,9 @@
 //! The tracked sshd process tree: listeners, per-connection processes and their children.
 
-use std::collections::{HashMap, VecDeque};
+use std::{
+    collections::{HashMap, VecDeque},
+    net::SocketAddr,
+};
 
 use super::ConnId;
 use crate::{
@@ -100,9 +103,20 @@ pub struct Process {
     pub oom: Option<OomKill>,
     /// Denials an LSM reported for this process, with when.
     pub lsm_denials: Vec<(u64, LsmDenial)>,
+    /// Where it listened, as the kernel saw its `listen()` (at most [`KEPT_LISTENING`]).
+    pub listening: Vec<SocketAddr>,
 }
 
+/// How many listening addresses are kept per process.
+const KEPT_LISTENING: usize = 16;
+
 impl Process {
+    pub fn note_listening(&mut self, addr: SocketAddr) {
+        if self.listening.len() < KEPT_LISTENING && !self.listening.contains(&addr) {
+            self.listening.push(addr);
+        }
+    }
+
     pub fn record_error(&mut self, error: SyscallError) {
         if self.syscall_errors.len() == KEPT_SYSCALL_ERRORS {
             self.syscall_errors.pop_front();
@@ -153,6 +167,7 @@ impl ProcessTable {
             syscall_errors: VecDeque::new(),
             oom: None,
             lsm_denials: Vec::new(),
+            listening: Vec::new(),
         })
     }
 
@@ -195,6 +210,14 @@ impl ProcessTable {
             }
         }
         tree
+    }
+
+    /// The listener that exited last among those that listened where `serves` says.
+    pub fn exited_listener(&self, serves: impl Fn(&SocketAddr) -> bool) -> Option<&Process> {
+        self.procs
+            .values()
+            .filter(|p| p.exit.is_some() && p.listening.iter().any(&serves))
+            .max_by_key(|p| p.exit.map(|x| x.ts_ns))
     }
 
     pub fn prune_exited_before(&mut self, cutoff_ns: u64) {
