@@ -2,15 +2,18 @@
 
 mod bench;
 mod cmd;
+mod selection;
 mod setup;
 mod vm;
 
 use std::{
+    collections::BTreeSet,
     path::{Path, PathBuf},
-    process::ExitCode,
+    process::{ExitCode, Stdio},
+    sync::OnceLock,
 };
 
-use anyhow::Result;
+use anyhow::{anyhow, bail, Context, Result};
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
@@ -45,9 +48,10 @@ enum Task {
         #[arg(long, default_value_t = 5)]
         rounds: usize,
     },
-    /// Set up, build and run every test: unit tests and the real-sshd integration suite on this
-    /// kernel, then the integration suite again on Debian 12's 6.1 kernel in a VM (the
-    /// pre-6.10 tracepoint layout).
+    /// Set up, check formatting and lints, build and run every test: unit tests and the
+    /// real-sshd integration suite on this kernel, then the kernel-dependent integration tests
+    /// again on Debian 12's 6.1 kernel in a VM (the pre-6.10 tracepoint layout; the selection
+    /// is in xtask/src/selection.rs and printed before the VM boots).
     Test {
         /// Skip the 6.1 VM run (for quick local iterations; CI never passes it).
         #[arg(long)]
@@ -66,6 +70,10 @@ enum Task {
         /// Guest memory in MiB.
         #[arg(long, default_value_t = vm::DEFAULT_MEMORY_MIB)]
         memory: u32,
+        /// Run only the kernel-dependent tests, as `cargo xtask test` does (default: every
+        /// integration test binary).
+        #[arg(long)]
+        kernel_dependent_only: bool,
         /// Arguments passed to every test binary (e.g. a test name filter).
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
@@ -92,11 +100,26 @@ fn run(task: Task) -> Result<()> {
             kernel,
             accel,
             memory,
+            kernel_dependent_only,
             args,
         } => {
+            vm::check_series(&kernel)?;
             setup::run()?;
             let binary = build(false)?;
-            vm_test(&binary, kernel, accel, memory, args)
+            let tests = build_integration_tests()?;
+            let fetched = vm::fetch_kernel(&kernel)?;
+            vm::run(
+                &binary,
+                &workspace_root(),
+                fetched,
+                &tests,
+                &vm::Options {
+                    accel,
+                    memory_mib: memory,
+                    kernel_dependent_only,
+                    test_args: args,
+                },
+            )
         }
         Task::Setup => setup::run(),
         Task::Run { release, args } => {
@@ -122,56 +145,125 @@ fn run(task: Task) -> Result<()> {
         }
         Task::Test { no_vm, args } => {
             setup::run()?;
-            let binary = build(false)?;
+            static_checks()?;
+            // The VM's kernel package downloads (network) while everything builds (CPU); it is
+            // waited for before the host's tests start, so that they run undisturbed.
+            let kernel = (!no_vm).then(|| std::thread::spawn(|| vm::fetch_kernel(CI_VM_KERNEL)));
+            let built = build(false).and_then(|binary| Ok((binary, build_integration_tests()?)));
+            let kernel = kernel.map(|k| {
+                k.join()
+                    .unwrap_or_else(|_| Err(anyhow!("fetching the VM's kernel panicked")))
+            });
+            let (binary, tests) = built?;
+            // The same selection as the build above: cargo finds everything up to date.
             let host = cmd::run(
                 cmd::cargo()
-                    // The eBPF crate builds for the BPF target only (through sshtrace's build.rs).
-                    .args([
-                        "test",
-                        "--workspace",
-                        "--exclude",
-                        "sshtrace-ebpf",
-                        "--no-fail-fast",
-                        "--",
-                    ])
+                    .args(host_test_selection())
+                    .args(["--no-fail-fast", "--"])
                     .args(&args)
                     .env("SSHTRACE_BIN", &binary),
                 "run the test suite",
             );
-            if no_vm {
+            let Some(kernel) = kernel else {
                 eprintln!("xtask test: --no-vm: the 6.1 kernel run is skipped");
                 return host;
-            }
+            };
             // Run the VM suite even when the host's failed: both results matter.
-            let vm = vm_test(
-                &binary,
-                CI_VM_KERNEL.into(),
-                vm::Accel::Auto,
-                vm::DEFAULT_MEMORY_MIB,
-                args,
-            );
+            let vm = kernel.and_then(|kernel| {
+                vm::run(
+                    &binary,
+                    &workspace_root(),
+                    kernel,
+                    &tests,
+                    &vm::Options {
+                        accel: vm::Accel::Auto,
+                        memory_mib: vm::DEFAULT_MEMORY_MIB,
+                        kernel_dependent_only: true,
+                        test_args: args,
+                    },
+                )
+            });
+            if let (Err(_), Err(vm)) = (&host, &vm) {
+                eprintln!("xtask test: the {CI_VM_KERNEL} kernel run failed too: {vm:#}");
+            }
             host.and(vm)
         }
     }
 }
 
-fn vm_test(
-    binary: &Path,
-    kernel: String,
-    accel: vm::Accel,
-    memory_mib: u32,
-    test_args: Vec<String>,
-) -> Result<()> {
-    vm::run(
-        binary,
-        &workspace_root(),
-        &vm::Options {
-            kernel,
-            accel,
-            memory_mib,
-            test_args,
-        },
-    )
+/// `cargo test` over what the host runs. The integration test binaries for the VM are built
+/// with the same package selection, so that features unify the same way and nothing is
+/// compiled twice (`--package sshtrace-tests` alone would rebuild its dependencies and every
+/// test binary with fewer features).
+fn host_test_selection() -> [&'static str; 4] {
+    // The eBPF crate builds for the BPF target only (through sshtrace's build.rs).
+    ["test", "--workspace", "--exclude", "sshtrace-ebpf"]
+}
+
+/// `cargo fmt --check` and clippy with warnings denied, before anything is built for the tests.
+fn static_checks() -> Result<()> {
+    let fmt = cmd::cargo()
+        .args(["fmt", "--all", "--", "--check"])
+        .current_dir(workspace_root())
+        .status()
+        .context("cannot run cargo fmt (rustup component add rustfmt)")?;
+    if !fmt.success() {
+        bail!("formatting: `cargo fmt --all -- --check` found unformatted code (the diff is above; `cargo fmt --all` fixes it)");
+    }
+    let clippy = cmd::cargo()
+        .args([
+            "clippy",
+            "--workspace",
+            "--exclude",
+            "sshtrace-ebpf",
+            "--all-targets",
+            "--",
+            "-D",
+            "warnings",
+        ])
+        .current_dir(workspace_root())
+        .status()
+        .context("cannot run cargo clippy (rustup component add clippy)")?;
+    if !clippy.success() {
+        bail!("lints: `cargo clippy --workspace --exclude sshtrace-ebpf --all-targets -- -D warnings` failed (see above)");
+    }
+    Ok(())
+}
+
+/// Builds the integration test binaries (tests/tests/*.rs) and returns their paths.
+fn build_integration_tests() -> Result<Vec<PathBuf>> {
+    let out = cmd::cargo()
+        .args(host_test_selection())
+        .args(["--test", "*", "--no-run", "--message-format=json"])
+        .current_dir(workspace_root())
+        .stderr(Stdio::inherit())
+        .output()
+        .context("cannot run cargo test --no-run")?;
+    let mut binaries = BTreeSet::new();
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        let Ok(message) = serde_json::from_str::<serde_json::Value>(line) else {
+            continue;
+        };
+        // The compiler's warnings and errors, which JSON output would otherwise swallow.
+        if let Some(rendered) = message["message"]["rendered"].as_str() {
+            eprint!("{rendered}");
+        }
+        let is_test = message["profile"]["test"].as_bool() == Some(true);
+        // The sshtrace-tests package's (tests/Cargo.toml), whatever the path's spelling.
+        let ours = message["manifest_path"]
+            .as_str()
+            .is_some_and(|m| Path::new(m).ends_with("tests/Cargo.toml"));
+        if let (true, true, Some(path)) = (is_test, ours, message["executable"].as_str()) {
+            binaries.insert(PathBuf::from(path));
+        }
+    }
+    if !out.status.success() {
+        bail!("building the integration tests failed");
+    }
+    if binaries.is_empty() {
+        bail!("cargo built no integration test binaries");
+    }
+    Ok(binaries.into_iter().collect())
 }
 
 /// Builds the sshtrace binary (its build script builds the eBPF object) and returns its path.
@@ -183,10 +275,31 @@ fn build(release: bool) -> Result<PathBuf> {
     }
     cmd::run(&mut cargo, "build sshtrace")?;
     let profile = if release { "release" } else { "debug" };
-    Ok(workspace_root()
-        .join("target")
-        .join(profile)
-        .join("sshtrace"))
+    Ok(target_dir()?.join(profile).join("sshtrace"))
+}
+
+/// Cargo's target directory as `cargo metadata` reports it: `target/` below the workspace
+/// unless CARGO_TARGET_DIR or a cargo config says otherwise.
+fn target_dir() -> Result<PathBuf> {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    if let Some(dir) = DIR.get() {
+        return Ok(dir.clone());
+    }
+    let out = cmd::cargo()
+        .args(["metadata", "--format-version", "1", "--no-deps"])
+        .current_dir(workspace_root())
+        .stderr(Stdio::inherit())
+        .output()
+        .context("cannot run cargo metadata")?;
+    if !out.status.success() {
+        bail!("cargo metadata failed ({})", out.status);
+    }
+    let metadata: serde_json::Value =
+        serde_json::from_slice(&out.stdout).context("unreadable cargo metadata")?;
+    let dir = metadata["target_directory"]
+        .as_str()
+        .context("cargo metadata gives no target_directory")?;
+    Ok(DIR.get_or_init(|| PathBuf::from(dir)).clone())
 }
 
 fn workspace_root() -> PathBuf {

@@ -21,6 +21,8 @@ const DEBIAN_PACKAGES: &[(&str, &str)] = &[
     ("util-linux", "/usr/bin/prlimit"),
     ("gcc", "/usr/bin/gcc"),
     ("rsyslog", "/usr/sbin/rsyslogd"),
+    // Socket activation the way systemd does it (tests/tests/no_blind_window.rs).
+    ("systemd", "/usr/bin/systemd-socket-activate"),
     // A real container runtime for the container tests (shared/CONTAINERS.md).
     ("podman", "/usr/bin/podman"),
     ("runc", "/usr/sbin/runc"),
@@ -41,6 +43,7 @@ const DEBIAN_PACKAGES: &[(&str, &str)] = &[
 ];
 
 pub fn run() -> Result<()> {
+    lint_tools().context("setup step 'rustfmt and clippy'")?;
     nightly_rust_src().context("setup step 'rust-src for the nightly toolchain'")?;
     bpf_linker().context("setup step 'bpf-linker'")?;
     debian_packages().context("setup step 'Debian packages'")?;
@@ -49,6 +52,19 @@ pub fn run() -> Result<()> {
 
 fn rustup() -> Command {
     Command::new("rustup")
+}
+
+/// rustfmt and clippy for the workspace's toolchain: `cargo xtask test` checks with both.
+fn lint_tools() -> Result<()> {
+    let present = |tool: &str| cmd::output(cmd::cargo().args([tool, "--version"])).is_some();
+    if present("fmt") && present("clippy") {
+        return Ok(());
+    }
+    eprintln!("xtask setup: installing rustfmt and clippy");
+    cmd::run(
+        rustup().args(["component", "add", "rustfmt", "clippy"]),
+        "rustup component add rustfmt clippy",
+    )
 }
 
 fn nightly_rust_src() -> Result<()> {

@@ -6,7 +6,6 @@
 //! status.
 
 use std::{
-    collections::BTreeSet,
     fmt::Write as _,
     fs,
     path::{Path, PathBuf},
@@ -16,22 +15,31 @@ use std::{
 
 use anyhow::{bail, Context, Result};
 
-use crate::{cmd, setup::tools_dir};
+use crate::{
+    cmd,
+    selection::{self, Plan},
+    setup::tools_dir,
+    target_dir,
+};
 
-/// The kernels `vm-test` knows, with the Debian suite that ships each.
-pub const KERNELS: &[(&str, &str)] = &[
-    ("5.10", "bullseye (Debian 11)"),
-    ("6.1", "bookworm (Debian 12)"),
-    ("6.12", "bookworm-backports (Debian 12)"),
+/// The kernels `vm-test` knows, with the Debian suites that ship each: only those suites'
+/// package lists are fetched (no translations), a fraction of all five.
+const KERNELS: &[(&str, &str)] = &[
+    (
+        "5.10",
+        "deb http://deb.debian.org/debian bullseye main\n\
+         deb http://deb.debian.org/debian-security bullseye-security main\n",
+    ),
+    (
+        "6.1",
+        "deb http://deb.debian.org/debian bookworm main\n\
+         deb http://deb.debian.org/debian-security bookworm-security main\n",
+    ),
+    (
+        "6.12",
+        "deb http://deb.debian.org/debian bookworm-backports main\n",
+    ),
 ];
-
-const SOURCES: &str = "\
-deb http://deb.debian.org/debian bullseye main
-deb http://deb.debian.org/debian-security bullseye-security main
-deb http://deb.debian.org/debian bookworm main
-deb http://deb.debian.org/debian-security bookworm-security main
-deb http://deb.debian.org/debian bookworm-backports main
-";
 
 /// Modules the initramfs loads to reach the host's filesystem, in dependency order once
 /// resolved; names as in modules.dep.
@@ -42,14 +50,17 @@ pub const DEFAULT_MEMORY_MIB: u32 = 6144;
 /// How much longer the tests wait for things in a guest under TCG (SSHTRACE_TEST_PATIENCE).
 const TCG_PATIENCE: u32 = 4;
 
-/// How long the whole guest run may take before it is stopped: the suite takes 12–16 min
-/// under TCG here, and a CI machine once took 24 (CI allows 90 for everything).
+/// How long the whole guest run may take before it is stopped: the whole suite takes 12–16
+/// min under TCG here, and a CI machine once took 24 (CI allows 90 for everything).
 const GUEST_TIMEOUT: Duration = Duration::from_secs(40 * 60);
+/// The same for the kernel-dependent selection, about half of the suite's time.
+const GUEST_TIMEOUT_KERNEL_DEPENDENT: Duration = Duration::from_secs(25 * 60);
 
 pub struct Options {
-    pub kernel: String,
     pub accel: Accel,
     pub memory_mib: u32,
+    /// Only the kernel-dependent selection (xtask/src/selection.rs), not every test binary.
+    pub kernel_dependent_only: bool,
     /// Passed to every test binary (e.g. a test name filter).
     pub test_args: Vec<String>,
 }
@@ -62,19 +73,39 @@ pub enum Accel {
     Tcg,
 }
 
-pub fn run(sshtrace: &Path, workspace: &Path, options: &Options) -> Result<()> {
-    if !KERNELS.iter().any(|(k, _)| *k == options.kernel) {
-        let known: Vec<&str> = KERNELS.iter().map(|(k, _)| *k).collect();
-        bail!(
-            "unknown kernel {:?}: vm-test knows {}",
-            options.kernel,
-            known.join(", ")
-        );
+/// The Debian package lines of a kernel series `vm-test` knows.
+fn sources(series: &str) -> Result<&'static str> {
+    match KERNELS.iter().find(|(k, _)| *k == series) {
+        Some((_, sources)) => Ok(sources),
+        None => {
+            let known: Vec<&str> = KERNELS.iter().map(|(k, _)| *k).collect();
+            bail!(
+                "unknown kernel {series:?}: vm-test knows {}",
+                known.join(", ")
+            )
+        }
     }
+}
+
+pub fn check_series(series: &str) -> Result<()> {
+    sources(series).map(|_| ())
+}
+
+/// Boots `kernel` and runs the integration test binaries `tests` (all, or the kernel-dependent
+/// selection) inside.
+pub fn run(
+    sshtrace: &Path,
+    workspace: &Path,
+    kernel: Kernel,
+    tests: &[PathBuf],
+    options: &Options,
+) -> Result<()> {
     let started = Instant::now();
-    let kernel = fetch_kernel(&options.kernel)?;
-    let tests = build_test_binaries(workspace)?;
-    let dir = workspace.join("target").join("vm").join(&options.kernel);
+    let Plan { run, report } = selection::plan(tests, options.kernel_dependent_only);
+    for line in &report {
+        eprintln!("{line}");
+    }
+    let dir = target_dir()?.join("vm").join(&kernel.series);
     let share = dir.join("share");
     let _ = fs::remove_dir_all(&share);
     fs::create_dir_all(&share).with_context(|| format!("cannot create {}", share.display()))?;
@@ -93,19 +124,25 @@ pub fn run(sshtrace: &Path, workspace: &Path, options: &Options) -> Result<()> {
             sshtrace,
             workspace,
             &kernel,
-            &tests,
+            &run,
             &options.test_args,
             patience,
         ),
     )?;
     eprintln!(
-        "xtask vm-test: booting Debian's {} ({}) with {} ({} test binaries)",
+        "xtask vm-test: booting Debian's {} ({}) with {} ({} of {} test binaries)",
         kernel.release,
         kernel.package,
         if accel == Accel::Kvm { "KVM" } else { "TCG" },
+        run.len(),
         tests.len()
     );
-    boot(&kernel, &initrd, &share, accel, options.memory_mib)?;
+    let timeout = if options.kernel_dependent_only {
+        GUEST_TIMEOUT_KERNEL_DEPENDENT
+    } else {
+        GUEST_TIMEOUT
+    };
+    boot(&kernel, &initrd, &share, accel, options.memory_mib, timeout)?;
     let status = fs::read_to_string(share.join("status"))
         .context("the guest stopped before it reported a result (see its console above)")?;
     let elapsed = started.elapsed().as_secs();
@@ -126,7 +163,9 @@ pub fn run(sshtrace: &Path, workspace: &Path, options: &Options) -> Result<()> {
 }
 
 /// An unpacked Debian kernel package.
-struct Kernel {
+pub struct Kernel {
+    /// The series asked for: `6.1`.
+    series: String,
     package: String,
     /// `uname -r` of the kernel, the directory name under lib/modules.
     release: String,
@@ -157,17 +196,21 @@ fn apt(tool: &str, base: &Path) -> Command {
     ] {
         c.arg("-o").arg(format!("{key}={}", value.display()));
     }
+    // The package lists only: no translated descriptions.
+    c.args(["-o", "Acquire::Languages=none"]);
     c
 }
 
 /// Downloads and unpacks the newest Debian kernel of `series` (once; kept in the tools cache).
-fn fetch_kernel(series: &str) -> Result<Kernel> {
+pub fn fetch_kernel(series: &str) -> Result<Kernel> {
+    let sources = sources(series)?;
     let kernels = tools_dir().join("kernels");
-    let base = kernels.join("apt");
+    // Each series its own lists: a fresh machine fetches only the suites it needs.
+    let base = kernels.join(format!("apt-{series}"));
     for dir in ["lists/partial", "cache/archives/partial"] {
         fs::create_dir_all(base.join(dir))?;
     }
-    fs::write(base.join("sources.list"), SOURCES)?;
+    fs::write(base.join("sources.list"), sources)?;
     let fresh_lists = fs::metadata(base.join("lists"))
         .and_then(|m| m.modified())
         .ok()
@@ -175,7 +218,7 @@ fn fetch_kernel(series: &str) -> Result<Kernel> {
         .is_some_and(|age| age < Duration::from_secs(24 * 3600));
     let has_lists = fs::read_dir(base.join("lists"))?.count() > 2;
     if !(has_lists && fresh_lists) {
-        eprintln!("xtask vm-test: updating the package lists for the test kernels");
+        eprintln!("xtask vm-test: updating the package lists for the {series} kernel");
         cmd::run(
             apt("apt-get", &base).args(["update", "-qq"]),
             "apt-get update (test kernels)",
@@ -221,6 +264,7 @@ fn fetch_kernel(series: &str) -> Result<Kernel> {
     }
     let release = only_dir(&root.join("lib/modules"))?;
     Ok(Kernel {
+        series: series.to_owned(),
         package,
         release,
         root,
@@ -260,39 +304,6 @@ fn only_dir(dir: &Path) -> Result<String> {
             dir.display()
         ),
     }
-}
-
-/// The integration test binaries, built here (the guest has no toolchain to spare).
-fn build_test_binaries(workspace: &Path) -> Result<Vec<PathBuf>> {
-    let out = cmd::cargo()
-        .args([
-            "test",
-            "--package",
-            "sshtrace-tests",
-            "--no-run",
-            "--message-format=json",
-        ])
-        .current_dir(workspace)
-        .stderr(Stdio::inherit())
-        .output()
-        .context("cannot run cargo test --no-run")?;
-    if !out.status.success() {
-        bail!("building the integration tests failed");
-    }
-    let mut binaries = BTreeSet::new();
-    for line in String::from_utf8_lossy(&out.stdout).lines() {
-        let Ok(message) = serde_json::from_str::<serde_json::Value>(line) else {
-            continue;
-        };
-        let is_test = message["profile"]["test"].as_bool() == Some(true);
-        if let (true, Some(path)) = (is_test, message["executable"].as_str()) {
-            binaries.insert(PathBuf::from(path));
-        }
-    }
-    if binaries.is_empty() {
-        bail!("cargo built no integration test binaries");
-    }
-    Ok(binaries.into_iter().collect())
 }
 
 /// Modules in `modules.dep` order: each one's dependencies before it. Those built into the
@@ -415,17 +426,49 @@ fn decompress_module(from: &Path, to: &Path) -> Result<()> {
     Ok(())
 }
 
+/// Of the directories the guest needs, those below /tmp, where the guest mounts a tmpfs: each
+/// once (not those inside another).
+fn below_tmp(dirs: &[&Path]) -> Vec<PathBuf> {
+    let mut under: Vec<PathBuf> = dirs
+        .iter()
+        .map(|d| d.to_path_buf())
+        .filter(|d| d.starts_with("/tmp") && d.as_path() != Path::new("/tmp"))
+        .collect();
+    under.sort();
+    under.dedup();
+    let all = under.clone();
+    under.retain(|d| !all.iter().any(|o| o != d && d.starts_with(o)));
+    under
+}
+
 /// What the guest runs as its init, after the switch to the host's (overlaid) root.
 fn guest_script(
     sshtrace: &Path,
     workspace: &Path,
     kernel: &Kernel,
-    tests: &[PathBuf],
+    tests: &[(&Path, Vec<String>)],
     test_args: &[String],
     patience: u32,
 ) -> String {
     let quote = |s: &str| format!("'{}'", s.replace('\'', r"'\''"));
     let args: Vec<String> = test_args.iter().map(|a| quote(a)).collect();
+    // The workspace, the test binaries and sshtrace (wherever the target directory is), the
+    // kernel's modules.
+    let target = sshtrace.parent().and_then(Path::parent).unwrap_or(sshtrace);
+    let carried = below_tmp(&[workspace, target, &kernel.root]);
+    let mut keep = String::new();
+    let mut restore = String::new();
+    for (i, dir) in carried.iter().enumerate() {
+        let dir = quote(&dir.to_string_lossy());
+        let _ = writeln!(
+            keep,
+            "mkdir -p /run/vm-keep/{i} && mount --bind {dir} /run/vm-keep/{i}"
+        );
+        let _ = writeln!(
+            restore,
+            "mkdir -p {dir} && mount --bind /run/vm-keep/{i} {dir}"
+        );
+    }
     let mut script = format!(
         r#"set -u
 mount -t proc proc /proc
@@ -435,19 +478,10 @@ mkdir -p /dev/pts /dev/shm
 mount -t devpts devpts /dev/pts
 mount -t tmpfs tmpfs /dev/shm
 # Tests write much to /tmp: a tmpfs, not the overlay over 9p (runs from a workspace under
-# /tmp with /tmp left on the overlay stalled the guest). A workspace below /tmp is carried
-# over onto the tmpfs by a bind mount.
-case {workspace}/ in
-/tmp/*)
-    mkdir -p /run/vm-workspace && mount --bind {workspace} /run/vm-workspace
-    mount -t tmpfs tmpfs /tmp
-    mkdir -p {workspace} && mount --bind /run/vm-workspace {workspace}
-    ;;
-*)
-    mount -t tmpfs tmpfs /tmp
-    ;;
-esac
-mount -t cgroup2 cgroup2 /sys/fs/cgroup
+# /tmp with /tmp left on the overlay stalled the guest). What the run needs below /tmp (the
+# workspace, the target directory) is carried over onto the tmpfs by bind mounts.
+{keep}mount -t tmpfs tmpfs /tmp
+{restore}mount -t cgroup2 cgroup2 /sys/fs/cgroup
 mount -t bpf bpf /sys/fs/bpf
 # Container storage cannot sit on the overlay root.
 mkdir -p /var/lib/containers && mount -t tmpfs tmpfs /var/lib/containers
@@ -468,16 +502,20 @@ failed=0
         sshtrace = quote(&sshtrace.to_string_lossy()),
         workspace = quote(&workspace.to_string_lossy()),
     );
-    for test in tests {
-        let name = test
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
+    for (test, narrowed) in tests {
+        let name = selection::binary_name(test);
+        let narrowed: Vec<String> = narrowed.iter().map(|a| quote(a)).collect();
         let _ = writeln!(
             script,
-            "echo \"vm-test: running {name}\"\n\
-             {bin} {args} || {{ failed=$((failed + 1)); echo \"vm-test: FAILED {name}\"; }}",
+            "echo \"vm-test: running {name}{how}\"\n\
+             {bin} {narrowed} {args} || {{ failed=$((failed + 1)); echo \"vm-test: FAILED {name}\"; }}",
+            how = if narrowed.is_empty() {
+                String::new()
+            } else {
+                format!(" ({})", narrowed.join(" ").replace(['\'', '"'], ""))
+            },
             bin = quote(&test.to_string_lossy()),
+            narrowed = narrowed.join(" "),
             args = args.join(" "),
         );
     }
@@ -505,7 +543,14 @@ fn detect_accel() -> Accel {
     }
 }
 
-fn boot(kernel: &Kernel, initrd: &Path, share: &Path, accel: Accel, memory_mib: u32) -> Result<()> {
+fn boot(
+    kernel: &Kernel,
+    initrd: &Path,
+    share: &Path,
+    accel: Accel,
+    memory_mib: u32,
+    timeout: Duration,
+) -> Result<()> {
     // Under TCG one vCPU: with one vCPU thread per host core the host starves them in turn
     // (QEMU's own I/O threads need a core too), and a guest whose other vCPU is not running
     // stalls in cross-CPU work such as the code patching of a tracepoint being attached
@@ -551,13 +596,10 @@ fn boot(kernel: &Kernel, initrd: &Path, share: &Path, accel: Accel, memory_mib: 
             }
             return Ok(());
         }
-        if started.elapsed() > GUEST_TIMEOUT {
+        if started.elapsed() > timeout {
             let _ = child.kill();
             let _ = child.wait();
-            bail!(
-                "the guest ran longer than {} min",
-                GUEST_TIMEOUT.as_secs() / 60
-            );
+            bail!("the guest ran longer than {} min", timeout.as_secs() / 60);
         }
         std::thread::sleep(Duration::from_millis(500));
     }
@@ -581,6 +623,39 @@ mod tests {
             Some("linux-image-6.12.95+deb12-amd64")
         );
         assert_eq!(newest_image(show, "5.10"), None);
+    }
+
+    #[test]
+    fn guest_script_runs_the_plan() {
+        let kernel = Kernel {
+            series: "6.1".into(),
+            package: "linux-image-6.1.0-1-amd64".into(),
+            release: "6.1.0-1-amd64".into(),
+            root: PathBuf::from("/root/.cache/sshtrace-tools/kernels/k"),
+        };
+        let skip = vec!["--skip".to_owned(), "two_instances".to_owned()];
+        let script = guest_script(
+            Path::new("/tmp/t/debug/sshtrace"),
+            Path::new("/work/main"),
+            &kernel,
+            &[(Path::new("/tmp/t/debug/deps/reliability-0a1b"), skip)],
+            &["storm".to_owned()],
+            4,
+        );
+        assert!(script.contains("mount --bind '/tmp/t' /run/vm-keep/0\nmount -t tmpfs tmpfs /tmp\nmkdir -p '/tmp/t' && mount --bind /run/vm-keep/0 '/tmp/t'\n"), "{script}");
+        assert!(script.contains("echo \"vm-test: running reliability (--skip two_instances)\"\n'/tmp/t/debug/deps/reliability-0a1b' '--skip' 'two_instances' 'storm' ||"), "{script}");
+    }
+
+    #[test]
+    fn carries_over_only_what_is_below_tmp() {
+        let carried = below_tmp(&[
+            Path::new("/tmp/ws"),
+            Path::new("/tmp/ws/target"),
+            Path::new("/tmp/t"),
+            Path::new("/root/.cache/k"),
+            Path::new("/tmpfoo"),
+        ]);
+        assert_eq!(carried, [PathBuf::from("/tmp/t"), PathBuf::from("/tmp/ws")]);
     }
 
     #[test]

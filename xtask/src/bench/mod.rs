@@ -8,7 +8,7 @@ mod usage;
 
 use std::{
     fmt::Write as _,
-    path::{Path, PathBuf},
+    path::Path,
     process::{Command, Stdio},
     thread,
     time::{Duration, Instant},
@@ -150,7 +150,7 @@ pub fn run(binary: &Path, opts: &Options) -> Result<()> {
     );
 
     print!("{report}");
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/bench");
+    let dir = crate::target_dir()?.join("bench");
     std::fs::create_dir_all(&dir)?;
     std::fs::write(dir.join("results.md"), &report)?;
     eprintln!(
