@@ -579,25 +579,24 @@ impl Tracer {
 /// Facts that must be read while the process still exists: the limit behind a resource
 /// failure, whether the mode bits allowed a refused access.
 fn enrich(event: &mut events::Event) {
-    match &mut event.kind {
-        Kind::SyscallError {
-            syscall,
-            errno,
-            limit,
-            path,
-            dac,
-            rlimits,
-            creds,
-            ..
-        } => {
-            *limit = limits::for_failure(event.task.pid, syscall, *errno, *rlimits);
-            if *errno == EACCES {
-                *dac = path
-                    .as_deref()
-                    .and_then(|p| dac::check(event.task.pid, syscall, p, creds.as_ref()));
-            }
-        }
-        _ => {}
+    let Kind::SyscallError {
+        syscall,
+        errno,
+        limit,
+        path,
+        dac,
+        rlimits,
+        creds,
+        ..
+    } = &mut event.kind
+    else {
+        return;
+    };
+    *limit = limits::for_failure(event.task.pid, syscall, *errno, *rlimits);
+    if *errno == EACCES {
+        *dac = path
+            .as_deref()
+            .and_then(|p| dac::check(event.task.pid, syscall, p, creds.as_ref()));
     }
 }
 

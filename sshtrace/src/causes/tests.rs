@@ -1283,3 +1283,67 @@ fn denials_in_a_healthy_session_are_no_verdict() {
     s.exit(PREAUTH, 0).fin_close().exit(SESSION, 0);
     assert!(s.verdicts(&Snapshot::default()).is_empty());
 }
+
+/// A reset without a connection socket answering a segment (`flags`) of the test tuple.
+fn stray_reset(s: &mut Script, state: i32, flags: u8) -> &mut Script {
+    s.softirq(Kind::SendReset {
+        skaddr: if state == LISTEN {
+            0xffff_8888_0000_2000
+        } else {
+            0
+        },
+        state,
+        reason: Some(NO_SOCKET),
+        seg_flags: Some(flags),
+        repeated: 0,
+        conn: tuple(),
+    })
+}
+
+/// The client retransmits to a crashed session before its verdict: the listener's and the
+/// stack's answers are counted on that connection, not verdicts of their own.
+#[test]
+fn late_resets_before_the_verdict_join_the_crash() {
+    let mut s = Script::new();
+    s.accepted()
+        .signal(task(PREAUTH, "sshd"), PREAUTH, 11, 1)
+        .exit(PREAUTH, 11)
+        .reset_on_close(SESSION);
+    stray_reset(&mut s, LISTEN, 0x18);
+    stray_reset(&mut s, 0, 0x18);
+    stray_reset(&mut s, 0, 0x10);
+    let v = one(&mut s);
+    assert_eq!(v.cause, Cause::SshdCrashed);
+    let repeated: Vec<u32> = v
+        .evidence
+        .iter()
+        .filter_map(|e| match e {
+            Evidence::TcpSendReset { repeated, .. } => Some(*repeated),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        repeated.iter().map(|r| r + 1).sum::<u32>(),
+        4,
+        "{repeated:?}"
+    );
+}
+
+/// After the verdict, late segments' resets are counted for the summary, never judged.
+#[test]
+fn late_resets_after_the_verdict_are_counted_not_judged() {
+    let mut s = Script::new();
+    s.accepted()
+        .signal(task(PREAUTH, "sshd"), PREAUTH, 11, 1)
+        .exit(PREAUTH, 11)
+        .reset_on_close(SESSION);
+    assert_eq!(one(&mut s).cause, Cause::SshdCrashed);
+    s.ts += 1_000_000_000;
+    stray_reset(&mut s, LISTEN, 0x10);
+    stray_reset(&mut s, 0, 0x18);
+    assert!(s.verdicts(&Snapshot::default()).is_empty());
+    assert_eq!(s.state.late_resets_after_verdict, 2);
+    // A new connection attempt from the same address and port is a refusal of its own.
+    stray_reset(&mut s, 0, 0x02);
+    assert_eq!(one(&mut s).cause, Cause::NotListening);
+}
