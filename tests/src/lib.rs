@@ -7,6 +7,7 @@ pub mod collectors;
 pub mod kernel;
 pub mod podman;
 pub mod sandbox;
+pub mod segment;
 pub mod socket_activation;
 pub mod sshd;
 pub mod tracer;

@@ -17,7 +17,14 @@ impl Cgroup {
         let root = if v1.join("cgroup.procs").exists() {
             v1
         } else {
-            PathBuf::from("/sys/fs/cgroup")
+            // cgroup v2: the controller works in a child only once the root hands it down
+            // (podman or systemd usually did; a fresh VM guest has not).
+            let root = PathBuf::from("/sys/fs/cgroup");
+            let _ = fs::write(
+                root.join("cgroup.subtree_control"),
+                format!("+{controller}"),
+            );
+            root
         };
         let dir = root.join(format!("sshtrace-test-{name}-{}", std::process::id()));
         let _ = fs::remove_dir(&dir);

@@ -113,6 +113,11 @@ pub const SELECTION: &[Entry] = &[
     ),
     // Userspace only: the host runs them; the kernel facts they rest on are proved above.
     entry(
+        "late_segments",
+        Guest::HostOnly,
+        "folding a dead connection's late resets is userspace; before 6.10 the listener's reset for them is not traced at all",
+    ),
+    entry(
         "healthy",
         Guest::HostOnly,
         "no verdict for a login: rules over socket states every guest test exercises",
