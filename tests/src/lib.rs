@@ -4,6 +4,7 @@
 //! removed when its guard drops, also when the test fails.
 
 pub mod collectors;
+pub mod hostile;
 pub mod kernel;
 pub mod podman;
 pub mod sandbox;

@@ -140,7 +140,12 @@ impl Tracer {
     /// Stops sshtrace with SIGINT (as Ctrl-C does) and returns its exit status.
     pub fn stop(&mut self) -> std::process::ExitStatus {
         kill(self.child.id(), libc::SIGINT);
-        wait_for("sshtrace to exit", Duration::from_secs(10), || {
+        self.wait_exit(Duration::from_secs(10))
+    }
+
+    /// Waits for sshtrace to exit (a deadline, made patient); panics past it.
+    pub fn wait_exit(&mut self, timeout: Duration) -> std::process::ExitStatus {
+        wait_for("sshtrace to exit", timeout, || {
             self.child.try_wait().ok().flatten()
         })
     }
