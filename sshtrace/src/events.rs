@@ -64,6 +64,8 @@ pub enum Kind {
         conn: ConnTuple,
         tcp_flags: u8,
         inbound: bool,
+        /// Drops of the same client the kernel counted since its previous record.
+        suppressed: u32,
     },
     SockState {
         skaddr: u64,
@@ -225,6 +227,7 @@ pub fn decode(bytes: &[u8]) -> Option<Event> {
                 conn: tuple(&e.endpoints)?,
                 tcp_flags: e.tcp_flags as u8,
                 inbound: e.inbound != 0,
+                suppressed: e.suppressed,
             }
         }
         EventKind::SockState => {

@@ -199,6 +199,7 @@ impl Probes {
             port_set: BTreeSet::new(),
             pids: HashMap::try_from(take("TRACKED_PIDS")?)?,
             netns: HashMap::try_from(take("TRACKED_NETNS")?)?,
+            untracked: BTreeSet::new(),
         };
         let counters = LossCounters(PerCpuArray::try_from(take("COUNTERS")?)?);
         let unclaimed = UnclaimedConnections(HashMap::try_from(take("SOCK_HISTORY")?)?);
@@ -389,10 +390,19 @@ impl ResetBursts {
     /// Resets without a socket (refusals) counted after the last record for their client, on
     /// every CPU. Read once the programs are detached, so that the counts stand still.
     pub fn held_back_refusals(&self) -> u64 {
+        self.held_back(burst_kind::REFUSAL)
+    }
+
+    /// Firewall drops counted after the last record for their client, likewise.
+    pub fn held_back_drops(&self) -> u64 {
+        self.held_back(burst_kind::FIREWALL_DROP)
+    }
+
+    fn held_back(&self, kind: u16) -> u64 {
         self.0
             .iter()
             .filter_map(Result::ok)
-            .filter(|(key, _)| key.kind == burst_kind::REFUSAL)
+            .filter(|(key, _)| key.kind == kind)
             .map(|(_, per_cpu)| per_cpu.iter().map(|b| u64::from(b.suppressed)).sum::<u64>())
             .sum()
     }
@@ -405,6 +415,8 @@ pub struct KernelFilters {
     port_set: BTreeSet<u16>,
     pids: HashMap<MapData, u32, u8>,
     netns: HashMap<MapData, u32, u8>,
+    /// Processes discovery found that the full tracked-process map could not take.
+    pub untracked: BTreeSet<u32>,
 }
 
 impl KernelFilters {
@@ -439,20 +451,22 @@ impl KernelFilters {
         Ok(())
     }
 
-    pub fn track_listener(&mut self, pid: u32) -> Result<()> {
-        self.pids
-            .insert(pid, pid_flags::LISTENER, 0)
-            .context("cannot track a process")
+    /// A listener found by discovery; when the tracked-process map is full it is counted as
+    /// untracked (the map holds processes the kernel found itself too).
+    pub fn track_listener(&mut self, pid: u32) {
+        if self.pids.insert(pid, pid_flags::LISTENER, 0).is_err() {
+            self.untracked.insert(pid);
+        }
     }
 
     /// A process that already existed at discovery (the fork probe adds new ones itself).
-    pub fn track_descendant(&mut self, pid: u32) -> Result<()> {
+    pub fn track_descendant(&mut self, pid: u32) {
         if self.pids.get(&pid, 0).is_ok() {
-            return Ok(());
+            return;
         }
-        self.pids
-            .insert(pid, pid_flags::DESCENDANT, 0)
-            .context("cannot track a process")
+        if self.pids.insert(pid, pid_flags::DESCENDANT, 0).is_err() {
+            self.untracked.insert(pid);
+        }
     }
 }
 
@@ -468,6 +482,14 @@ impl LossCounters {
                 .unwrap_or(0)
         };
         (sum(counter::PRODUCED), sum(counter::LOST))
+    }
+
+    /// Processes the kernel could not follow (its tracked-process map was full).
+    pub fn untracked_processes(&self) -> u64 {
+        self.0
+            .get(&counter::UNTRACKED_PROCESSES, 0)
+            .map(|values| values.iter().sum())
+            .unwrap_or(0)
     }
 }
 

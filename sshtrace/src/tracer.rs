@@ -33,10 +33,12 @@ use crate::{
     probes::{KernelFilters, LossCounters, Probes, SkippedRuns},
     runtime::ContainerNames,
     state::{Connection, State, SETTLE_NS},
-    summary::Summary,
+    summary::{NotKept, Summary},
 };
 
 const TICK: Duration = Duration::from_millis(100);
+/// Records read from the ring at a time before the loop turns to what else is due.
+const DRAIN_BUDGET: usize = 4096;
 const DISCOVERY_EVERY_TICKS: u64 = 5;
 const LOSS_CHECK_EVERY_TICKS: u64 = 10;
 /// Every second: a storm's connections, decoded events and verdicts leave freed heap behind.
@@ -275,13 +277,16 @@ impl Tracer {
             tokio::select! {
                 guard = ring.readable_mut() => {
                     let mut guard = guard?;
-                    self.drain(guard.get_inner_mut());
-                    guard.clear_ready();
+                    // Left ready when the budget ran out: the loop comes back at once, after
+                    // whatever else is due.
+                    if self.drain(guard.get_inner_mut(), DRAIN_BUDGET) {
+                        guard.clear_ready();
+                    }
                 }
                 _ = tick.tick() => {
                     ticks += 1;
                     // Records submitted without a wake-up are read here.
-                    self.drain(ring.get_mut());
+                    self.drain(ring.get_mut(), DRAIN_BUDGET);
                     self.emit_settled(Clock::monotonic_now_ns())?;
                     if self.scan_due || ticks.is_multiple_of(DISCOVERY_EVERY_TICKS) {
                         self.rediscover()?;
@@ -308,12 +313,17 @@ impl Tracer {
         // Detached first, so that nothing is produced after the last read: then whatever is
         // still in the ring, then every connection that has ended, without waiting.
         drop(self.programs.take());
-        self.drain(ring.get_mut());
+        self.drain(ring.get_mut(), usize::MAX);
         self.emit_settled(Clock::monotonic_now_ns() + SETTLE_NS)
     }
 
-    fn drain(&mut self, ring: &mut RingBuf<MapData>) {
-        while let Some(item) = ring.next() {
+    /// Reads at most `budget` records; returns whether the ring is empty. A budget keeps a
+    /// storm from starving settling, the outputs and the signals.
+    fn drain(&mut self, ring: &mut RingBuf<MapData>, budget: usize) -> bool {
+        for _ in 0..budget {
+            let Some(item) = ring.next() else {
+                return true;
+            };
             self.stats.read += 1;
             match events::decode(&item) {
                 Some(mut event) => {
@@ -327,6 +337,7 @@ impl Tracer {
                 None => self.stats.undecodable += 1,
             }
         }
+        false
     }
 
     /// What the kernel began to follow on its own: a new sshd (its addresses and container
@@ -490,6 +501,20 @@ impl Tracer {
         ));
     }
 
+    /// Everything past its bound, counted instead of kept.
+    fn not_kept(&self, held_back_drops: u64) -> NotKept {
+        let n = self.state.not_kept;
+        NotKept {
+            connections_evicted: self.state.conns.evicted,
+            untracked_processes: self.counters.untracked_processes()
+                + self.filters.untracked.len() as u64,
+            signals: n.signals,
+            lsm_denials: n.lsm_denials,
+            firewall_drops: n.drops,
+            firewall_drops_held_back: held_back_drops,
+        }
+    }
+
     fn kernel_loss(&self) -> KernelLoss {
         KernelLoss {
             lost: self.counters.read().1,
@@ -549,6 +574,8 @@ impl Tracer {
         self.report
             .summary
             .set_late_resets(self.state.late_resets_after_verdict);
+        let not_kept = self.not_kept(self.bursts.held_back_drops());
+        self.report.summary.set_not_kept(not_kept);
         let (produced, _) = self.counters.read();
         let loss = self.kernel_loss();
         self.report.outputs.status(String::new());
@@ -573,6 +600,7 @@ impl Tracer {
             "sshtrace: {} verdicts; {produced} kernel events, {} read, {} lost, {} undecodable, {} program runs skipped",
             self.report.verdicts, self.stats.read, loss.lost, self.stats.undecodable, loss.skipped_runs
         );
+        eprintln!("sshtrace: not kept (counted): {not_kept}");
     }
 }
 
@@ -654,10 +682,10 @@ fn apply_discovery(filters: &mut KernelFilters, snapshot: &Snapshot) -> Result<(
             .collect(),
     )?;
     for &pid in snapshot.listeners.keys() {
-        filters.track_listener(pid)?;
+        filters.track_listener(pid);
     }
     for &pid in &snapshot.descendants {
-        filters.track_descendant(pid)?;
+        filters.track_descendant(pid);
     }
     Ok(())
 }

@@ -317,7 +317,9 @@ pub struct FirewallDropEvent {
     pub tcp_flags: u16,
     /// Non-zero when the segment was on its way to the tracked port (inbound to sshd).
     pub inbound: u16,
-    pub _pad: u32,
+    /// Drops of the same client counted in the kernel since the previous record (a flood
+    /// sends at most a few records per client and interval).
+    pub suppressed: u32,
     /// `local` is the tracked (sshd) side.
     pub endpoints: Endpoints,
 }

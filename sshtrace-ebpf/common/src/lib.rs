@@ -30,7 +30,9 @@ pub mod counter {
     pub const PRODUCED: u32 = 0;
     /// Records lost because the ring buffer was full.
     pub const LOST: u32 = 1;
-    pub const COUNT: u32 = 2;
+    /// Processes that could not be followed: the tracked-process map was full.
+    pub const UNTRACKED_PROCESSES: u32 = 2;
+    pub const COUNT: u32 = 3;
 }
 
 /// What a `RESET_BURSTS` entry counts.
@@ -39,6 +41,8 @@ pub mod burst_kind {
     pub const REFUSAL: u16 = 0;
     /// Resets a client-side socket received (a REJECT's answer): evidence only.
     pub const CLIENT_SIDE: u16 = 1;
+    /// Segments netfilter dropped (a flood against a DROP rule).
+    pub const FIREWALL_DROP: u16 = 2;
 }
 
 /// Key of the kernel's per-CPU `RESET_BURSTS` map: a storm of resets is counted per tracked

@@ -9,11 +9,11 @@ use aya_ebpf::{
     programs::{RawTracePointContext, TracePointContext},
     EbpfContext,
 };
-use sshtrace_common::{pid_flags, AcceptEvent, ExecEvent, ExitEvent, ForkEvent, ABSENT};
+use sshtrace_common::{counter, pid_flags, AcceptEvent, ExecEvent, ExitEvent, ForkEvent, ABSENT};
 
 use super::{field, member, sock_state::claim_accepted};
 use crate::{
-    maps::{follow_sshd_execs, pid_tracked, track_port, TRACKED_PIDS},
+    maps::{count, follow_sshd_execs, pid_tracked, track_port, TRACKED_PIDS},
     record::submit,
 };
 
@@ -44,7 +44,14 @@ fn try_fork(ctx: &RawTracePointContext) -> Result<(), i32> {
     if child_tgid == parent {
         return Ok(());
     }
-    TRACKED_PIDS.insert(child_tgid, pid_flags::DESCENDANT, 0)?;
+    if TRACKED_PIDS
+        .insert(child_tgid, pid_flags::DESCENDANT, 0)
+        .is_err()
+    {
+        // Full: the child is not followed, and that is counted, never silent.
+        count(counter::UNTRACKED_PROCESSES);
+        return Err(-1);
+    }
     submit(|e: &mut ForkEvent| e.child_pid = child_tgid);
     Ok(())
 }
@@ -70,7 +77,10 @@ fn try_exec(ctx: &TracePointContext) -> Result<(), i32> {
             Some((0, mode)) if mode & S_IFMT == S_IFREG => {}
             _ => return Ok(()),
         }
-        TRACKED_PIDS.insert(tgid, pid_flags::SSHD_EXEC, 0)?;
+        if TRACKED_PIDS.insert(tgid, pid_flags::SSHD_EXEC, 0).is_err() {
+            count(counter::UNTRACKED_PROCESSES);
+            return Err(-1);
+        }
     }
     // A `__data_loc` field: the low 16 bits are the string's offset in the record.
     let loc: u32 = field(ctx, layout!(exec.filename))?;

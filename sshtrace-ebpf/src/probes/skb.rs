@@ -86,15 +86,19 @@ fn try_kfree_skb(ctx: &TracePointContext) -> Result<(), i32> {
         return Ok(());
     };
     if no_socket {
-        refused(segment)
-    } else {
-        submit(|e: &mut FirewallDropEvent| {
-            e.tcp_flags = segment.flags as u16;
-            e.inbound = segment.inbound as u16;
-            e.endpoints = segment.endpoints;
-        });
-        Ok(())
+        return refused(segment);
     }
+    // A flood against a DROP rule: a few records per client and interval, the rest counted.
+    let Some(suppressed) = burst(client_key(&segment.endpoints, burst_kind::FIREWALL_DROP)) else {
+        return Ok(());
+    };
+    submit(|e: &mut FirewallDropEvent| {
+        e.tcp_flags = segment.flags as u16;
+        e.inbound = segment.inbound as u16;
+        e.suppressed = suppressed;
+        e.endpoints = segment.endpoints;
+    });
+    Ok(())
 }
 
 /// A segment to a tracked port that found no socket: the kernel answers it with a RST (unless

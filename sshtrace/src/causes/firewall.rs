@@ -46,7 +46,7 @@ pub fn judge(e: &Ended, _ctx: &Context) -> Option<Finding> {
     };
     let mut details = Map::new();
     details.insert("action".into(), json!(action));
-    details.insert("dropped_segments".into(), json!(drops.len()));
+    details.insert("dropped_segments".into(), json!(e.conn.drops_total));
     details.insert(
         "first_dropped_flags".into(),
         json!(tcp_flags(first.tcp_flags)),
@@ -62,7 +62,7 @@ pub fn judge(e: &Ended, _ctx: &Context) -> Option<Finding> {
         evidence: Vec::new(),
         summary: format!(
             "this host's firewall (netfilter) dropped {what} — {} segment(s); {answer}",
-            drops.len()
+            e.conn.drops_total
         ),
         hint: format!(
             "find the rule: `iptables -S; ip6tables -S; nft list ruleset` and look for REJECT/DROP \

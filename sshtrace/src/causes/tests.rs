@@ -985,6 +985,7 @@ fn dropped_syn(s: &mut Script) -> &mut Script {
         conn: tuple(),
         tcp_flags: 0x02,
         inbound: true,
+        suppressed: 0,
     })
 }
 
@@ -1030,6 +1031,7 @@ fn keepalive_reset_after_drops_is_the_firewall_but_not_a_reject() {
             conn: tuple(),
             tcp_flags: 0x10,
             inbound: true,
+            suppressed: 0,
         })
         .softirq(Kind::SendReset {
             skaddr: SK,
@@ -1069,6 +1071,7 @@ fn a_stray_drop_on_a_healthy_session_is_no_verdict() {
             conn: tuple(),
             tcp_flags: 0x10,
             inbound: true,
+            suppressed: 0,
         })
         .exit(PREAUTH, 0)
         .fin_close()
@@ -1346,4 +1349,46 @@ fn late_resets_after_the_verdict_are_counted_not_judged() {
     // A new connection attempt from the same address and port is a refusal of its own.
     stray_reset(&mut s, 0, 0x02);
     assert_eq!(one(&mut s).cause, Cause::NotListening);
+}
+
+/// A flood against a DROP rule: every drop is counted, only the first few are kept.
+#[test]
+fn a_drop_flood_is_counted_not_kept() {
+    let mut s = Script::new();
+    for _ in 0..100 {
+        s.softirq(Kind::FirewallDrop {
+            conn: tuple(),
+            tcp_flags: 0x02,
+            inbound: true,
+            suppressed: 9,
+        });
+    }
+    let v = one(&mut s);
+    assert_eq!(v.cause, Cause::Firewall);
+    assert_eq!(v.details["dropped_segments"], 1000);
+    let kept = v
+        .evidence
+        .iter()
+        .filter(|e| matches!(e, Evidence::FirewallDrop { .. }))
+        .count();
+    assert_eq!(kept, crate::state::connections::KEPT_DROPS);
+    assert_eq!(s.state.not_kept.drops, 1000 - kept as u64);
+}
+
+/// A user signalling their own session in a loop: the latest signals are kept, the rest
+/// counted, and the fatal one still decides.
+#[test]
+fn a_signal_flood_is_counted_not_kept() {
+    let mut s = Script::new();
+    s.accepted();
+    for _ in 0..1000 {
+        s.signal(task(900, "bash"), SESSION, 13, 0); // SIGPIPE, handled
+    }
+    s.signal(task(900, "bash"), SESSION, 9, 0)
+        .exit(SESSION, 9)
+        .fin_close();
+    let v = one(&mut s);
+    assert_eq!(v.cause, Cause::SshdKilled);
+    assert_eq!(v.details["signal"], "SIGKILL");
+    assert_eq!(s.state.not_kept.signals, 1001 - 32);
 }

@@ -57,8 +57,11 @@ pub struct Connection {
     pub closed_ts: Option<u64>,
     /// Which side sent the first FIN of an orderly close.
     pub closed_first_by: Option<Closer>,
-    /// Segments netfilter dropped.
+    /// Segments netfilter dropped: the first [`KEPT_DROPS`].
     pub drops: Vec<Drop>,
+    /// Every segment netfilter dropped, those not kept and those the kernel only counted
+    /// included.
+    pub drops_total: u64,
     /// Resets a client on this host received for this connection.
     pub client_resets: Vec<u64>,
     /// Waited on top of `SETTLE_NS` before judging.
@@ -83,6 +86,7 @@ impl Connection {
             closed_ts: None,
             closed_first_by: None,
             drops: Vec::new(),
+            drops_total: 0,
             client_resets: Vec::new(),
             extra_settle_ns: 0,
             end_ts: None,
@@ -101,6 +105,18 @@ impl Connection {
         self.end_ts.get_or_insert(ts);
     }
 
+    /// A dropped segment, standing for `1 + suppressed` drops; past [`KEPT_DROPS`] only
+    /// counted. Returns how many drops were not kept.
+    pub fn add_drop(&mut self, drop: Drop, suppressed: u32) -> u64 {
+        self.drops_total += 1 + u64::from(suppressed);
+        if self.drops.len() < KEPT_DROPS {
+            self.drops.push(drop);
+            u64::from(suppressed)
+        } else {
+            1 + u64::from(suppressed)
+        }
+    }
+
     /// A reset sent for the connection; one like the last (the same reason and state, the
     /// answer to a retransmission) is counted on it, not listed again.
     pub fn add_reset(&mut self, reset: ResetSent) {
@@ -117,8 +133,12 @@ impl Connection {
     }
 }
 
-/// Bound on connections kept at once; the oldest are dropped past it.
+/// Bound on connections kept at once; the oldest are dropped past it, and counted.
 const MAX_CONNECTIONS: usize = 65_536;
+
+/// Dropped segments kept per connection: a SYN flood against a DROP rule is one connection
+/// attempt per source port, but a flood of segments of one connection must not grow it.
+pub const KEPT_DROPS: usize = 32;
 
 /// How long after its verdict a connection's address pair is remembered: a client retransmits
 /// to a dead connection for about two minutes (RTO backoff) before it gives up.
@@ -149,6 +169,8 @@ pub struct ConnectionTable {
     judged: HashMap<(SocketAddr, SocketAddr), u64>,
     judged_order: VecDeque<((SocketAddr, SocketAddr), u64)>,
     next_id: ConnId,
+    /// Connections dropped unjudged because the table was full.
+    pub evicted: u64,
 }
 
 impl ConnectionTable {
@@ -313,6 +335,7 @@ impl ConnectionTable {
         while self.conns.len() > MAX_CONNECTIONS {
             let oldest = *self.conns.keys().next().expect("not empty");
             self.remove(oldest);
+            self.evicted += 1;
         }
         id
     }

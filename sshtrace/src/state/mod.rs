@@ -56,7 +56,18 @@ pub struct State {
     /// Resets answering late segments of connections already judged (a crashed session's
     /// client retransmitting): part of those verdicts' incidents, counted, not judged again.
     pub late_resets_after_verdict: u64,
+    /// Items past their bounds, counted instead of kept.
+    pub not_kept: NotKept,
     states: TcpStates,
+}
+
+/// What a tenant could grow without bound, counted instead of kept: signals to a process and
+/// LSM denials beyond the latest few, dropped segments of one connection beyond the first few.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NotKept {
+    pub signals: u64,
+    pub lsm_denials: u64,
+    pub drops: u64,
 }
 
 impl State {
@@ -65,6 +76,7 @@ impl State {
             conns: ConnectionTable::default(),
             procs: ProcessTable::default(),
             late_resets_after_verdict: 0,
+            not_kept: NotKept::default(),
             states,
         }
     }
@@ -181,13 +193,15 @@ impl State {
                 conn,
                 tcp_flags,
                 inbound,
+                suppressed,
             } => {
                 let c = self.conns.by_tuple_or_orphan(*conn, ts);
-                c.drops.push(Drop {
+                let drop = Drop {
                     ts_ns: ts,
                     tcp_flags: *tcp_flags,
                     inbound: *inbound,
-                });
+                };
+                self.not_kept.drops += c.add_drop(drop, *suppressed);
                 if c.skaddr == 0 {
                     // No socket will ever close it: a verdict once the client had time to
                     // retransmit (DROP) or get the reset (REJECT).
@@ -273,7 +287,7 @@ impl State {
                 result,
             } => {
                 let p = self.procs.touch(*target, target_comm, ts);
-                p.signals.push(SignalInfo {
+                self.not_kept.signals += p.record_signal(SignalInfo {
                     ts_ns: ts,
                     sig: *sig,
                     code: *code,
@@ -304,7 +318,7 @@ impl State {
             Kind::LsmDenial(denial) => {
                 // Audit records cover every process on the host: keep only tracked ones.
                 if let Some(p) = self.procs.get_mut(event.task.pid) {
-                    p.lsm_denials.push((ts, denial.clone()));
+                    self.not_kept.lsm_denials += p.record_lsm_denial(ts, denial.clone());
                 }
             }
             Kind::OomVictim {

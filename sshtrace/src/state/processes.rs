@@ -97,20 +97,49 @@ pub struct Process {
     /// A connection accepted and not yet handed to a forked child.
     pub pending_accept: Option<ConnId>,
     pub exit: Option<ExitInfo>,
-    pub signals: Vec<SignalInfo>,
+    /// The latest terminating signals generated for it, oldest first (at most
+    /// [`KEPT_SIGNALS`]: a user can signal their own session process in a loop).
+    pub signals: VecDeque<SignalInfo>,
     /// The latest failed system calls, oldest first.
     pub syscall_errors: VecDeque<SyscallError>,
     pub oom: Option<OomKill>,
-    /// Denials an LSM reported for this process, with when.
-    pub lsm_denials: Vec<(u64, LsmDenial)>,
+    /// The latest denials an LSM reported for this process, with when (at most
+    /// [`KEPT_LSM_DENIALS`]).
+    pub lsm_denials: VecDeque<(u64, LsmDenial)>,
     /// Where it listened, as the kernel saw its `listen()` (at most [`KEPT_LISTENING`]).
     pub listening: Vec<SocketAddr>,
 }
 
 /// How many listening addresses are kept per process.
 const KEPT_LISTENING: usize = 16;
+/// How many signals and LSM denials are kept per process (the latest: the fatal signal comes
+/// last).
+const KEPT_SIGNALS: usize = 32;
+const KEPT_LSM_DENIALS: usize = 16;
+
+/// Appends to a bounded list, dropping the oldest; returns how many were dropped.
+fn push_bounded<T>(list: &mut VecDeque<T>, item: T, bound: usize) -> u64 {
+    let dropped = if list.len() >= bound {
+        list.pop_front();
+        1
+    } else {
+        0
+    };
+    list.push_back(item);
+    dropped
+}
 
 impl Process {
+    /// Returns how many signals were dropped to keep it.
+    pub fn record_signal(&mut self, signal: SignalInfo) -> u64 {
+        push_bounded(&mut self.signals, signal, KEPT_SIGNALS)
+    }
+
+    /// Returns how many denials were dropped to keep it.
+    pub fn record_lsm_denial(&mut self, ts: u64, denial: LsmDenial) -> u64 {
+        push_bounded(&mut self.lsm_denials, (ts, denial), KEPT_LSM_DENIALS)
+    }
+
     pub fn note_listening(&mut self, addr: SocketAddr) {
         if self.listening.len() < KEPT_LISTENING && !self.listening.contains(&addr) {
             self.listening.push(addr);
@@ -163,10 +192,10 @@ impl ProcessTable {
             conn: None,
             pending_accept: None,
             exit: None,
-            signals: Vec::new(),
+            signals: VecDeque::new(),
             syscall_errors: VecDeque::new(),
             oom: None,
-            lsm_denials: Vec::new(),
+            lsm_denials: VecDeque::new(),
             listening: Vec::new(),
         })
     }
