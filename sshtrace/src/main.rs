@@ -71,8 +71,12 @@ fn trace(args: TraceArgs) -> Result<()> {
     // Before any thread exists: mounting tracefs or securityfs may need a private namespace.
     let tracefs = tracefs::ensure_mounted()?;
     let lsms = ActiveLsms::discover();
-    tokio::runtime::Builder::new_current_thread()
+    let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
-        .build()?
-        .block_on(tracer::run(args, outputs, tracefs, lsms))
+        .build()?;
+    let result = runtime.block_on(tracer::run(args, outputs, tracefs, lsms));
+    // Not waiting for the blocking threads: a write to a stalled disk or to a reader that
+    // stopped reading must not hold up the exit (what it held is counted undelivered).
+    runtime.shutdown_background();
+    result
 }

@@ -1,6 +1,7 @@
 //! systemd-journald's native protocol: `KEY=value` lines in one datagram. Values hold no
-//! newline (they are escaped), so the simple form suffices; the whole verdict rides along as
-//! JSON in `SSHTRACE_JSON`.
+//! newline, so the simple form suffices: the text fields go through `escape::text`, and the
+//! whole record rides along in `SSHTRACE_JSON` as JSON from `escape::json`, which holds no
+//! control character either (and stays valid JSON: it is not text-escaped a second time).
 
 use bytes::BytesMut;
 
@@ -26,25 +27,23 @@ pub fn render(record: &Record) -> BytesMut {
             if let Some(s) = &v.sshd {
                 fields.push(("SSHTRACE_SSHD_PID", s.pid.to_string()));
             }
-            fields.push((
-                "SSHTRACE_JSON",
-                serde_json::to_string(v).unwrap_or_default(),
-            ));
+            fields.push(("SSHTRACE_JSON", escape::json(v)));
         }
         Record::Loss(l) => {
             fields.push(("MESSAGE", l.summary()));
             fields.push(("PRIORITY", "5".into()));
-            fields.push((
-                "SSHTRACE_JSON",
-                serde_json::to_string(l).unwrap_or_default(),
-            ));
+            fields.push(("SSHTRACE_JSON", escape::json(l)));
         }
     }
     let mut out = BytesMut::new();
     for (key, value) in fields {
         out.extend_from_slice(key.as_bytes());
         out.extend_from_slice(b"=");
-        out.extend_from_slice(escape::text(&value).as_bytes());
+        if key == "SSHTRACE_JSON" {
+            out.extend_from_slice(value.as_bytes());
+        } else {
+            out.extend_from_slice(escape::text(&value).as_bytes());
+        }
         out.extend_from_slice(b"\n");
     }
     out
@@ -69,5 +68,30 @@ mod tests {
         let text = String::from_utf8(render(&Record::Loss(loss)).to_vec()).unwrap();
         assert!(text.lines().all(|l| l.contains('=')), "{text}");
         assert!(text.contains("x\\ny"));
+    }
+
+    #[test]
+    fn the_json_field_stays_valid_json_with_hostile_strings() {
+        let hostile = "x\ny\u{9b}2J\u{202e}\x7f\"\\";
+        let loss = LossRecord::new(
+            "t".into(),
+            "h".into(),
+            Some(hostile.into()),
+            1,
+            1,
+            Default::default(),
+        );
+        let text = String::from_utf8(render(&Record::Loss(loss)).to_vec()).unwrap();
+        assert!(text.lines().all(|l| l.contains('=')), "{text}");
+        assert!(
+            !text.chars().any(|c| c != '\n' && escape::is_unsafe(c)),
+            "{text:?}"
+        );
+        let json = text
+            .lines()
+            .find_map(|l| l.strip_prefix("SSHTRACE_JSON="))
+            .unwrap();
+        let parsed: serde_json::Value = serde_json::from_str(json).unwrap();
+        assert_eq!(parsed["sink"], hostile);
     }
 }

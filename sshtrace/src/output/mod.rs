@@ -2,6 +2,7 @@
 //! journald). The event path hands each record to every output's queue and never waits; one
 //! task per output writes it out. Each format escapes kernel strings its own way.
 
+pub mod file;
 pub mod journald;
 pub mod json;
 pub mod record;
@@ -27,6 +28,8 @@ pub struct Outputs {
     tasks: Vec<JoinHandle<()>>,
     loss: Arc<LossContext>,
     stop: watch::Sender<bool>,
+    /// Turns true when standard output's reader is gone.
+    stdout_closed: Arc<watch::Sender<bool>>,
 }
 
 impl Outputs {
@@ -39,20 +42,47 @@ impl Outputs {
             kernel_skipped_runs: Default::default(),
         });
         let (stop, stopped) = watch::channel(false);
+        let stdout_closed = Arc::new(watch::Sender::new(false));
         let sinks: Vec<Arc<Shared>> = specs
             .into_iter()
             .map(|s| Arc::new(Shared::new(s)))
             .collect();
         let tasks = sinks
             .iter()
-            .map(|s| tokio::spawn(sink::run(s.clone(), loss.clone(), stopped.clone())))
+            .map(|s| {
+                tokio::spawn(sink::run(
+                    s.clone(),
+                    loss.clone(),
+                    stopped.clone(),
+                    stdout_closed.clone(),
+                ))
+            })
             .collect();
         Self {
             sinks,
             tasks,
             loss,
             stop,
+            stdout_closed,
         }
+    }
+
+    /// SIGHUP: file outputs close their file and open their path again, as after logrotate
+    /// renamed it away (the next records go to the new file). Nothing else changes.
+    pub fn reopen(&self) {
+        for sink in &self.sinks {
+            sink.reopen();
+        }
+    }
+
+    /// Turns true when standard output is an output and its reader went away (`sshtrace |
+    /// head -1`): then sshtrace stops, as a Unix filter does.
+    pub fn stdout_closed(&self) -> watch::Receiver<bool> {
+        self.stdout_closed.subscribe()
+    }
+
+    pub fn is_stdout_closed(&self) -> bool {
+        *self.stdout_closed.borrow()
     }
 
     pub fn publish(&self, record: Record) {
@@ -91,6 +121,7 @@ impl Outputs {
     }
 
     /// Lets the outputs drain for up to `grace`, then reports what each delivered and dropped.
+    /// An output failing at that point is not retried: what it holds is undelivered.
     pub async fn finish(self, grace: Duration) -> Vec<String> {
         let _ = self.stop.send(true);
         let all = futures_join(self.tasks);

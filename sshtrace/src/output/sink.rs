@@ -2,12 +2,18 @@
 //! that writes to the destination, reconnecting with backoff. When the queue is full, new
 //! records are dropped (the first verdicts of an outage are the ones kept) and counted; once
 //! the destination takes records again, a loss record says how many were dropped.
+//!
+//! Nothing at the destination can make this task spin or flood standard error: every failure,
+//! to connect or to send, waits out an exponential backoff before the next attempt (reset only
+//! by a connection that worked for a while), and warnings about one output are at most one
+//! line per [`WARN_EVERY`]. A record too large for a datagram is dropped and counted, never
+//! retried. Standard output closed by its reader ends sshtrace, as it does a Unix filter.
 
 use std::{
     collections::VecDeque,
-    io,
+    io::{self, Write as _},
     sync::{
-        atomic::{AtomicU64, Ordering::Relaxed},
+        atomic::{AtomicBool, AtomicU64, Ordering::Relaxed},
         Arc, Mutex,
     },
     time::Duration,
@@ -18,9 +24,11 @@ use tokio::{
     io::AsyncWriteExt,
     net::{TcpStream, UdpSocket, UnixDatagram, UnixStream},
     sync::{watch, Notify},
+    time::Instant,
 };
 
 use super::{
+    file::FileOut,
     journald, json, syslog, text,
     url::{Encoding, SinkSpec, Transport},
     KernelLoss, LossRecord, Record,
@@ -43,7 +51,7 @@ pub struct Counters {
     pub produced: AtomicU64,
     /// Records written to the destination.
     pub delivered: AtomicU64,
-    /// Records dropped because the queue was full.
+    /// Records dropped: the queue was full, or a record did not fit a datagram.
     pub dropped: AtomicU64,
     /// Dropped records no loss record has reported yet.
     unreported: AtomicU64,
@@ -56,7 +64,9 @@ pub struct Shared {
     wake: Notify,
     /// The terminal's status line, and whether it must be redrawn.
     status: Mutex<String>,
-    status_dirty: std::sync::atomic::AtomicBool,
+    status_dirty: AtomicBool,
+    /// SIGHUP asked a file output to reopen its path.
+    reopen: AtomicBool,
 }
 
 impl Shared {
@@ -68,6 +78,16 @@ impl Shared {
             wake: Notify::new(),
             status: Mutex::new(String::new()),
             status_dirty: Default::default(),
+            reopen: Default::default(),
+        }
+    }
+
+    /// A file output closes its file and opens its path again (after logrotate renamed it);
+    /// other outputs ignore it.
+    pub fn reopen(&self) {
+        if matches!(self.spec.transport, Transport::File { .. }) {
+            self.reopen.store(true, Relaxed);
+            self.wake.notify_one();
         }
     }
 
@@ -117,6 +137,13 @@ impl Shared {
     fn pop_front(&self) {
         self.queue.lock().expect("queue lock").pop_front();
     }
+
+    /// The record at the front can never be sent: dropped, and counted as dropped.
+    fn drop_front(&self) {
+        self.pop_front();
+        self.counters.dropped.fetch_add(1, Relaxed);
+        self.counters.unreported.fetch_add(1, Relaxed);
+    }
 }
 
 fn encode(record: &Record, encoding: &Encoding) -> BytesMut {
@@ -133,7 +160,8 @@ fn encode(record: &Record, encoding: &Encoding) -> BytesMut {
 
 enum Connection {
     Stdout(tokio::io::Stdout),
-    File { file: std::fs::File, size: u64 },
+    /// `None` only while a write is under way on a blocking thread (or was lost with it).
+    File(Option<Box<FileOut>>),
     Tcp(TcpStream),
     Udp(UdpSocket),
     Unix(UnixStream),
@@ -144,12 +172,9 @@ async fn connect(transport: &Transport) -> io::Result<Connection> {
     Ok(match transport {
         Transport::Stdout => Connection::Stdout(tokio::io::stdout()),
         Transport::File { path, .. } => {
-            let file = std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(path)?;
-            let size = file.metadata()?.len();
-            Connection::File { file, size }
+            let path = path.clone();
+            let file = blocking(move || FileOut::open(&path)).await?;
+            Connection::File(Some(Box::new(file)))
         }
         Transport::Tcp(addr) => Connection::Tcp(TcpStream::connect(addr).await?),
         Transport::Udp(addr) => {
@@ -175,6 +200,15 @@ async fn connect(transport: &Transport) -> io::Result<Connection> {
     })
 }
 
+/// Runs blocking file I/O on tokio's blocking threads: the event loop never waits for a disk.
+async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> io::Result<T> + Send + 'static,
+) -> io::Result<T> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .unwrap_or_else(|e| Err(io::Error::other(e)))
+}
+
 /// A stream whose peer has closed reads EOF: caught before writing, so that no record is
 /// written into a connection that is already gone.
 fn peer_closed(stream_try_read: io::Result<usize>) -> bool {
@@ -182,62 +216,85 @@ fn peer_closed(stream_try_read: io::Result<usize>) -> bool {
         || matches!(&stream_try_read, Err(e) if e.kind() != io::ErrorKind::WouldBlock)
 }
 
-async fn send(conn: &mut Connection, transport: &Transport, bytes: &[u8]) -> io::Result<()> {
+async fn send(conn: &mut Connection, transport: &Transport, bytes: BytesMut) -> io::Result<()> {
     let gone = || io::Error::from(io::ErrorKind::BrokenPipe);
     let mut probe = [0u8; 64];
     match conn {
         Connection::Stdout(out) => {
-            out.write_all(bytes).await?;
+            out.write_all(&bytes).await?;
             out.flush().await
         }
-        Connection::File { file, size } => {
-            if let Transport::File {
-                path,
-                max_size: Some(max),
-                keep,
-            } = transport
-            {
-                if *size > 0 && *size + bytes.len() as u64 > *max {
-                    rotate(path, *keep)?;
-                    *file = std::fs::OpenOptions::new()
-                        .create(true)
-                        .append(true)
-                        .open(path)?;
-                    *size = 0;
-                }
-            }
-            std::io::Write::write_all(file, bytes)?;
-            *size += bytes.len() as u64;
-            Ok(())
+        Connection::File(slot) => {
+            let (max_size, keep) = match transport {
+                Transport::File { max_size, keep, .. } => (*max_size, *keep),
+                _ => (None, 0),
+            };
+            let mut file = slot.take().ok_or_else(gone)?;
+            let (file, written) = tokio::task::spawn_blocking(move || {
+                let written = file.write_record(&bytes, max_size, keep);
+                (file, written)
+            })
+            .await
+            .map_err(io::Error::other)?;
+            *slot = Some(file);
+            written
         }
         Connection::Tcp(stream) => {
             if peer_closed(stream.try_read(&mut probe)) {
                 return Err(gone());
             }
-            stream.write_all(bytes).await
+            stream.write_all(&bytes).await
         }
         Connection::Unix(stream) => {
             if peer_closed(stream.try_read(&mut probe)) {
                 return Err(gone());
             }
-            stream.write_all(bytes).await
+            stream.write_all(&bytes).await
         }
-        Connection::Udp(socket) => socket.send(bytes).await.map(drop),
-        Connection::UnixDatagram(socket) => socket.send(bytes).await.map(drop),
+        Connection::Udp(socket) => socket.send(&bytes).await.map(drop),
+        Connection::UnixDatagram(socket) => socket.send(&bytes).await.map(drop),
     }
 }
 
-/// PATH → PATH.1 → … → PATH.keep (the oldest is removed).
-fn rotate(path: &std::path::Path, keep: u32) -> io::Result<()> {
-    let numbered = |n: u32| std::path::PathBuf::from(format!("{}.{n}", path.display()));
-    if keep == 0 {
-        return std::fs::remove_file(path);
-    }
-    let _ = std::fs::remove_file(numbered(keep));
-    for n in (1..keep).rev() {
-        let _ = std::fs::rename(numbered(n), numbered(n + 1));
-    }
-    std::fs::rename(path, numbered(1))
+/// Standard output's reader is gone (a pipe's reader exited, a socket's peer closed, or the
+/// descriptor is closed): nothing written there can be read again.
+fn reader_gone(err: &io::Error) -> bool {
+    matches!(
+        err.raw_os_error(),
+        Some(libc::EPIPE | libc::ECONNRESET | libc::ENOTCONN | libc::EBADF)
+    ) || err.kind() == io::ErrorKind::BrokenPipe
+}
+
+/// A datagram output's record larger than a datagram may be: it will never fit.
+fn too_big(transport: &Transport, err: &io::Error) -> bool {
+    matches!(transport, Transport::Udp(_) | Transport::UnixDatagram(_))
+        && err.raw_os_error() == Some(libc::EMSGSIZE)
+}
+
+/// Tells `closed` when standard output's reader goes away, even while nothing is written: a
+/// pipe whose reader exited polls POLLERR, a socket or terminal that hung up POLLHUP. (Regular
+/// files and /dev/null never report either: the thread then sleeps for good.) Started by the
+/// stdout output's task, after sshtrace dropped its capabilities, which the thread inherits.
+fn watch_stdout(closed: Arc<watch::Sender<bool>>) {
+    let watch = move || loop {
+        let mut fd = libc::pollfd {
+            fd: libc::STDOUT_FILENO,
+            events: 0,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd.
+        let n = unsafe { libc::poll(&mut fd, 1, -1) };
+        if n < 0 && io::Error::last_os_error().kind() == io::ErrorKind::Interrupted {
+            continue;
+        }
+        if n > 0 && fd.revents & (libc::POLLERR | libc::POLLHUP) != 0 {
+            closed.send_replace(true);
+        }
+        return;
+    };
+    let _ = std::thread::Builder::new()
+        .name("stdout-watch".into())
+        .spawn(watch);
 }
 
 /// Carriage return and erase-line: the status line is redrawn in place.
@@ -245,37 +302,160 @@ const CLEAR_LINE: &[u8] = b"\r\x1b[K";
 
 const BACKOFF_START: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
+/// A local file is retried more often: a failed write costs one system call.
+const FILE_BACKOFF_MAX: Duration = Duration::from_secs(1);
+/// A connection that worked this long before failing is retried from [`BACKOFF_START`].
+const STABLE: Duration = Duration::from_secs(10);
+/// At most one warning line per output this often.
+pub const WARN_EVERY: Duration = Duration::from_secs(10);
 
-/// Writes `shared`'s queue to its destination until `stop` turns true and the queue is empty.
-pub async fn run(shared: Arc<Shared>, loss: Arc<LossContext>, mut stop: watch::Receiver<bool>) {
-    let spec = &shared.spec;
-    let mut backoff = BACKOFF_START;
-    // Connect at once, so that an unreachable collector is reported at start-up (a warning:
-    // it may come up later).
-    let mut conn = match connect(&spec.transport).await {
-        Ok(c) => Some(c),
-        Err(err) => {
-            eprintln!(
-                "sshtrace: warning: output {}: {err}; retrying, records queue up to {} and are then dropped (counted)",
-                spec.name, spec.queue
-            );
-            None
+/// The wait before the next attempt after a failure: doubling from [`BACKOFF_START`] to a
+/// maximum. Success does not reset it (a collector that accepts and then fails every send
+/// would otherwise be retried at once, for ever): a connection that had worked for
+/// [`STABLE`] does.
+struct Backoff {
+    next: Duration,
+    max: Duration,
+}
+
+impl Backoff {
+    fn after_failure(&mut self, worked_for: Option<Duration>) -> Duration {
+        if worked_for.is_some_and(|d| d >= STABLE) {
+            self.next = BACKOFF_START;
         }
+        let wait = self.next;
+        self.next = (wait * 2).min(self.max);
+        wait
+    }
+}
+
+/// Standard-error lines about one output: at most one per [`WARN_EVERY`], which says how
+/// many were not shown since the previous one; "reachable again" only after an outage whose
+/// warning was shown.
+struct Warnings {
+    name: String,
+    last: Option<Instant>,
+    not_shown: u64,
+    failing: bool,
+    failure_shown: bool,
+}
+
+impl Warnings {
+    fn new(name: &str) -> Self {
+        Self {
+            name: name.to_owned(),
+            last: None,
+            not_shown: 0,
+            failing: false,
+            failure_shown: false,
+        }
+    }
+
+    /// Prints the warning unless one was printed less than [`WARN_EVERY`] ago.
+    fn warn(&mut self, text: &str) -> bool {
+        let now = Instant::now();
+        if self
+            .last
+            .is_some_and(|t| now.duration_since(t) < WARN_EVERY)
+        {
+            self.not_shown += 1;
+            return false;
+        }
+        let more = match self.not_shown {
+            0 => String::new(),
+            n => format!(" ({n} more warnings about this output since the last one)"),
+        };
+        stderr_line(&format!(
+            "sshtrace: warning: output {}: {text}{more}",
+            self.name
+        ));
+        self.last = Some(now);
+        self.not_shown = 0;
+        true
+    }
+
+    fn failure(&mut self, text: &str) {
+        let shown = self.warn(text);
+        self.failure_shown = shown || (self.failing && self.failure_shown);
+        self.failing = true;
+    }
+
+    fn success(&mut self) {
+        if self.failing && self.failure_shown {
+            stderr_line(&format!(
+                "sshtrace: output {} is reachable again",
+                self.name
+            ));
+        }
+        self.failing = false;
+        self.failure_shown = false;
+    }
+}
+
+/// A line on standard error; a closed standard error is no reason to stop.
+fn stderr_line(line: &str) {
+    let _ = writeln!(io::stderr(), "{line}");
+}
+
+/// Writes `shared`'s queue to its destination until `stop` turns true and the queue is empty
+/// (or the destination fails once sshtrace is stopping).
+pub async fn run(
+    shared: Arc<Shared>,
+    loss: Arc<LossContext>,
+    mut stop: watch::Receiver<bool>,
+    stdout_closed: Arc<watch::Sender<bool>>,
+) {
+    let spec = &shared.spec;
+    let is_stdout = spec.transport == Transport::Stdout;
+    let is_file = matches!(spec.transport, Transport::File { .. });
+    if is_stdout {
+        watch_stdout(stdout_closed.clone());
+    }
+    let mut warnings = Warnings::new(&spec.name);
+    let mut backoff = Backoff {
+        next: BACKOFF_START,
+        max: if is_file {
+            FILE_BACKOFF_MAX
+        } else {
+            BACKOFF_MAX
+        },
     };
-    let mut warned = conn.is_none();
+    let retrying = if is_file { "retrying" } else { "reconnecting" };
+    let mut conn: Option<Connection> = None;
+    let mut connected_at = Instant::now();
+    // No attempt before this, after a failure.
+    let mut retry_at: Option<Instant> = None;
+    // Connect even with nothing to send: at start-up, so that an unreachable collector is
+    // reported at once (a warning: it may come up later), and after SIGHUP.
+    let mut connect_now = true;
     loop {
-        let unreported = shared.counters.unreported.load(Relaxed);
-        let next = shared.front();
+        if is_stdout && *stdout_closed.borrow() {
+            return;
+        }
+        if shared.reopen.swap(false, Relaxed) {
+            conn = None;
+            connect_now = true;
+            retry_at = None;
+        }
+        let stopping = *stop.borrow();
         if shared.status_dirty.swap(false, Relaxed) {
             if let Some(c) = conn.as_mut() {
                 let status = shared.status.lock().expect("status lock").clone();
                 let mut bytes = BytesMut::from(CLEAR_LINE);
                 bytes.extend_from_slice(status.as_bytes());
-                let _ = send(c, &spec.transport, &bytes).await;
+                if let Err(err) = send(c, &spec.transport, bytes).await {
+                    if is_stdout && reader_gone(&err) {
+                        stdout_closed.send_replace(true);
+                        return;
+                    }
+                }
             }
         }
-        if next.is_none() && unreported == 0 {
-            if *stop.borrow() {
+        let unreported = shared.counters.unreported.load(Relaxed);
+        let next = shared.front();
+        let idle = next.is_none() && unreported == 0;
+        if idle && !connect_now {
+            if stopping {
                 return;
             }
             tokio::select! {
@@ -284,32 +464,45 @@ pub async fn run(shared: Arc<Shared>, loss: Arc<LossContext>, mut stop: watch::R
             }
             continue;
         }
+        if let Some(at) = retry_at {
+            if Instant::now() < at {
+                // A failing output is not retried once sshtrace stops: what it holds is
+                // reported undelivered.
+                if stopping {
+                    return;
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep_until(at) => {}
+                    _ = shared.wake.notified() => {}
+                    _ = stop.changed() => {}
+                }
+                continue;
+            }
+            retry_at = None;
+        }
         if conn.is_none() {
+            connect_now = false;
             match connect(&spec.transport).await {
                 Ok(c) => {
-                    if warned {
-                        eprintln!("sshtrace: output {} is reachable again", spec.name);
-                    }
                     conn = Some(c);
-                    backoff = BACKOFF_START;
-                    warned = false;
+                    connected_at = Instant::now();
                 }
                 Err(err) => {
-                    if !warned {
-                        eprintln!("sshtrace: warning: output {}: {err}; retrying, records queue up to {} and are then dropped (counted)", spec.name, spec.queue);
-                        warned = true;
-                    }
-                    if *stop.borrow() {
+                    warnings.failure(&format!(
+                        "{err}; retrying, records queue up to {} and are then dropped (counted)",
+                        spec.queue
+                    ));
+                    retry_at = Some(Instant::now() + backoff.after_failure(None));
+                    if stopping {
                         return;
                     }
-                    tokio::select! {
-                        _ = tokio::time::sleep(backoff) => {}
-                        _ = stop.changed() => {}
-                    }
-                    backoff = (backoff * 2).min(BACKOFF_MAX);
                     continue;
                 }
             }
+        }
+        connect_now = false;
+        if idle {
+            continue;
         }
         let c = conn.as_mut().expect("connected above");
         let result = if unreported > 0 {
@@ -324,8 +517,8 @@ pub async fn run(shared: Arc<Shared>, loss: Arc<LossContext>, mut stop: watch::R
                     skipped_runs: loss.kernel_skipped_runs.load(Relaxed),
                 },
             ));
-            let sent = send(c, &spec.transport, &encode(&record, &spec.encoding)).await;
-            if sent.is_ok() {
+            let sent = send(c, &spec.transport, encode(&record, &spec.encoding)).await;
+            if sent.is_ok() || sent.as_ref().is_err_and(|e| too_big(&spec.transport, e)) {
                 shared.counters.unreported.fetch_sub(unreported, Relaxed);
             }
             sent
@@ -334,24 +527,149 @@ pub async fn run(shared: Arc<Shared>, loss: Arc<LossContext>, mut stop: watch::R
             let sent = send(
                 c,
                 &spec.transport,
-                &shared.framed(encode(&record, &spec.encoding)),
+                shared.framed(encode(&record, &spec.encoding)),
             )
             .await;
-            if sent.is_ok() {
-                shared.pop_front();
-                shared.counters.delivered.fetch_add(1, Relaxed);
+            match &sent {
+                Ok(()) => {
+                    shared.pop_front();
+                    shared.counters.delivered.fetch_add(1, Relaxed);
+                }
+                Err(e) if too_big(&spec.transport, e) => shared.drop_front(),
+                Err(_) => {}
             }
             sent
         };
-        if let Err(err) = result {
-            if !warned {
-                eprintln!(
-                    "sshtrace: warning: output {}: {err}; reconnecting",
-                    spec.name
-                );
-                warned = true;
+        match result {
+            Ok(()) => warnings.success(),
+            Err(err) if too_big(&spec.transport, &err) => {
+                warnings.warn(&format!(
+                    "a record does not fit a datagram ({err}); dropped (counted)"
+                ));
             }
-            conn = None;
+            Err(err) if is_stdout && reader_gone(&err) => {
+                stdout_closed.send_replace(true);
+                return;
+            }
+            Err(err) => {
+                warnings.failure(&format!("{err}; {retrying}"));
+                conn = None;
+                let wait = backoff.after_failure(Some(connected_at.elapsed()));
+                retry_at = Some(Instant::now() + wait);
+                if stopping {
+                    return;
+                }
+            }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_and_restarts_only_after_a_stable_connection() {
+        let mut b = Backoff {
+            next: BACKOFF_START,
+            max: BACKOFF_MAX,
+        };
+        let quick = Some(Duration::from_millis(5));
+        let waits: Vec<u64> = (0..8)
+            .map(|_| b.after_failure(quick).as_millis() as u64)
+            .collect();
+        assert_eq!(waits, [100, 200, 400, 800, 1600, 3200, 5000, 5000]);
+        assert_eq!(b.after_failure(Some(STABLE)), BACKOFF_START);
+    }
+
+    #[test]
+    fn warnings_are_rate_limited() {
+        let mut w = Warnings::new("tcp://h:1");
+        assert!(w.warn("first"));
+        assert!(!w.warn("second"));
+        assert!(!w.warn("third"));
+        assert_eq!(w.not_shown, 2);
+        w.last = Some(Instant::now() - WARN_EVERY);
+        assert!(w.warn("fourth"));
+        assert_eq!(w.not_shown, 0);
+    }
+
+    /// A record larger than a datagram may be is dropped and counted, and the output goes
+    /// on: the next record and a loss record get through.
+    #[tokio::test]
+    async fn an_oversized_datagram_is_dropped_not_retried() {
+        let dir = std::env::temp_dir().join(format!("sshtrace-dgram-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("collector.sock");
+        let collector = UnixDatagram::bind(&path).unwrap();
+        let spec = SinkSpec::parse(
+            &format!("syslog+unix://{}", path.display()),
+            Default::default(),
+        )
+        .unwrap();
+        let shared = Arc::new(Shared::new(spec));
+        let loss = Arc::new(LossContext {
+            host: "h".into(),
+            clock: Clock::new(),
+            kernel_lost: Default::default(),
+            kernel_skipped_runs: Default::default(),
+        });
+        let record = |sink: String| {
+            Arc::new(Record::Loss(LossRecord::new(
+                "2026-01-01T00:00:00.000000000Z".into(),
+                "h".into(),
+                Some(sink),
+                0,
+                0,
+                Default::default(),
+            )))
+        };
+        // Past any unix datagram socket's send buffer.
+        shared.push(record("x".repeat(4 << 20)));
+        shared.push(record("small".into()));
+        let (stop, stopped) = watch::channel(false);
+        let task = tokio::spawn(run(
+            shared.clone(),
+            loss,
+            stopped,
+            Arc::new(watch::Sender::new(false)),
+        ));
+        let mut got = Vec::new();
+        let mut buf = vec![0u8; 65536];
+        while got.len() < 2 {
+            let n = tokio::time::timeout(Duration::from_secs(5), collector.recv(&mut buf))
+                .await
+                .expect("the output is wedged")
+                .unwrap();
+            got.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+        }
+        stop.send(true).unwrap();
+        task.await.unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert!(
+            got[0].contains(" loss ") && got[0].contains("dropped=\"1\""),
+            "{got:?}"
+        );
+        assert!(got[1].contains("sink=\"small\""), "{got:?}");
+        let c = &shared.counters;
+        assert_eq!(
+            (
+                c.produced.load(Relaxed),
+                c.delivered.load(Relaxed),
+                c.dropped.load(Relaxed)
+            ),
+            (2, 1, 1)
+        );
+    }
+
+    #[test]
+    fn only_datagram_outputs_drop_oversized_records() {
+        let err = io::Error::from_raw_os_error(libc::EMSGSIZE);
+        assert!(too_big(&Transport::Udp("h:1".into()), &err));
+        assert!(too_big(&Transport::UnixDatagram("/x".into()), &err));
+        assert!(!too_big(&Transport::Tcp("h:1".into()), &err));
+        assert!(reader_gone(&io::Error::from_raw_os_error(libc::EPIPE)));
+        assert!(!reader_gone(&io::Error::from_raw_os_error(libc::ENOSPC)));
     }
 }

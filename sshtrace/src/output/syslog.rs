@@ -1,6 +1,7 @@
 //! RFC 5424 messages: the one-line summary as MSG, the verdict's key fields as structured
-//! data. SD-PARAM values escape `"`, `\` and `]` (RFC 5424 §6.3.3); no field holds a control
-//! character, so no message can be split or forged.
+//! data. SD-PARAM values escape `"`, `\` and `]` (RFC 5424 §6.3.3); every string goes
+//! through `escape::text` (header fields are printable ASCII), so no field holds a control or
+//! invisible format character: no message can be split or forged.
 
 use std::fmt::Write;
 

@@ -1,6 +1,7 @@
 //! The human view: one line per verdict; `-v` adds the hint and the evidence chain. Every
-//! string is passed through `escape::text`: no control characters, so no forged lines and no
-//! terminal escape sequences.
+//! string is passed through `escape::text` (the evidence through `escape::json`): no control
+//! character, so no forged lines and no terminal escape sequences, and no bidi or other
+//! invisible format character, so nothing displayed out of order or hidden.
 
 use std::fmt::Write;
 
@@ -70,8 +71,7 @@ fn verdict(v: &Verdict, verbose: bool, color: bool) -> String {
     if verbose {
         let _ = writeln!(line, "    hint: {}", escape::text(&v.hint));
         for e in &v.evidence {
-            let json = serde_json::to_string(e).unwrap_or_default();
-            let _ = writeln!(line, "    evidence: {}", escape::text(&json));
+            let _ = writeln!(line, "    evidence: {}", escape::json(e));
         }
     }
     line

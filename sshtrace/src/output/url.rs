@@ -55,6 +55,8 @@ pub struct StdoutView {
 }
 
 pub const DEFAULT_QUEUE: usize = 4096;
+/// Rotated files kept at most: each rotation renames every one of them.
+pub const MAX_KEEP: u32 = 100;
 const JOURNALD_SOCKET: &str = "/run/systemd/journal/socket";
 
 impl SinkSpec {
@@ -81,7 +83,11 @@ impl SinkSpec {
                     max_size =
                         Some(parse_size(v).ok_or_else(|| fail("max_size is a size like 10M"))?)
                 }
-                "keep" => keep = v.parse().map_err(|_| fail("keep must be a number"))?,
+                "keep" => {
+                    keep = v.parse().ok().filter(|&k| k <= MAX_KEEP).ok_or_else(|| {
+                        fail(&format!("keep must be a number from 0 to {MAX_KEEP}"))
+                    })?
+                }
                 _ => {
                     return Err(fail(&format!(
                         "unknown option '{k}' (queue, max_size, keep)"
@@ -122,7 +128,7 @@ impl SinkSpec {
                     octet_counting: false,
                 };
                 match scheme {
-                    "file" => (Transport::File { path: local_path(rest, &fail)?, max_size, keep }, Encoding::JsonLines),
+                    "file" => (Transport::File { path: file_path(rest, &fail)?, max_size, keep }, Encoding::JsonLines),
                     "tcp" => (Transport::Tcp(host_port(rest, &fail)?), Encoding::JsonLines),
                     "udp" => (Transport::Udp(host_port(rest, &fail)?), Encoding::JsonLines),
                     "unix" => (Transport::UnixStream(local_path(rest, &fail)?), Encoding::JsonLines),
@@ -176,6 +182,23 @@ fn local_path(text: &str, fail: &dyn Fn(&str) -> anyhow::Error) -> Result<PathBu
         return Err(fail(&format!("directory {} does not exist", dir.display())));
     }
     Ok(path)
+}
+
+/// A file output's path: never a symbolic link (sshtrace runs as root, and whoever can write
+/// the directory could point it anywhere) nor anything but a regular file. Checked here to
+/// stop at start-up with one line; the writer opens with `O_NOFOLLOW` whatever appears later.
+fn file_path(text: &str, fail: &dyn Fn(&str) -> anyhow::Error) -> Result<PathBuf> {
+    let path = local_path(text, fail)?;
+    match path.symlink_metadata() {
+        Ok(m) if m.file_type().is_symlink() => Err(fail(&format!(
+            "{} is a symbolic link; sshtrace does not write through links",
+            path.display()
+        ))),
+        Ok(m) if !m.file_type().is_file() => {
+            Err(fail(&format!("{} is not a regular file", path.display())))
+        }
+        _ => Ok(path),
+    }
 }
 
 /// `4096`, `64K`, `10M`, `1G`.
@@ -274,5 +297,30 @@ mod tests {
         assert!(err("tcp://h:1?queue=0").contains("queue"));
         assert!(err("tcp://h:1?colour=red").contains("unknown option 'colour'"));
         assert!(!err("tcp://nohost").contains('\n'));
+        assert!(err("file:///tmp/v.jsonl?keep=101").contains("keep must be a number from 0 to 100"));
+        assert_eq!(
+            parse("file:///tmp/v.jsonl?keep=100").unwrap().transport,
+            Transport::File {
+                path: "/tmp/v.jsonl".into(),
+                max_size: None,
+                keep: 100
+            }
+        );
+        assert!(err("file:///tmp").contains("/tmp is not a regular file"));
+    }
+
+    #[test]
+    fn a_symlinked_file_output_is_refused() {
+        let dir = std::env::temp_dir().join(format!("sshtrace-url-link-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::os::unix::fs::symlink(dir.join("target"), dir.join("v.jsonl")).unwrap();
+        let err = format!(
+            "{:#}",
+            parse(&format!("file://{}/v.jsonl", dir.display())).unwrap_err()
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert!(err.contains("is a symbolic link"), "{err}");
+        assert!(!err.contains('\n'));
     }
 }
