@@ -7,7 +7,8 @@ use serde::Serialize;
 /// A container as its cgroup path names it (names from the runtime are added later).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct Container {
-    /// Runtime's id (64 hex digits), or the name for LXC and nspawn.
+    /// Runtime's id (64 hex digits), or the name for LXC and nspawn ([`UNNAMED`] when the
+    /// cgroup holds no plain name).
     pub id: String,
     pub name: Option<String>,
     /// `docker`, `podman`, `containerd`, `cri-o`, `lxc`, `systemd-nspawn`.
@@ -28,6 +29,30 @@ pub struct Pod {
 
 fn is_id(s: &str) -> bool {
     s.len() == 64 && s.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+/// The longest LXC or nspawn name repeated as it is.
+pub const MAX_NAME: usize = 64;
+/// What a container whose cgroup holds no plain name is called.
+pub const UNNAMED: &str = "unnamed";
+
+/// A name to repeat as it is: at most [`MAX_NAME`] ASCII letters, digits, `.`, `_` and `-`.
+/// A cgroup directory is named by whoever made it (a delegated subtree is a tenant's), so an
+/// LXC or nspawn name taken from one may hold anything but `/`.
+pub fn is_plain_name(s: &str) -> bool {
+    (1..=MAX_NAME).contains(&s.len())
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}
+
+/// The runtime, id and name of a container known by its name: the name when it is plain,
+/// else [`UNNAMED`] and no name.
+fn by_name(runtime: &'static str, name: String) -> (&'static str, String, Option<String>) {
+    if is_plain_name(&name) {
+        (runtime, name.clone(), Some(name))
+    } else {
+        (runtime, UNNAMED.to_owned(), None)
+    }
 }
 
 /// systemd escapes `-` in unit names as `\x2d`.
@@ -66,11 +91,11 @@ pub fn from_cgroup_path(path: &str) -> Option<Container> {
             };
             Some((runtime, seg.to_owned(), None))
         } else if let Some(name) = seg.strip_prefix("machine-").map(unescape) {
-            (!name.starts_with("libpod-")).then(|| ("systemd-nspawn", name.clone(), Some(name)))
+            (!name.starts_with("libpod-")).then(|| by_name("systemd-nspawn", name))
         } else if let Some(name) = seg.strip_prefix("lxc.payload.") {
-            Some(("lxc", name.to_owned(), Some(name.to_owned())))
+            Some(by_name("lxc", name.to_owned()))
         } else if i > 0 && segments[i - 1] == "lxc" && !seg.starts_with("lxc.") {
-            Some(("lxc", seg.to_owned(), Some(seg.to_owned())))
+            Some(by_name("lxc", seg.to_owned()))
         } else {
             None
         };
@@ -107,7 +132,9 @@ fn pod_uid(segment: &str) -> Option<String> {
 /// The container of a process, from every line of /proc/PID/cgroup (cgroup v1 controllers and
 /// the v2 line alike).
 pub fn of_process(pid: u32) -> Option<Container> {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
+    // Cgroup names are bytes: one that is not UTF-8 must not hide the container.
+    let raw = std::fs::read(format!("/proc/{pid}/cgroup")).ok()?;
+    let text = String::from_utf8_lossy(&raw);
     let mut container = text
         .lines()
         .find_map(|line| from_cgroup_path(line.splitn(3, ':').nth(2)?))?;
@@ -211,6 +238,42 @@ mod tests {
             "build-box",
             None,
         );
+    }
+
+    /// A cgroup named by a tenant: control bytes, non-ASCII, or too long, is not repeated.
+    #[test]
+    fn lxc_and_nspawn_names_that_are_not_plain_are_unnamed() {
+        for path in [
+            "/lxc.payload.web\n01",
+            "/lxc.payload.evil\x1b[31m",
+            "/lxc/caf\u{e9}",
+            "/lxc/\u{202e}txt",
+            "/machine.slice/machine-a\\x20b.scope",
+        ] {
+            let c = from_cgroup_path(path).unwrap_or_else(|| panic!("no container in {path:?}"));
+            assert_eq!(
+                (c.id.as_str(), c.name.as_deref()),
+                (UNNAMED, None),
+                "{path:?}"
+            );
+            assert_eq!(c.cgroup_path, path, "kept for JSON, which escapes it");
+        }
+        let long = "x".repeat(MAX_NAME + 1);
+        assert_eq!(
+            from_cgroup_path(&format!("/lxc/{long}")).unwrap().id,
+            UNNAMED
+        );
+        let longest = "x".repeat(MAX_NAME);
+        check(&format!("/lxc/{longest}"), "lxc", &longest, None);
+        check("/lxc.payload.web_01.x-y", "lxc", "web_01.x-y", None);
+    }
+
+    /// Ids are 64 hex digits: anything else in a runtime's place is no container id.
+    #[test]
+    fn runtime_ids_are_hex_only() {
+        let fake = format!("{}\u{e9}", &ID[..63]);
+        assert!(from_cgroup_path(&format!("/system.slice/docker-{fake}.scope")).is_none());
+        assert!(from_cgroup_path(&format!("/docker/{}", ID.replace('a', "g"))).is_none());
     }
 
     #[test]

@@ -2,17 +2,25 @@
 //! listening TCP socket and runs an sshd executable; the ports come from those sockets, from
 //! each sshd's configuration, and from `--port`. Per-connection processes are found through
 //! the process tree (and, once tracing, by the fork probe), never by their name.
+//!
+//! What the cause rules need of a listener's configuration (MaxStartups) is read here, with
+//! its ports, into the [`Snapshot`]: the rules read no files.
+
+pub mod config;
 
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap},
     fs,
+    io::Read,
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
     path::{Path, PathBuf},
+    time::Duration,
 };
 
 use anyhow::{bail, Result};
 
-use crate::{container::Container, events::unmap, kernel::sockdiag};
+use crate::{container::Container, escape, events::unmap, kernel::sockdiag};
+use config::{FileFacts, Location, ReadKey, Reads};
 
 /// A listening sshd.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -26,6 +34,75 @@ pub struct Listener {
     pub container: Option<Container>,
 }
 
+/// What discovery read of a listener's configuration, for the rules to use.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SshdConfig {
+    /// The file as sshd names it (`-f`, else /etc/ssh/sshd_config), inside its own root.
+    pub path: String,
+    /// `-o MaxStartups=…`, else the file's; `None` when neither sets it.
+    pub max_startups: Option<String>,
+    /// Ports of `-p` and of the file, at most [`MAX_CONFIG_PORTS`].
+    pub ports: Vec<u16>,
+    /// Further distinct ports it names, not traced.
+    pub ports_left_out: usize,
+    /// Why the file could not be read, e.g. "not a regular file (a FIFO)".
+    pub unreadable: Option<String>,
+}
+
+impl SshdConfig {
+    fn new(args: &[String], path: &Path, file: Result<FileFacts, String>) -> Self {
+        let from_args = flag_values(args, "-o").into_iter().find_map(|o| {
+            let (k, v) = o.split_once(['=', ' '])?;
+            k.eq_ignore_ascii_case("MaxStartups")
+                .then(|| v.trim().to_owned())
+        });
+        let mut ports: Vec<u16> = flag_values(args, "-p")
+            .iter()
+            .filter_map(|p| p.parse().ok())
+            .collect();
+        let (facts, unreadable) = match file {
+            Ok(facts) => (facts, None),
+            Err(why) => (FileFacts::default(), Some(why)),
+        };
+        ports.extend(facts.ports);
+        let mut seen = BTreeSet::new();
+        ports.retain(|p| seen.insert(*p));
+        let ports_left_out = ports.len().saturating_sub(MAX_CONFIG_PORTS);
+        ports.truncate(MAX_CONFIG_PORTS);
+        Self {
+            path: path.to_string_lossy().into_owned(),
+            max_startups: from_args.or(facts.max_startups),
+            ports,
+            ports_left_out,
+            unreadable,
+        }
+    }
+
+    /// Says on standard error what could not be read or traced of it (once per read). A host
+    /// without sshd has no default configuration to speak of.
+    fn say(&self, pid: u32) {
+        let whose = match pid {
+            DEFAULT_CONFIG_KEY if !Path::new(&self.path).exists() => return,
+            DEFAULT_CONFIG_KEY => "the default configuration".to_owned(),
+            pid => format!("sshd pid {pid}: its configuration"),
+        };
+        let path = escape::text(&self.path);
+        if let Some(why) = &self.unreadable {
+            eprintln!(
+                "sshtrace: {whose} {path} is unreadable: {}; its ports are not traced",
+                escape::text(why)
+            );
+        }
+        if self.ports_left_out > 0 {
+            eprintln!(
+                "sshtrace: {whose} {path} names {} ports: tracing the first {MAX_CONFIG_PORTS}, {} left out",
+                self.ports.len() + self.ports_left_out,
+                self.ports_left_out
+            );
+        }
+    }
+}
+
 /// What a scan of /proc found.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Snapshot {
@@ -36,6 +113,8 @@ pub struct Snapshot {
     pub descendants: BTreeSet<u32>,
     /// Listeners seen earlier that no longer listen (most recent last, bounded).
     pub gone: Vec<Listener>,
+    /// The configuration of each listener (and of each gone one) whose file was read.
+    pub configs: BTreeMap<u32, SshdConfig>,
 }
 
 impl Snapshot {
@@ -49,6 +128,11 @@ impl Snapshot {
         all.sort();
         all.dedup();
         all
+    }
+
+    /// What discovery read of listener `pid`'s configuration.
+    pub fn config_of(&self, pid: u32) -> Option<&SshdConfig> {
+        self.configs.get(&pid)
     }
 }
 
@@ -74,7 +158,28 @@ pub struct Discovery {
     seen_ports: BTreeSet<u16>,
     last: Snapshot,
     /// Processes refused as listeners (said once each).
-    refused: std::cell::RefCell<BTreeSet<u32>>,
+    refused: BTreeSet<u32>,
+    /// Listeners whose container name was not repeated (said once each).
+    unnamed: BTreeSet<u32>,
+    /// The listeners' configuration files, read off the scan's thread.
+    reads: Reads,
+}
+
+/// The ports one configuration adds at most (a file may name thousands).
+pub const MAX_CONFIG_PORTS: usize = 64;
+/// How long a scan waits for the configuration files it asked for: a regular file answers in
+/// microseconds; one on a hung filesystem is left to its thread, and its listener traced by its
+/// listening sockets meanwhile.
+const CONFIG_WAIT: Duration = Duration::from_millis(50);
+/// More of /proc/PID/cmdline is not read (sshd's own is a line).
+const MAX_CMDLINE: u64 = 64 * 1024;
+/// The pid under which the default configuration's read is kept (no process has pid 0).
+const DEFAULT_CONFIG_KEY: u32 = 0;
+
+/// A listening sshd's own facts, read while building a snapshot.
+struct Candidate {
+    args: Vec<String>,
+    sockets: Vec<u64>,
 }
 
 impl Discovery {
@@ -87,7 +192,10 @@ impl Discovery {
                 bail!("--pid {pid}: no such process");
             }
             if !is_sshd_exe(&exe_of(&dir)) {
-                bail!("--pid {pid}: not an sshd process (runs {})", exe_of(&dir));
+                bail!(
+                    "--pid {pid}: not an sshd process (runs {})",
+                    escape::text(&exe_of(&dir))
+                );
             }
         }
         Ok(Self {
@@ -96,7 +204,9 @@ impl Discovery {
             last_listen: HashMap::new(),
             seen_ports: BTreeSet::new(),
             last: Snapshot::default(),
-            refused: Default::default(),
+            refused: BTreeSet::new(),
+            unnamed: BTreeSet::new(),
+            reads: Reads::default(),
         })
     }
 
@@ -108,7 +218,11 @@ impl Discovery {
             .listeners
             .keys()
             .all(|p| self.proc_root.join(p.to_string()).exists());
-        if listen == self.last_listen && pids_alive && !self.last.ports.is_empty() {
+        if listen == self.last_listen
+            && pids_alive
+            && !self.last.ports.is_empty()
+            && !self.reads.answered_late()
+        {
             return None;
         }
         self.last_listen = listen;
@@ -124,6 +238,15 @@ impl Discovery {
         }
         let excess = snapshot.gone.len().saturating_sub(MAX_GONE);
         snapshot.gone.drain(..excess);
+        // A gone listener keeps the configuration it had.
+        for l in &snapshot.gone {
+            if let Some(config) = self.last.configs.get(&l.pid) {
+                snapshot
+                    .configs
+                    .entry(l.pid)
+                    .or_insert_with(|| config.clone());
+            }
+        }
         if snapshot == self.last {
             return None;
         }
@@ -142,19 +265,23 @@ impl Discovery {
         }
     }
 
-    fn build(&self) -> Snapshot {
+    fn build(&mut self) -> Snapshot {
         let mut listeners: BTreeMap<u32, Listener> = BTreeMap::new();
+        let mut candidates: HashMap<u32, Candidate> = HashMap::new();
         let processes = process_list(&self.proc_root);
+        // What was said of processes that are gone is forgotten: pids come and go for ever.
+        self.refused.retain(|pid| processes.contains_key(pid));
+        self.unnamed.retain(|pid| processes.contains_key(pid));
         for &pid in processes.keys() {
             if !self.scope.pids.is_empty() && !self.scope.pids.contains(&pid) {
                 continue;
             }
             let dir = self.proc_root.join(pid.to_string());
-            let addrs: Vec<SocketAddr> = socket_inodes(&dir)
-                .iter()
-                .filter_map(|inode| self.last_listen.get(inode).copied())
+            let sockets: Vec<u64> = socket_inodes(&dir)
+                .into_iter()
+                .filter(|inode| self.last_listen.contains_key(inode))
                 .collect();
-            if addrs.is_empty() {
+            if sockets.is_empty() {
                 continue;
             }
             let exe = exe_of(&dir);
@@ -162,10 +289,10 @@ impl Discovery {
                 continue;
             }
             if let Err(why) = trusted_executable(&dir) {
-                if self.refused.borrow_mut().insert(pid) {
+                if self.refused.insert(pid) {
                     eprintln!(
                         "sshtrace: not tracing pid {pid} ({}): {why}",
-                        crate::escape::text(&exe)
+                        escape::text(&exe)
                     );
                 }
                 continue;
@@ -179,33 +306,46 @@ impl Discovery {
                 }
                 None => self.scope.containers.is_empty(),
             };
-            if wanted {
-                listeners.insert(
-                    pid,
-                    Listener {
-                        pid,
-                        exe,
-                        addrs,
-                        netns: crate::container::netns_of(pid),
-                        container,
-                    },
-                );
+            if !wanted {
+                continue;
             }
+            let addrs = sockets.iter().map(|i| self.last_listen[i]).collect();
+            listeners.insert(
+                pid,
+                Listener {
+                    pid,
+                    exe,
+                    addrs,
+                    netns: crate::container::netns_of(pid),
+                    container,
+                },
+            );
+            let args = cmdline(&dir);
+            candidates.insert(pid, Candidate { args, sockets });
         }
         // Children that inherited a listening socket are per-connection processes, not
         // listeners: keep only the topmost sshd of each tree.
         let ids: BTreeSet<u32> = listeners.keys().copied().collect();
         listeners.retain(|_, l| !ancestors(&processes, l.pid).any(|a| ids.contains(&a)));
+        candidates.retain(|pid, _| listeners.contains_key(pid));
+        for l in listeners.values() {
+            self.note_unnamed(l);
+        }
 
         let mut ports: BTreeSet<u16> = self.scope.ports.clone();
         for l in listeners.values() {
             ports.extend(l.addrs.iter().map(|a| a.port()));
-            ports.extend(config_ports(&self.proc_root.join(l.pid.to_string())));
         }
-        if listeners.is_empty() && self.scope.ports.is_empty() {
-            // Nothing runs: watch the configured ports, so refusals there are seen.
-            ports.extend(ports_from_config(Path::new(DEFAULT_CONFIG)));
+        // Nothing runs: watch the configured ports, so refusals there are seen.
+        let default_config = listeners.is_empty() && self.scope.ports.is_empty();
+        let configs = self.read_configs(&candidates, default_config);
+        for config in configs.values() {
+            ports.extend(&config.ports);
         }
+        let configs = configs
+            .into_iter()
+            .filter(|(pid, _)| *pid != DEFAULT_CONFIG_KEY)
+            .collect();
         let descendants = processes
             .keys()
             .copied()
@@ -219,6 +359,78 @@ impl Discovery {
             ports,
             descendants,
             gone: Vec::new(),
+            configs,
+        }
+    }
+
+    /// The listeners' configurations (and the default one when `default_config`): each file
+    /// is read on a thread of its own, waited for [`CONFIG_WAIT`] at most; a listener whose
+    /// file has not answered yet has none until a later scan. New problems are said once.
+    fn read_configs(
+        &mut self,
+        candidates: &HashMap<u32, Candidate>,
+        default_config: bool,
+    ) -> BTreeMap<u32, SshdConfig> {
+        let mut wanted: Vec<(u32, Vec<String>, ReadKey)> = candidates
+            .iter()
+            .map(|(&pid, c)| {
+                let dir = self.proc_root.join(pid.to_string());
+                let location = Location::of_process(&dir, config_file(&c.args));
+                let key = ReadKey {
+                    location,
+                    sockets: c.sockets.clone(),
+                };
+                (pid, c.args.clone(), key)
+            })
+            .collect();
+        if default_config {
+            let key = ReadKey {
+                location: Location::own(DEFAULT_CONFIG),
+                sockets: Vec::new(),
+            };
+            wanted.push((DEFAULT_CONFIG_KEY, Vec::new(), key));
+        }
+        let pids: BTreeSet<u32> = wanted.iter().map(|(pid, ..)| *pid).collect();
+        self.reads.retain(|pid| pids.contains(&pid));
+        let asked: Vec<u32> = wanted
+            .iter()
+            .filter(|(pid, _, key)| self.reads.request(*pid, key.clone()))
+            .map(|(pid, ..)| *pid)
+            .collect();
+        self.reads.wait(&asked, CONFIG_WAIT);
+        let mut configs = BTreeMap::new();
+        for (pid, args, key) in wanted {
+            let Some((outcome, new)) = self.reads.answer(pid) else {
+                continue;
+            };
+            let config = SshdConfig::new(&args, &key.location.path, outcome);
+            if new {
+                config.say(pid);
+            }
+            configs.insert(pid, config);
+        }
+        configs
+    }
+
+    /// A container whose cgroup name is not a plain name is shown as unnamed: the name is said
+    /// once, escaped.
+    fn note_unnamed(&mut self, l: &Listener) {
+        let Some(c) = l
+            .container
+            .as_ref()
+            .filter(|c| c.id == crate::container::UNNAMED)
+        else {
+            return;
+        };
+        if self.unnamed.insert(l.pid) {
+            eprintln!(
+                "sshtrace: sshd pid {}: its {} container's cgroup {} holds no plain name (at most {} letters, digits, '.', '_', '-'): shown as {}",
+                l.pid,
+                c.runtime,
+                escape::text(&c.cgroup_path),
+                crate::container::MAX_NAME,
+                crate::container::UNNAMED
+            );
         }
     }
 }
@@ -232,17 +444,39 @@ fn is_sshd_exe(exe: &str) -> bool {
     name == "sshd"
 }
 
-/// Only a root-owned regular file is an sshd to trust: anyone can name a program `sshd`.
+/// Only a root-owned regular file is an sshd to trust: anyone can name a program `sshd`. Its
+/// attributes as cached (AT_STATX_DONT_SYNC): a FUSE or NFS server is not asked, so one that
+/// never answers cannot hold the scan.
 fn trusted_executable(dir: &Path) -> Result<(), String> {
-    use std::os::unix::fs::MetadataExt;
-    let meta = fs::metadata(dir.join("exe")).map_err(|e| format!("its executable: {e}"))?;
-    if !meta.is_file() {
+    let path = std::ffi::CString::new(std::os::unix::ffi::OsStrExt::as_bytes(
+        dir.join("exe").as_os_str(),
+    ))
+    .map_err(|_| "its executable: a path with NUL".to_owned())?;
+    // SAFETY: statx is plain data; zero is valid for every field.
+    let mut stx: libc::statx = unsafe { std::mem::zeroed() };
+    // SAFETY: a NUL-terminated path and a statx buffer of ours.
+    let rc = unsafe {
+        libc::statx(
+            libc::AT_FDCWD,
+            path.as_ptr(),
+            libc::AT_STATX_DONT_SYNC,
+            libc::STATX_TYPE | libc::STATX_UID,
+            &mut stx,
+        )
+    };
+    if rc != 0 {
+        return Err(format!(
+            "its executable: {}",
+            std::io::Error::last_os_error()
+        ));
+    }
+    if u32::from(stx.stx_mode) & libc::S_IFMT != libc::S_IFREG {
         return Err("its executable is not a regular file".into());
     }
-    if meta.uid() != 0 {
+    if stx.stx_uid != 0 {
         return Err(format!(
             "its executable is owned by uid {}, not root",
-            meta.uid()
+            stx.stx_uid
         ));
     }
     Ok(())
@@ -400,9 +634,13 @@ fn parse_hex_addr(text: &str) -> Option<SocketAddr> {
     Some(SocketAddr::new(ip, port))
 }
 
-/// The command-line arguments of process `dir`.
+/// The command-line arguments of process `dir` (at most [`MAX_CMDLINE`] bytes of them).
 fn cmdline(dir: &Path) -> Vec<String> {
-    parse_cmdline(&fs::read(dir.join("cmdline")).unwrap_or_default())
+    let mut raw = Vec::new();
+    if let Ok(file) = fs::File::open(dir.join("cmdline")) {
+        let _ = file.take(MAX_CMDLINE).read_to_end(&mut raw);
+    }
+    parse_cmdline(&raw)
 }
 
 /// NUL-separated arguments; sshd rewrites its own as one string (setproctitle), e.g.
@@ -438,107 +676,19 @@ fn flag_values(args: &[String], flag: &str) -> Vec<String> {
     values
 }
 
-/// The configuration file a running sshd reads, through its root (containers differ).
-fn config_path(dir: &Path, args: &[String]) -> PathBuf {
-    let config = flag_values(args, "-f")
+/// The configuration file an sshd with these arguments reads, as it names it.
+fn config_file(args: &[String]) -> PathBuf {
+    flag_values(args, "-f")
         .pop()
         .map(PathBuf::from)
-        .unwrap_or_else(|| DEFAULT_CONFIG.into());
-    dir.join("root")
-        .join(config.strip_prefix("/").unwrap_or(&config))
+        .unwrap_or_else(|| DEFAULT_CONFIG.into())
 }
 
-/// Ports of the configuration a running sshd was started with (`-f`, `-p`).
-fn config_ports(dir: &Path) -> BTreeSet<u16> {
-    let args = cmdline(dir);
-    let mut ports: BTreeSet<u16> = flag_values(&args, "-p")
-        .iter()
-        .filter_map(|p| p.parse().ok())
-        .collect();
-    ports.extend(ports_from_config(&config_path(dir, &args)));
-    ports
-}
-
-/// The configuration file a running sshd reads (through its root).
-pub fn config_path_of(pid: u32) -> Option<PathBuf> {
+/// The configuration file a running sshd reads, inside its own root (containers differ).
+pub fn config_location_of(pid: u32) -> Option<Location> {
     let dir = PathBuf::from("/proc").join(pid.to_string());
     let args = cmdline(&dir);
-    (!args.is_empty()).then(|| config_path(&dir, &args))
-}
-
-/// A global option of a running sshd: `-o Key=value` on its command line, else the first
-/// `Key value` line of its configuration before any `Match`.
-pub fn sshd_config_value(pid: u32, key: &str) -> Option<String> {
-    let dir = PathBuf::from("/proc").join(pid.to_string());
-    let args = cmdline(&dir);
-    let from_args = flag_values(&args, "-o").into_iter().find_map(|o| {
-        let (k, v) = o.split_once(['=', ' '])?;
-        k.eq_ignore_ascii_case(key).then(|| v.trim().to_owned())
-    });
-    from_args.or_else(|| config_value(&fs::read_to_string(config_path(&dir, &args)).ok()?, key))
-}
-
-/// Every global `Key value` line of a configuration file (keys may repeat, like HostKey).
-pub fn config_file_values(path: &Path, key: &str) -> Vec<String> {
-    let text = fs::read_to_string(path).unwrap_or_default();
-    let mut values = Vec::new();
-    for line in text.lines() {
-        let mut words = line.split_whitespace();
-        let (Some(k), Some(v)) = (words.next(), words.next()) else {
-            continue;
-        };
-        if k.eq_ignore_ascii_case("match") {
-            break;
-        }
-        if k.eq_ignore_ascii_case(key) {
-            values.push(v.to_owned());
-        }
-    }
-    values
-}
-
-fn config_value(text: &str, key: &str) -> Option<String> {
-    for line in text.lines() {
-        let mut words = line.split_whitespace();
-        let (Some(k), Some(v)) = (words.next(), words.next()) else {
-            continue;
-        };
-        if k.eq_ignore_ascii_case("match") {
-            return None;
-        }
-        if k.eq_ignore_ascii_case(key) {
-            return Some(v.to_owned());
-        }
-    }
-    None
-}
-
-/// `Port` and `ListenAddress host:port` lines; 22 when the file names no port.
-pub fn ports_from_config(path: &Path) -> BTreeSet<u16> {
-    let Ok(text) = fs::read_to_string(path) else {
-        return BTreeSet::new();
-    };
-    let mut ports = BTreeSet::new();
-    for line in text.lines() {
-        let mut words = line.split_whitespace();
-        let (Some(key), Some(value)) = (words.next(), words.next()) else {
-            continue;
-        };
-        if key.eq_ignore_ascii_case("match") {
-            break;
-        }
-        if key.eq_ignore_ascii_case("port") {
-            ports.extend(value.parse::<u16>().ok());
-        } else if key.eq_ignore_ascii_case("listenaddress") {
-            if let Ok(addr) = value.parse::<SocketAddr>() {
-                ports.insert(addr.port());
-            }
-        }
-    }
-    if ports.is_empty() {
-        ports.insert(22);
-    }
-    ports
+    (!args.is_empty()).then(|| Location::of_process(&dir, config_file(&args)))
 }
 
 #[cfg(test)]
@@ -599,27 +749,79 @@ mod tests {
         assert_eq!(flag_values(&args, "-o"), vec!["MaxStartups=3"]);
     }
 
-    #[test]
-    fn config_values_stop_at_match() {
-        let text = "# MaxStartups 1\nmaxstartups 3:50:10\nMatch User x\nLoginGraceTime 5\n";
-        assert_eq!(config_value(text, "MaxStartups"), Some("3:50:10".into()));
-        assert_eq!(config_value(text, "LoginGraceTime"), None);
+    fn args(list: &[&str]) -> Vec<String> {
+        list.iter().map(|s| s.to_string()).collect()
     }
 
+    /// `-o` wins over the file, `-p` adds to it, and what the file says stops at `Match`.
     #[test]
-    fn config_ports_and_defaults() {
-        let dir = std::env::temp_dir().join(format!("sshtrace-cfg-{}", std::process::id()));
+    fn a_configuration_from_arguments_and_file() {
+        let file = FileFacts::parse("Port 2222\nMaxStartups 3:50:10\nMatch User x\nPort 9\n");
+        let config = SshdConfig::new(
+            &args(&["sshd", "-p", "2200", "-f", "/c"]),
+            Path::new("/c"),
+            Ok(file.clone()),
+        );
+        assert_eq!(config.ports, vec![2200, 2222]);
+        assert_eq!(config.max_startups.as_deref(), Some("3:50:10"));
+        let config = SshdConfig::new(
+            &args(&["sshd", "-oMaxStartups=1"]),
+            Path::new("/c"),
+            Ok(file),
+        );
+        assert_eq!(config.max_startups.as_deref(), Some("1"));
+    }
+
+    /// Ten thousand `Port` lines add 64 ports, and the rest is counted.
+    #[test]
+    fn configuration_ports_are_capped_and_counted() {
+        let text: String = (0..10_000)
+            .map(|i| format!("Port {}\n", 30_000 + i))
+            .collect();
+        let config = SshdConfig::new(
+            &args(&["sshd"]),
+            Path::new("/c"),
+            Ok(FileFacts::parse(&text)),
+        );
+        assert_eq!(config.ports.len(), MAX_CONFIG_PORTS);
+        assert_eq!(config.ports[0], 30_000);
+        assert_eq!(config.ports_left_out, 10_000 - MAX_CONFIG_PORTS);
+    }
+
+    /// An unreadable file adds no port and no value, and says why.
+    #[test]
+    fn an_unreadable_configuration_says_why() {
+        let config = SshdConfig::new(
+            &args(&["sshd", "-p2201"]),
+            Path::new("/fifo"),
+            Err("not a regular file (a FIFO)".into()),
+        );
+        assert_eq!(config.ports, vec![2201]);
+        assert_eq!(config.max_startups, None);
+        assert_eq!(
+            config.unreadable.as_deref(),
+            Some("not a regular file (a FIFO)")
+        );
+    }
+
+    /// A scan reads a listener's configuration through its root, once, and off its thread.
+    #[test]
+    fn a_scan_reads_the_configuration_of_this_process_root() {
+        let dir = std::env::temp_dir().join(format!("sshtrace-scan-{}", std::process::id()));
         fs::create_dir_all(&dir).unwrap();
-        let file = dir.join("sshd_config");
-        fs::write(
-            &file,
-            "# Port 1\nPort 2222\nport 2223\nListenAddress 127.0.0.1:2224\nMatch User x\nPort 9\n",
-        )
-        .unwrap();
-        assert_eq!(ports_from_config(&file), BTreeSet::from([2222, 2223, 2224]));
-        fs::write(&file, "PermitRootLogin yes\n").unwrap();
-        assert_eq!(ports_from_config(&file), BTreeSet::from([22]));
-        assert!(ports_from_config(&dir.join("missing")).is_empty());
+        fs::write(dir.join("c"), "Port 2399\n").unwrap();
+        let me = std::process::id();
+        let mut discovery = Discovery::new(Scope::default()).unwrap();
+        let candidates = HashMap::from([(
+            me,
+            Candidate {
+                args: args(&["sshd", "-f", dir.join("c").to_str().unwrap()]),
+                sockets: vec![1],
+            },
+        )]);
+        let configs = discovery.read_configs(&candidates, false);
+        assert_eq!(configs[&me].ports, vec![2399]);
+        assert_eq!(discovery.read_configs(&candidates, false), configs);
         fs::remove_dir_all(dir).unwrap();
     }
 }

@@ -22,6 +22,8 @@ pub const DEFAULT_SOCKETS: [&str; 4] = [
 /// How long one answer may take: the lookup thread waits, never the event path. A runtime
 /// under load (or in a slow VM) answers its first request in seconds.
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(10);
+/// The most of a runtime's answer read.
+const MAX_RESPONSE: u64 = 1 << 20;
 /// Retries of an id no socket answered for, spaced 1, 2, 4, 8, 16 s apart.
 const RETRIES: u32 = 5;
 
@@ -94,8 +96,12 @@ impl ContainerNames {
         }
     }
 
-    /// The cached name, asking for it in the background when unknown.
+    /// The cached name, asking for it in the background when unknown. Only a runtime's id
+    /// (hex digits) is asked for: an LXC or nspawn name is no id any runtime API knows.
     pub fn get(&self, id: &str) -> Option<String> {
+        if !is_hex_id(id) {
+            return None;
+        }
         let name = self.cache.lock().unwrap().get(id).cloned();
         if name.is_none() && self.asking.lock().unwrap().insert(id.to_owned()) {
             let _ = self.requests.send(id.to_owned());
@@ -105,6 +111,9 @@ impl ContainerNames {
 
     /// Asks now (start-up only: resolving `--container`).
     pub fn resolve_now(&self, id: &str) -> Option<String> {
+        if !is_hex_id(id) {
+            return None;
+        }
         if let Some(name) = self.cache.lock().unwrap().get(id) {
             return Some(name.clone());
         }
@@ -117,6 +126,37 @@ impl ContainerNames {
     }
 }
 
+/// A container id as the runtimes give it: 1 to 64 hex digits (a prefix is an id too).
+fn is_hex_id(id: &str) -> bool {
+    (1..=64).contains(&id.len()) && id.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+/// `s` as one path segment of a URL: every byte but the unreserved ones percent-encoded, so
+/// that no id can add to the request (a space, CR LF, `/`, `?`).
+fn path_segment(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// A container name as Docker and Podman allow it (`[a-zA-Z0-9][a-zA-Z0-9_.-]*`), at most
+/// 255 bytes: anything else from a socket is no name to repeat.
+fn is_runtime_name(name: &str) -> bool {
+    name.len() <= 255
+        && name
+            .bytes()
+            .next()
+            .is_some_and(|b| b.is_ascii_alphanumeric())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
+}
+
 fn ask(sockets: &[PathBuf], id: &str) -> Option<String> {
     sockets.iter().find_map(|socket| inspect_name(socket, id))
 }
@@ -127,10 +167,17 @@ fn inspect_name(socket: &std::path::Path, id: &str) -> Option<String> {
     stream.set_read_timeout(Some(ANSWER_TIMEOUT)).ok()?;
     stream.set_write_timeout(Some(ANSWER_TIMEOUT)).ok()?;
     // One write: a request split over several is more than a slow server needs to handle.
-    let request = format!("GET /containers/{id}/json HTTP/1.0\r\nHost: localhost\r\n\r\n");
+    let request = format!(
+        "GET /containers/{}/json HTTP/1.0\r\nHost: localhost\r\n\r\n",
+        path_segment(id)
+    );
     stream.write_all(request.as_bytes()).ok()?;
     let mut response = Vec::new();
-    stream.read_to_end(&mut response).ok()?;
+    // An inspect answer is kilobytes: more is not read.
+    (&mut stream)
+        .take(MAX_RESPONSE)
+        .read_to_end(&mut response)
+        .ok()?;
     let text = String::from_utf8_lossy(&response);
     let (head, body) = text.split_once("\r\n\r\n")?;
     let status = head.split_whitespace().nth(1);
@@ -138,7 +185,8 @@ fn inspect_name(socket: &std::path::Path, id: &str) -> Option<String> {
         return None;
     }
     let json: serde_json::Value = serde_json::from_str(body.trim()).ok()?;
-    Some(json["Name"].as_str()?.trim_start_matches('/').to_owned())
+    let name = json["Name"].as_str()?.trim_start_matches('/');
+    is_runtime_name(name).then(|| name.to_owned())
 }
 
 /// Kubernetes keeps pod logs in `/var/log/pods/<namespace>_<name>_<uid>`.
@@ -151,7 +199,8 @@ pub fn pod_by_uid(uid: &str) -> Option<(String, String)> {
 fn parse_pod_dir(entry: &str, uid: &str) -> Option<(String, String)> {
     let rest = entry.strip_suffix(&format!("_{uid}"))?;
     let (namespace, name) = rest.split_once('_')?;
-    Some((namespace.to_owned(), name.to_owned()))
+    (is_runtime_name(namespace) && is_runtime_name(name))
+        .then(|| (namespace.to_owned(), name.to_owned()))
 }
 
 #[cfg(test)]
@@ -198,6 +247,49 @@ mod tests {
         }
         assert_eq!(names.get("abc").as_deref(), Some("sshbox"));
         let _ = std::fs::remove_file(&socket);
+    }
+
+    /// An LXC name or anything not hex is never sent to a runtime's socket.
+    #[test]
+    fn only_hex_ids_are_asked_for() {
+        let socket =
+            std::env::temp_dir().join(format!("sshtrace-hexonly-{}.sock", std::process::id()));
+        let _ = std::fs::remove_file(&socket);
+        let listener = std::os::unix::net::UnixListener::bind(&socket).unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let names = ContainerNames::start(vec![socket.clone()]);
+        for id in ["web01", "unnamed", "abc/../../x", "ab c", "abc\r\nX: y", ""] {
+            assert_eq!(names.get(id), None);
+            assert_eq!(names.resolve_now(id), None);
+        }
+        std::thread::sleep(Duration::from_millis(200));
+        assert!(listener.accept().is_err(), "a non-hex id was asked for");
+        let _ = std::fs::remove_file(&socket);
+    }
+
+    #[test]
+    fn request_paths_are_percent_encoded() {
+        assert_eq!(path_segment("3f2c"), "3f2c");
+        assert_eq!(path_segment("a b\r\n/x?\u{e9}"), "a%20b%0D%0A%2Fx%3F%C3%A9");
+    }
+
+    /// A name a runtime answers is repeated only when it is one Docker or Podman allows.
+    #[test]
+    fn runtime_names_are_plain() {
+        assert!(is_runtime_name("sshbox_1.web-2"));
+        for bad in [
+            "",
+            "-x",
+            "a\x1bb",
+            "a\nb",
+            "caf\u{e9}",
+            "a/b",
+            &"a".repeat(256),
+        ] {
+            assert!(!is_runtime_name(bad), "{bad:?}");
+        }
+        let uid = "7f1c2d3e-4b5a-6978-8a9b-0c1d2e3f4a5b";
+        assert_eq!(parse_pod_dir(&format!("ns_we\x1bb_{uid}"), uid), None);
     }
 
     #[test]

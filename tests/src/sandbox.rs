@@ -41,6 +41,42 @@ impl Cgroup {
     pub fn add(&self, pid: u32) {
         self.set("cgroup.procs", &pid.to_string());
     }
+
+    /// Delegates this cgroup to `user` of `group` (its directory and `cgroup.procs` are
+    /// theirs), then makes a cgroup beneath it named exactly `name` (any bytes but `/`) with
+    /// `mkdir` run as them: what a tenant with a delegated subtree can do. Err: why the kernel
+    /// refused.
+    pub fn child_made_by(
+        &self,
+        (user, group): (&str, &str),
+        name: &std::ffi::OsStr,
+    ) -> Result<Cgroup, String> {
+        let out = run(Command::new("chown")
+            .arg(format!("{user}:{group}"))
+            .arg(&self.dir)
+            .arg(self.dir.join("cgroup.procs")));
+        assert!(
+            out.status.success(),
+            "chown: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let dir = self.dir.join(name);
+        let out = run(Command::new("setpriv")
+            .args([
+                &format!("--reuid={user}"),
+                &format!("--regid={group}"),
+                "--clear-groups",
+            ])
+            .args(["mkdir", "--"])
+            .arg(&dir));
+        if !out.status.success() {
+            return Err(String::from_utf8_lossy(&out.stderr).into_owned());
+        }
+        Ok(Cgroup {
+            dir,
+            root: self.root.clone(),
+        })
+    }
 }
 
 impl Drop for Cgroup {

@@ -6,7 +6,6 @@ use serde_json::{json, Map};
 
 use super::{authenticated, consequence, Context, Ended, Finding};
 use crate::{
-    discovery::sshd_config_value,
     state::Closer,
     verdict::{Cause, Outcome},
 };
@@ -32,8 +31,7 @@ pub fn judge(e: &Ended, ctx: &Context) -> Option<Finding> {
         .filter(|c| c.id != e.conn.id)
         .filter(|c| !authenticated(ctx.procs.of_connection(c.id), c.session_pid))
         .count();
-    let max_startups =
-        sshd_config_value(listener, "MaxStartups").unwrap_or_else(|| "10:30:100 (default)".into());
+    let max_startups = max_startups(listener, ctx);
     let mut details = Map::new();
     details.insert("listener_pid".into(), json!(listener));
     details.insert("unauthenticated_connections".into(), json!(unauthenticated));
@@ -57,6 +55,21 @@ pub fn judge(e: &Ended, ctx: &Context) -> Option<Finding> {
         ),
     })
 }
+
+/// MaxStartups as discovery read it from the listener's `-o` or configuration file: sshd's
+/// default when neither sets it, "unknown" when the file could not be read.
+fn max_startups(listener: u32, ctx: &Context) -> String {
+    match ctx.sshd.config_of(listener) {
+        Some(c) => match (&c.max_startups, &c.unreadable) {
+            (Some(value), _) => value.clone(),
+            (None, Some(why)) => format!("unknown (its configuration is unreadable: {why})"),
+            (None, None) => DEFAULT_MAX_STARTUPS.into(),
+        },
+        None => DEFAULT_MAX_STARTUPS.into(),
+    }
+}
+
+const DEFAULT_MAX_STARTUPS: &str = "10:30:100 (default)";
 
 /// A connection never accepted, reset (TCP_STATE, from tcp_disconnect of the queued child) by
 /// the sshd that closed its listening socket.
@@ -84,4 +97,57 @@ fn dropped_from_queue(e: &Ended, ctx: &Context) -> Option<Finding> {
                restart sshd with `systemctl reload ssh` (SIGHUP keeps the listener) where possible"
             .into(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{
+        clock::Clock,
+        discovery::{Snapshot, SshdConfig},
+        kernel::{lsm::ActiveLsms, names::KernelNames},
+        runtime::ContainerNames,
+        state::{ConnectionTable, ProcessTable},
+    };
+
+    /// The rule reads MaxStartups from what discovery gathered, never from a file.
+    #[test]
+    fn max_startups_comes_from_the_snapshot() {
+        let mut sshd = Snapshot::default();
+        let config = |max: Option<&str>, unreadable: Option<&str>| SshdConfig {
+            max_startups: max.map(Into::into),
+            unreadable: unreadable.map(Into::into),
+            ..SshdConfig::default()
+        };
+        sshd.configs.insert(7, config(Some("3:50:10"), None));
+        sshd.configs
+            .insert(8, config(None, Some("not a regular file (a FIFO)")));
+        sshd.configs.insert(9, config(None, None));
+        let (names, lsms) = (
+            KernelNames::from_tables(&[], &[]),
+            ActiveLsms::from_list("", &|_| false),
+        );
+        let (conns, procs) = (ConnectionTable::default(), ProcessTable::default());
+        let ctx = Context {
+            names: &names,
+            lsms: &lsms,
+            container_names: &ContainerNames::start(Vec::new()),
+            conns: &conns,
+            sshd: &sshd,
+            procs: &procs,
+            clock: &Clock::epoch(),
+            host: "h",
+        };
+        assert_eq!(max_startups(7, &ctx), "3:50:10");
+        assert_eq!(
+            max_startups(8, &ctx),
+            "unknown (its configuration is unreadable: not a regular file (a FIFO))"
+        );
+        assert_eq!(max_startups(9, &ctx), DEFAULT_MAX_STARTUPS);
+        assert_eq!(
+            max_startups(10, &ctx),
+            DEFAULT_MAX_STARTUPS,
+            "never scanned"
+        );
+    }
 }

@@ -11,6 +11,7 @@ mod user;
 
 use std::{
     collections::BTreeMap,
+    fs::{File, Metadata},
     path::PathBuf,
     process::{Command, ExitCode},
 };
@@ -20,7 +21,10 @@ use serde::Serialize;
 
 use crate::{
     cli::DoctorArgs,
-    discovery::{Discovery, Scope, Snapshot},
+    discovery::{
+        config::{self, Location},
+        Discovery, Scope, Snapshot,
+    },
     escape,
 };
 
@@ -61,13 +65,33 @@ impl Check {
 /// What the checks look at: the running sshd listeners and the configuration.
 pub struct Target {
     pub sshd: Snapshot,
+    /// The configuration file, as shown (through the listener's root when it is its own).
     pub config: PathBuf,
+    /// Its attributes, when it could be opened as a regular file; else why not.
+    pub config_meta: Result<Metadata, String>,
+    /// Its text (at most 256 KiB of it); else why not.
+    pub config_text: Result<String, String>,
+    /// The file sshd may be asked to parse: a root-owned regular file; else why not.
+    config_for_sshd: Result<File, String>,
     /// `sshd -T` (effective configuration, lower-case keys); `None` when it failed.
     pub effective: Option<BTreeMap<String, Vec<String>>>,
     pub user: Option<String>,
 }
 
 impl Target {
+    /// `sshd FLAG -f /dev/stdin` with the configuration file as its standard input: sshd reads
+    /// the very file examined, whatever its path names meanwhile. `Err` says why sshd is not
+    /// asked (a FIFO would hang it; a file root does not own is not root's to vouch for).
+    pub fn sshd_on_config(&self, flag: &str) -> Result<Command, String> {
+        let file = self.config_for_sshd.as_ref().map_err(Clone::clone)?;
+        let input = file
+            .try_clone()
+            .map_err(|e| format!("cannot hand it to sshd: {e}"))?;
+        let mut sshd = Command::new(sshd_binary());
+        sshd.args([flag, "-f", "/dev/stdin"]).stdin(input);
+        Ok(sshd)
+    }
+
     /// Values of an effective-configuration keyword (lower case), e.g. `port`, `hostkey`.
     pub fn values(&self, key: &str) -> Vec<String> {
         self.effective
@@ -83,20 +107,33 @@ pub fn run(args: &DoctorArgs) -> Result<ExitCode> {
         ..Scope::default()
     })?;
     let sshd = discovery.scan().cloned().unwrap_or_default();
-    let config = args.config.clone().unwrap_or_else(|| {
-        sshd.listeners
+    let location = match &args.config {
+        Some(path) => Location::own(path),
+        None => sshd
+            .listeners
             .keys()
             .next()
-            .and_then(|&pid| crate::discovery::config_path_of(pid))
-            .unwrap_or_else(|| "/etc/ssh/sshd_config".into())
-    });
-    let effective = effective_config(&config);
-    let target = Target {
+            .and_then(|&pid| crate::discovery::config_location_of(pid))
+            .unwrap_or_else(|| Location::own("/etc/ssh/sshd_config")),
+    };
+    let opened = config::open(&location);
+    let config_for_sshd = opened
+        .as_ref()
+        .map_err(Clone::clone)
+        .and_then(|(file, meta)| {
+            config::root_owned(meta)?;
+            file.try_clone().map_err(|e| e.to_string())
+        });
+    let mut target = Target {
         sshd,
-        config,
-        effective,
+        config: location.shown(),
+        config_meta: opened.map(|(_, meta)| meta),
+        config_text: config::read(&location),
+        config_for_sshd,
+        effective: None,
         user: args.user.clone(),
     };
+    target.effective = effective_config(&target);
 
     let mut checks = Vec::new();
     checks.extend(sshd::checks(&target));
@@ -145,13 +182,8 @@ fn render(checks: &[Check]) -> String {
 }
 
 /// `sshd -T -f CONFIG`: every keyword sshd would use, as it would use it.
-fn effective_config(config: &std::path::Path) -> Option<BTreeMap<String, Vec<String>>> {
-    let out = Command::new(sshd_binary())
-        .arg("-T")
-        .arg("-f")
-        .arg(config)
-        .output()
-        .ok()?;
+fn effective_config(t: &Target) -> Option<BTreeMap<String, Vec<String>>> {
+    let out = t.sshd_on_config("-T").ok()?.output().ok()?;
     if !out.status.success() {
         return None;
     }

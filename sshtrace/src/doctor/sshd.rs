@@ -1,9 +1,12 @@
 //! Checks of the sshd processes and their configuration.
 
-use std::{fs, os::unix::fs::MetadataExt, path::Path, process::Command};
+use std::{fs, io::Read, os::unix::fs::MetadataExt, path::Path};
 
-use super::{sshd_binary, Check, Status, Target};
-use crate::limits;
+use super::{Check, Status, Target};
+use crate::{
+    discovery::{config, MAX_CONFIG_PORTS},
+    limits,
+};
 
 pub fn checks(t: &Target) -> Vec<Check> {
     let mut out = vec![running(t), config_test(t), listening(t)];
@@ -43,12 +46,21 @@ fn running(t: &Target) -> Check {
 }
 
 fn config_test(t: &Target) -> Check {
-    match Command::new(sshd_binary())
-        .arg("-t")
-        .arg("-f")
-        .arg(&t.config)
-        .output()
-    {
+    let mut sshd = match t.sshd_on_config("-t") {
+        Ok(sshd) => sshd,
+        Err(why) => {
+            return Check::new(
+                "sshd_config_test",
+                Status::Fail,
+                format!(
+                    "sshd -t not run on {}: {why}; sshd is given only a root-owned regular file",
+                    t.config.display()
+                ),
+            )
+            .fix("make sshd's configuration a regular file owned by root (chown root:root, chmod 644), then sshd -t");
+        }
+    };
+    match sshd.output() {
         Err(err) => Check::new(
             "sshd_config_test",
             Status::Skip,
@@ -61,11 +73,12 @@ fn config_test(t: &Target) -> Check {
         ),
         Ok(out) => {
             let err = String::from_utf8_lossy(&out.stderr);
+            // sshd names the file by the path it was given.
             let first = err
                 .lines()
                 .find(|l| !l.trim().is_empty())
                 .unwrap_or("failed")
-                .to_owned();
+                .replace("/dev/stdin", &t.config.display().to_string());
             Check::new(
                 "sshd_config_test",
                 Status::Fail,
@@ -84,9 +97,10 @@ fn listening(t: &Target) -> Check {
         .filter_map(|p| p.parse().ok())
         .collect();
     if ports.is_empty() {
-        ports = crate::discovery::ports_from_config(&t.config)
-            .into_iter()
-            .collect();
+        if let Ok(text) = &t.config_text {
+            ports = config::FileFacts::parse(text).ports;
+            ports.truncate(MAX_CONFIG_PORTS);
+        }
     }
     let addrs: Vec<std::net::SocketAddr> = t.sshd.listening_addrs();
     let missing: Vec<u16> = ports
@@ -144,7 +158,11 @@ fn host_keys(t: &Target) -> Vec<Check> {
     // sshd -T fails when no key loads: then the configuration file says which keys.
     let mut keys = t.values("hostkey");
     if keys.is_empty() {
-        keys = crate::discovery::config_file_values(&t.config, "HostKey");
+        keys = t
+            .config_text
+            .as_ref()
+            .map(|text| config::values(text, "HostKey"))
+            .unwrap_or_default();
     }
     if keys.is_empty() {
         keys = ["rsa", "ecdsa", "ed25519"]
@@ -193,7 +211,7 @@ fn host_keys(t: &Target) -> Vec<Check> {
 }
 
 fn config_mode(t: &Target) -> Check {
-    match fs::metadata(&t.config) {
+    match &t.config_meta {
         Err(err) => Check::new(
             "sshd_config_mode",
             Status::Fail,
@@ -231,7 +249,9 @@ fn max_startups(t: &Target) -> Vec<Check> {
         .listeners
         .keys()
         .filter_map(|&pid| {
-            let title = String::from_utf8_lossy(&fs::read(format!("/proc/{pid}/cmdline")).ok()?).replace('\0', " ");
+            let mut raw = Vec::new();
+            fs::File::open(format!("/proc/{pid}/cmdline")).ok()?.take(64 * 1024).read_to_end(&mut raw).ok()?;
+            let title = String::from_utf8_lossy(&raw).replace('\0', " ");
             let (pending, start, full) = parse_startups(&title)?;
             let evidence = format!("sshd {pid}: {pending} unauthenticated connection(s), MaxStartups {start}:…:{full}");
             Some(if pending >= full {
