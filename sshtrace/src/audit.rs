@@ -77,6 +77,10 @@ pub fn start(tx: UnboundedSender<AuditDenial>) -> Result<String> {
 }
 
 fn read_loop(fd: OwnedFd, tx: UnboundedSender<AuditDenial>) {
+    // The socket is bound: reading it needs no privilege.
+    if let Err(e) = crate::privileges::keep_only(&[]) {
+        eprintln!("sshtrace: warning: the audit reader keeps every capability: {e:#}");
+    }
     let mut groups = Groups::default();
     let mut buf = vec![0u8; 65536];
     loop {

@@ -18,6 +18,7 @@ pub mod limits;
 pub mod output;
 pub mod plan;
 pub mod preflight;
+pub mod privileges;
 pub mod probes;
 pub mod runtime;
 pub mod state;

@@ -57,6 +57,10 @@ impl ContainerNames {
     /// The lookup thread: asks for each requested id, and again later for ids no runtime
     /// answered for (the runtime's API may start after sshtrace, or be slow to answer).
     fn answer(&self, pending: &mpsc::Receiver<String>) {
+        // Asking a runtime's socket (root's own) needs no privilege.
+        if let Err(e) = crate::privileges::keep_only(&[]) {
+            eprintln!("sshtrace: warning: the container-name thread keeps every capability: {e:#}");
+        }
         let mut retries: Vec<(Instant, u32, String)> = Vec::new();
         loop {
             let wait = retries

@@ -1,7 +1,7 @@
 //! The event loop: ring buffer → decode → state → causes → outputs, with periodic sshd
 //! discovery and loss accounting.
 
-use std::{collections::HashMap, path::PathBuf, time::Duration};
+use std::{collections::HashMap, io::Write as _, path::PathBuf, time::Duration};
 
 use anyhow::{Context as _, Result};
 use aya::maps::{MapData, RingBuf};
@@ -32,7 +32,7 @@ use crate::{
     plan::Plan,
     probes::{KernelFilters, LossCounters, Probes, SkippedRuns},
     runtime::ContainerNames,
-    state::{Connection, State, SETTLE_NS},
+    state::{Connection, State, FIREWALL_SETTLE_NS, SETTLE_NS},
     summary::{NotKept, Summary},
 };
 
@@ -45,7 +45,8 @@ const LOSS_CHECK_EVERY_TICKS: u64 = 10;
 const TRIM_EVERY_TICKS: u64 = 10;
 const STALL_REPORT_INTERVAL_NS: u64 = 10_000_000_000;
 /// How long outputs may take to deliver what is queued when sshtrace stops.
-const OUTPUT_GRACE: Duration = Duration::from_secs(2);
+/// (Short enough that SIGTERM ends sshtrace within 2 s even when an output is stuck.)
+const OUTPUT_GRACE: Duration = Duration::from_secs(1);
 
 pub async fn run(
     cli: Cli,
@@ -108,7 +109,9 @@ pub async fn run(
         plan.socket_states_through(hook);
     }
     if cli.probe_report {
-        print!(
+        // A closed standard output is not worth a panic.
+        let _ = write!(
+            std::io::stdout(),
             "{}",
             plan.report(
                 &kernel_release(),
@@ -167,6 +170,10 @@ pub async fn run(
     release_freed_memory();
     let (audit_tx, mut audit_rx) = tokio::sync::mpsc::unbounded_channel();
     let audit = audit::start(audit_tx).unwrap_or_else(|e| format!("unavailable ({e:#})"));
+    // Attached, and every socket it reads is open: what is left of root goes.
+    if let Err(e) = crate::privileges::keep_only(crate::privileges::TRACING) {
+        eprintln!("sshtrace: warning: keeps every capability: {e:#}");
+    }
     eprintln!("sshtrace: attached {hooks} hooks: {attached}");
     eprintln!(
         "sshtrace: {}; audit records: {audit}",
@@ -271,6 +278,9 @@ impl Tracer {
         tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
         let mut sigint = signal(SignalKind::interrupt())?;
         let mut sigterm = signal(SignalKind::terminate())?;
+        // SIGHUP reopens the file outputs (logrotate's convention) and does nothing else.
+        let mut sighup = signal(SignalKind::hangup())?;
+        let mut stdout_closed = self.report.outputs.stdout_closed();
         let deadline = cli.duration.map(|d| Instant::now() + d);
         let mut ticks: u64 = 0;
         loop {
@@ -282,6 +292,8 @@ impl Tracer {
                     if self.drain(guard.get_inner_mut(), DRAIN_BUDGET) {
                         guard.clear_ready();
                     }
+                    // A storm's refusals are judged batch by batch, not piled up to the tick.
+                    self.emit_settled(Clock::monotonic_now_ns())?;
                 }
                 _ = tick.tick() => {
                     ticks += 1;
@@ -304,6 +316,9 @@ impl Tracer {
                 Some(denial) = audit.recv() => self.apply_audit(denial),
                 _ = sigint.recv() => break,
                 _ = sigterm.recv() => break,
+                _ = sighup.recv() => self.report.outputs.reopen(),
+                // Its reader is gone (`sshtrace | head -1`): stop, as a Unix filter does.
+                _ = stdout_closed.wait_for(|&closed| closed) => break,
             }
             let counted_out = cli.count.is_some_and(|n| self.report.verdicts >= n);
             if counted_out || deadline.is_some_and(|d| Instant::now() >= d) {
@@ -314,7 +329,7 @@ impl Tracer {
         // still in the ring, then every connection that has ended, without waiting.
         drop(self.programs.take());
         self.drain(ring.get_mut(), usize::MAX);
-        self.emit_settled(Clock::monotonic_now_ns() + SETTLE_NS)
+        self.emit_settled(Clock::monotonic_now_ns() + SETTLE_NS + FIREWALL_SETTLE_NS)
     }
 
     /// Reads at most `budget` records; returns whether the ring is empty. A budget keeps a
@@ -579,18 +594,25 @@ impl Tracer {
         let (produced, _) = self.counters.read();
         let loss = self.kernel_loss();
         self.report.outputs.status(String::new());
+        let stdout_closed = self.report.outputs.is_stdout_closed();
         for line in self.report.outputs.finish(OUTPUT_GRACE).await {
             eprintln!("sshtrace: {line}");
         }
-        // After the outputs: the summary is the last thing printed.
+        // After the outputs: the summary is the last thing printed, on standard error when
+        // standard output's reader is gone.
         let v = &self.report.view;
-        if v.summary_only || v.stdout_is_output {
-            if v.json {
-                println!("{}", self.report.summary.render_json(&self.host, loss));
+        let on_stdout = (v.summary_only || v.stdout_is_output) && !stdout_closed && {
+            let summary = if v.json {
+                format!("{}\n", self.report.summary.render_json(&self.host, loss))
             } else {
-                print!("{}", self.report.summary.render_text(loss));
-            }
-        } else {
+                self.report.summary.render_text(loss)
+            };
+            let mut out = std::io::stdout().lock();
+            out.write_all(summary.as_bytes())
+                .and_then(|()| out.flush())
+                .is_ok()
+        };
+        if !on_stdout {
             eprint!("{}", self.report.summary.render_text(loss));
         }
         // Nothing lost silently: every record the programs produced was read here or counted
@@ -659,13 +681,17 @@ fn resolve_containers(
             .collect();
         match matches.as_slice() {
             [] => anyhow::bail!(
-                "--container {want}: no sshd runs in a container with that id or name"
+                "--container {}: no sshd runs in a container with that id or name",
+                escape::text(want)
             ),
             [one] => {
                 ids.insert(one.id.clone());
             }
             _ => {
-                anyhow::bail!("--container {want}: matches several containers; give more of the id")
+                anyhow::bail!(
+                    "--container {}: matches several containers; give more of the id",
+                    escape::text(want)
+                )
             }
         }
     }
@@ -691,6 +717,12 @@ fn apply_discovery(filters: &mut KernelFilters, snapshot: &Snapshot) -> Result<(
 }
 
 fn report_tracking(snapshot: &Snapshot) {
+    eprintln!("{}", tracking_line(snapshot));
+}
+
+/// `sshtrace: tracking ports [...]; sshd listeners: ...`, escaped: one line whatever a
+/// container's id holds.
+fn tracking_line(snapshot: &Snapshot) -> String {
     let ports: Vec<String> = snapshot.ports.iter().map(u16::to_string).collect();
     let listeners: Vec<String> = snapshot
         .listeners
@@ -698,26 +730,27 @@ fn report_tracking(snapshot: &Snapshot) {
         .map(|l| {
             let addrs: Vec<String> = l.addrs.iter().map(|a| a.to_string()).collect();
             match &l.container {
+                // The first 12 characters, not bytes: an id is no promise of ASCII.
                 Some(c) => format!(
                     "{} on {} (container {} {})",
                     l.pid,
                     addrs.join(" "),
                     c.runtime,
-                    &c.id[..c.id.len().min(12)]
+                    c.id.chars().take(12).collect::<String>()
                 ),
                 None => format!("{} on {}", l.pid, addrs.join(" ")),
             }
         })
         .collect();
-    eprintln!(
-        "sshtrace: tracking ports [{}]; sshd listeners: {}",
-        ports.join(", "),
-        if listeners.is_empty() {
-            "none".to_owned()
-        } else {
-            listeners.join("; ")
-        }
-    );
+    let listeners = if listeners.is_empty() {
+        "none".to_owned()
+    } else {
+        escape::text(&listeners.join("; "))
+    };
+    format!(
+        "sshtrace: tracking ports [{}]; sshd listeners: {listeners}",
+        ports.join(", ")
+    )
 }
 
 fn describe_lsms(lsms: &ActiveLsms) -> String {
@@ -755,4 +788,40 @@ fn kernel_release() -> String {
 fn release_freed_memory() {
     // SAFETY: malloc_trim only releases free memory; it has no preconditions.
     unsafe { libc::malloc_trim(0) };
+}
+
+#[cfg(test)]
+mod tracking_line_tests {
+    use super::*;
+
+    /// An id of multi-byte characters and control bytes neither panics nor breaks the line.
+    #[test]
+    fn a_container_id_of_any_characters_stays_on_one_safe_line() {
+        let mut snapshot = Snapshot::default();
+        snapshot.ports.insert(22);
+        let container = crate::container::Container {
+            // The 12th byte falls inside a character.
+            id: format!("a{}\n\x1b[31m", "\u{e9}".repeat(10)),
+            runtime: "lxc",
+            ..Default::default()
+        };
+        snapshot.listeners.insert(
+            5,
+            crate::discovery::Listener {
+                pid: 5,
+                exe: "/usr/sbin/sshd".into(),
+                addrs: vec!["127.0.0.1:22".parse().unwrap()],
+                netns: None,
+                container: Some(container),
+            },
+        );
+        let line = tracking_line(&snapshot);
+        assert_eq!(
+            line,
+            format!(
+                "sshtrace: tracking ports [22]; sshd listeners: 5 on 127.0.0.1:22 (container lxc a{}\\n)",
+                "\u{e9}".repeat(10)
+            )
+        );
+    }
 }

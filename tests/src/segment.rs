@@ -9,22 +9,38 @@ use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 pub const ACK: u8 = 0x10;
 pub const PSH: u8 = 0x08;
 
+pub const SYN: u8 = 0x02;
+
 /// Sends one TCP segment with `flags` and a few bytes of data from `from` to `to` (IPv4). The
 /// kernel adds the IP header; the source address is `from`'s, by binding the raw socket.
 pub fn send(from: SocketAddrV4, to: SocketAddrV4, flags: u8) {
-    let socket = Socket::new(
-        Domain::IPV4,
-        Type::from(libc::SOCK_RAW),
-        Some(Protocol::TCP),
-    )
-    .expect("raw socket");
-    socket
-        .bind(&SockAddr::from(SocketAddrV4::new(*from.ip(), 0)))
-        .expect("bind the raw socket to the client's address");
-    let segment = segment(from, to, flags, b"late");
-    socket
-        .send_to(&segment, &SockAddr::from(SocketAddrV4::new(*to.ip(), 0)))
-        .expect("send the segment");
+    RawSender::new(*from.ip()).send(from, to, flags, b"late");
+}
+
+/// A raw socket sending hand-made TCP segments from one source address (in the network
+/// namespace of the thread that made it).
+pub struct RawSender(Socket);
+
+impl RawSender {
+    pub fn new(source: std::net::Ipv4Addr) -> Self {
+        let socket = Socket::new(
+            Domain::IPV4,
+            Type::from(libc::SOCK_RAW),
+            Some(Protocol::TCP),
+        )
+        .expect("raw socket");
+        socket
+            .bind(&SockAddr::from(SocketAddrV4::new(source, 0)))
+            .expect("bind the raw socket to the client's address");
+        Self(socket)
+    }
+
+    pub fn send(&self, from: SocketAddrV4, to: SocketAddrV4, flags: u8, data: &[u8]) {
+        let segment = segment(from, to, flags, data);
+        self.0
+            .send_to(&segment, &SockAddr::from(SocketAddrV4::new(*to.ip(), 0)))
+            .expect("send the segment");
+    }
 }
 
 fn segment(from: SocketAddrV4, to: SocketAddrV4, flags: u8, data: &[u8]) -> Vec<u8> {

@@ -14,7 +14,7 @@ use crate::{kill, patient, sshtrace_bin, wait_for};
 
 pub struct Tracer {
     child: Child,
-    verdicts: Arc<Mutex<Vec<Value>>>,
+    verdicts: Arc<Mutex<Records>>,
     /// Standard output as lines, for the text view.
     stdout: Arc<Mutex<Vec<String>>>,
     stderr: Arc<Mutex<Vec<String>>>,
@@ -40,7 +40,7 @@ impl Tracer {
             .stderr(Stdio::piped())
             .spawn()
             .expect("start sshtrace");
-        let verdicts = Arc::new(Mutex::new(Vec::new()));
+        let verdicts = Arc::new(Mutex::new(Records::default()));
         let stdout = Arc::new(Mutex::new(Vec::new()));
         let stderr = Arc::new(Mutex::new(Vec::new()));
         let out = child.stdout.take().expect("stdout");
@@ -51,7 +51,7 @@ impl Tracer {
                     let value: Value = serde_json::from_str(&line).unwrap_or_else(|e| {
                         panic!("sshtrace printed a line that is not JSON ({e}): {line}")
                     });
-                    sink.lock().unwrap().push(value);
+                    sink.lock().unwrap().add(value);
                 }
                 raw.lock().unwrap().push(line);
             }
@@ -111,18 +111,17 @@ impl Tracer {
 
     /// Every verdict so far about local port `port`.
     pub fn verdicts(&self, port: u16) -> Vec<Value> {
-        self.verdicts
-            .lock()
-            .unwrap()
-            .iter()
-            .filter(|v| v["conn"]["local_port"] == port)
-            .cloned()
-            .collect()
+        let records = self.verdicts.lock().unwrap();
+        records
+            .by_port
+            .get(&port)
+            .map(|at| at.iter().map(|&i| records.all[i].clone()).collect())
+            .unwrap_or_default()
     }
 
     /// Every JSON record so far: verdicts, loss records, the summary.
     pub fn records(&self) -> Vec<Value> {
-        self.verdicts.lock().unwrap().clone()
+        self.verdicts.lock().unwrap().all.clone()
     }
 
     pub fn stdout_lines(&self) -> Vec<String> {
@@ -148,6 +147,24 @@ impl Tracer {
         wait_for("sshtrace to exit", timeout, || {
             self.child.try_wait().ok().flatten()
         })
+    }
+}
+
+/// The JSON records sshtrace printed, indexed by the local port of the verdicts: a storm's
+/// hundred thousand verdicts must not make every look-up of one port's a scan of them all.
+#[derive(Default)]
+struct Records {
+    all: Vec<Value>,
+    by_port: std::collections::HashMap<u16, Vec<usize>>,
+}
+
+impl Records {
+    fn add(&mut self, record: Value) {
+        if let Some(port) = record["conn"]["local_port"].as_u64() {
+            let port = u16::try_from(port).expect("a port");
+            self.by_port.entry(port).or_default().push(self.all.len());
+        }
+        self.all.push(record);
     }
 }
 

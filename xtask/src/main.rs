@@ -105,7 +105,7 @@ fn run(task: Task) -> Result<()> {
         } => {
             vm::check_series(&kernel)?;
             setup::run()?;
-            let binary = build(false)?;
+            let binary = build(true)?;
             let tests = build_integration_tests()?;
             let fetched = vm::fetch_kernel(&kernel)?;
             vm::run(
@@ -149,7 +149,7 @@ fn run(task: Task) -> Result<()> {
             // The VM's kernel package downloads (network) while everything builds (CPU); it is
             // waited for before the host's tests start, so that they run undisturbed.
             let kernel = (!no_vm).then(|| std::thread::spawn(|| vm::fetch_kernel(CI_VM_KERNEL)));
-            let built = build(false).and_then(|binary| Ok((binary, build_integration_tests()?)));
+            let built = build(true).and_then(|binary| Ok((binary, build_integration_tests()?)));
             let kernel = kernel.map(|k| {
                 k.join()
                     .unwrap_or_else(|_| Err(anyhow!("fetching the VM's kernel panicked")))

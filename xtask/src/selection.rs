@@ -113,6 +113,21 @@ pub const SELECTION: &[Entry] = &[
     ),
     // Userspace only: the host runs them; the kernel facts they rest on are proved above.
     entry(
+        "hostile_floods",
+        Guest::HostOnly,
+        "tenants' floods against the tracer's bounds and accounting; the kernel's aggregation is in not_listening, firewall and reliability",
+    ),
+    entry(
+        "hostile_inputs",
+        Guest::HostOnly,
+        "fake sshd, hostile configurations and cgroup names: discovery and escaping in userspace",
+    ),
+    entry(
+        "hostile_outputs",
+        Guest::HostOnly,
+        "full disks, planted links, closed pipes and bad collectors: the outputs, in userspace",
+    ),
+    entry(
         "late_segments",
         Guest::HostOnly,
         "folding a dead connection's late resets is userspace; before 6.10 the listener's reset for them is not traced at all",

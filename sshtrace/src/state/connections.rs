@@ -66,6 +66,9 @@ pub struct Connection {
     pub client_resets: Vec<u64>,
     /// Waited on top of `SETTLE_NS` before judging.
     pub extra_settle_ns: u64,
+    /// Judged as soon as it has ended: a refused connection attempt, which no later event
+    /// explains further (and a storm of them must not pile up while they wait).
+    pub settle_at_once: bool,
     /// When it first ended (reset or close); verdicts are judged after the settle time.
     pub end_ts: Option<u64>,
 }
@@ -89,6 +92,7 @@ impl Connection {
             drops_total: 0,
             client_resets: Vec::new(),
             extra_settle_ns: 0,
+            settle_at_once: false,
             end_ts: None,
         }
     }
@@ -301,7 +305,10 @@ impl ConnectionTable {
         let ids: Vec<ConnId> = self
             .conns
             .values()
-            .filter(|c| c.end_ts.is_some_and(|t| t + c.extra_settle_ns <= cutoff_ns))
+            .filter(|c| {
+                c.end_ts
+                    .is_some_and(|t| c.settle_at_once || t + c.extra_settle_ns <= cutoff_ns)
+            })
             .map(|c| c.id)
             .collect();
         let taken: Vec<Connection> = ids.into_iter().filter_map(|id| self.remove(id)).collect();

@@ -5,7 +5,7 @@ pub mod connections;
 pub mod processes;
 
 use crate::{
-    events::{ConnTuple, Event, Kind, SockHistory},
+    events::{ConnTuple, Event, Kind, SockHistory, TCP_SYN},
     kernel::names::KernelNames,
 };
 pub use connections::{Closer, ConnId, Connection, ConnectionTable, Drop, ResetSent, StrayReset};
@@ -153,7 +153,14 @@ impl State {
                             self.late_resets_after_verdict += 1 + u64::from(*repeated);
                             return;
                         }
-                        StrayReset::New => self.conns.orphan(*conn, ts),
+                        StrayReset::New => {
+                            let id = self.conns.orphan(*conn, ts);
+                            let attempt = seg_flags.is_some_and(|f| f & TCP_SYN != 0);
+                            if let (Some(c), true) = (self.conns.get_mut(id), attempt) {
+                                c.settle_at_once = true;
+                            }
+                            id
+                        }
                     }
                 } else {
                     self.conns.by_skaddr_or_open(*skaddr, *conn, ts)
