@@ -200,6 +200,8 @@ impl Probes {
             pids: HashMap::try_from(take("TRACKED_PIDS")?)?,
             netns: HashMap::try_from(take("TRACKED_NETNS")?)?,
             untracked: BTreeSet::new(),
+            netns_filtered: settings.filter_netns != 0,
+            untracked_netns: BTreeSet::new(),
         };
         let counters = LossCounters(PerCpuArray::try_from(take("COUNTERS")?)?);
         let unclaimed = UnclaimedConnections(HashMap::try_from(take("SOCK_HISTORY")?)?);
@@ -398,6 +400,16 @@ impl ResetBursts {
         self.held_back(burst_kind::FIREWALL_DROP)
     }
 
+    /// Keys the LRU map evicted (each perhaps with counts no record carried yet), from how
+    /// many the kernel added: only a storm from more clients than it holds evicts any, so the
+    /// map is walked only then.
+    pub fn evicted(&self, added: u64) -> u64 {
+        if added <= u64::from(sshtrace_common::RESET_BURST_KEYS) {
+            return 0;
+        }
+        added.saturating_sub(self.0.keys().filter_map(Result::ok).count() as u64)
+    }
+
     fn held_back(&self, kind: u16) -> u64 {
         self.0
             .iter()
@@ -417,6 +429,10 @@ pub struct KernelFilters {
     netns: HashMap<MapData, u32, u8>,
     /// Processes discovery found that the full tracked-process map could not take.
     pub untracked: BTreeSet<u32>,
+    /// Whether TCP events are filtered by network namespace (`--container`, `--host-only`).
+    netns_filtered: bool,
+    /// Network namespaces to report that the full map could not take.
+    pub untracked_netns: BTreeSet<u32>,
 }
 
 impl KernelFilters {
@@ -438,17 +454,21 @@ impl KernelFilters {
     }
 
     /// Network namespaces whose TCP events count (used with `--container`/`--host-only`).
-    pub fn set_netns(&mut self, wanted: &BTreeSet<u32>) -> Result<()> {
+    /// Kept only when filtering: a host with more namespaces than the map holds loses
+    /// nothing then. One the full map cannot take is counted.
+    pub fn set_netns(&mut self, wanted: &BTreeSet<u32>) {
+        if !self.netns_filtered {
+            return;
+        }
         let current: BTreeSet<u32> = self.netns.keys().filter_map(|k| k.ok()).collect();
         for stale in current.difference(wanted) {
             let _ = self.netns.remove(stale);
         }
         for ns in wanted.difference(&current) {
-            self.netns
-                .insert(ns, 1, 0)
-                .context("cannot update the tracked network namespaces")?;
+            if self.netns.insert(ns, 1, 0).is_err() {
+                self.untracked_netns.insert(*ns);
+            }
         }
-        Ok(())
     }
 
     /// A listener found by discovery; when the tracked-process map is full it is counted as
@@ -475,19 +495,22 @@ pub struct LossCounters(PerCpuArray<MapData, u64>);
 
 impl LossCounters {
     pub fn read(&self) -> (u64, u64) {
-        let sum = |index| {
-            self.0
-                .get(&index, 0)
-                .map(|values| values.iter().sum())
-                .unwrap_or(0)
-        };
-        (sum(counter::PRODUCED), sum(counter::LOST))
+        (self.sum(counter::PRODUCED), self.sum(counter::LOST))
     }
 
     /// Processes the kernel could not follow (its tracked-process map was full).
     pub fn untracked_processes(&self) -> u64 {
+        self.sum(counter::UNTRACKED_PROCESSES)
+    }
+
+    /// Keys the kernel added to its map of storm counters.
+    pub fn burst_keys_added(&self) -> u64 {
+        self.sum(counter::BURST_KEYS_ADDED)
+    }
+
+    fn sum(&self, index: u32) -> u64 {
         self.0
-            .get(&counter::UNTRACKED_PROCESSES, 0)
+            .get(&index, 0)
             .map(|values| values.iter().sum())
             .unwrap_or(0)
     }

@@ -10,7 +10,11 @@ use std::{
 
 use serde_json::json;
 
-use crate::{escape, output::KernelLoss, verdict::Verdict};
+use crate::{
+    escape,
+    output::{KernelLoss, NotKept},
+    verdict::Verdict,
+};
 
 #[derive(Default)]
 struct CauseStats {
@@ -78,37 +82,6 @@ pub struct Summary {
     /// Resets answering late segments of connections already judged: part of those verdicts.
     late_resets: u64,
     not_kept: NotKept,
-}
-
-/// Items past their bounds, counted instead of kept (see docs/events.md, summary record).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
-pub struct NotKept {
-    /// Connections dropped unjudged from a full connection table.
-    pub connections_evicted: u64,
-    /// Processes that could not be followed: the kernel's tracked-process map was full.
-    pub untracked_processes: u64,
-    /// Signals and LSM denials beyond the latest kept per process.
-    pub signals: u64,
-    pub lsm_denials: u64,
-    /// Dropped segments beyond those kept per connection (counted on its verdict), and those
-    /// the kernel counted after the last record for their client when sshtrace stopped.
-    pub firewall_drops: u64,
-    pub firewall_drops_held_back: u64,
-}
-
-impl std::fmt::Display for NotKept {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "{} connections evicted, {} processes untracked (map full), {} signals, {} LSM denials, {} firewall drops beyond those kept, {} firewall drops held back",
-            self.connections_evicted,
-            self.untracked_processes,
-            self.signals,
-            self.lsm_denials,
-            self.firewall_drops,
-            self.firewall_drops_held_back
-        )
-    }
 }
 
 /// How many clients and pids the report names per cause.

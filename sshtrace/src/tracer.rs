@@ -28,12 +28,12 @@ use crate::{
     kernel::syscalls::EACCES,
     kernel::{btf::Btf, layout, names::KernelNames},
     limits,
-    output::{KernelLoss, Outputs, Record, SinkSpec},
+    output::{KernelLoss, NotKept, Outputs, Record, SinkSpec},
     plan::Plan,
     probes::{KernelFilters, LossCounters, Probes, SkippedRuns},
     runtime::ContainerNames,
     state::{Connection, State, FIREWALL_SETTLE_NS, SETTLE_NS},
-    summary::{NotKept, Summary},
+    summary::Summary,
 };
 
 const TICK: Duration = Duration::from_millis(100);
@@ -523,6 +523,8 @@ impl Tracer {
             connections_evicted: self.state.conns.evicted,
             untracked_processes: self.counters.untracked_processes()
                 + self.filters.untracked.len() as u64,
+            untracked_network_namespaces: self.filters.untracked_netns.len() as u64,
+            storm_counters_evicted: self.bursts.evicted(self.counters.burst_keys_added()),
             signals: n.signals,
             lsm_denials: n.lsm_denials,
             firewall_drops: n.drops,
@@ -532,6 +534,7 @@ impl Tracer {
 
     fn kernel_loss(&self) -> KernelLoss {
         KernelLoss {
+            not_kept: self.not_kept(0),
             lost: self.counters.read().1,
             skipped_runs: self.skipped_runs.read(),
         }
@@ -572,6 +575,12 @@ impl Tracer {
                 "sshtrace: warning: the kernel skipped {} runs of sshtrace's programs (already running on that CPU; what they would have seen is unknown), {} in total",
                 now.skipped_runs - before.skipped_runs,
                 now.skipped_runs
+            );
+        }
+        if now.not_kept != before.not_kept {
+            eprintln!(
+                "sshtrace: warning: past sshtrace's bounds, counted instead of kept: {}",
+                now.not_kept
             );
         }
         if now != before {
@@ -706,7 +715,7 @@ fn apply_discovery(filters: &mut KernelFilters, snapshot: &Snapshot) -> Result<(
             .values()
             .filter_map(|l| l.netns.map(|n| n as u32))
             .collect(),
-    )?;
+    );
     for &pid in snapshot.listeners.keys() {
         filters.track_listener(pid);
     }

@@ -179,6 +179,14 @@ fn signal_flood_to_a_users_own_session() {
         not_kept + lost >= 100_000 - 32,
         "the signals not kept are counted: {summary}"
     );
+    // And in-band, as they happened: a loss record carries the count.
+    assert!(
+        tracer
+            .records()
+            .iter()
+            .any(|r| r["type"] == "loss" && r["not_kept"]["signals"].as_u64() > Some(0)),
+        "no loss record counts the signals not kept"
+    );
 }
 
 /// The session's sshd process that runs as `user` (`sshd: USER@notty`): the one the user may

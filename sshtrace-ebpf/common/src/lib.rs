@@ -32,7 +32,10 @@ pub mod counter {
     pub const LOST: u32 = 1;
     /// Processes that could not be followed: the tracked-process map was full.
     pub const UNTRACKED_PROCESSES: u32 = 2;
-    pub const COUNT: u32 = 3;
+    /// Keys added to `RESET_BURSTS` (an LRU map): more than it holds means some were evicted,
+    /// perhaps with counts no record carried yet.
+    pub const BURST_KEYS_ADDED: u32 = 3;
+    pub const COUNT: u32 = 4;
 }
 
 /// What a `RESET_BURSTS` entry counts.
@@ -44,6 +47,9 @@ pub mod burst_kind {
     /// Segments netfilter dropped (a flood against a DROP rule).
     pub const FIREWALL_DROP: u16 = 2;
 }
+
+/// How many clients' storms the kernel's `RESET_BURSTS` map counts at once.
+pub const RESET_BURST_KEYS: u32 = 8192;
 
 /// Key of the kernel's per-CPU `RESET_BURSTS` map: a storm of resets is counted per tracked
 /// endpoint and client, one record sent per interval and the rest held back.

@@ -9,8 +9,9 @@ use aya_ebpf::{
     programs::TracePointContext,
 };
 use sshtrace_common::{
-    addr_style, burst_kind, AddrLayout, Burst, BurstKey, Endpoints, ReceiveResetEvent,
-    SendResetEvent, ABSENT, REASON_UNKNOWN, RESET_BURST_INTERVAL_NS, SEG_FLAGS_UNKNOWN,
+    addr_style, burst_kind, counter, AddrLayout, Burst, BurstKey, Endpoints, ReceiveResetEvent,
+    SendResetEvent, ABSENT, REASON_UNKNOWN, RESET_BURST_INTERVAL_NS, RESET_BURST_KEYS,
+    SEG_FLAGS_UNKNOWN,
 };
 
 use super::{
@@ -19,7 +20,7 @@ use super::{
     socket::{AF_INET, AF_INET6},
 };
 use crate::{
-    maps::{netns_tracked, port_tracked, sk_netns, skb_netns, tcp_states},
+    maps::{count, netns_tracked, port_tracked, sk_netns, skb_netns, tcp_states},
     record::submit_batched,
 };
 
@@ -46,7 +47,7 @@ const RECORDS_PER_INTERVAL: u32 = 8;
 /// held-back count, and the summary counted thousands of refusals twice).
 #[map]
 static RESET_BURSTS: LruPerCpuHashMap<BurstKey, Burst> =
-    LruPerCpuHashMap::with_max_entries(8192, 0);
+    LruPerCpuHashMap::with_max_entries(RESET_BURST_KEYS, 0);
 
 /// `Some(count of resets held back before this one)` when a record should be sent now, `None`
 /// when this one is only counted.
@@ -58,7 +59,9 @@ pub(super) fn burst(key: BurstKey) -> Option<u32> {
             sent_in_window: 1,
             suppressed: 0,
         };
-        let _ = RESET_BURSTS.insert(key, fresh, 0);
+        if RESET_BURSTS.insert(key, fresh, 0).is_ok() {
+            count(counter::BURST_KEYS_ADDED);
+        }
         return Some(0);
     };
     let b = unsafe { &mut *b };

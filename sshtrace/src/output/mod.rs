@@ -16,7 +16,7 @@ use std::{
     time::Duration,
 };
 
-pub use record::{KernelLoss, LossRecord, Record};
+pub use record::{KernelLoss, LossRecord, NotKept, Record};
 use sink::{LossContext, Shared};
 use tokio::{sync::watch, task::JoinHandle};
 pub use url::{SinkSpec, StdoutView};
@@ -40,6 +40,7 @@ impl Outputs {
             clock,
             kernel_lost: Default::default(),
             kernel_skipped_runs: Default::default(),
+            not_kept: Default::default(),
         });
         let (stop, stopped) = watch::channel(false);
         let stdout_closed = Arc::new(watch::Sender::new(false));
@@ -107,7 +108,14 @@ impl Outputs {
             .loss
             .kernel_skipped_runs
             .swap(total.skipped_runs, Relaxed);
-        if total.lost > lost_before || total.skipped_runs > skipped_before {
+        let not_kept_before = std::mem::replace(
+            &mut *self.loss.not_kept.lock().expect("not poisoned"),
+            total.not_kept,
+        );
+        if total.lost > lost_before
+            || total.skipped_runs > skipped_before
+            || total.not_kept != not_kept_before
+        {
             let ts = self.loss.clock.rfc3339(Clock::monotonic_now_ns());
             self.publish(Record::Loss(LossRecord::new(
                 ts,

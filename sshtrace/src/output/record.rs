@@ -11,6 +11,45 @@ pub enum Record {
     Loss(LossRecord),
 }
 
+/// Items past their bounds, counted instead of kept (see docs/events.md, summary record).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct NotKept {
+    /// Connections dropped unjudged from a full connection table.
+    pub connections_evicted: u64,
+    /// Processes that could not be followed: the kernel's tracked-process map was full.
+    pub untracked_processes: u64,
+    /// Network namespaces `--container`/`--host-only` should report that the kernel's map
+    /// could not take.
+    pub untracked_network_namespaces: u64,
+    /// Per-client storm counters the kernel's LRU map evicted (a storm from more clients than
+    /// it holds): counts they held that no record carried yet are gone.
+    pub storm_counters_evicted: u64,
+    /// Signals and LSM denials beyond the latest kept per process.
+    pub signals: u64,
+    pub lsm_denials: u64,
+    /// Dropped segments beyond those kept per connection (counted on its verdict), and those
+    /// the kernel counted after the last record for their client when sshtrace stopped.
+    pub firewall_drops: u64,
+    pub firewall_drops_held_back: u64,
+}
+
+impl std::fmt::Display for NotKept {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} connections evicted, {} processes and {} network namespaces untracked (map full), {} signals, {} LSM denials, {} firewall drops beyond those kept, {} firewall drops held back, {} storm counters evicted",
+            self.connections_evicted,
+            self.untracked_processes,
+            self.untracked_network_namespaces,
+            self.signals,
+            self.lsm_denials,
+            self.firewall_drops,
+            self.firewall_drops_held_back,
+            self.storm_counters_evicted
+        )
+    }
+}
+
 /// Kernel events sshtrace never saw, as the kernel counts them.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct KernelLoss {
@@ -20,6 +59,8 @@ pub struct KernelLoss {
     /// that CPU (`recursion_misses`): what they would have seen is unknown, perhaps nothing
     /// sshtrace tracks.
     pub skipped_runs: u64,
+    /// What went past a bound and was counted instead of kept.
+    pub not_kept: NotKept,
 }
 
 /// `{"type":"loss", …}`: records this output dropped while its destination was slow or away,
@@ -41,6 +82,8 @@ pub struct LossRecord {
     pub lost_kernel_events: u64,
     /// Program runs the kernel skipped since sshtrace started (see [`KernelLoss`]).
     pub skipped_program_runs: u64,
+    /// Items past sshtrace's bounds since it started, counted instead of kept.
+    pub not_kept: NotKept,
 }
 
 impl LossRecord {
@@ -62,6 +105,7 @@ impl LossRecord {
             dropped_total,
             lost_kernel_events: kernel.lost,
             skipped_program_runs: kernel.skipped_runs,
+            not_kept: kernel.not_kept,
         }
     }
 

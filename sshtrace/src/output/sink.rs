@@ -43,6 +43,8 @@ pub struct LossContext {
     /// up to date by the tracer.
     pub kernel_lost: AtomicU64,
     pub kernel_skipped_runs: AtomicU64,
+    /// What went past sshtrace's bounds so far, likewise.
+    pub not_kept: Mutex<super::NotKept>,
 }
 
 #[derive(Default)]
@@ -515,6 +517,7 @@ pub async fn run(
                 KernelLoss {
                     lost: loss.kernel_lost.load(Relaxed),
                     skipped_runs: loss.kernel_skipped_runs.load(Relaxed),
+                    not_kept: *loss.not_kept.lock().expect("not poisoned"),
                 },
             ));
             let sent = send(c, &spec.transport, encode(&record, &spec.encoding)).await;
@@ -614,6 +617,7 @@ mod tests {
             clock: Clock::new(),
             kernel_lost: Default::default(),
             kernel_skipped_runs: Default::default(),
+            not_kept: Default::default(),
         });
         let record = |sink: String| {
             Arc::new(Record::Loss(LossRecord::new(
