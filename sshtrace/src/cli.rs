@@ -222,18 +222,27 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
     let number: u64 = number
         .parse()
         .map_err(|_| format!("'{text}' is not a duration like 30s or 5m"))?;
-    let seconds = match unit {
-        "" | "s" => number,
-        "m" => number * 60,
-        "h" => number * 3600,
+    let scale: u64 = match unit {
+        "" | "s" => 1,
+        "m" => 60,
+        "h" => 3600,
         _ => return Err(format!("'{text}': use s, m or h")),
     };
+    let seconds = number
+        .checked_mul(scale)
+        .ok_or_else(|| format!("'{text}' is too long a duration"))?;
     Ok(Duration::from_secs(seconds))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn absurd_durations_are_refused_not_wrapped() {
+        assert!(parse_duration("9999999999999999999h").is_err());
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+    }
 
     #[test]
     fn durations() {

@@ -293,7 +293,9 @@ impl Tracer {
                         guard.clear_ready();
                     }
                     // A storm's refusals are judged batch by batch, not piled up to the tick.
-                    self.emit_settled(Clock::monotonic_now_ns())?;
+                    if self.state.refusals_waiting {
+                        self.emit_settled(Clock::monotonic_now_ns())?;
+                    }
                 }
                 _ = tick.tick() => {
                     ticks += 1;

@@ -217,7 +217,7 @@ pub(crate) fn parse_size(text: &str) -> Option<u64> {
     number
         .parse::<u64>()
         .ok()
-        .map(|n| n * factor)
+        .and_then(|n| n.checked_mul(factor))
         .filter(|&n| n > 0)
 }
 

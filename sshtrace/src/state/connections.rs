@@ -148,7 +148,7 @@ pub const KEPT_DROPS: usize = 32;
 /// to a dead connection for about two minutes (RTO backoff) before it gives up.
 const LATE_SEGMENT_WINDOW_NS: u64 = 120_000_000_000;
 /// Bound on address pairs remembered after their verdict; the oldest are forgotten first.
-const MAX_JUDGED_REMEMBERED: usize = 16_384;
+const MAX_JUDGED_REMEMBERED: usize = 4096;
 
 /// Where a reset sent without a connection socket belongs.
 #[derive(Debug, PartialEq, Eq)]

@@ -58,6 +58,8 @@ pub struct State {
     pub late_resets_after_verdict: u64,
     /// Items past their bounds, counted instead of kept.
     pub not_kept: NotKept,
+    /// Refused attempts to judge at once are waiting (see `Connection::settle_at_once`).
+    pub refusals_waiting: bool,
     states: TcpStates,
 }
 
@@ -77,6 +79,7 @@ impl State {
             procs: ProcessTable::default(),
             late_resets_after_verdict: 0,
             not_kept: NotKept::default(),
+            refusals_waiting: false,
             states,
         }
     }
@@ -158,6 +161,7 @@ impl State {
                             let attempt = seg_flags.is_some_and(|f| f & TCP_SYN != 0);
                             if let (Some(c), true) = (self.conns.get_mut(id), attempt) {
                                 c.settle_at_once = true;
+                                self.refusals_waiting = true;
                             }
                             id
                         }
@@ -350,6 +354,7 @@ impl State {
     /// Connections whose settle time has passed at `now_ns`, removed from the table together
     /// with the exited processes that belonged only to them.
     pub fn take_settled(&mut self, now_ns: u64) -> Vec<(Connection, Vec<Process>)> {
+        self.refusals_waiting = false;
         self.conns
             .take_ended_before(now_ns.saturating_sub(SETTLE_NS))
             .into_iter()
