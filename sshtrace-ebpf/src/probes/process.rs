@@ -2,8 +2,8 @@
 
 use aya_ebpf::{
     helpers::{
-        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_task,
-        bpf_probe_read_kernel, bpf_probe_read_kernel_str_bytes,
+        bpf_get_current_pid_tgid, bpf_get_current_task, bpf_probe_read_kernel,
+        bpf_probe_read_kernel_str_bytes, generated,
     },
     macros::{raw_tracepoint, tracepoint},
     programs::{RawTracePointContext, TracePointContext},
@@ -65,7 +65,7 @@ pub fn sched_process_exec(ctx: TracePointContext) -> u32 {
 fn try_exec(ctx: &TracePointContext) -> Result<(), i32> {
     let tgid = current_tgid();
     // After exec, comm is the program's file name.
-    let comm = bpf_get_current_comm().unwrap_or_default();
+    let comm = current_comm();
     let tracked = pid_tracked(tgid);
     if !tracked && !(follow_sshd_execs() && is_sshd_program(&comm)) {
         return Ok(());
@@ -73,9 +73,8 @@ fn try_exec(ctx: &TracePointContext) -> Result<(), i32> {
     let exe = executable();
     if !tracked {
         // A name is not an identity: only a root-owned regular file is followed.
-        match exe {
-            Some((0, mode)) if mode & S_IFMT == S_IFREG => {}
-            _ => return Ok(()),
+        if exe.uid != 0 || exe.mode & S_IFMT != S_IFREG {
+            return Ok(());
         }
         if TRACKED_PIDS.insert(tgid, pid_flags::SSHD_EXEC, 0).is_err() {
             count(counter::UNTRACKED_PROCESSES);
@@ -87,8 +86,8 @@ fn try_exec(ctx: &TracePointContext) -> Result<(), i32> {
     let name = unsafe { (ctx.as_ptr() as *const u8).add((loc & 0xffff) as usize) };
     submit(|e: &mut ExecEvent| {
         e.began_tracking = !tracked as u32;
-        if let Some((uid, mode)) = exe {
-            (e.exe_known, e.exe_uid, e.exe_mode) = (1, uid, mode as u32);
+        if exe.known {
+            (e.exe_known, e.exe_uid, e.exe_mode) = (1, exe.uid, exe.mode as u32);
         }
         let _ = unsafe { bpf_probe_read_kernel_str_bytes(name, &mut e.filename) };
     });
@@ -99,7 +98,7 @@ fn try_exec(ctx: &TracePointContext) -> Result<(), i32> {
     // A user's shell or command: the connection is in use, and what that program and its
     // children do is not sshd's doing. Stop following them (volume, not identification:
     // sshd processes are found by the process tree, this only prunes it).
-    if !comm.starts_with(b"sshd") {
+    if comm[0] & PREFIX_4 != word(b"sshd\0\0\0\0") {
         let _ = TRACKED_PIDS.remove(tgid);
     }
     Ok(())
@@ -109,28 +108,68 @@ const S_IFMT: u16 = 0o170000;
 const S_IFREG: u16 = 0o100000;
 const S_IFSOCK: u16 = 0o140000;
 
-/// `sshd`, `sshd-session` (OpenSSH 9.8+) or `sshd-auth` (10.0+), exactly.
+/// The current task's comm (after exec, the program's file name) as two little-endian words:
+/// compared as integers, it needs no memcmp, which older verifiers refuse as a subprogram.
 #[inline(always)]
-fn is_sshd_program(comm: &[u8; 16]) -> bool {
-    if comm[..4] != *b"sshd" {
-        return false;
-    }
-    match comm[4] {
-        0 => true,
-        b'-' => comm[5..13] == *b"session\0" || comm[5..10] == *b"auth\0",
-        _ => false,
+fn current_comm() -> [u64; 2] {
+    // Left uninitialised: the helper fills it (with zeros on failure), and zeroing it first
+    // became a memset subprogram that 5.10's verifier refuses.
+    let mut comm = core::mem::MaybeUninit::<[u64; 2]>::uninit();
+    unsafe {
+        generated::bpf_get_current_comm(comm.as_mut_ptr().cast(), 16);
+        comm.assume_init()
     }
 }
 
-/// The current task's executable: its owner (global uid) and mode.
+const fn word(bytes: &[u8; 8]) -> u64 {
+    u64::from_le_bytes(*bytes)
+}
+
+const PREFIX_4: u64 = 0xffff_ffff;
+const PREFIX_5: u64 = 0xff_ffff_ffff;
+const PREFIX_2: u64 = 0xffff;
+
+/// `sshd`, `sshd-session` (OpenSSH 9.8+) or `sshd-auth` (10.0+), exactly.
 #[inline(always)]
-fn executable() -> Option<(u32, u16)> {
+fn is_sshd_program(comm: &[u64; 2]) -> bool {
+    let [head, tail] = *comm;
+    head & PREFIX_5 == word(b"sshd\0\0\0\0")
+        || (head == word(b"sshd-ses") && tail & PREFIX_5 == word(b"sion\0\0\0\0"))
+        || (head == word(b"sshd-aut") && tail & PREFIX_2 == word(b"h\0\0\0\0\0\0\0"))
+}
+
+/// An executable's owner (global uid) and mode, every field written whether read or not:
+/// 5.10's verifier refuses a read of stack left unwritten (an `Option`'s empty payload).
+struct Executable {
+    known: bool,
+    uid: u32,
+    mode: u16,
+}
+
+/// The current task's executable.
+#[inline(always)]
+fn executable() -> Executable {
+    let mut exe = Executable {
+        known: false,
+        uid: u32::MAX,
+        mode: 0,
+    };
     let s = layout!(structs);
     let task = unsafe { bpf_get_current_task() } as *const u8;
-    let mm: *const u8 = member(task, s.task_mm)?;
-    let file: *const u8 = member(mm, s.mm_exe_file)?;
-    let inode: *const u8 = member(file, s.file_inode)?;
-    Some((member(inode, s.inode_uid)?, member(inode, s.inode_mode)?))
+    let Some(inode) = member::<*const u8>(task, s.task_mm)
+        .and_then(|mm| member::<*const u8>(mm, s.mm_exe_file))
+        .and_then(|file| member::<*const u8>(file, s.file_inode))
+    else {
+        return exe;
+    };
+    if let (Some(uid), Some(mode)) = (member(inode, s.inode_uid), member(inode, s.inode_mode)) {
+        exe = Executable {
+            known: true,
+            uid,
+            mode,
+        };
+    }
+    exe
 }
 
 /// inetd mode (`sshd -i` under inetd or systemd's `Accept=yes`): the connection was accepted
