@@ -9,7 +9,7 @@ use serde_json::Value;
 use sshtrace_tests::{
     podman::{ApiService, Container},
     privileged, run,
-    sshd::in_netns,
+    sshd::ssh_client,
     sshtrace_bin, Endpoint, NetNs, Tracer,
 };
 
@@ -45,27 +45,8 @@ impl Keys {
 
     /// An ssh login with the refused key: a real client, a real `closed_preauth` verdict.
     fn refused_login(&self, netns: Option<&str>, addr: &str, port: u16) {
-        let out = run(in_netns(netns, "ssh")
-            .args(["-F", "/dev/null", "-i"])
-            .arg(self.dir.join("refused"))
-            .args([
-                "-o",
-                "IdentitiesOnly=yes",
-                "-o",
-                "BatchMode=yes",
-                "-o",
-                "StrictHostKeyChecking=no",
-            ])
-            .args([
-                "-o",
-                "UserKnownHostsFile=/dev/null",
-                "-o",
-                "ConnectTimeout=5",
-                "-p",
-                &port.to_string(),
-            ])
-            .arg(format!("root@{addr}"))
-            .arg("true"));
+        let refused = self.dir.join("refused");
+        let out = run(&mut ssh_client(netns, "root", addr, port, &refused, "true"));
         assert!(
             String::from_utf8_lossy(&out.stderr).contains("Permission denied"),
             "{out:?}"

@@ -67,7 +67,8 @@ fn try_exec(ctx: &TracePointContext) -> Result<(), i32> {
     // After exec, comm is the program's file name.
     let comm = current_comm();
     let tracked = pid_tracked(tgid);
-    if !tracked && !(follow_sshd_execs() && is_sshd_program(&comm)) {
+    let followed = tracked || (follow_sshd_execs() && is_sshd_program(&comm));
+    if !followed {
         return Ok(());
     }
     let exe = executable();

@@ -24,7 +24,7 @@ use super::{
 use crate::{
     maps::{
         claim_on_accept, netns_tracked, owns_listeners, port_tracked, sk_netns, tcp_states,
-        track_port,
+        track_port, SETTINGS,
     },
     record::submit_batched,
 };
@@ -151,10 +151,12 @@ fn sock_state(
 ) -> Result<(), i32> {
     // A listen by sshd on a port not tracked yet tracks it, and is reported like any socket
     // state change on a tracked port (userspace learns where sshd listens from it).
-    if !port_tracked(local_port)
-        && !(new_state == tcp_states().listen && learn_listening_port(local_port))
-    {
-        return Ok(());
+    if !port_tracked(local_port) {
+        // Only the listen state is read here: this runs for every socket on the host.
+        let listen = unsafe { core::ptr::read_volatile(&raw const SETTINGS.tcp_states.listen) };
+        if new_state != listen || !learn_listening_port(local_port) {
+            return Ok(());
+        }
     }
     match step(skaddr, old_state, new_state)? {
         Step::Done => {}

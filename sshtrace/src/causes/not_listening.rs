@@ -8,6 +8,7 @@ use serde_json::{json, Map, Value};
 
 use super::{exit_evidence, signal_evidence, Context, Ended, Finding};
 use crate::{
+    discovery::Listener,
     escape,
     events::TCP_SYN,
     verdict::{signal_name, Cause, Evidence, Outcome},
@@ -29,13 +30,16 @@ pub fn judge(e: &Ended, ctx: &Context) -> Option<Finding> {
         }
     }
     let target = e.conn.tuple.local;
-    let listening: Vec<String> = ctx
-        .sshd
-        .listening_addrs()
-        .iter()
-        .map(|a| a.to_string())
-        .collect();
-    let pids: Vec<u32> = ctx.sshd.listeners.keys().copied().collect();
+    // A listener the kernel saw exit is gone, whatever the last scan said (a refusal is
+    // judged at once, and the scan may be from the instant before the exit).
+    let exited = |pid: u32| ctx.procs.get(pid).is_some_and(|p| p.exit.is_some());
+    let (live, dead): (Vec<&Listener>, Vec<&Listener>) =
+        ctx.sshd.listeners.values().partition(|l| !exited(l.pid));
+    let mut addrs: Vec<SocketAddr> = live.iter().flat_map(|l| l.addrs.iter().copied()).collect();
+    addrs.sort();
+    addrs.dedup();
+    let listening: Vec<String> = addrs.iter().map(ToString::to_string).collect();
+    let pids: Vec<u32> = live.iter().map(|l| l.pid).collect();
     let mut details = Map::new();
     details.insert("sshd_running".into(), json!(!pids.is_empty()));
     // A storm of refusals from this client: the kernel sent one record per 100 ms.
@@ -58,11 +62,10 @@ pub fn judge(e: &Ended, ctx: &Context) -> Option<Finding> {
         ));
     }
     // A scan saw it listen, or (gone before any scan) the kernel saw its listen().
-    let previous = ctx
-        .sshd
-        .gone
+    let previous = dead
         .iter()
-        .rev()
+        .copied()
+        .chain(ctx.sshd.gone.iter().rev())
         .find(|l| l.addrs.iter().any(|a| serves(a, target)))
         .map(|l| l.pid)
         .or_else(|| {

@@ -1392,3 +1392,34 @@ fn a_signal_flood_is_counted_not_kept() {
     assert_eq!(v.details["signal"], "SIGKILL");
     assert_eq!(s.state.not_kept.signals, 1001 - 32);
 }
+
+/// The last scan saw the listener, the kernel then saw it exit: it is gone, not running.
+#[test]
+fn a_listener_the_kernel_saw_exit_is_gone_whatever_the_last_scan_said() {
+    let mut s = Script::new();
+    s.signal(task(55, "kill"), LISTENER, 9, 0)
+        .exit(LISTENER, 9)
+        .softirq(Kind::SendReset {
+            skaddr: 0,
+            state: 0,
+            reason: Some(NO_SOCKET),
+            seg_flags: Some(0x02),
+            repeated: 0,
+            conn: tuple(),
+        });
+    let mut sshd = Snapshot::default();
+    sshd.listeners.insert(
+        LISTENER,
+        crate::discovery::Listener {
+            pid: LISTENER,
+            netns: None,
+            container: None,
+            exe: "/usr/sbin/sshd".into(),
+            addrs: vec!["0.0.0.0:2222".parse().unwrap()],
+        },
+    );
+    let v = s.verdicts(&sshd).remove(0);
+    assert_eq!(v.details["sshd_running"], false, "{}", v.summary);
+    assert_eq!(v.details["previous_listener"]["pid"], LISTENER);
+    assert_eq!(v.details["previous_listener"]["signal"], "SIGKILL");
+}
