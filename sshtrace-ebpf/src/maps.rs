@@ -33,6 +33,16 @@ pub static TRACKED_PIDS: HashMap<u32, u8> = HashMap::with_max_entries(65536, 0);
 #[map]
 pub static ACCEPT_ARGS: HashMap<u64, [u64; 2]> = HashMap::with_max_entries(4096, 0);
 
+/// Index 0 is set by userspace when it stops: from then on nothing is recorded or counted,
+/// so its last read of the ring is complete without the detach, which takes most of a second.
+#[map]
+pub static STOP: Array<u32> = Array::with_max_entries(1, 0);
+
+#[inline(always)]
+pub fn stopped() -> bool {
+    STOP.get(0).is_some_and(|flag| *flag != 0)
+}
+
 /// Produced and lost record counts, per CPU (see `sshtrace_common::counter`).
 #[map]
 pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::COUNT, 0);

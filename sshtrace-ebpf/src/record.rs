@@ -5,7 +5,7 @@ use sshtrace_common::{counter, EventHeader, EventKind};
 
 use aya_ebpf::bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP};
 
-use crate::maps::{count, EVENTS};
+use crate::maps::{count, stopped, EVENTS};
 
 /// A record type that begins with an [`EventHeader`].
 pub trait Record: 'static {
@@ -58,6 +58,9 @@ pub fn submit_batched<T: Record>(fill: impl FnOnce(&mut T)) {
 /// room for is counted as lost too, never ignored (produced = read + lost).
 #[inline(always)]
 fn submit_with<T: Record>(wake_now: bool, fill: impl FnOnce(&mut T)) {
+    if stopped() {
+        return;
+    }
     count(counter::PRODUCED);
     let Some(mut entry) = EVENTS.reserve::<T>(0) else {
         count(counter::LOST);

@@ -9,6 +9,7 @@ pub mod cli;
 pub mod clock;
 pub mod container;
 pub mod dac;
+pub mod detach;
 pub mod discovery;
 pub mod doctor;
 pub mod escape;

@@ -14,6 +14,8 @@ use sshtrace_common::{
     PATH_SYSCALLS,
 };
 
+use crate::detach::Attached;
+
 /// The object built by `build.rs` from `sshtrace-ebpf`.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/sshtrace"));
 
@@ -67,9 +69,8 @@ const HOOKS: &[Hook] = &[
 const REFUSAL_KPROBES: [&str; 2] = ["tcp_v4_send_reset", "tcp_v6_send_reset"];
 
 pub struct Probes {
-    /// Keeps programs and links alive; dropping it detaches everything (the maps taken out
-    /// of it below stay readable).
-    pub programs: Ebpf,
+    /// Keeps programs and links alive (the maps taken out of it below stay readable).
+    pub programs: Attached,
     pub attached: Vec<String>,
     /// Optional hooks this kernel lacks, with the reason.
     pub skipped: Vec<String>,
@@ -212,7 +213,7 @@ impl Probes {
                 .collect(),
         );
         Ok(Self {
-            programs: ebpf,
+            programs: Attached::new(ebpf)?,
             skipped_runs,
             attached,
             skipped,

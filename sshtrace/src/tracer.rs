@@ -21,6 +21,7 @@ use crate::{
     cli::TraceArgs as Cli,
     clock::Clock,
     dac,
+    detach::{Attached, Stopped},
     discovery::{Discovery, Scope, Snapshot},
     escape,
     events::{self, Kind},
@@ -144,6 +145,7 @@ pub async fn run(
         unclaimed: probes.unclaimed,
         bursts: probes.bursts,
         programs: Some(probes.programs),
+        stopped: None,
         counters: probes.counters,
         skipped_runs: probes.skipped_runs,
         report: Report {
@@ -202,8 +204,10 @@ struct Tracer {
     skipped_runs: SkippedRuns,
     unclaimed: crate::probes::UnclaimedConnections,
     bursts: crate::probes::ResetBursts,
-    /// The attached programs, detached at the stop before the last read of the ring.
-    programs: Option<aya::Ebpf>,
+    /// The attached programs, stopped before the last read of the ring.
+    programs: Option<Attached>,
+    /// Once stopped: detached after sshtrace's exit.
+    stopped: Option<Stopped>,
     report: Report,
     clock: Clock,
     host: String,
@@ -327,9 +331,9 @@ impl Tracer {
                 break;
             }
         }
-        // Detached first, so that nothing is produced after the last read: then whatever is
+        // Stopped first, so that nothing is produced after the last read: then whatever is
         // still in the ring, then every connection that has ended, without waiting.
-        drop(self.programs.take());
+        self.stopped = self.programs.take().map(Attached::stop_recording);
         self.drain(ring.get_mut(), usize::MAX);
         self.emit_settled(Clock::monotonic_now_ns() + SETTLE_NS + FIREWALL_SETTLE_NS)
     }
@@ -593,7 +597,7 @@ impl Tracer {
 
     async fn finish(mut self) {
         self.report_loss();
-        // The programs are detached: these counts stand still.
+        // The programs are stopped: these counts stand still.
         self.report
             .summary
             .set_held_back_refusals(self.bursts.held_back_refusals());
@@ -634,6 +638,9 @@ impl Tracer {
             self.report.verdicts, self.stats.read, loss.lost, self.stats.undecodable, loss.skipped_runs
         );
         eprintln!("sshtrace: not kept (counted): {not_kept}");
+        if let Some(stopped) = self.stopped.take() {
+            stopped.detach_after_exit();
+        }
     }
 }
 

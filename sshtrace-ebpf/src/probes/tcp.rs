@@ -20,7 +20,7 @@ use super::{
     socket::{AF_INET, AF_INET6},
 };
 use crate::{
-    maps::{count, netns_tracked, port_tracked, sk_netns, skb_netns, tcp_states},
+    maps::{count, netns_tracked, port_tracked, sk_netns, skb_netns, stopped, tcp_states},
     record::submit_batched,
 };
 
@@ -50,8 +50,11 @@ static RESET_BURSTS: LruPerCpuHashMap<BurstKey, Burst> =
     LruPerCpuHashMap::with_max_entries(RESET_BURST_KEYS, 0);
 
 /// `Some(count of resets held back before this one)` when a record should be sent now, `None`
-/// when this one is only counted.
+/// when this one is only counted (or, once userspace stopped, not even that).
 pub(super) fn burst(key: BurstKey) -> Option<u32> {
+    if stopped() {
+        return None;
+    }
     let now = unsafe { bpf_ktime_get_ns() };
     let Some(b) = RESET_BURSTS.get_ptr_mut(key) else {
         let fresh = Burst {

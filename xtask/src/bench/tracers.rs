@@ -67,6 +67,7 @@ impl Tracer {
         let deadline = Instant::now() + Duration::from_secs(10);
         while Instant::now() < deadline {
             if let Ok(Some(_)) = self.0.try_wait() {
+                wait_for_detach();
                 return;
             }
             thread::sleep(Duration::from_millis(20));
@@ -81,6 +82,25 @@ impl Drop for Tracer {
         if let Ok(None) = self.0.try_wait() {
             self.interrupt_and_wait();
         }
+    }
+}
+
+/// sshtrace leaves the slow detach of its programs to a child (`sshtrace-detach`) that
+/// outlives it by about a second: the next measurement starts once they are gone.
+fn wait_for_detach() {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let detaching = || {
+        std::fs::read_dir("/proc")
+            .into_iter()
+            .flatten()
+            .flatten()
+            .any(|e| {
+                std::fs::read_to_string(e.path().join("comm"))
+                    .is_ok_and(|c| c.trim() == "sshtrace-detach")
+            })
+    };
+    while detaching() && Instant::now() < deadline {
+        thread::sleep(Duration::from_millis(50));
     }
 }
 

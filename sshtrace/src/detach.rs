@@ -1,0 +1,116 @@
+//! The end of a run: the programs stop recording at once, and are detached without holding
+//! up sshtrace's exit.
+//!
+//! Closing a classic tracepoint's perf event waits for RCU grace periods under the kernel's
+//! global `event_mutex` (tens of milliseconds each): with twenty of them, detaching took most
+//! of a second, and `sshtrace | head -1` or a service stop waited for it. So the programs are
+//! told to stop through a map, sshtrace waits one grace period for the runs already under way,
+//! and the detach itself is left to a child process that outlives sshtrace by that second.
+
+use anyhow::{Context, Result};
+use aya::{
+    maps::{Array, MapData},
+    Ebpf,
+};
+
+/// The attached programs and the switch that stops them.
+pub struct Attached {
+    /// Keeps programs and links alive: dropping it detaches everything, slowly.
+    programs: Ebpf,
+    stop: Array<MapData, u32>,
+}
+
+impl Attached {
+    pub fn new(mut programs: Ebpf) -> Result<Self> {
+        let map = programs.take_map("STOP").context("no map STOP")?;
+        Ok(Self {
+            stop: Array::try_from(map)?,
+            programs,
+        })
+    }
+
+    /// Stops the programs from recording or counting anything more, and returns once no run
+    /// begun before is still under way: what is in the ring is then all there will be.
+    pub fn stop_recording(mut self) -> Stopped {
+        let stopped = self.stop.set(0, 1, 0).is_ok() && wait_for_running_programs();
+        if stopped {
+            return Stopped(Some(self.programs));
+        }
+        // No switch or no grace period: the slow way, which is exact too.
+        drop(self.programs);
+        Stopped(None)
+    }
+}
+
+/// Programs that record nothing any more (or are already detached).
+pub struct Stopped(Option<Ebpf>);
+
+impl Stopped {
+    /// Detaches them in a child process, which waits for sshtrace to exit and then exits too,
+    /// the kernel closing what it holds. Without a child, here and now.
+    pub fn detach_after_exit(self) {
+        let Some(programs) = self.0 else { return };
+        match hand_over_to_child() {
+            // The child holds every descriptor: sshtrace's own close at exit is only a
+            // reference dropped.
+            Ok(()) => std::mem::forget(programs),
+            Err(_) => drop(programs),
+        }
+    }
+}
+
+/// Every BPF program runs inside an RCU read-side section: `membarrier(GLOBAL)` is a
+/// `synchronize_rcu()`, after which no run that began before the switch is still going.
+fn wait_for_running_programs() -> bool {
+    // SAFETY: no pointer arguments.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_membarrier,
+            libc::MEMBARRIER_CMD_GLOBAL,
+            0_u32,
+            0_i32,
+        )
+    };
+    ret == 0
+}
+
+/// Forks a child that keeps a copy of every descriptor until sshtrace exits: it closes its
+/// standard streams (a pipeline's reader must see the end at sshtrace's exit), waits for the
+/// end of a pipe whose write end only sshtrace holds, and exits.
+fn hand_over_to_child() -> std::io::Result<()> {
+    let mut ends = [0; 2];
+    // SAFETY: `ends` has room for the two descriptors.
+    if unsafe { libc::pipe2(ends.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    let [read_end, write_end] = ends;
+    // SAFETY: the child only makes async-signal-safe calls and never returns.
+    match unsafe { libc::fork() } {
+        -1 => Err(std::io::Error::last_os_error()),
+        0 => unsafe { wait_for_parent_then_exit(read_end, write_end) },
+        _ => {
+            // The write end stays open until sshtrace's exit closes it.
+            // SAFETY: our own descriptor.
+            unsafe { libc::close(read_end) };
+            Ok(())
+        }
+    }
+}
+
+/// The child: async-signal-safe calls only (the parent has other threads).
+unsafe fn wait_for_parent_then_exit(read_end: i32, write_end: i32) -> ! {
+    unsafe {
+        libc::signal(libc::SIGTERM, libc::SIG_DFL);
+        libc::signal(libc::SIGINT, libc::SIG_DFL);
+        libc::signal(libc::SIGHUP, libc::SIG_DFL);
+        libc::prctl(libc::PR_SET_NAME, c"sshtrace-detach".as_ptr());
+        for fd in [0, 1, 2, write_end] {
+            libc::close(fd);
+        }
+        let mut byte = 0_u8;
+        while libc::read(read_end, (&raw mut byte).cast(), 1) < 0
+            && *libc::__errno_location() == libc::EINTR
+        {}
+        libc::_exit(0)
+    }
+}
