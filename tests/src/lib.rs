@@ -78,6 +78,16 @@ pub fn privileged(test: &str) -> bool {
     false
 }
 
+/// Holds the other tests of this test binary that take it too. For tests that count every
+/// verdict or summary line: sshtrace follows every sshd on the host, so a test running beside
+/// them with an sshd of its own adds verdicts to their counts.
+pub fn alone() -> std::sync::MutexGuard<'static, ()> {
+    static ALONE: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    ALONE
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 /// Writes a line to the real standard error: the test harness captures `eprintln!`, and a
 /// skipped or degraded test must be seen even when it passes.
 pub fn loud(line: &str) {

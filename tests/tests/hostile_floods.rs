@@ -45,6 +45,7 @@ fn capabilities_are_dropped_once_attached() {
     if !privileged("capabilities_are_dropped_once_attached") {
         return;
     }
+    let _alone = sshtrace_tests::alone();
     let mut tracer = Tracer::start(&["--port", "22240"]);
     // Capabilities are per thread: every thread of the process, not only the main one.
     let tasks = std::fs::read_dir(format!("/proc/{}/task", tracer.pid())).unwrap();
@@ -98,6 +99,7 @@ fn syn_flood_at_a_drop_rule() {
     if !privileged("syn_flood_at_a_drop_rule") {
         return;
     }
+    let _alone = sshtrace_tests::alone();
     let (flooded, crashing) = (Endpoint::new(241), Endpoint::new(242));
     let ns = NetNs::new("synflood");
     let port = flooded.port().to_string();
@@ -141,6 +143,7 @@ fn signal_flood_to_a_users_own_session() {
     if !privileged("signal_flood_to_a_users_own_session") {
         return;
     }
+    let _alone = sshtrace_tests::alone();
     let ep = Endpoint::new(243);
     let user = User::new("sigflood");
     let mut tracer = Tracer::start(&["--port", &ep.port().to_string()]);
@@ -200,17 +203,24 @@ fn users_session_process(sshd: &Sshd, user: &User) -> u32 {
             .stdout,
     )
     .unwrap();
+    // Once the session's command runs: until its exec, the forked child is an `sshd` of the
+    // user's too, with SIGPIPE back at its default (the flood would kill it).
     wait_for(
         "the user's session process",
         Duration::from_secs(30),
         || {
-            sshtrace_tests::process_tree(sshd.pid())
-                .into_iter()
-                .find(|&p| {
-                    std::fs::read_to_string(format!("/proc/{p}/comm"))
-                        .is_ok_and(|c| c.trim() == "sshd")
-                        && status_field(p, "Uid:").split_whitespace().next() == Some(uid.trim())
-                })
+            let tree = sshtrace_tests::process_tree(sshd.pid());
+            let comm = |p: u32| std::fs::read_to_string(format!("/proc/{p}/comm"));
+            if !tree
+                .iter()
+                .any(|&p| comm(p).is_ok_and(|c| c.trim() == "sleep"))
+            {
+                return None;
+            }
+            tree.into_iter().find(|&p| {
+                comm(p).is_ok_and(|c| c.trim() == "sshd")
+                    && status_field(p, "Uid:").split_whitespace().next() == Some(uid.trim())
+            })
         },
     )
 }
@@ -253,6 +263,7 @@ fn storms_from_100000_addresses() {
     if !privileged("storms_from_100000_addresses") {
         return;
     }
+    let _alone = sshtrace_tests::alone();
     let (closed, open, crashing) = (Endpoint::new(245), Endpoint::new(246), Endpoint::new(247));
     let dir = tempfile_dir("storms");
     let file = dir.join("verdicts.jsonl");

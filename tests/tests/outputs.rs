@@ -45,6 +45,7 @@ fn tcp_collector_outage_is_counted_and_reported() {
     if !privileged("tcp_collector_outage_is_counted_and_reported") {
         return;
     }
+    let _alone = sshtrace_tests::alone();
     let ep = Endpoint::new(160);
     let collector_addr = format!("{}:{}", ep.addr(), ep.port());
     let closed = Endpoint::new(161).port();
@@ -88,7 +89,8 @@ fn tcp_collector_outage_is_counted_and_reported() {
     assert_eq!(losses[0]["sink"], sink.as_str());
     assert_eq!(
         received.iter().filter(|v| v["type"] == "verdict").count(),
-        6
+        6,
+        "{received:#?}"
     );
     let (produced, delivered, dropped, undelivered) = output_counts(&tracer, &sink);
     assert_eq!((produced, delivered, dropped, undelivered), (9, 6, 3, 0));
@@ -100,6 +102,7 @@ fn rsyslog_receives_rfc5424_over_tcp_and_udp() {
     if !privileged("rsyslog_receives_rfc5424_over_tcp_and_udp") {
         return;
     }
+    let _alone = sshtrace_tests::alone();
     let ep = Endpoint::new(162);
     let (tcp, udp) = (ep.port(), ep.port() + 100);
     let rsyslog = Rsyslog::start("rfc5424", &ep.addr(), tcp, udp);
@@ -156,6 +159,7 @@ fn hostile_process_name_stays_inside_its_field_in_every_output() {
     if !privileged("hostile_process_name_stays_inside_its_field_in_every_output") {
         return;
     }
+    let _alone = sshtrace_tests::alone();
     let ep = Endpoint::new(164);
     let (tcp, udp) = (ep.port() + 100, ep.port() + 101);
     let rsyslog = Rsyslog::start("hostile", &ep.addr(), tcp, udp);
@@ -248,6 +252,7 @@ fn unix_socket_and_rotated_file_receive_json_lines() {
     if !privileged("unix_socket_and_rotated_file_receive_json_lines") {
         return;
     }
+    let _alone = sshtrace_tests::alone();
     let ep = Endpoint::new(165);
     let closed = Endpoint::new(166).port();
     let dir = std::env::temp_dir().join(format!("sshtrace-outputs-unix-{}", std::process::id()));

@@ -140,6 +140,7 @@ fn sigint_sigterm_and_kill_9_leave_nothing_behind() {
     if !privileged("sigint_sigterm_and_kill_9_leave_nothing_behind") {
         return;
     }
+    let _alone = sshtrace_tests::alone();
     for signal in [libc::SIGINT, libc::SIGTERM, libc::SIGKILL] {
         stopped_cleanly(signal);
     }
@@ -169,6 +170,7 @@ fn sshd_restarted_while_tracing_is_traced_again() {
     if !privileged("sshd_restarted_while_tracing_is_traced_again") {
         return;
     }
+    let _alone = sshtrace_tests::alone();
     let ep = Endpoint::new(195);
     let tracer = Tracer::start(&[]);
     let mut sshd = Sshd::start("restart", ep, SshdOptions::default());
@@ -188,6 +190,7 @@ fn two_instances_work_independently() {
     if !privileged("two_instances_work_independently") {
         return;
     }
+    let _alone = sshtrace_tests::alone();
     let ep = Endpoint::new(196);
     let port = ep.port().to_string();
     let mut one = Tracer::start(&["--port", &port]);
@@ -271,6 +274,7 @@ fn reset_storm_keeps_memory_bounded_and_counts_everything() {
     if !privileged("reset_storm_keeps_memory_bounded_and_counts_everything") {
         return;
     }
+    let _alone = sshtrace_tests::alone();
     let ep = Endpoint::new(197);
     let mut tracer = Tracer::start_text(&["--port", &ep.port().to_string(), "--summary-only"]);
     let stop = Arc::new(AtomicBool::new(false));
@@ -331,6 +335,7 @@ fn records_the_ring_has_no_room_for_are_counted_and_reported() {
     if !privileged("records_the_ring_has_no_room_for_are_counted_and_reported") {
         return;
     }
+    let _alone = sshtrace_tests::alone();
     let ep = Endpoint::new(198);
     // No verdict passes the cause filter: the JSON stream holds only loss records and the
     // summary.

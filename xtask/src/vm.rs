@@ -523,7 +523,7 @@ failed=0
         "echo \"$failed\" > /run/vm-share/status\n\
          sync\n\
          echo o > /proc/sysrq-trigger\n\
-         sleep 10\n",
+         sleep 10 2>/dev/null\n",
     );
     script
 }
