@@ -155,6 +155,12 @@ pub fn follow_sshd_execs() -> bool {
     unsafe { core::ptr::read_volatile(&raw const SETTINGS.follow_sshd_execs) != 0 }
 }
 
+/// The `pid_flags` of a followed process, `None` for any other.
+#[inline(always)]
+pub fn tracked_flags(tgid: u32) -> Option<u8> {
+    unsafe { TRACKED_PIDS.get(tgid) }.copied()
+}
+
 /// Whether process `tgid` owns sshd's listening sockets (see `pid_flags::OWNS_LISTENERS`).
 #[inline(always)]
 pub fn owns_listeners(tgid: u32) -> bool {

@@ -37,6 +37,7 @@ records! {
     OomVictimEvent => OomVictim,
     FirewallDropEvent => FirewallDrop,
     SelinuxAuditedEvent => SelinuxAudited,
+    SshdOutputEvent => SshdOutput,
 }
 
 /// Submits a record and wakes userspace at once: for process records, whose facts userspace

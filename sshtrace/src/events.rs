@@ -9,6 +9,7 @@ use crate::{
     dac::{DacFacts, KernelCreds},
     kernel::syscalls::syscall_name,
     limits::{LimitFacts, TaskRlimits},
+    sshd_output::{OutputChannel, SshdOutput},
 };
 
 /// What an LSM said about a denial.
@@ -126,6 +127,8 @@ pub enum Kind {
     },
     /// An LSM reported a denial for the task: `avc:selinux_audited`, or an audit record.
     LsmDenial(LsmDenial),
+    /// A followed sshd process wrote a log message, or the listener wrote to a client.
+    SshdOutput(SshdOutput),
     OomVictim {
         pid: u32,
         uid: Option<u32>,
@@ -204,6 +207,17 @@ pub fn decode(bytes: &[u8]) -> Option<Event> {
                 client_side: e.client_side != 0,
                 conn: tuple(&e.endpoints)?,
             }
+        }
+        EventKind::SshdOutput => {
+            let e: wire::SshdOutputEvent = read(bytes)?;
+            let copied = (e.copied as usize).min(e.data.len());
+            Kind::SshdOutput(SshdOutput {
+                channel: OutputChannel::from_wire(e.channel)?,
+                fd: e.fd,
+                skaddr: e.skaddr,
+                bytes: e.data[..copied].to_vec(),
+                truncated: e.len > copied as u64,
+            })
         }
         EventKind::SelinuxAudited => {
             let e: wire::SelinuxAuditedEvent = read(bytes)?;

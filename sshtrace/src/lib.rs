@@ -23,6 +23,7 @@ pub mod privileges;
 pub mod probes;
 pub mod runtime;
 pub mod state;
+pub mod sshd_output;
 pub mod summary;
 pub mod tracer;
 pub mod verdict;

@@ -122,6 +122,11 @@ impl Probes {
             required: false,
             ..tracepoint("avc", "selinux_audited")
         };
+        // sshd's own words: its log and a dropped client's note.
+        let sshd_output = ["sys_enter_write", "sys_enter_sendto"].map(|name| Hook {
+            required: false,
+            ..tracepoint("syscalls", name)
+        });
         let kprobes = REFUSAL_KPROBES
             .iter()
             .filter(|_| refusal_kprobes)
@@ -168,6 +173,7 @@ impl Probes {
             .chain([syscall_exit])
             .chain(path_hooks)
             .chain([selinux])
+            .chain(sshd_output)
             .chain(kprobes)
             .collect();
         let first_choices: Vec<Hook> = hooks

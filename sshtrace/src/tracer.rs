@@ -33,7 +33,7 @@ use crate::{
     plan::Plan,
     probes::{KernelFilters, LossCounters, Probes, SkippedRuns},
     runtime::ContainerNames,
-    state::{Connection, State, FIREWALL_SETTLE_NS, SETTLE_NS},
+    state::{Connection, Earlier, State, FIREWALL_SETTLE_NS, SETTLE_NS},
     summary::Summary,
 };
 
@@ -429,6 +429,7 @@ impl Tracer {
             report,
             ..
         } = self;
+        let mut judged = Vec::new();
         let ctx = Context {
             names,
             lsms,
@@ -436,13 +437,27 @@ impl Tracer {
             conns: &state.conns,
             sshd: discovery.current(),
             procs: &state.procs,
+            recent: &state.recent,
             clock,
             host,
         };
         for (conn, tree) in &settled {
             if let Some(verdict) = causes::judge(conn, tree, &ctx) {
+                judged.push((conn.tuple.remote.ip(), conn.end_ts, verdict.cause));
                 report.emit(verdict);
             }
+        }
+        // What the listener refused or the network dropped is no penalty's cause.
+        let penalizable = |c: &crate::verdict::Cause| {
+            use crate::verdict::Cause;
+            !matches!(
+                c,
+                Cause::SshdDropped | Cause::NotListening | Cause::Firewall
+            )
+        };
+        for (source, end, cause) in judged.into_iter().filter(|j| penalizable(&j.2)) {
+            let ts_ns = end.unwrap_or_default();
+            state.recent.note(source, Earlier { ts_ns, cause });
         }
         Ok(())
     }
@@ -456,6 +471,7 @@ impl Tracer {
             conns: &self.state.conns,
             sshd: self.discovery.current(),
             procs: &self.state.procs,
+            recent: &self.state.recent,
             clock: &self.clock,
             host: &self.host,
         }
@@ -535,6 +551,7 @@ impl Tracer {
             lsm_denials: n.lsm_denials,
             firewall_drops: n.drops,
             firewall_drops_held_back: held_back_drops,
+            sshd_log_lines: n.log_lines,
         }
     }
 

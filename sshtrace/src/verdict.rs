@@ -118,6 +118,19 @@ pub struct ConnInfo {
 pub enum Role {
     Listener,
     Session,
+    Preauth,
+    User,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Listener => "listener",
+            Self::Session => "session",
+            Self::Preauth => "preauth",
+            Self::User => "user",
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -134,6 +147,13 @@ pub struct SshdInfo {
 pub enum Evidence {
     /// `tcp:tcp_send_reset`; `current_*` is the task that was running (the closer when the
     /// reset came from a close in process context).
+    /// What the listener wrote on the connection before closing it, as the kernel copied it
+    /// from the write (e.g. `Not allowed at this time`).
+    ListenerWrote {
+        ts: String,
+        pid: u32,
+        text: String,
+    },
     TcpSendReset {
         ts: String,
         reason: String,
@@ -252,7 +272,8 @@ impl Evidence {
     /// When it happened; `None` for facts read at verdict time.
     pub fn ts(&self) -> Option<&str> {
         match self {
-            Self::TcpSendReset { ts, .. }
+            Self::ListenerWrote { ts, .. }
+            | Self::TcpSendReset { ts, .. }
             | Self::TcpReceiveReset { ts }
             | Self::TcpClose { ts }
             | Self::Accept { ts, .. }
@@ -284,8 +305,20 @@ pub struct Verdict {
     /// Cause-specific fields (docs/events.md lists them per cause).
     pub details: Map<String, Value>,
     pub evidence: Vec<Evidence>,
+    /// The last messages the connection's sshd processes logged, taken by the kernel where
+    /// sshd wrote them (oldest first). Context, never the evidence of a cause.
+    pub sshd_log: Vec<SshdLogEntry>,
     pub summary: String,
     pub hint: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct SshdLogEntry {
+    pub ts: String,
+    pub pid: u32,
+    /// `stderr` or `syslog`.
+    pub via: crate::sshd_output::OutputChannel,
+    pub message: String,
 }
 
 /// Signal names for numbers; real-time signals as `SIGRTMIN+n`.

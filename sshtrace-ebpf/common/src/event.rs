@@ -29,6 +29,7 @@ pub enum EventKind {
     OomVictim = 10,
     FirewallDrop = 11,
     SelinuxAudited = 12,
+    SshdOutput = 13,
 }
 
 impl EventKind {
@@ -46,6 +47,7 @@ impl EventKind {
             10 => Self::OomVictim,
             11 => Self::FirewallDrop,
             12 => Self::SelinuxAudited,
+            13 => Self::SshdOutput,
             _ => return None,
         })
     }
@@ -340,4 +342,39 @@ pub struct SelinuxAuditedEvent {
     pub scontext: [u8; CONTEXT_LEN],
     pub tcontext: [u8; CONTEXT_LEN],
     pub tclass: [u8; TCLASS_LEN],
+}
+
+/// Bytes of one write an sshd process makes that [`SshdOutputEvent`] keeps: a log message or
+/// the listener's note to a client it drops.
+pub const OUTPUT_LEN: usize = 256;
+
+/// Where an sshd process wrote: `SshdOutputEvent::channel`.
+pub mod output_channel {
+    /// Its standard error (`sshd -e`, containers, systemd's stdout stream).
+    pub const STDERR: u32 = 1;
+    /// A syslog datagram (`<PRI>…` sent to `/dev/log`).
+    pub const SYSLOG: u32 = 2;
+    /// A TCP socket written by a process that owns sshd's listening sockets: the note the
+    /// listener writes to a connection it drops (`Exceeded MaxStartups`, `Not allowed at this
+    /// time`).
+    pub const CLIENT_SOCKET: u32 = 3;
+}
+
+/// What a followed sshd process wrote, taken from the system call's own buffer: sshd's log as
+/// it writes it (so it is known when no log file keeps it), and the listener's words to a
+/// client it drops.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct SshdOutputEvent {
+    pub header: EventHeader,
+    /// [`output_channel`].
+    pub channel: u32,
+    pub fd: i32,
+    /// The socket written, for [`output_channel::CLIENT_SOCKET`]; else 0.
+    pub skaddr: u64,
+    /// Bytes the call asked to write; `copied` of them are in `data`.
+    pub len: u64,
+    pub copied: u32,
+    pub _pad: u32,
+    pub data: [u8; OUTPUT_LEN],
 }

@@ -119,6 +119,13 @@ pub struct SyscallLayout {
     /// Where `struct pt_regs` keeps the syscall number (`orig_ax` on x86-64, `syscallno` on
     /// arm64): the raw `sys_exit` tracepoint passes only the registers and the return value.
     pub regs_syscall_nr: u16,
+    /// `sys_enter_write`'s `fd`, `buf` and `count`; `sys_enter_sendto`'s `fd`, `buff`, `len`.
+    pub write_fd: u16,
+    pub write_buf: u16,
+    pub write_count: u16,
+    pub sendto_fd: u16,
+    pub sendto_buf: u16,
+    pub sendto_len: u16,
 }
 
 #[repr(C)]
@@ -176,6 +183,8 @@ pub struct StructLayout {
     pub task_files: u16,
     pub files_fdt: u16,
     pub fdtable_fd: u16,
+    /// `fdtable.max_fds`: a descriptor number a write was called with is checked against it.
+    pub fdtable_max_fds: u16,
     pub file_private_data: u16,
     pub socket_sk: u16,
     /// `struct sock_common` addresses and ports, `inet_sock.inet_sport`, and `sock.sk_protocol`
@@ -346,6 +355,12 @@ impl KernelLayout {
             path_arg: [ABSENT; PATH_SYSCALLS.len()],
             enter_nr: ABSENT,
             regs_syscall_nr: ABSENT,
+            write_fd: ABSENT,
+            write_buf: ABSENT,
+            write_count: ABSENT,
+            sendto_fd: ABSENT,
+            sendto_buf: ABSENT,
+            sendto_len: ABSENT,
         },
         oom: OomLayout {
             pid: ABSENT,
@@ -403,6 +418,7 @@ impl KernelLayout {
             task_files: ABSENT,
             files_fdt: ABSENT,
             fdtable_fd: ABSENT,
+            fdtable_max_fds: ABSENT,
             file_private_data: ABSENT,
             socket_sk: ABSENT,
             skc_family: ABSENT,

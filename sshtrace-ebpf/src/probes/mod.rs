@@ -7,6 +7,7 @@ mod process;
 mod signal;
 mod skb;
 mod sock_state;
+mod sshd_output;
 mod socket;
 mod syscalls;
 mod tcp;

@@ -53,19 +53,16 @@ pub fn judge(e: &Ended, ctx: &Context) -> Option<Finding> {
         .into_iter()
         .collect();
     evidence.extend(exit_evidence(p, ctx));
-    let role = if Some(p.pid) == e.conn.session_pid {
-        "per-connection sshd"
-    } else {
-        "sshd child"
-    };
+    let role = super::roles::role_of(p.pid, e, ctx);
     Some(Finding {
         cause: Cause::SshdCrashed,
         pid: Some(p.pid),
         details,
         evidence,
         summary: format!(
-            "{} ({role}) crashed with {}{core}; {}",
+            "{} ({} process) crashed with {}{core}; {}",
             e.name(p.pid),
+            role.as_str(),
             signal_name(sig),
             consequence(e.outcome)
         ),

@@ -13,6 +13,7 @@ mod not_listening;
 mod oom_killed;
 mod peer_reset;
 pub mod resource_limit;
+mod roles;
 mod socket_killed;
 mod sshd_dropped;
 mod sshd_exited;
@@ -27,8 +28,10 @@ use crate::{
     kernel::syscalls::errno_name,
     kernel::{lsm::ActiveLsms, names::KernelNames},
     runtime::ContainerNames,
-    state::{Connection, ConnectionTable, Process, ProcessTable, SyscallError},
-    verdict::{signal_name, Cause, ConnInfo, Evidence, Outcome, Role, SshdInfo, Verdict, SCHEMA},
+    state::{Connection, ConnectionTable, Process, ProcessTable, RecentVerdicts, SyscallError},
+    verdict::{
+        signal_name, Cause, ConnInfo, Evidence, Outcome, SshdInfo, SshdLogEntry, Verdict, SCHEMA,
+    },
 };
 
 /// What the rules may look at besides the connection.
@@ -43,6 +46,8 @@ pub struct Context<'a> {
     pub sshd: &'a Snapshot,
     /// Every tracked process still remembered (e.g. listeners that exited recently).
     pub procs: &'a ProcessTable,
+    /// The latest verdict per client address (what a penalty followed).
+    pub recent: &'a RecentVerdicts,
     pub clock: &'a Clock,
     pub host: &'a str,
 }
@@ -256,17 +261,17 @@ fn assemble(e: &Ended, finding: Finding, ctx: &Context) -> Verdict {
     evidence.extend(survived_signals(e, ctx));
     // In time order (RFC 3339 strings of one length sort as times), undated facts last.
     evidence.sort_by(|a, b| (a.ts().is_none(), a.ts()).cmp(&(b.ts().is_none(), b.ts())));
+    let mut details = finding.details;
+    if conn.sshd_log_not_kept > 0 {
+        details.insert("sshd_log_not_kept".into(), conn.sshd_log_not_kept.into());
+    }
     let sshd_pid = finding.pid.or(conn.session_pid).or(conn.listener_pid);
     let sshd = sshd_pid.map(|pid| {
         let comm = e
             .process(pid)
             .map(|p| p.comm.clone())
             .unwrap_or_else(|| "sshd".into());
-        let role = if Some(pid) == conn.listener_pid || ctx.sshd.listeners.contains_key(&pid) {
-            Role::Listener
-        } else {
-            Role::Session
-        };
+        let role = roles::role_of(pid, e, ctx);
         SshdInfo {
             pid,
             comm,
@@ -290,11 +295,25 @@ fn assemble(e: &Ended, finding: Finding, ctx: &Context) -> Verdict {
         },
         sshd,
         container: container_of(conn, ctx),
-        details: finding.details,
+        details,
         evidence,
+        sshd_log: sshd_log(conn, ctx),
         summary: finding.summary,
         hint: finding.hint,
     }
+}
+
+/// The connection's sshd log messages, for the verdict (escaped by every output format).
+fn sshd_log(conn: &Connection, ctx: &Context) -> Vec<SshdLogEntry> {
+    conn.sshd_log
+        .iter()
+        .map(|l| SshdLogEntry {
+            ts: ctx.clock.rfc3339(l.ts_ns),
+            pid: l.pid,
+            via: l.channel,
+            message: l.message.clone(),
+        })
+        .collect()
 }
 
 /// The container the connection's sshd runs in: the accepting listener's, else the one whose
@@ -336,6 +355,13 @@ fn connection_evidence(e: &Ended, ctx: &Context) -> Vec<Evidence> {
         out.push(Evidence::Accept {
             ts: ctx.clock.rfc3339(ts),
             pid,
+        });
+    }
+    if let Some(n) = &conn.listener_note {
+        out.push(Evidence::ListenerWrote {
+            ts: ctx.clock.rfc3339(n.ts_ns),
+            pid: n.pid,
+            text: n.text.clone(),
         });
     }
     for r in &conn.resets_sent {

@@ -6,6 +6,7 @@ use serde_json::{json, Map};
 
 use super::{authenticated, consequence, Context, Ended, Finding};
 use crate::{
+    sshd_output::DropNote,
     state::Closer,
     verdict::{Cause, Outcome},
 };
@@ -24,6 +25,106 @@ pub fn judge(e: &Ended, ctx: &Context) -> Option<Finding> {
     if !closed_by_listener {
         return None;
     }
+    let reason = drop_reason(e);
+    let mut details = Map::new();
+    details.insert("listener_pid".into(), json!(listener));
+    details.insert("drop_reason".into(), json!(reason.as_str()));
+    let (summary, hint) = match reason {
+        DropReason::Penalty => penalty(e, ctx, listener, &mut details),
+        _ => max_startups_drop(e, ctx, listener, reason, &mut details),
+    };
+    Some(Finding {
+        cause: Cause::SshdDropped,
+        pid: Some(listener),
+        details,
+        evidence: Vec::new(),
+        summary: format!("{summary}; {}", consequence(e.outcome)),
+        hint,
+    })
+}
+
+/// Why the listener dropped it, from what it wrote on the connection (copied by the kernel)
+/// and, for the two MaxStartups limits that write the same words, from its log message.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum DropReason {
+    MaxStartups,
+    PerSourceMaxStartups,
+    Penalty,
+    /// Nothing written was seen: the listener wrote nothing, or this kernel lacks the hook.
+    Unknown,
+}
+
+impl DropReason {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::MaxStartups => "max_startups",
+            Self::PerSourceMaxStartups => "per_source_max_startups",
+            Self::Penalty => "penalty",
+            Self::Unknown => "unknown",
+        }
+    }
+}
+
+fn drop_reason(e: &Ended) -> DropReason {
+    match e.conn.listener_note.as_ref().and_then(|n| n.note) {
+        Some(DropNote::NotAllowedAtThisTime) => DropReason::Penalty,
+        Some(DropNote::ExceededMaxStartups) => {
+            let per_source = e
+                .conn
+                .sshd_log
+                .iter()
+                .any(|l| l.message.contains("PerSourceMaxStartups"));
+            if per_source {
+                DropReason::PerSourceMaxStartups
+            } else {
+                DropReason::MaxStartups
+            }
+        }
+        None => DropReason::Unknown,
+    }
+}
+
+/// A penalized source: never a MaxStartups matter. Names the latest verdict from the same
+/// address, what such a penalty follows.
+fn penalty(
+    e: &Ended,
+    ctx: &Context,
+    listener: u32,
+    details: &mut Map<String, serde_json::Value>,
+) -> (String, String) {
+    let source = e.conn.tuple.remote.ip();
+    let earlier = ctx.recent.latest(source).map(|r| {
+        let ts = ctx.clock.rfc3339(r.ts_ns);
+        details.insert(
+            "earlier_verdict".into(),
+            json!({ "cause": r.cause.as_str(), "ts": ts }),
+        );
+        format!(
+            "; the previous verdict from {source} was {} at {ts}",
+            r.cause.as_str()
+        )
+    });
+    let summary = format!(
+        "the listening sshd[{listener}] accepted the connection, wrote 'Not allowed at this \
+         time' and closed it: {source} is penalized by PerSourcePenalties{}",
+        earlier.unwrap_or_default()
+    );
+    let hint = "OpenSSH 9.8+ penalizes a source address block (PerSourceNetBlockSize) for a \
+                while after a crash, a failed or missing authentication or LoginGraceTime: \
+                fix what the earlier connections from it hit, wait for the penalty to expire, \
+                or exempt trusted sources with PerSourcePenaltyExemptList (PerSourcePenalties \
+                sets the durations; `sshd -T | grep -i persource`)"
+        .to_owned();
+    (summary, hint)
+}
+
+fn max_startups_drop(
+    e: &Ended,
+    ctx: &Context,
+    listener: u32,
+    reason: DropReason,
+    details: &mut Map<String, serde_json::Value>,
+) -> (String, String) {
     let at = e.end_ts();
     let unauthenticated = ctx
         .conns
@@ -32,28 +133,35 @@ pub fn judge(e: &Ended, ctx: &Context) -> Option<Finding> {
         .filter(|c| !authenticated(ctx.procs.of_connection(c.id), c.session_pid))
         .count();
     let max_startups = max_startups(listener, ctx);
-    let mut details = Map::new();
-    details.insert("listener_pid".into(), json!(listener));
     details.insert("unauthenticated_connections".into(), json!(unauthenticated));
     details.insert("max_startups".into(), json!(max_startups));
-    Some(Finding {
-        cause: Cause::SshdDropped,
-        pid: Some(listener),
-        details,
-        evidence: Vec::new(),
-        summary: format!(
-            "the listening sshd[{listener}] accepted the connection and closed it without starting \
-             a session, with {unauthenticated} other unauthenticated connection(s) open \
-             (MaxStartups {max_startups}); {}",
-            consequence(e.outcome)
+    let said = match reason {
+        DropReason::Unknown => "closed it without starting a session",
+        _ => "wrote 'Exceeded MaxStartups' and closed it",
+    };
+    let limit = match reason {
+        DropReason::PerSourceMaxStartups => "PerSourceMaxStartups",
+        _ => "MaxStartups",
+    };
+    let summary = format!(
+        "the listening sshd[{listener}] accepted the connection and {said}, with \
+         {unauthenticated} other unauthenticated connection(s) open (MaxStartups {max_startups})"
+    );
+    let port = e.conn.tuple.local.port();
+    let hint = match reason {
+        DropReason::Unknown => format!(
+            "sshd drops new connections past MaxStartups or PerSourceMaxStartups, or from a \
+             source penalized by PerSourcePenalties (9.8+); its log says which ('drop \
+             connection #N …'). Find who holds unauthenticated connections: \
+             `ss -tn state established '( sport = :{port} )'`"
         ),
-        hint: format!(
-            "sshd drops new connections past MaxStartups (log: 'drop connection #N … past \
-             MaxStartups') or by PerSourcePenalties: raise MaxStartups in sshd_config, or find \
-             who holds unauthenticated connections (`ss -tn state established '( sport = :{} )'`)",
-            e.conn.tuple.local.port()
+        _ => format!(
+            "sshd dropped it past {limit}: find who holds unauthenticated connections \
+             (`ss -tn state established '( sport = :{port} )'`), then raise {limit} in \
+             sshd_config if they are legitimate"
         ),
-    })
+    };
+    (summary, hint)
 }
 
 /// MaxStartups as discovery read it from the listener's `-o` or configuration file: sshd's
@@ -135,6 +243,7 @@ mod tests {
             conns: &conns,
             sshd: &sshd,
             procs: &procs,
+            recent: &crate::state::RecentVerdicts::default(),
             clock: &Clock::epoch(),
             host: "h",
         };

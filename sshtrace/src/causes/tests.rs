@@ -217,6 +217,7 @@ impl Script {
             conns: &self.state.conns,
             sshd,
             procs: &self.state.procs,
+            recent: &crate::state::RecentVerdicts::default(),
             clock: &clock,
             host: "h",
         };
@@ -265,7 +266,7 @@ fn preauth_child_segfault_with_reset_from_the_monitor() {
     let sshd = v.sshd.unwrap();
     assert_eq!(
         (sshd.pid, sshd.listener_pid, sshd.role),
-        (PREAUTH, Some(LISTENER), Role::Session)
+        (PREAUTH, Some(LISTENER), crate::verdict::Role::Preauth)
     );
     assert_eq!(v.details["signal"], "SIGSEGV");
     assert_eq!(v.details["core_dumped"], true);
@@ -600,7 +601,7 @@ fn listener_out_of_descriptors_after_accept_is_a_resource_limit() {
     assert_eq!(v.details["syscall"], "pipe2");
     assert_eq!(v.details["errno"], "EMFILE");
     assert_eq!(v.details["limit_value"], "8");
-    assert_eq!(v.sshd.unwrap().role, Role::Listener);
+    assert_eq!(v.sshd.unwrap().role, crate::verdict::Role::Listener);
 }
 
 #[test]
@@ -957,6 +958,7 @@ fn stalled_listener(in_kernel: bool) {
         conns: &s.state.conns,
         sshd: &sshd,
         procs: &s.state.procs,
+        recent: &crate::state::RecentVerdicts::default(),
         clock: &clock,
         host: "h",
     };

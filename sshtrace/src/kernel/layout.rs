@@ -69,6 +69,24 @@ pub fn discover(tracefs: &Path, btf: &Btf) -> Result<KernelLayout> {
             .unwrap_or(ABSENT);
     }
 
+    // What sshd writes (its log, a dropped client's note): optional hooks.
+    if let Ok(f) = load("syscalls", "sys_enter_write") {
+        let l = &mut layout.syscall;
+        (l.write_fd, l.write_buf, l.write_count) = (
+            f.offset("fd").unwrap_or(ABSENT),
+            f.offset("buf").unwrap_or(ABSENT),
+            f.offset("count").unwrap_or(ABSENT),
+        );
+    }
+    if let Ok(f) = load("syscalls", "sys_enter_sendto") {
+        let l = &mut layout.syscall;
+        (l.sendto_fd, l.sendto_buf, l.sendto_len) = (
+            f.offset("fd").unwrap_or(ABSENT),
+            f.offset("buff").unwrap_or(ABSENT),
+            f.offset("len").unwrap_or(ABSENT),
+        );
+    }
+
     let f = load("skb", "kfree_skb")?;
     let tp = "skb:kfree_skb";
     layout.kfree_skb.skbaddr = f.require(tp, "skbaddr")?;
@@ -171,6 +189,7 @@ pub fn discover(tracefs: &Path, btf: &Btf) -> Result<KernelLayout> {
         (&mut s.task_files, "task_struct", "files"),
         (&mut s.files_fdt, "files_struct", "fdt"),
         (&mut s.fdtable_fd, "fdtable", "fd"),
+        (&mut s.fdtable_max_fds, "fdtable", "max_fds"),
         (&mut s.file_private_data, "file", "private_data"),
         (&mut s.socket_sk, "socket", "sk"),
         (&mut s.task_mm, "task_struct", "mm"),

@@ -73,6 +73,9 @@ fn verdict(v: &Verdict, verbose: bool, color: bool) -> String {
         for e in &v.evidence {
             let _ = writeln!(line, "    evidence: {}", escape::json(e));
         }
+        for l in &v.sshd_log {
+            let _ = writeln!(line, "    sshd log: [{}] {}", l.pid, escape::text(&l.message));
+        }
     }
     line
 }

@@ -5,7 +5,10 @@ use std::{
     net::SocketAddr,
 };
 
-use crate::events::{ConnTuple, Task, TCP_ACK, TCP_SYN};
+use crate::{
+    events::{ConnTuple, Task, TCP_ACK, TCP_SYN},
+    sshd_output::{DropNote, OutputChannel},
+};
 
 pub type ConnId = u64;
 
@@ -71,6 +74,33 @@ pub struct Connection {
     pub settle_at_once: bool,
     /// When it first ended (reset or close); verdicts are judged after the settle time.
     pub end_ts: Option<u64>,
+    /// The latest log messages its sshd processes wrote (at most [`KEPT_LOG_LINES`]).
+    pub sshd_log: VecDeque<LogLine>,
+    /// Log messages older than those kept.
+    pub sshd_log_not_kept: u64,
+    /// What the listener wrote on it before closing it, as the kernel copied it.
+    pub listener_note: Option<ListenerNote>,
+}
+
+/// How many of a connection's sshd log messages are kept: the last ones say why it ended.
+pub const KEPT_LOG_LINES: usize = 4;
+
+/// A message an sshd process of the connection logged, as it wrote it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LogLine {
+    pub ts_ns: u64,
+    pub pid: u32,
+    pub channel: OutputChannel,
+    pub message: String,
+}
+
+/// The listener's words to a client it dropped.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ListenerNote {
+    pub ts_ns: u64,
+    pub pid: u32,
+    pub text: String,
+    pub note: Option<DropNote>,
 }
 
 impl Connection {
@@ -94,7 +124,21 @@ impl Connection {
             extra_settle_ns: 0,
             settle_at_once: false,
             end_ts: None,
+            sshd_log: VecDeque::new(),
+            sshd_log_not_kept: 0,
+            listener_note: None,
         }
+    }
+
+    /// Keeps the latest [`KEPT_LOG_LINES`] messages; returns how many were let go (0 or 1).
+    pub fn add_log_line(&mut self, line: LogLine) -> u64 {
+        self.sshd_log.push_back(line);
+        if self.sshd_log.len() > KEPT_LOG_LINES {
+            self.sshd_log.pop_front();
+            self.sshd_log_not_kept += 1;
+            return 1;
+        }
+        0
     }
 
     /// A connection waiting in a listener's queue that only the kernel's history holds.
@@ -286,6 +330,12 @@ impl ConnectionTable {
                 && c.accept_ts.is_some_and(|t| t <= at_ns)
                 && c.end_ts.is_none_or(|t| t > at_ns)
         })
+    }
+
+    /// The connection of `skaddr` that has not ended yet.
+    pub fn live_by_skaddr(&mut self, skaddr: u64) -> Option<&mut Connection> {
+        let id = *self.by_skaddr.get(&skaddr)?;
+        self.conns.get_mut(&id).filter(|c| c.end_ts.is_none())
     }
 
     pub fn get_mut(&mut self, id: ConnId) -> Option<&mut Connection> {

@@ -3,13 +3,18 @@
 
 pub mod connections;
 pub mod processes;
+pub mod recent;
 
 use crate::{
     events::{ConnTuple, Event, Kind, SockHistory, TCP_SYN},
     kernel::names::KernelNames,
+    sshd_output::{OutputChannel, SshdOutput},
 };
-pub use connections::{Closer, ConnId, Connection, ConnectionTable, Drop, ResetSent, StrayReset};
+pub use connections::{
+    Closer, ConnId, Connection, ConnectionTable, Drop, ListenerNote, LogLine, ResetSent, StrayReset,
+};
 pub use processes::{ExitInfo, OomKill, Process, ProcessTable, SignalInfo, SyscallError};
+pub use recent::{Earlier, RecentVerdicts};
 
 /// How long after a connection ends its verdict waits for late evidence (the exit of the
 /// process that closed it, a signal's sender, a privsep child's status). Documented in
@@ -60,6 +65,8 @@ pub struct State {
     pub not_kept: NotKept,
     /// Refused attempts to judge at once are waiting (see `Connection::settle_at_once`).
     pub refusals_waiting: bool,
+    /// The latest verdict per client address.
+    pub recent: RecentVerdicts,
     states: TcpStates,
 }
 
@@ -70,6 +77,8 @@ pub struct NotKept {
     pub signals: u64,
     pub lsm_denials: u64,
     pub drops: u64,
+    /// sshd log messages of a connection beyond the latest few.
+    pub log_lines: u64,
 }
 
 impl State {
@@ -80,6 +89,7 @@ impl State {
             late_resets_after_verdict: 0,
             not_kept: NotKept::default(),
             refusals_waiting: false,
+            recent: RecentVerdicts::default(),
             states,
         }
     }
@@ -332,6 +342,7 @@ impl State {
                     self.not_kept.lsm_denials += p.record_lsm_denial(ts, denial.clone());
                 }
             }
+            Kind::SshdOutput(output) => self.apply_sshd_output(event, output),
             Kind::OomVictim {
                 pid,
                 uid,
@@ -349,6 +360,42 @@ impl State {
                 });
             }
         }
+    }
+
+    /// A log message goes to the connection its process serves; the listener's to the
+    /// connection it just accepted when the message names that client's port (its drop
+    /// notice), else nowhere. A note written on a connection is the listener's words to it.
+    fn apply_sshd_output(&mut self, event: &Event, output: &SshdOutput) {
+        let (ts, pid) = (event.ts_ns, event.task.pid);
+        if output.channel == OutputChannel::ClientSocket {
+            if let Some(c) = self.conns.live_by_skaddr(output.skaddr) {
+                c.listener_note.get_or_insert(ListenerNote {
+                    ts_ns: ts,
+                    pid,
+                    text: output.message(),
+                    note: output.drop_note(),
+                });
+            }
+            return;
+        }
+        let Some(p) = self.procs.get_mut(pid) else {
+            return;
+        };
+        let message = output.message();
+        let conn = p.conn.or_else(|| {
+            let id = p.pending_accept?;
+            let port = self.conns.get_mut(id)?.tuple.remote.port();
+            names_port(&message, port).then_some(id)
+        });
+        let Some(c) = conn.and_then(|id| self.conns.get_mut(id)) else {
+            return;
+        };
+        self.not_kept.log_lines += c.add_log_line(LogLine {
+            ts_ns: ts,
+            pid,
+            channel: output.channel,
+            message,
+        });
     }
 
     /// Connections whose settle time has passed at `now_ns`, removed from the table together
@@ -370,4 +417,15 @@ impl State {
         self.procs
             .prune_exited_before(now_ns.saturating_sub(60 * 1_000_000_000));
     }
+}
+
+/// Whether sshd's message names client port `port`: `[A]:P` (drop notices) or `port P`.
+fn names_port(message: &str, port: u16) -> bool {
+    [format!("]:{port}"), format!("port {port}")]
+        .iter()
+        .any(|needle| {
+            message.match_indices(needle.as_str()).any(|(at, _)| {
+                !message[at + needle.len()..].starts_with(|c: char| c.is_ascii_digit())
+            })
+        })
 }
