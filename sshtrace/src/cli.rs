@@ -80,7 +80,7 @@ pub enum Color {
 
 #[derive(Debug, Args)]
 pub struct TraceArgs {
-    /// Print verdicts as JSON Lines (schema sshtrace/1, see docs/events.md).
+    /// Print verdicts as JSON Lines (schema sshtrace/2, see docs/events.md).
     #[arg(long)]
     pub json: bool,
 

@@ -1,12 +1,12 @@
 //! The verdict record: one per SSH connection that died, as documented in docs/events.md
-//! (schema `sshtrace/1`). Later versions only add fields.
+//! (schema `sshtrace/2`). Later versions only add fields.
 
 use serde::Serialize;
 use serde_json::{Map, Value};
 
 use crate::{container::Container, dac::DacFacts, limits::LimitFacts};
 
-pub const SCHEMA: &str = "sshtrace/1";
+pub const SCHEMA: &str = "sshtrace/2";
 
 /// How the connection ended, as the network saw it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
