@@ -1,10 +1,13 @@
 //! `sshtrace doctor`: the standard checklist for SSH resets (is sshd running and listening
 //! where configured, does its configuration pass `sshd -t`, are host keys and files sane, do
 //! firewall rules or bans refuse the port, are limits near exhaustion, is the disk full, which
-//! LSMs are on), each with pass/warn/fail, the evidence and the fix. Checks that cannot run say
-//! why (`skip`).
+//! LSMs are on, which OpenSSH runs and what it starts per connection, which per-source limits
+//! apply), each with pass/warn/fail, the evidence and the fix. Checks that cannot run say why
+//! (`skip`).
 
 mod network;
+mod openssh;
+mod penalties;
 mod sshd;
 mod system;
 mod user;
@@ -135,11 +138,7 @@ pub fn run(args: &DoctorArgs) -> Result<ExitCode> {
     };
     target.effective = effective_config(&target);
 
-    let mut checks = Vec::new();
-    checks.extend(sshd::checks(&target));
-    checks.extend(user::checks(&target));
-    checks.extend(network::checks(&target));
-    checks.extend(system::checks());
+    let checks = all_checks(&target);
 
     if args.json {
         let report = serde_json::json!({
@@ -158,6 +157,17 @@ pub fn run(args: &DoctorArgs) -> Result<ExitCode> {
     } else {
         ExitCode::SUCCESS
     })
+}
+
+fn all_checks(target: &Target) -> Vec<Check> {
+    let releases = openssh::Releases::read(target);
+    let mut checks = sshd::checks(target);
+    checks.extend(openssh::checks(target, &releases));
+    checks.extend(penalties::checks(target, releases.governing()));
+    checks.extend(user::checks(target));
+    checks.extend(network::checks(target));
+    checks.extend(system::checks());
+    checks
 }
 
 fn render(checks: &[Check]) -> String {

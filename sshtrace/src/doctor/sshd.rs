@@ -249,10 +249,7 @@ fn max_startups(t: &Target) -> Vec<Check> {
         .listeners
         .keys()
         .filter_map(|&pid| {
-            let mut raw = Vec::new();
-            fs::File::open(format!("/proc/{pid}/cmdline")).ok()?.take(64 * 1024).read_to_end(&mut raw).ok()?;
-            let title = String::from_utf8_lossy(&raw).replace('\0', " ");
-            let (pending, start, full) = parse_startups(&title)?;
+            let (pending, start, full) = parse_startups(&process_title(pid)?)?;
             let evidence = format!("sshd {pid}: {pending} unauthenticated connection(s), MaxStartups {start}:…:{full}");
             Some(if pending >= full {
                 Check::new("max_startups", Status::Fail, format!("{evidence}: every new connection is dropped"))
@@ -267,6 +264,17 @@ fn max_startups(t: &Target) -> Vec<Check> {
         .collect()
 }
 
+/// The listener's command line as it rewrote it (setproctitle), at most 64 KiB of it.
+fn process_title(pid: u32) -> Option<String> {
+    let mut raw = Vec::new();
+    fs::File::open(format!("/proc/{pid}/cmdline"))
+        .ok()?
+        .take(64 * 1024)
+        .read_to_end(&mut raw)
+        .ok()?;
+    Some(String::from_utf8_lossy(&raw).replace('\0', " "))
+}
+
 fn parse_startups(title: &str) -> Option<(u32, u32, u32)> {
     let rest = &title[title.find("[listener]")? + "[listener]".len()..];
     let mut words = rest.split_whitespace();
@@ -276,72 +284,164 @@ fn parse_startups(title: &str) -> Option<(u32, u32, u32)> {
     Some((pending, start.parse().ok()?, full.parse().ok()?))
 }
 
+/// MaxStartups' full count: `start:rate:full`, or a single number that is both start and full.
+fn parse_max_startups_full(value: &str) -> Option<u64> {
+    value.rsplit(':').next()?.trim().parse().ok()
+}
+
 /// Open descriptors against RLIMIT_NOFILE; the pids and memory cgroups against their limits.
 fn limits(t: &Target) -> Vec<Check> {
     let mut out = Vec::new();
     for &pid in t.sshd.listeners.keys() {
-        let facts = limits::for_failure(pid, "accept", crate::kernel::syscalls::EMFILE, None);
-        if let Some(f) = facts {
-            let (open, max) = (
-                f.current.as_deref().and_then(|c| c.parse::<u64>().ok()),
-                f.value.as_deref().and_then(|v| v.parse::<u64>().ok()),
-            );
-            let evidence = format!(
-                "sshd {pid}: {} open descriptors, RLIMIT_NOFILE {} ({})",
-                f.current.as_deref().unwrap_or("?"),
-                f.value.as_deref().unwrap_or("?"),
-                f.source
-            );
-            out.push(match (open, max) {
-                (Some(o), Some(m)) if o + 2 >= m => Check::new(
-                    "sshd_nofile",
-                    Status::Fail,
-                    format!("{evidence}: no room for a connection"),
+        out.extend(nofile(t, pid));
+        out.extend(cgroups(pid));
+    }
+    out
+}
+
+/// Descriptors the listener holds per pending (unauthenticated) connection: its end of that
+/// connection's startup pipe (sshd.c server_accept_loop, `startup_pipes[]` up to 9.7,
+/// `child_register(startup_p[0], …)` from 9.8).
+const FDS_PER_PENDING: u64 = 1;
+/// Descriptors accepting one connection holds at once: the socket, the startup pipe's two ends
+/// and the re-exec socketpair's two. Measured with 9.2: 4 open under a soft limit of 8, every
+/// connection fails with "reexec socketpair: Too many open files" and the client sees
+/// "Connection closed".
+const FDS_PER_ACCEPT: u64 = 5;
+
+/// What the listener's descriptor table must hold to take MaxStartups' full count of pending
+/// connections.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Headroom {
+    soft: u64,
+    open: u64,
+    pending: u64,
+    full: u64,
+}
+
+impl Headroom {
+    /// Those open now, one more per pending connection up to `full`, and an accept in flight.
+    fn needed(&self) -> u64 {
+        let more_pending = self.full.saturating_sub(self.pending);
+        self.open + more_pending * FDS_PER_PENDING + (FDS_PER_ACCEPT - FDS_PER_PENDING)
+    }
+
+    fn arithmetic(&self) -> String {
+        format!(
+            "soft NOFILE {}, {} open, MaxStartups full {} ({} pending) needs ~{FDS_PER_PENDING}×{} more + {} while accepting = {}",
+            self.soft,
+            self.open,
+            self.full,
+            self.pending,
+            self.full.saturating_sub(self.pending),
+            FDS_PER_ACCEPT - FDS_PER_PENDING,
+            self.needed()
+        )
+    }
+
+    fn check(&self, pid: u32, source: &str) -> Check {
+        let fix =
+            format!("prlimit --nofile=65536:65536 --pid {pid}, and LimitNOFILE= in ssh.service");
+        let evidence = format!("sshd {pid} ({source}): {}", self.arithmetic());
+        if self.open + FDS_PER_ACCEPT > self.soft {
+            let why = format!("no room to accept one connection: an accept holds {FDS_PER_ACCEPT} descriptors at once, {} + {FDS_PER_ACCEPT} > {}; every connection is closed at once (\"reexec socketpair: Too many open files\")", self.open, self.soft);
+            return Check::new("sshd_nofile", Status::Fail, format!("{evidence}: {why}")).fix(fix);
+        }
+        if self.needed() > self.soft {
+            let room =
+                self.pending + (self.soft - self.open - FDS_PER_ACCEPT) / FDS_PER_PENDING + 1;
+            let why = format!("{} > {}: past ~{room} pending connections new ones are closed at once, before MaxStartups would drop them", self.needed(), self.soft);
+            return Check::new("sshd_nofile", Status::Warn, format!("{evidence}: {why}")).fix(fix);
+        }
+        if self.open as u128 * 10 >= self.soft as u128 * 9 {
+            return Check::new(
+                "sshd_nofile",
+                Status::Warn,
+                format!("{evidence}: nearly exhausted"),
+            )
+            .fix(fix);
+        }
+        Check::new(
+            "sshd_nofile",
+            Status::Pass,
+            format!("{evidence} ≤ {}", self.soft),
+        )
+    }
+}
+
+/// The listener's RLIMIT_NOFILE against its open descriptors and MaxStartups' full count.
+fn nofile(t: &Target, pid: u32) -> Option<Check> {
+    let f = limits::for_failure(pid, "accept", crate::kernel::syscalls::EMFILE, None)?;
+    let (Some(open), Some(soft)) = (
+        f.current.as_deref().and_then(|c| c.parse::<u64>().ok()),
+        f.value.as_deref().and_then(|v| v.parse::<u64>().ok()),
+    ) else {
+        let evidence = format!(
+            "sshd {pid}: {} open descriptors, RLIMIT_NOFILE {} ({})",
+            f.current.as_deref().unwrap_or("?"),
+            f.value.as_deref().unwrap_or("?"),
+            f.source
+        );
+        return Some(Check::new("sshd_nofile", Status::Pass, evidence));
+    };
+    let (pending, full) = startups_of(t, pid);
+    let headroom = Headroom {
+        soft,
+        open,
+        pending,
+        full,
+    };
+    Some(headroom.check(pid, &f.source))
+}
+
+/// Pending connections and MaxStartups' full count: from the listener's own title (what it
+/// runs with), else `sshd -T`, else OpenSSH's default 10:30:100.
+fn startups_of(t: &Target, pid: u32) -> (u64, u64) {
+    if let Some((pending, _, full)) = process_title(pid).as_deref().and_then(parse_startups) {
+        return (pending.into(), full.into());
+    }
+    let configured = t
+        .values("maxstartups")
+        .first()
+        .and_then(|v| parse_max_startups_full(v));
+    (0, configured.unwrap_or(100))
+}
+
+/// The listener's pids and memory cgroups against their limits.
+fn cgroups(pid: u32) -> Vec<Check> {
+    let mut out = Vec::new();
+    for (controller, name) in [
+        ("pids", "sshd_pids_cgroup"),
+        ("memory", "sshd_memory_cgroup"),
+    ] {
+        let Some(dir) = limits::cgroup_dir(pid, controller) else {
+            continue;
+        };
+        let read = |f: &str| {
+            fs::read_to_string(dir.join(f))
+                .ok()
+                .map(|s| s.trim().to_owned())
+        };
+        let (max, cur) = if controller == "pids" {
+            (read("pids.max"), read("pids.current"))
+        } else if dir.join("memory.max").exists() {
+            (read("memory.max"), read("memory.current"))
+        } else {
+            (read("memory.limit_in_bytes"), read("memory.usage_in_bytes"))
+        };
+        let (Some(max), Some(cur)) = (max, cur) else {
+            continue;
+        };
+        let evidence = format!("{}: {cur} used of {max}", dir.display());
+        let (m, c) = (max.parse::<u64>().ok(), cur.parse::<u64>().ok());
+        out.push(match (m, c) {
+            (Some(m), Some(c)) if c as u128 * 10 >= m as u128 * 9 => {
+                Check::new(name, Status::Warn, format!("{evidence}: nearly exhausted")).fix(
+                    format!("raise {controller} limit of sshd's cgroup (TasksMax=/MemoryMax=)"),
                 )
-                .fix(format!(
-                    "prlimit --nofile=65536:65536 --pid {pid}, and LimitNOFILE= in ssh.service"
-                )),
-                (Some(o), Some(m)) if o as u128 * 10 >= m as u128 * 9 => Check::new(
-                    "sshd_nofile",
-                    Status::Warn,
-                    format!("{evidence}: nearly exhausted"),
-                ),
-                _ => Check::new("sshd_nofile", Status::Pass, evidence),
-            });
-        }
-        for (controller, name) in [
-            ("pids", "sshd_pids_cgroup"),
-            ("memory", "sshd_memory_cgroup"),
-        ] {
-            let Some(dir) = limits::cgroup_dir(pid, controller) else {
-                continue;
-            };
-            let read = |f: &str| {
-                fs::read_to_string(dir.join(f))
-                    .ok()
-                    .map(|s| s.trim().to_owned())
-            };
-            let (max, cur) = if controller == "pids" {
-                (read("pids.max"), read("pids.current"))
-            } else if dir.join("memory.max").exists() {
-                (read("memory.max"), read("memory.current"))
-            } else {
-                (read("memory.limit_in_bytes"), read("memory.usage_in_bytes"))
-            };
-            let (Some(max), Some(cur)) = (max, cur) else {
-                continue;
-            };
-            let evidence = format!("{}: {cur} used of {max}", dir.display());
-            let (m, c) = (max.parse::<u64>().ok(), cur.parse::<u64>().ok());
-            out.push(match (m, c) {
-                (Some(m), Some(c)) if c as u128 * 10 >= m as u128 * 9 => {
-                    Check::new(name, Status::Warn, format!("{evidence}: nearly exhausted")).fix(
-                        format!("raise {controller} limit of sshd's cgroup (TasksMax=/MemoryMax=)"),
-                    )
-                }
-                _ => Check::new(name, Status::Pass, evidence),
-            });
-        }
+            }
+            _ => Check::new(name, Status::Pass, evidence),
+        });
     }
     out
 }
@@ -357,5 +457,41 @@ mod tests {
             Some((3, 10, 100))
         );
         assert_eq!(parse_startups("sshd: root@pts/0"), None);
+        assert_eq!(parse_max_startups_full("10:30:100"), Some(100));
+        assert_eq!(parse_max_startups_full("20"), Some(20));
+    }
+
+    /// 4 open under a soft limit of 8 cannot accept at all (measured: "reexec socketpair: Too
+    /// many open files"); 12 can, but not 100 pending connections.
+    #[test]
+    fn descriptor_headroom_for_max_startups() {
+        let tight = Headroom {
+            soft: 8,
+            open: 4,
+            pending: 0,
+            full: 100,
+        };
+        assert_eq!(tight.needed(), 108);
+        let check = tight.check(1, "/proc/1/limits");
+        assert_eq!(check.status, Status::Fail);
+        assert!(check.evidence.contains("soft NOFILE 8, 4 open, MaxStartups full 100 (0 pending) needs ~1×100 more + 4 while accepting = 108"), "{}", check.evidence);
+        let short = Headroom { soft: 12, ..tight };
+        assert_eq!(short.check(1, "").status, Status::Warn);
+        assert!(short
+            .check(1, "")
+            .evidence
+            .contains("past ~4 pending connections"));
+        let roomy = Headroom {
+            soft: 1024,
+            ..tight
+        };
+        assert_eq!(roomy.check(1, "").status, Status::Pass);
+        let busy = Headroom {
+            soft: 108,
+            pending: 100,
+            open: 104,
+            ..tight
+        };
+        assert_eq!(busy.needed(), 108);
     }
 }
