@@ -13,6 +13,7 @@ pub mod detach;
 pub mod discovery;
 pub mod doctor;
 pub mod escape;
+pub mod hooks;
 pub mod events;
 pub mod kernel;
 pub mod limits;

@@ -8,16 +8,16 @@ use std::fmt::Write as _;
 
 use sshtrace_common::{KernelLayout, ABSENT};
 
-use crate::kernel::names::KernelNames;
+use crate::{hooks::SockStateWay, kernel::names::KernelNames};
 
 const LANDLOCK_AUDIT: &str = "Landlock audit records (6.15+), when auditing is on";
 const LSM_BY_ELIMINATION: &str =
     "the failed syscall's errno, the mode bits and the sole active access-control LSM";
 const KPROBE_REFUSALS: &str = "kprobe tcp_v4_send_reset/tcp_v6_send_reset without a socket";
 const SOCK_STATE_WAYS: &[&str] = &[
-    "tp_btf inet_sock_set_state (socket fields as plain loads)",
-    "raw_tracepoint inet_sock_set_state (socket fields through bpf_probe_read_kernel)",
-    "tracepoint sock:inet_sock_set_state (a record assembled for every state change)",
+    SockStateWay::BtfTracePoint.description(),
+    SockStateWay::RawTracePoint.description(),
+    SockStateWay::TracePoint.description(),
 ];
 
 /// How resets sent without a socket (a connection to a port nothing listens on) are seen.
@@ -43,9 +43,23 @@ impl NoSocketResets {
     }
 }
 
+/// The kinds of evidence the plan knows ways to collect.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Need {
+    SocketStates,
+    NoSocketResets,
+    ResetReasons,
+    FirewallDrops,
+    OomFigures,
+    GroupExit,
+    LandlockDenials,
+    SelinuxDenials,
+}
+
 /// One kind of evidence: how it is collected here, or what is lost without it.
 #[derive(Clone, Debug)]
 pub struct Capability {
+    pub need: Need,
     pub evidence: &'static str,
     /// The way chosen on this kernel, `None` when it has none.
     pub source: Option<String>,
@@ -78,6 +92,7 @@ impl Plan {
         let netfilter = drop_reasons && names.drop_reason_value("NETFILTER_DROP").is_some();
         let capabilities = vec![
             Capability {
+                need: Need::SocketStates,
                 evidence: "socket state changes (every connection's life)",
                 // Known once attached: see `socket_states_through`.
                 source: None,
@@ -85,6 +100,7 @@ impl Plan {
                 without: "sshtrace cannot start",
             },
             Capability {
+                need: Need::NoSocketResets,
                 evidence: "resets sent without a socket (refused connections)",
                 source: match no_socket_resets {
                     NoSocketResets::Tracepoint => {
@@ -105,6 +121,7 @@ impl Plan {
                           record (the client sees 'Connection refused')",
             },
             Capability {
+                need: Need::ResetReasons,
                 evidence: "why the stack sent a reset (enum sk_rst_reason)",
                 source: has(layout.send_reset.reason)
                     .then(|| "tcp:tcp_send_reset field reason (6.10+)".into()),
@@ -114,6 +131,7 @@ impl Plan {
                           alone, or `unknown` with the raw facts",
             },
             Capability {
+                need: Need::FirewallDrops,
                 evidence: "firewall drops (skb_drop_reason NETFILTER_DROP)",
                 source: netfilter.then(|| "skb:kfree_skb reason NETFILTER_DROP (5.17+)".into()),
                 ways: &["skb:kfree_skb reason NETFILTER_DROP (5.17+)"],
@@ -122,6 +140,7 @@ impl Plan {
                           peer_reset",
             },
             Capability {
+                need: Need::OomFigures,
                 evidence: "an OOM victim's memory figures",
                 source: has(layout.oom.total_vm).then(|| {
                     "oom:mark_victim fields total_vm, anon_rss… (6.2+, some stable kernels)".into()
@@ -130,6 +149,7 @@ impl Plan {
                 without: "oom_killed names the victim but not its memory use",
             },
             Capability {
+                need: Need::GroupExit,
                 evidence: "whether a whole thread group exited",
                 source: has(layout.exit.group_dead)
                     .then(|| "sched:sched_process_exit field group_dead (6.16+)".into())
@@ -141,6 +161,7 @@ impl Plan {
                 without: "",
             },
             Capability {
+                need: Need::LandlockDenials,
                 evidence: "which LSM denied an access (Landlock)",
                 source: Some(
                     if landlock_audit {
@@ -154,6 +175,7 @@ impl Plan {
                 without: "",
             },
             Capability {
+                need: Need::SelinuxDenials,
                 evidence: "SELinux denials",
                 source: has(layout.selinux.tclass)
                     .then(|| "avc:selinux_audited".into())
@@ -180,21 +202,19 @@ impl Plan {
     /// The kprobes attached: refusals are seen through them.
     pub fn refusals_by_kprobe(&mut self) {
         self.no_socket_resets = NoSocketResets::Kprobe;
-        self.capability("resets sent without a socket").source = Some(KPROBE_REFUSALS.into());
+        self.capability(Need::NoSocketResets).source = Some(KPROBE_REFUSALS.into());
     }
 
-    /// The hook that attached for socket states (`tp_btf inet_sock_set_state`, …), one of the
-    /// ways known.
-    pub fn socket_states_through(&mut self, hook: &str) {
-        let way = SOCK_STATE_WAYS.iter().find(|w| w.starts_with(hook));
-        self.capability("socket state changes").source = way.map(|w| (*w).into());
+    /// The way socket states are seen, the hook that attached for them.
+    pub fn socket_states_through(&mut self, way: SockStateWay) {
+        self.capability(Need::SocketStates).source = Some(way.description().into());
     }
 
-    fn capability(&mut self, evidence: &str) -> &mut Capability {
+    fn capability(&mut self, need: Need) -> &mut Capability {
         self.capabilities
             .iter_mut()
-            .find(|c| c.evidence.starts_with(evidence))
-            .expect("a capability of the plan")
+            .find(|c| c.need == need)
+            .expect("every need has a capability in the plan")
     }
 
     /// The evidence this kernel cannot give, one line each with what it costs.
@@ -296,7 +316,7 @@ mod tests {
             &names(&[(2, "NO_SOCKET"), (9, "NETFILTER_DROP")]),
             false,
         );
-        plan.socket_states_through("raw_tracepoint inet_sock_set_state");
+        plan.socket_states_through(SockStateWay::RawTracePoint);
         assert_eq!(plan.no_socket_resets, NoSocketResets::DroppedSegment(2));
         let missing: Vec<&str> = plan.missing().map(|c| c.evidence).collect();
         assert_eq!(missing, ["why the stack sent a reset (enum sk_rst_reason)"]);
@@ -306,7 +326,7 @@ mod tests {
     #[test]
     fn without_drop_reasons_refusals_and_firewall_are_unavailable() {
         let mut plan = Plan::new(&KernelLayout::ABSENT, &names(&[]), false);
-        plan.socket_states_through("tracepoint sock:inet_sock_set_state");
+        plan.socket_states_through(SockStateWay::TracePoint);
         assert_eq!(plan.no_socket_resets, NoSocketResets::Unavailable);
         assert!(plan.wants_refusal_kprobes());
         let report = plan.report(
@@ -333,7 +353,7 @@ mod tests {
             Some("socket state changes (every connection's life)"),
             "unknown until attached"
         );
-        plan.socket_states_through("tp_btf inet_sock_set_state");
+        plan.socket_states_through(SockStateWay::BtfTracePoint);
         assert!(plan
             .report("6.18.0", &[], &[], &[])
             .contains("socket state changes (every connection's life): tp_btf inet_sock_set_state (socket fields as plain loads)"));

@@ -11,67 +11,21 @@ use aya::{
 };
 use sshtrace_common::{
     burst_kind, counter, pid_flags, Burst, BurstKey, KernelLayout, Settings, SockHistory,
-    PATH_SYSCALLS,
 };
 
-use crate::detach::Attached;
+use crate::{
+    detach::Attached,
+    hooks::{self, Attach, Hook, HookId, SockStateWay},
+};
 
 /// The object built by `build.rs` from `sshtrace-ebpf`.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/sshtrace"));
 
-#[derive(Clone, Copy)]
-enum Attach {
-    TracePoint(&'static str, &'static str),
-    RawTracePoint(&'static str),
-    /// `tp_btf`: a raw tracepoint whose arguments the verifier types from the kernel's BTF.
-    BtfTracePoint(&'static str),
-    KProbe(&'static str),
-}
-
-/// A program and how it attaches. An optional hook (some kernels or architectures lack it)
-/// that cannot attach is reported and skipped; a required one is an error.
-#[derive(Clone, Copy)]
-struct Hook {
-    program: &'static str,
-    attach: Attach,
-    required: bool,
-}
-
-const fn tracepoint(category: &'static str, name: &'static str) -> Hook {
-    Hook {
-        program: name,
-        attach: Attach::TracePoint(category, name),
-        required: true,
-    }
-}
-
-/// Every required program; the path-capturing `PATH_SYSCALLS` programs are added as optional.
-const HOOKS: &[Hook] = &[
-    tracepoint("tcp", "tcp_send_reset"),
-    tracepoint("tcp", "tcp_receive_reset"),
-    Hook {
-        program: "sched_process_fork",
-        attach: Attach::RawTracePoint("sched_process_fork"),
-        required: true,
-    },
-    tracepoint("sched", "sched_process_exec"),
-    tracepoint("sched", "sched_process_exit"),
-    tracepoint("signal", "signal_generate"),
-    tracepoint("syscalls", "sys_enter_accept"),
-    tracepoint("syscalls", "sys_exit_accept"),
-    tracepoint("syscalls", "sys_enter_accept4"),
-    tracepoint("syscalls", "sys_exit_accept4"),
-    tracepoint("oom", "mark_victim"),
-    tracepoint("skb", "kfree_skb"),
-];
-
-/// Kernel functions that send a reset without a socket: the last way to see refusals.
-const REFUSAL_KPROBES: [&str; 2] = ["tcp_v4_send_reset", "tcp_v6_send_reset"];
-
 pub struct Probes {
     /// Keeps programs and links alive (the maps taken out of it below stay readable).
     pub programs: Attached,
-    pub attached: Vec<String>,
+    /// The hooks attached, with how they are named (`tracepoint tcp:tcp_send_reset`, …).
+    pub attached: Vec<(HookId, String)>,
     /// Optional hooks this kernel lacks, with the reason.
     pub skipped: Vec<String>,
     pub events: RingBuf<MapData>,
@@ -87,7 +41,23 @@ impl Probes {
     pub fn refusal_kprobes_attached(&self) -> bool {
         self.attached
             .iter()
-            .any(|h| h == &format!("kprobe {}", REFUSAL_KPROBES[0]))
+            .any(|(id, _)| *id == HookId::RefusalKprobe)
+    }
+
+    /// How socket state changes are seen: the way that attached.
+    pub fn socket_states_way(&self) -> Option<SockStateWay> {
+        self.attached.iter().find_map(|(id, _)| match id {
+            HookId::SocketStates(way) => Some(*way),
+            _ => None,
+        })
+    }
+
+    /// The attached hooks' names, for start-up and `--probe-report`.
+    pub fn attached_labels(&self) -> Vec<String> {
+        self.attached
+            .iter()
+            .map(|(_, label)| label.clone())
+            .collect()
     }
 
     /// `ring_size`: bytes of the ring buffer; `refusal_kprobes`: also try the kprobes that see
@@ -106,96 +76,7 @@ impl Probes {
             .override_global("SETTINGS", &settings, true)
             .load(OBJECT)
             .context("cannot load the eBPF programs")?;
-        // For measuring what each hook costs (cargo xtask bench): hooks not to attach.
-        let debug_skip: Vec<String> = std::env::var("SSHTRACE_DEBUG_SKIP")
-            .unwrap_or_default()
-            .split(',')
-            .map(str::to_owned)
-            .collect();
-        let mut attached = Vec::new();
-        let mut skipped = Vec::new();
-        let path_hooks = PATH_SYSCALLS.iter().map(|name| Hook {
-            required: false,
-            ..tracepoint("syscalls", name)
-        });
-        let selinux = Hook {
-            required: false,
-            ..tracepoint("avc", "selinux_audited")
-        };
-        // sshd's own words: its log and a dropped client's note.
-        let sshd_output = ["sys_enter_write", "sys_enter_sendto"].map(|name| Hook {
-            required: false,
-            ..tracepoint("syscalls", name)
-        });
-        let kprobes = REFUSAL_KPROBES
-            .iter()
-            .filter(|_| refusal_kprobes)
-            .map(|name| Hook {
-                program: name,
-                attach: Attach::KProbe(name),
-                required: false,
-            });
-        // The raw tracepoints for the two hottest hooks: cheaper, no record is assembled
-        // before the program runs (half the cost of tracing a connection storm). The classic
-        // ones where BTF does not locate the fields, or with SSHTRACE_RAW_TRACEPOINTS=0.
-        let raw = std::env::var_os("SSHTRACE_RAW_TRACEPOINTS").is_none_or(|v| v != "0");
-        // Failed syscalls: the raw tracepoint where the syscall number can be found in the
-        // registers, else the classic one.
-        let syscall_exit = if raw && layout.syscall.regs_syscall_nr != sshtrace_common::ABSENT {
-            Hook {
-                program: "raw_sys_exit",
-                attach: Attach::RawTracePoint("sys_exit"),
-                required: true,
-            }
-        } else {
-            tracepoint("raw_syscalls", "sys_exit")
-        };
-        // Socket states, the hottest hook (every state change on the host): tp_btf, whose
-        // socket reads are plain loads, else the raw tracepoint (a helper call per read), both
-        // where BTF locates the socket's fields; else the classic one.
-        let mut sock_state_ways = Vec::new();
-        if raw && layout.structs.sock_tuple_known() {
-            sock_state_ways.push(Hook {
-                program: "tp_btf_inet_sock_set_state",
-                attach: Attach::BtfTracePoint("inet_sock_set_state"),
-                required: true,
-            });
-            sock_state_ways.push(Hook {
-                program: "raw_inet_sock_set_state",
-                attach: Attach::RawTracePoint("inet_sock_set_state"),
-                required: true,
-            });
-        }
-        sock_state_ways.push(tracepoint("sock", "inet_sock_set_state"));
-        let hooks: Vec<Hook> = HOOKS
-            .iter()
-            .copied()
-            .chain([syscall_exit])
-            .chain(path_hooks)
-            .chain([selinux])
-            .chain(sshd_output)
-            .chain(kprobes)
-            .collect();
-        let first_choices: Vec<Hook> = hooks
-            .iter()
-            .chain(&sock_state_ways[..1])
-            .filter(|h| !debug_skip.iter().any(|p| p == h.program))
-            .copied()
-            .collect();
-        verify_in_parallel(&mut ebpf, &kernel_btf, &first_choices);
-        let sock_state = attach_first(&mut ebpf, &kernel_btf, &sock_state_ways, &mut skipped)?;
-        attached.push(sock_state);
-        for hook in hooks {
-            if debug_skip.iter().any(|p| p == hook.program) {
-                skipped.push(format!("{} (SSHTRACE_DEBUG_SKIP)", hook.program));
-                continue;
-            }
-            match attach(&mut ebpf, &kernel_btf, hook.program, hook.attach) {
-                Ok(done) => attached.push(done),
-                Err(err) if !hook.required => skipped.push(format!("{} ({err:#})", hook.program)),
-                Err(err) => return Err(err),
-            }
-        }
+        let (attached, skipped) = attach_all(&mut ebpf, &kernel_btf, &layout, refusal_kprobes)?;
         let mut take = |name: &str| {
             ebpf.take_map(name)
                 .with_context(|| format!("no map {name}"))
@@ -232,6 +113,66 @@ impl Probes {
     }
 }
 
+/// Attaches every hook: socket states the first way that loads, then the others; an optional
+/// hook that fails is noted in the second list with why.
+fn attach_all(
+    ebpf: &mut Ebpf,
+    btf: &Btf,
+    layout: &KernelLayout,
+    refusal_kprobes: bool,
+) -> Result<(Vec<(HookId, String)>, Skipped)> {
+    // For measuring what each hook costs (cargo xtask bench): hooks not to attach.
+    let debug_skip: Vec<String> = std::env::var("SSHTRACE_DEBUG_SKIP")
+        .unwrap_or_default()
+        .split(',')
+        .map(str::to_owned)
+        .collect();
+    // The raw tracepoints for the two hottest hooks: cheaper, no record is assembled
+    // before the program runs (half the cost of tracing a connection storm). The classic
+    // ones where BTF does not locate the fields, or with SSHTRACE_RAW_TRACEPOINTS=0.
+    let raw = std::env::var_os("SSHTRACE_RAW_TRACEPOINTS").is_none_or(|v| v != "0");
+    let hooks = hooks::all(
+        hooks::syscall_exit(raw && layout.syscall.regs_syscall_nr != sshtrace_common::ABSENT),
+        refusal_kprobes,
+    );
+    let sock_state_ways = sock_state_ways(raw && layout.structs.sock_tuple_known());
+    let first_choices: Vec<Hook> = hooks
+        .iter()
+        .chain(&sock_state_ways[..1])
+        .filter(|h| !debug_skip.iter().any(|p| p == h.program))
+        .copied()
+        .collect();
+    verify_in_parallel(ebpf, btf, &first_choices);
+    let mut skipped = Vec::new();
+    let mut attached = vec![attach_first(ebpf, btf, &sock_state_ways, &mut skipped)?];
+    for hook in hooks {
+        if debug_skip.iter().any(|p| p == hook.program) {
+            skipped.push(format!("{} (SSHTRACE_DEBUG_SKIP)", hook.program));
+            continue;
+        }
+        match attach(ebpf, btf, &hook) {
+            Ok(label) => attached.push((hook.id, label)),
+            Err(err) if !hook.required => skipped.push(format!("{} ({err:#})", hook.program)),
+            Err(err) => return Err(err),
+        }
+    }
+    Ok((attached, skipped))
+}
+
+/// Optional hooks that did not attach, each with why.
+type Skipped = Vec<String>;
+
+/// Socket states, the hottest hook (every state change on the host): tp_btf, whose socket
+/// reads are plain loads, else the raw tracepoint (a helper call per read), both where BTF
+/// locates the socket's fields; else the classic one.
+fn sock_state_ways(fields_known: bool) -> Vec<Hook> {
+    SockStateWay::ALL
+        .into_iter()
+        .filter(|way| fields_known || *way == SockStateWay::TracePoint)
+        .map(SockStateWay::hook)
+        .collect()
+}
+
 /// Attaches the first of `ways` (best first) that this kernel loads; the ones that failed
 /// before it are noted in `skipped`, with why.
 fn attach_first(
@@ -239,13 +180,13 @@ fn attach_first(
     btf: &Btf,
     ways: &[Hook],
     skipped: &mut Vec<String>,
-) -> Result<String> {
+) -> Result<(HookId, String)> {
     let mut failures = Vec::new();
     for hook in ways {
-        match attach(ebpf, btf, hook.program, hook.attach) {
-            Ok(done) => {
+        match attach(ebpf, btf, hook) {
+            Ok(label) => {
                 skipped.extend(failures);
-                return Ok(done);
+                return Ok((hook.id, label));
             }
             Err(err) => failures.push(format!("{} ({err:#}; a slower way is used)", hook.program)),
         }
@@ -257,39 +198,35 @@ fn attach_first(
     )
 }
 
-fn attach(ebpf: &mut Ebpf, btf: &Btf, name: &str, how: Attach) -> Result<String> {
+/// Loads (where the parallel verification did not) and attaches one hook; returns its label.
+fn attach(ebpf: &mut Ebpf, btf: &Btf, hook: &Hook) -> Result<String> {
+    let name = hook.program;
     let program = ebpf
         .program_mut(name)
         .with_context(|| format!("the eBPF object has no program {name}"))?;
     if program.fd().is_err() {
-        load(program, btf, how).with_context(|| format!("cannot load {name}"))?;
+        load(program, btf, hook.attach).with_context(|| format!("cannot load {name}"))?;
     }
-    Ok(match how {
+    match hook.attach {
         Attach::TracePoint(category, tp) => {
             let p: &mut TracePoint = program.try_into()?;
-            p.attach(category, tp)
-                .with_context(|| format!("cannot attach tracepoint {category}:{tp}"))?;
-            format!("tracepoint {category}:{tp}")
+            p.attach(category, tp).map(drop)
         }
         Attach::RawTracePoint(tp) => {
             let p: &mut RawTracePoint = program.try_into()?;
-            p.attach(tp)
-                .with_context(|| format!("cannot attach raw tracepoint {tp}"))?;
-            format!("raw_tracepoint {tp}")
+            p.attach(tp).map(drop)
         }
-        Attach::BtfTracePoint(tp) => {
+        Attach::BtfTracePoint(_) => {
             let p: &mut BtfTracePoint = program.try_into()?;
-            p.attach()
-                .with_context(|| format!("cannot attach tp_btf {tp}"))?;
-            format!("tp_btf {tp}")
+            p.attach().map(drop)
         }
         Attach::KProbe(function) => {
             let p: &mut KProbe = program.try_into()?;
-            p.attach(function, 0)
-                .with_context(|| format!("cannot attach a kprobe to {function}"))?;
-            format!("kprobe {function}")
+            p.attach(function, 0).map(drop)
         }
-    })
+    }
+    .with_context(|| format!("cannot attach {}", hook.label()))?;
+    Ok(hook.label())
 }
 
 /// Loads a program: the kernel verifies it.

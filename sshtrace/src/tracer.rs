@@ -102,12 +102,8 @@ pub async fn run(
     if probes.refusal_kprobes_attached() {
         plan.refusals_by_kprobe();
     }
-    if let Some(hook) = probes
-        .attached
-        .iter()
-        .find(|h| h.ends_with("inet_sock_set_state"))
-    {
-        plan.socket_states_through(hook);
+    if let Some(way) = probes.socket_states_way() {
+        plan.socket_states_through(way);
     }
     if cli.probe_report {
         // A closed standard output is not worth a panic.
@@ -117,13 +113,16 @@ pub async fn run(
             plan.report(
                 &kernel_release(),
                 &crate::probes::program_types(),
-                &probes.attached,
+                &probes.attached_labels(),
                 &probes.skipped
             )
         );
         return Ok(());
     }
-    let (attached, skipped) = (probes.attached.join(", "), probes.skipped.join(", "));
+    let (attached, skipped) = (
+        probes.attached_labels().join(", "),
+        probes.skipped.join(", "),
+    );
     let hooks = probes.attached.len();
     // SAFETY: the ring buffer owns its fd and keeps it open for as long as the AsyncFd lives.
     let ring = unsafe { AsyncFd::register_with_interest(probes.events, Interest::READABLE) }
