@@ -66,21 +66,38 @@ impl DropReason {
 }
 
 fn drop_reason(e: &Ended) -> DropReason {
-    match e.conn.listener_note.as_ref().and_then(|n| n.note) {
-        Some(DropNote::NotAllowedAtThisTime) => DropReason::Penalty,
-        Some(DropNote::ExceededMaxStartups) => {
-            let per_source = e
-                .conn
-                .sshd_log
-                .iter()
-                .any(|l| l.message.contains("PerSourceMaxStartups"));
-            if per_source {
-                DropReason::PerSourceMaxStartups
-            } else {
-                DropReason::MaxStartups
-            }
-        }
-        None => DropReason::Unknown,
+    let Some(note) = e.conn.listener_note.as_ref().and_then(|n| n.note) else {
+        return DropReason::Unknown;
+    };
+    if let Some(logged) = logged_reason(e) {
+        return logged;
+    }
+    match note {
+        // Before 9.8 only the MaxStartups limits write this.
+        DropNote::ExceededMaxStartups => DropReason::MaxStartups,
+        // 9.8+ writes it for every drop, penalties and MaxStartups alike: its log line decides.
+        DropNote::NotAllowedAtThisTime => DropReason::Unknown,
+    }
+}
+
+/// The listener's own log line of the drop, `drop connection #N from [A]:P on [L]:P <why>`,
+/// when the kernel saw it written (9.8+ rate-limits the penalty ones).
+fn logged_reason(e: &Ended) -> Option<DropReason> {
+    let line = e
+        .conn
+        .sshd_log
+        .iter()
+        .rev()
+        .find(|l| l.message.starts_with("drop connection #"))?;
+    let why = line.message.to_ascii_lowercase();
+    if why.contains("persourcemaxstartups") {
+        Some(DropReason::PerSourceMaxStartups)
+    } else if why.contains("penalty") {
+        Some(DropReason::Penalty)
+    } else if why.contains("maxstartups") {
+        Some(DropReason::MaxStartups)
+    } else {
+        None
     }
 }
 
@@ -135,9 +152,9 @@ fn max_startups_drop(
     let max_startups = max_startups(listener, ctx);
     details.insert("unauthenticated_connections".into(), json!(unauthenticated));
     details.insert("max_startups".into(), json!(max_startups));
-    let said = match reason {
-        DropReason::Unknown => "closed it without starting a session",
-        _ => "wrote 'Exceeded MaxStartups' and closed it",
+    let said = match &e.conn.listener_note {
+        Some(n) => format!("wrote '{}' and closed it", crate::escape::text(&n.text)),
+        None => "closed it without starting a session".to_owned(),
     };
     let limit = match reason {
         DropReason::PerSourceMaxStartups => "PerSourceMaxStartups",
@@ -151,8 +168,9 @@ fn max_startups_drop(
     let hint = match reason {
         DropReason::Unknown => format!(
             "sshd drops new connections past MaxStartups or PerSourceMaxStartups, or from a \
-             source penalized by PerSourcePenalties (9.8+); its log says which ('drop \
-             connection #N …'). Find who holds unauthenticated connections: \
+             source penalized by PerSourcePenalties (9.8+, which writes 'Not allowed at this \
+             time' for all three); its log line 'drop connection #N …' says which, and was not \
+             seen here. Find who holds unauthenticated connections: \
              `ss -tn state established '( sport = :{port} )'`"
         ),
         _ => format!(
