@@ -455,53 +455,21 @@ fn guest_script(
     // The workspace, the test binaries and sshtrace (wherever the target directory is), the
     // kernel's modules.
     let target = sshtrace.parent().and_then(Path::parent).unwrap_or(sshtrace);
-    let carried = below_tmp(&[workspace, target, &kernel.root]);
-    let mut keep = String::new();
-    let mut restore = String::new();
-    for (i, dir) in carried.iter().enumerate() {
-        let dir = quote(&dir.to_string_lossy());
-        let _ = writeln!(
-            keep,
-            "mkdir -p /run/vm-keep/{i} && mount --bind {dir} /run/vm-keep/{i}"
-        );
-        let _ = writeln!(
-            restore,
-            "mkdir -p {dir} && mount --bind /run/vm-keep/{i} {dir}"
-        );
-    }
+    let carried: Vec<String> = below_tmp(&[workspace, target, &kernel.root])
+        .iter()
+        .map(|dir| dir.to_string_lossy().into_owned())
+        .collect();
+    let path = |p: &Path| quote(&p.to_string_lossy());
     let mut script = format!(
-        r#"set -u
-mount -t proc proc /proc
-mount -t sysfs sys /sys
-mount -t devtmpfs dev /dev
-mkdir -p /dev/pts /dev/shm
-mount -t devpts devpts /dev/pts
-mount -t tmpfs tmpfs /dev/shm
-# Tests write much to /tmp: a tmpfs, not the overlay over 9p (runs from a workspace under
-# /tmp with /tmp left on the overlay stalled the guest). What the run needs below /tmp (the
-# workspace, the target directory) is carried over onto the tmpfs by bind mounts.
-{keep}mount -t tmpfs tmpfs /tmp
-{restore}mount -t cgroup2 cgroup2 /sys/fs/cgroup
-mount -t bpf bpf /sys/fs/bpf
-# Container storage cannot sit on the overlay root.
-mkdir -p /var/lib/containers && mount -t tmpfs tmpfs /var/lib/containers
-# The test kernel's modules, for the guest's modprobe.
-mkdir -p /lib/modules/{release}
-mount --bind {modules} /lib/modules/{release}
-hostname sshtrace-vm
-ip link set lo up
-export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
-export HOME=/root SSHTRACE_BIN={sshtrace} CI=${{CI:-true}} SSHTRACE_VM_KERNEL={release}
-export SSHTRACE_TEST_PATIENCE={patience}
-echo "vm-test: $(uname -r), $(nproc) CPUs"
-cd {workspace}/tests
-failed=0
-"#,
-        release = kernel.release,
-        modules = quote(&kernel.modules().to_string_lossy()),
-        sshtrace = quote(&sshtrace.to_string_lossy()),
-        workspace = quote(&workspace.to_string_lossy()),
+        "RELEASE={release}\nMODULES={modules}\nSSHTRACE={sshtrace}\nWORKSPACE={workspace}\n\
+         PATIENCE={patience}\nCARRIED={carried}\n",
+        release = quote(&kernel.release),
+        modules = path(&kernel.modules()),
+        sshtrace = path(sshtrace),
+        workspace = path(workspace),
+        carried = quote(&carried.join("\n")),
     );
+    script.push_str(GUEST_SETUP);
     for (test, narrowed) in tests {
         let name = selection::binary_name(test);
         let narrowed: Vec<String> = narrowed.iter().map(|a| quote(a)).collect();
@@ -519,14 +487,13 @@ failed=0
             args = args.join(" "),
         );
     }
-    script.push_str(
-        "echo \"$failed\" > /run/vm-share/status\n\
-         sync\n\
-         echo o > /proc/sysrq-trigger\n\
-         sleep 10 2>/dev/null\n",
-    );
+    script.push_str(GUEST_FINISH);
     script
 }
+
+/// The guest's fixed parts: shell scripts of their own, not strings in Rust.
+const GUEST_SETUP: &str = include_str!("guest_setup.sh");
+const GUEST_FINISH: &str = include_str!("guest_finish.sh");
 
 /// KVM only where it can boot a stock kernel: under a PVM host (kvm_pvm), /dev/kvm runs only
 /// PVM-enabled guests and a Debian kernel hangs after decompression.
@@ -642,7 +609,8 @@ mod tests {
             &["storm".to_owned()],
             4,
         );
-        assert!(script.contains("mount --bind '/tmp/t' /run/vm-keep/0\nmount -t tmpfs tmpfs /tmp\nmkdir -p '/tmp/t' && mount --bind /run/vm-keep/0 '/tmp/t'\n"), "{script}");
+        assert!(script.contains("CARRIED='/tmp/t'\n"), "{script}");
+        assert!(script.contains(GUEST_SETUP) && script.ends_with(GUEST_FINISH));
         assert!(script.contains("echo \"vm-test: running reliability (--skip two_instances)\"\n'/tmp/t/debug/deps/reliability-0a1b' '--skip' 'two_instances' 'storm' ||"), "{script}");
     }
 
