@@ -1,4 +1,5 @@
 //! The integration-test harness: a real OpenSSH sshd started directly or by socket activation
+//! — the host's 9.2, or 10.0 in a container for the scenarios run on both ([`openssh`]) —
 //! (own keys and config in a temporary directory, on a 127.0.0.0/8 address unique per test), a
 //! real `ssh` client, and the real sshtrace binary with its eBPF programs. Everything a test starts is stopped and
 //! removed when its guard drops, also when the test fails.
@@ -6,6 +7,7 @@
 pub mod collectors;
 pub mod hostile;
 pub mod kernel;
+pub mod openssh;
 pub mod podman;
 pub mod sandbox;
 pub mod segment;
@@ -20,6 +22,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+pub use openssh::OpenSsh;
 pub use sandbox::{AuditOn, Cgroup, Link, NetNs, User};
 pub use socket_activation::{Activation, SocketActivated};
 pub use sshd::{Sshd, SshdFiles, SshdOptions};

@@ -1,7 +1,7 @@
 //! A real container runtime: rootful Podman with the settings this machine needs
-//! (shared/CONTAINERS.md), an sshd image built locally (debootstrap + podman import, the tarball
-//! cached), containers that are removed on drop, and the Docker-compatible API socket sshtrace
-//! asks for names.
+//! (shared/CONTAINERS.md), sshd images built locally (debootstrap + podman import, the tarball
+//! cached: Debian 12's OpenSSH 9.2 and Debian 13's 10.0), containers that are removed on drop,
+//! and the Docker-compatible API socket sshtrace asks for names.
 
 use std::{
     fs,
@@ -15,18 +15,20 @@ use crate::{listens, run, wait_for};
 
 pub const IMAGE: &str = "localhost/sshtrace-sshbox:latest";
 
-/// The containers.conf tests use: runc, cgroupfs, ulimits root may set here.
+/// The containers.conf tests use: runc, cgroupfs, ulimits root may set here. One file for
+/// every test process (the same content, replaced whole), not one left behind per process.
 pub fn conf() -> PathBuf {
     static CONF: OnceLock<PathBuf> = OnceLock::new();
     CONF.get_or_init(|| {
-        let path =
-            std::env::temp_dir().join(format!("sshtrace-containers-{}.conf", std::process::id()));
+        let path = std::env::temp_dir().join("sshtrace-containers.conf");
+        let partial = path.with_extension(format!("conf.{}", std::process::id()));
         fs::write(
-            &path,
+            &partial,
             "[containers]\ndefault_ulimits = [\"nofile=20000:20000\", \"nproc=32768:32768\"]\n\
              [engine]\nruntime = \"runc\"\ncgroup_manager = \"cgroupfs\"\n",
         )
         .unwrap();
+        fs::rename(&partial, &path).unwrap();
         path
     })
     .clone()
@@ -48,51 +50,76 @@ fn podman_ok(args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).trim().to_owned()
 }
 
-/// Imports the sshd image once per test process, building (and caching) its root file system
-/// with debootstrap when no cached tarball exists.
+/// A test image: a Debian suite's root file system with OpenSSH's server, built locally (no
+/// registry is reachable here) and imported into Podman.
+pub struct Image {
+    /// The image's name in Podman.
+    pub name: &'static str,
+    /// The Debian suite debootstrap installs.
+    suite: &'static str,
+    imported: OnceLock<()>,
+}
+
+/// Debian 12 (bookworm): OpenSSH 9.2, the host's own version.
+pub static BOOKWORM: Image = Image {
+    name: IMAGE,
+    suite: "bookworm",
+    imported: OnceLock::new(),
+};
+
+/// Debian 13 (trixie): OpenSSH 10.0 — `sshd`, `sshd-session` and `sshd-auth`.
+pub static TRIXIE: Image = Image {
+    name: "localhost/sshtrace-sshbox-trixie:latest",
+    suite: "trixie",
+    imported: OnceLock::new(),
+};
+
+impl Image {
+    /// Imports the image once per test process. Its root file system tarball is built when
+    /// missing (debootstrap: 30 s here, about 3 min on a cold mirror), or waited for while
+    /// another process builds it — `cargo xtask setup` starts that build in the background on
+    /// a fresh machine — and cached in [`cache_dir`] as `sshbox-SUITE.tar`.
+    pub fn ensure(&self) {
+        self.imported.get_or_init(|| {
+            if run(podman().args(["image", "exists", self.name]))
+                .status
+                .success()
+            {
+                return;
+            }
+            let tarball = cache_dir().join(format!("sshbox-{}.tar", self.suite));
+            let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("images")
+                .join("sshbox-rootfs.sh");
+            let out = run(Command::new("sh")
+                .arg(&script)
+                .arg(self.suite)
+                .arg(&tarball));
+            assert!(
+                out.status.success(),
+                "{} {}: {}",
+                script.display(),
+                self.suite,
+                String::from_utf8_lossy(&out.stderr)
+            );
+            podman_ok(&["import", tarball.to_str().unwrap(), self.name]);
+        });
+    }
+}
+
+/// Where the image tarballs are cached: the tools directory of `cargo xtask setup`
+/// (`$XDG_CACHE_HOME/sshtrace-tools`, else `~/.cache/sshtrace-tools`).
+pub fn cache_dir() -> PathBuf {
+    std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+        .unwrap_or_else(|| PathBuf::from("/var/cache"))
+        .join("sshtrace-tools")
+}
+
+/// Imports the Debian 12 sshd image ([`IMAGE`]) once per test process.
 pub fn ensure_image() {
-    static READY: OnceLock<()> = OnceLock::new();
-    READY.get_or_init(|| {
-        if run(podman().args(["image", "exists", IMAGE]))
-            .status
-            .success()
-        {
-            return;
-        }
-        let cache = PathBuf::from(std::env::var_os("HOME").unwrap_or_else(|| "/root".into()))
-            .join(".cache/sshtrace-tools");
-        fs::create_dir_all(&cache).unwrap();
-        let tarball = cache.join("sshbox-bookworm.tar");
-        if !tarball.exists() {
-            let rootfs =
-                std::env::temp_dir().join(format!("sshtrace-rootfs-{}", std::process::id()));
-            let out = run(Command::new("debootstrap")
-                .args(["--variant=minbase", "--include=openssh-server", "bookworm"])
-                .arg(&rootfs));
-            assert!(
-                out.status.success(),
-                "debootstrap: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-            fs::create_dir_all(rootfs.join("run/sshd")).unwrap();
-            fs::create_dir_all(rootfs.join("root/.ssh")).unwrap();
-            let partial = tarball.with_extension("partial");
-            let out = run(Command::new("tar")
-                .arg("-C")
-                .arg(&rootfs)
-                .arg("-cf")
-                .arg(&partial)
-                .arg("."));
-            assert!(
-                out.status.success(),
-                "tar: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-            fs::rename(&partial, &tarball).unwrap();
-            let _ = fs::remove_dir_all(&rootfs);
-        }
-        podman_ok(&["import", tarball.to_str().unwrap(), IMAGE]);
-    });
+    BOOKWORM.ensure();
 }
 
 /// A running container with sshd on `port`, accepting the key in `authorized_keys`.

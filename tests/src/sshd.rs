@@ -1,5 +1,6 @@
 //! A real OpenSSH sshd, started directly (not through systemd) with its own host key, client
-//! key, `authorized_keys` and configuration in a temporary directory.
+//! key, `authorized_keys` and configuration in a temporary directory: the host's (9.2), or
+//! 10.0 in a container with the same files (see [`crate::openssh`]).
 
 use std::{
     fs,
@@ -10,7 +11,11 @@ use std::{
     time::Duration,
 };
 
-use crate::{kill, process_tree, run, wait_for, Endpoint};
+use crate::{
+    kill,
+    openssh::{cgroup_of, OpenSsh, SshdContainer},
+    process_tree, run, wait_for, Cgroup, Endpoint,
+};
 
 pub(crate) const SSHD: &str = "/usr/sbin/sshd";
 /// Where sshd's unprivileged child chroots; Debian's package creates it at boot only.
@@ -31,6 +36,9 @@ pub struct SshdOptions {
     pub client_netns: Option<String>,
     /// Keep `authorized_keys` in a directory of its own (`<dir>-keys`), apart from the host key.
     pub keys_apart: bool,
+    /// The sshd under test: the host's (the default), or 10.0 in a container (not with
+    /// `netns`: the container is on the host's network).
+    pub openssh: OpenSsh,
 }
 
 /// An sshd's own files, in a temporary directory of the test's, removed on drop: host key,
@@ -133,22 +141,39 @@ impl Drop for SshdFiles {
 pub struct Sshd {
     pub endpoint: Endpoint,
     pub files: SshdFiles,
+    pub openssh: OpenSsh,
+    /// sshd itself, or the attached `podman run` of its container.
     child: Child,
+    container: Option<SshdContainer>,
+    /// The listener's pid on the host.
+    pid: u32,
+    name: String,
     netns: Option<String>,
     client_netns: Option<String>,
+    /// Cgroups of the test's own the listener was moved into (see [`Self::cgroup`]).
+    cgroups: Vec<Cgroup>,
 }
 
 impl Sshd {
     pub fn start(name: &str, endpoint: Endpoint, options: SshdOptions) -> Self {
+        assert!(
+            options.openssh == OpenSsh::V9_2Host || options.netns.is_none(),
+            "sshd in a container runs on the host's network"
+        );
         let files = SshdFiles::write(name, endpoint, &options);
-        let child = spawn(&files, options.netns.as_deref());
         let client_netns = options.client_netns.or(options.netns.clone());
-        let sshd = Self {
+        let (child, container) = launch(&files, options.netns.as_deref(), options.openssh);
+        let mut sshd = Self {
             endpoint,
             files,
+            openssh: options.openssh,
+            pid: child.id(),
             child,
+            container,
+            name: name.to_owned(),
             netns: options.netns,
             client_netns,
+            cgroups: Vec::new(),
         };
         sshd.wait_until_listening();
         sshd
@@ -158,19 +183,54 @@ impl Sshd {
     /// files (no new keys): as quick as sshd's own start. [`Self::pid`] is the new listener.
     pub fn restart(&mut self) {
         self.stop();
-        self.child = spawn(&self.files, self.netns.as_deref());
+        (self.child, self.container) = launch(&self.files, self.netns.as_deref(), self.openssh);
+        self.pid = self.child.id();
         self.wait_until_listening();
     }
 
-    fn wait_until_listening(&self) {
+    /// Waits until sshd logs that it listens; then [`Self::pid`] is a container's sshd.
+    fn wait_until_listening(&mut self) {
         // Its own log line, not a test connection: a connection would be a verdict of its own.
-        wait_for("sshd to listen", Duration::from_secs(10), || {
-            self.log().contains("Server listening on").then_some(())
+        // A container's start takes a second or two, more on a busy machine.
+        let timeout = match self.openssh {
+            OpenSsh::V9_2Host => Duration::from_secs(10),
+            OpenSsh::V10Container => Duration::from_secs(30),
+        };
+        wait_for("sshd to listen", timeout, || {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!(
+                    "sshd exited ({status}) before it listened: {}",
+                    self.files.log()
+                );
+            }
+            self.files
+                .log()
+                .contains("Server listening on")
+                .then_some(())
         });
+        if let Some(container) = &self.container {
+            self.pid = container.listener_pid();
+        }
     }
 
+    /// The listener's pid (on the host, also for sshd in a container).
     pub fn pid(&self) -> u32 {
-        self.child.id()
+        self.pid
+    }
+
+    /// The directory of the `controller` cgroup sshd and everything it starts run in, for the
+    /// test to set a limit in: the container's own cgroup (what `podman update` sets), or on
+    /// the host a cgroup of the test's own (`sshtrace-test-NAME-PID`) the listener is moved
+    /// into now, removed after sshd stops.
+    pub fn cgroup(&mut self, controller: &str) -> PathBuf {
+        if self.container.is_some() {
+            return cgroup_of(self.pid(), controller);
+        }
+        let cgroup = Cgroup::new(controller, &self.name);
+        cgroup.add(self.pid());
+        let dir = cgroup.dir.clone();
+        self.cgroups.push(cgroup);
+        dir
     }
 
     pub fn log(&self) -> String {
@@ -218,8 +278,13 @@ impl Sshd {
     }
 
     /// Stops the listener and everything it started (nothing when it is already stopped: its
-    /// pid may belong to another process by now).
+    /// pid may belong to another process by now). A container is removed.
     pub fn stop(&mut self) {
+        if let Some(container) = self.container.take() {
+            container.remove();
+            let _ = self.child.wait();
+            return;
+        }
         if matches!(self.child.try_wait(), Ok(Some(_))) {
             return;
         }
@@ -242,6 +307,21 @@ impl Drop for Sshd {
     }
 }
 
+/// sshd with the files: the host's (in `netns` when given), or in a container.
+fn launch(
+    files: &SshdFiles,
+    netns: Option<&str>,
+    openssh: OpenSsh,
+) -> (Child, Option<SshdContainer>) {
+    match openssh {
+        OpenSsh::V9_2Host => (spawn(files, netns), None),
+        OpenSsh::V10Container => {
+            let (child, container) = SshdContainer::spawn(files);
+            (child, Some(container))
+        }
+    }
+}
+
 /// `sshd -D -e -f CONFIG` with the files' environment, logging to a fresh `sshd.log`.
 fn spawn(files: &SshdFiles, netns: Option<&str>) -> Child {
     in_netns(netns, SSHD)
@@ -255,7 +335,7 @@ fn spawn(files: &SshdFiles, netns: Option<&str>) -> Child {
         .expect("start sshd")
 }
 
-fn keys_dir_of(dir: &Path) -> PathBuf {
+pub(crate) fn keys_dir_of(dir: &Path) -> PathBuf {
     PathBuf::from(format!("{}-keys", dir.display()))
 }
 

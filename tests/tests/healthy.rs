@@ -1,18 +1,20 @@
-//! A healthy login must give no verdict.
+//! A healthy login must give no verdict: on OpenSSH 9.2 (one re-executed `sshd` per
+//! connection) and on 10.0 (`sshd-session`, and `sshd-auth` exiting 0 after the login).
 
 use std::net::TcpStream;
 
-use sshtrace_tests::{privileged, Endpoint, Sshd, SshdOptions, Tracer};
+use sshtrace_tests::{privileged, Endpoint, OpenSsh, Sshd, SshdOptions, Tracer};
 
-#[test]
-fn healthy_login_gives_no_verdict() {
-    if !privileged("healthy_login_gives_no_verdict") {
-        return;
-    }
-    let ep = Endpoint::new(10);
+fn healthy_login(openssh: OpenSsh, ep: Endpoint, closed: Endpoint) {
     // sshd already running when sshtrace starts: the start-up scan's path.
-    let sshd = Sshd::start("healthy", ep, SshdOptions::default());
-    let closed = Endpoint::new(11);
+    let sshd = Sshd::start(
+        &openssh.name("healthy"),
+        ep,
+        SshdOptions {
+            openssh,
+            ..Default::default()
+        },
+    );
     let tracer = Tracer::start(&[
         "--port",
         &ep.port().to_string(),
@@ -35,4 +37,20 @@ fn healthy_login_gives_no_verdict() {
     tracer.verdict_for(closed.port(), |v| v["cause"] == "not_listening");
     std::thread::sleep(std::time::Duration::from_millis(500));
     assert_eq!(tracer.verdicts(ep.port()), Vec::<serde_json::Value>::new());
+}
+
+#[test]
+fn healthy_login_gives_no_verdict_openssh_9_2() {
+    if !privileged("healthy_login_gives_no_verdict_openssh_9_2") {
+        return;
+    }
+    healthy_login(OpenSsh::V9_2Host, Endpoint::new(10), Endpoint::new(11));
+}
+
+#[test]
+fn healthy_login_gives_no_verdict_openssh_10() {
+    if !privileged("healthy_login_gives_no_verdict_openssh_10") {
+        return;
+    }
+    healthy_login(OpenSsh::V10Container, Endpoint::new(12), Endpoint::new(13));
 }

@@ -2,15 +2,22 @@
 //! preloaded into the real sshd) refuses reading a file sshd needs. Auditing is off here, so
 //! the LSM is decided by the active-LSM set: the mode bits allow root the read, and Landlock is
 //! the only LSM on this kernel that can refuse it. Both symptoms: a host key (the client is
-//! reset) and `authorized_keys` ("Permission denied (publickey)").
+//! reset) and `authorized_keys` ("Permission denied (publickey)"). The host key only on OpenSSH
+//! 9.2, whose per-connection sshd reads it: 10.0's `sshd-session` gets the host keys from its
+//! listener and opens none. `authorized_keys` on both (10.0: `sshd-session`, the monitor, reads
+//! it; the ruleset applies to `sshd-auth` too).
 
-use sshtrace_tests::{kernel, privileged, Endpoint, Sshd, SshdOptions, Tracer, SYSTEM_DIRS};
+use sshtrace_tests::{
+    kernel, privileged, Endpoint, OpenSsh, Sshd, SshdOptions, Tracer, SYSTEM_DIRS,
+};
 
-fn landlocked(name: &str, ep: Endpoint, allow_test_dir: bool) -> Sshd {
+fn landlocked(openssh: OpenSsh, name: &str, ep: Endpoint, allow_test_dir: bool) -> Sshd {
+    let name = openssh.name(name);
     let options = |allow: String| SshdOptions {
         env: vec![("SSHTRACE_TEST_LANDLOCK".into(), allow)],
         preload: Some("crash_preload.c"),
         keys_apart: true,
+        openssh,
         ..Default::default()
     };
     // Where Sshd::start puts its files (the fixture is preloaded before the ruleset applies).
@@ -20,7 +27,7 @@ fn landlocked(name: &str, ep: Endpoint, allow_test_dir: bool) -> Sshd {
     } else {
         SYSTEM_DIRS.into()
     };
-    Sshd::start(name, ep, options(allow))
+    Sshd::start(&name, ep, options(allow))
 }
 
 #[test]
@@ -32,7 +39,7 @@ fn host_key_refused_resets_the_client() {
     }
     let ep = Endpoint::new(140);
     let tracer = Tracer::start(&["--port", &ep.port().to_string()]);
-    let sshd = landlocked("ll-hostkey", ep, false);
+    let sshd = landlocked(OpenSsh::V9_2Host, "ll-hostkey", ep, false);
     assert!(!sshd.ssh("true").status.success());
 
     let v = tracer.verdict_for(ep.port(), |v| v["cause"] == "lsm_denied");
@@ -51,16 +58,9 @@ fn host_key_refused_resets_the_client() {
     assert_eq!(failure["dac"]["credentials"], "kernel");
 }
 
-#[test]
-fn authorized_keys_refused_denies_the_publickey() {
-    if !privileged("authorized_keys_refused_denies_the_publickey")
-        || !kernel::landlock("authorized_keys_refused_denies_the_publickey")
-    {
-        return;
-    }
-    let ep = Endpoint::new(141);
+fn authorized_keys_refused_denies_the_publickey(openssh: OpenSsh, ep: Endpoint) {
     let tracer = Tracer::start(&["--port", &ep.port().to_string()]);
-    let sshd = landlocked("ll-authkeys", ep, true);
+    let sshd = landlocked(openssh, "ll-authkeys", ep, true);
     let out = sshd.ssh("true");
     assert!(
         String::from_utf8_lossy(&out.stderr).contains("Permission denied (publickey"),
@@ -77,4 +77,23 @@ fn authorized_keys_refused_denies_the_publickey() {
             .ends_with("-keys/authorized_keys"),
         "{v}"
     );
+    assert_eq!(v["details"]["denied_pid"], v["sshd"]["pid"], "{v}");
+    assert_eq!(v["sshd"]["comm"], openssh.session_comm(), "{v}");
+    assert_eq!(v["sshd"]["listener_pid"], sshd.pid());
+}
+
+#[test]
+fn authorized_keys_refused_denies_the_publickey_openssh_9_2() {
+    const TEST: &str = "authorized_keys_refused_denies_the_publickey_openssh_9_2";
+    if privileged(TEST) && kernel::landlock(TEST) {
+        authorized_keys_refused_denies_the_publickey(OpenSsh::V9_2Host, Endpoint::new(141));
+    }
+}
+
+#[test]
+fn authorized_keys_refused_denies_the_publickey_openssh_10() {
+    const TEST: &str = "authorized_keys_refused_denies_the_publickey_openssh_10";
+    if privileged(TEST) && kernel::landlock(TEST) {
+        authorized_keys_refused_denies_the_publickey(OpenSsh::V10Container, Endpoint::new(142));
+    }
 }

@@ -1,7 +1,9 @@
 //! `sshd_crashed`: a process serving the connection dies of a real SIGSEGV (a fixture
 //! preloaded into the real sshd writes through NULL). Both symptoms: a reset when the
 //! client's data was unread, an orderly close when nothing was. And a fault right after a
-//! signal another process sent (and sshd handled) is still a crash, not a kill.
+//! signal another process sent (and sshd handled) is still a crash, not a kill. Each on OpenSSH
+//! 9.2 and 10.0, where the pre-authentication process is `sshd-auth` and the per-connection
+//! one `sshd-session`: the same verdict, naming the process that crashed.
 
 use std::{fs, net::TcpStream, time::Duration};
 
@@ -11,16 +13,17 @@ use sshtrace_tests::{
     kernel::{self, Evidence},
     kill, privileged,
     sshd::read_until_closed,
-    wait_for, Endpoint, Sshd, SshdOptions, Tracer,
+    wait_for, Endpoint, OpenSsh, Sshd, SshdOptions, Tracer,
 };
 
-fn crashing_sshd(name: &str, ep: Endpoint, mode: &str) -> Sshd {
+fn crashing_sshd(openssh: OpenSsh, name: &str, ep: Endpoint, mode: &str) -> Sshd {
     Sshd::start(
-        name,
+        &openssh.name(name),
         ep,
         SshdOptions {
             env: vec![("SSHTRACE_TEST_CRASH".into(), mode.into())],
             preload: Some("crash_preload.c"),
+            openssh,
             ..Default::default()
         },
     )
@@ -36,14 +39,11 @@ fn exit_of(v: &Value, pid: &Value) -> Value {
         .unwrap_or_else(|| panic!("no exit evidence for {pid}: {v}"))
 }
 
-#[test]
-fn preauth_child_segfault_resets_the_client() {
-    if !privileged("preauth_child_segfault_resets_the_client") {
-        return;
-    }
-    let ep = Endpoint::new(30);
+/// The pre-authentication process (9.2's `sshd: USER [net]` child, 10.0's `sshd-auth`)
+/// crashes right after it chroots, the client's key exchange unread.
+fn preauth_child_segfault(test: &str, openssh: OpenSsh, ep: Endpoint) {
     let tracer = Tracer::start(&["--port", &ep.port().to_string()]);
-    let sshd = crashing_sshd("crash-preauth", ep, "preauth");
+    let sshd = crashing_sshd(openssh, "crash-preauth", ep, "preauth");
 
     let out = sshd.ssh("true");
     assert!(!out.status.success());
@@ -57,9 +57,11 @@ fn preauth_child_segfault_resets_the_client() {
     assert_eq!(sshd_info["listener_pid"], sshd.pid());
     assert_eq!(sshd_info["pid"], v["details"]["crashed_pid"]);
     assert_ne!(sshd_info["pid"], sshd.pid());
+    assert_eq!(sshd_info["role"], "preauth", "{v}");
+    assert_eq!(sshd_info["comm"], openssh.preauth_comm(), "{v}");
     assert_eq!(exit_of(&v, &sshd_info["pid"])["signal"], "SIGSEGV");
     let reason = if kernel::expect(
-        "preauth_child_segfault_resets_the_client",
+        test,
         Evidence::ResetReasons,
         "sshd_crashed, its reset without a reason",
     ) {
@@ -71,13 +73,25 @@ fn preauth_child_segfault_resets_the_client() {
 }
 
 #[test]
-fn session_segfault_with_nothing_unread_closes_the_client() {
-    if !privileged("session_segfault_with_nothing_unread_closes_the_client") {
-        return;
+fn preauth_child_segfault_resets_the_client_openssh_9_2() {
+    const TEST: &str = "preauth_child_segfault_resets_the_client_openssh_9_2";
+    if privileged(TEST) {
+        preauth_child_segfault(TEST, OpenSsh::V9_2Host, Endpoint::new(30));
     }
-    let ep = Endpoint::new(31);
+}
+
+#[test]
+fn preauth_child_segfault_resets_the_client_openssh_10() {
+    const TEST: &str = "preauth_child_segfault_resets_the_client_openssh_10";
+    if privileged(TEST) {
+        preauth_child_segfault(TEST, OpenSsh::V10Container, Endpoint::new(34));
+    }
+}
+
+/// The per-connection process (9.2's `sshd -R`, 10.0's `sshd-session`) crashes as it starts.
+fn session_segfault_with_nothing_unread(openssh: OpenSsh, ep: Endpoint) {
     let tracer = Tracer::start(&["--port", &ep.port().to_string()]);
-    let sshd = crashing_sshd("crash-session", ep, "session");
+    let sshd = crashing_sshd(openssh, "crash-session", ep, "session");
 
     // A client that sends nothing (a health check, a port scanner): nothing is left unread.
     let mut stream = TcpStream::connect((ep.addr().as_str(), ep.port())).unwrap();
@@ -93,8 +107,23 @@ fn session_segfault_with_nothing_unread_closes_the_client() {
     assert_eq!(v["details"]["signal"], "SIGSEGV");
     let sshd_info = &v["sshd"];
     assert_eq!(sshd_info["role"], "session");
+    assert_eq!(sshd_info["comm"], openssh.session_comm(), "{v}");
     assert_eq!(sshd_info["listener_pid"], sshd.pid());
     assert_eq!(exit_of(&v, &sshd_info["pid"])["signal"], "SIGSEGV");
+}
+
+#[test]
+fn session_segfault_with_nothing_unread_closes_the_client_openssh_9_2() {
+    if privileged("session_segfault_with_nothing_unread_closes_the_client_openssh_9_2") {
+        session_segfault_with_nothing_unread(OpenSsh::V9_2Host, Endpoint::new(31));
+    }
+}
+
+#[test]
+fn session_segfault_with_nothing_unread_closes_the_client_openssh_10() {
+    if privileged("session_segfault_with_nothing_unread_closes_the_client_openssh_10") {
+        session_segfault_with_nothing_unread(OpenSsh::V10Container, Endpoint::new(35));
+    }
 }
 
 /// Whether `pid` has a handler installed for `signal` (SigCgt in /proc/PID/status).
@@ -107,14 +136,9 @@ fn catches(pid: u32, signal: i32) -> bool {
         .is_some_and(|mask| mask & (1 << (signal - 1)) != 0)
 }
 
-#[test]
-fn fault_after_a_handled_signal_is_a_crash_not_a_kill() {
-    if !privileged("fault_after_a_handled_signal_is_a_crash_not_a_kill") {
-        return;
-    }
-    let ep = Endpoint::new(32);
+fn fault_after_a_handled_signal(openssh: OpenSsh, ep: Endpoint) {
     let tracer = Tracer::start(&["--port", &ep.port().to_string()]);
-    let sshd = crashing_sshd("crash-handled", ep, "handled_then_fault");
+    let sshd = crashing_sshd(openssh, "crash-handled", ep, "handled_then_fault");
 
     let mut stream = TcpStream::connect((ep.addr().as_str(), ep.port())).unwrap();
     let local = stream.local_addr().unwrap();
@@ -147,4 +171,18 @@ fn fault_after_a_handled_signal_is_a_crash_not_a_kill() {
         killed.is_empty(),
         "the test's SIGUSR2 taken for a kill: {killed:#?}"
     );
+}
+
+#[test]
+fn fault_after_a_handled_signal_is_a_crash_not_a_kill_openssh_9_2() {
+    if privileged("fault_after_a_handled_signal_is_a_crash_not_a_kill_openssh_9_2") {
+        fault_after_a_handled_signal(OpenSsh::V9_2Host, Endpoint::new(32));
+    }
+}
+
+#[test]
+fn fault_after_a_handled_signal_is_a_crash_not_a_kill_openssh_10() {
+    if privileged("fault_after_a_handled_signal_is_a_crash_not_a_kill_openssh_10") {
+        fault_after_a_handled_signal(OpenSsh::V10Container, Endpoint::new(36));
+    }
 }

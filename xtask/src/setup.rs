@@ -1,8 +1,9 @@
 //! Idempotent installation of everything the build and the tests need on a fresh machine:
 //! the nightly's `rust-src`, a `bpf-linker` linked against the nightly's own libLLVM, and the
-//! Debian packages the integration tests drive. Each step checks before it acts.
+//! Debian packages the integration tests drive. Each step checks before it acts. The tests'
+//! container images are built in the background (see [`test_images`]).
 
-use std::{fs, path::PathBuf, process::Command};
+use std::{fs, os::unix::process::CommandExt, path::PathBuf, process::Command};
 
 use anyhow::{bail, Context, Result};
 
@@ -47,6 +48,7 @@ pub fn run() -> Result<()> {
     nightly_rust_src().context("setup step 'rust-src for the nightly toolchain'")?;
     bpf_linker().context("setup step 'bpf-linker'")?;
     debian_packages().context("setup step 'Debian packages'")?;
+    test_images().context("setup step 'test images'")?;
     Ok(())
 }
 
@@ -188,4 +190,69 @@ fn debian_packages() -> Result<()> {
             .env("DEBIAN_FRONTEND", "noninteractive"),
         "apt-get install",
     )
+}
+
+/// Debian suites of the tests' sshd images (tests/src/podman.rs): 13 for OpenSSH 10.0 first,
+/// the slower build, then 12 for 9.2.
+const IMAGE_SUITES: &[&str] = &["trixie", "bookworm"];
+
+/// The root file system tarballs of the tests' sshd images, when missing, built with the tests'
+/// own recipe (`tests/images/sshbox-rootfs.sh`, needing debootstrap from the step before) in
+/// a background process: debootstrap takes 30 s to 3 min a suite, which a fresh machine then
+/// spends beside the static checks and the build rather than inside a test. The recipe holds
+/// a lock while it builds, so a test that needs an image meanwhile waits for that build
+/// instead of starting its own. The build outlives `cargo xtask setup` (its own process
+/// group, so an interrupted test run does not stop it either); a thread reports its failure
+/// while xtask runs, and its output is in `sshbox-rootfs.log` beside the tarballs.
+fn test_images() -> Result<()> {
+    // SAFETY: geteuid cannot fail.
+    if unsafe { libc::geteuid() } != 0 {
+        // debootstrap needs root, and so do the tests that use the images.
+        return Ok(());
+    }
+    let dir = tools_dir();
+    let missing: Vec<&str> = IMAGE_SUITES
+        .iter()
+        .copied()
+        .filter(|suite| !dir.join(format!("sshbox-{suite}.tar")).exists())
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let log_path = dir.join("sshbox-rootfs.log");
+    let log = fs::File::create(&log_path)
+        .with_context(|| format!("cannot create {}", log_path.display()))?;
+    let script =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/images/sshbox-rootfs.sh");
+    eprintln!(
+        "xtask setup: building the test images' root file systems ({}) in the background (log: {})",
+        missing.join(", "),
+        log_path.display()
+    );
+    let mut child = Command::new("sh")
+        .args([
+            "-c",
+            r#"script=$1 dir=$2; shift 2; for suite; do sh "$script" "$suite" "$dir/sshbox-$suite.tar" || exit; done"#,
+            "sh",
+        ])
+        .arg(&script)
+        .arg(&dir)
+        .args(&missing)
+        .stdin(std::process::Stdio::null())
+        .stdout(log.try_clone().context("cannot duplicate the log's descriptor")?)
+        .stderr(log)
+        .process_group(0)
+        .spawn()
+        .with_context(|| format!("cannot start {}", script.display()))?;
+    std::thread::spawn(move || {
+        match child.wait() {
+        Ok(status) if status.success() => {}
+        result => eprintln!(
+            "xtask setup: building the test images failed ({result:?}); the container tests will build them again (see {})",
+            log_path.display()
+        ),
+    }
+    });
+    Ok(())
 }
