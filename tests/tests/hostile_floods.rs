@@ -174,6 +174,8 @@ fn signal_flood_to_a_users_own_session() {
     let _ = client.wait();
     let v = tracer.verdict_for(ep.port(), |v| v["cause"] == "sshd_killed");
     assert_eq!(v["details"]["signal"], "SIGKILL", "{v}");
+    // The process the user may signal is the one that serves them, after authentication.
+    assert_eq!(v["sshd"]["role"], "user", "{v}");
     assert_peak_rss_bounded(&tracer);
     let summary = stop_with_sigterm(&mut tracer);
     let lost = summary["lost_kernel_events"].as_u64().unwrap();
