@@ -550,7 +550,6 @@ impl Tracer {
             lsm_denials: n.lsm_denials,
             firewall_drops: n.drops,
             firewall_drops_held_back: held_back_drops,
-            sshd_log_lines: n.log_lines,
         }
     }
 

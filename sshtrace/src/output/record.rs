@@ -31,15 +31,13 @@ pub struct NotKept {
     /// the kernel counted after the last record for their client when sshtrace stopped.
     pub firewall_drops: u64,
     pub firewall_drops_held_back: u64,
-    /// sshd log messages beyond the latest kept per connection (counted on its verdict).
-    pub sshd_log_lines: u64,
 }
 
 impl std::fmt::Display for NotKept {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "{} connections evicted, {} processes and {} network namespaces untracked (map full), {} signals, {} LSM denials, {} firewall drops beyond those kept, {} firewall drops held back, {} storm counters evicted, {} sshd log lines",
+            "{} connections evicted, {} processes and {} network namespaces untracked (map full), {} signals, {} LSM denials, {} firewall drops beyond those kept, {} firewall drops held back, {} storm counters evicted",
             self.connections_evicted,
             self.untracked_processes,
             self.untracked_network_namespaces,
@@ -47,8 +45,7 @@ impl std::fmt::Display for NotKept {
             self.lsm_denials,
             self.firewall_drops,
             self.firewall_drops_held_back,
-            self.storm_counters_evicted,
-            self.sshd_log_lines
+            self.storm_counters_evicted
         )
     }
 }

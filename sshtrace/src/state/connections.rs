@@ -130,15 +130,13 @@ impl Connection {
         }
     }
 
-    /// Keeps the latest [`KEPT_LOG_LINES`] messages; returns how many were let go (0 or 1).
-    pub fn add_log_line(&mut self, line: LogLine) -> u64 {
+    /// Keeps the latest [`KEPT_LOG_LINES`] messages, counting the older ones let go.
+    pub fn add_log_line(&mut self, line: LogLine) {
         self.sshd_log.push_back(line);
         if self.sshd_log.len() > KEPT_LOG_LINES {
             self.sshd_log.pop_front();
             self.sshd_log_not_kept += 1;
-            return 1;
         }
-        0
     }
 
     /// A connection waiting in a listener's queue that only the kernel's history holds.

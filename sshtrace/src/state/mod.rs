@@ -77,8 +77,6 @@ pub struct NotKept {
     pub signals: u64,
     pub lsm_denials: u64,
     pub drops: u64,
-    /// sshd log messages of a connection beyond the latest few.
-    pub log_lines: u64,
 }
 
 impl State {

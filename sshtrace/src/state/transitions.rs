@@ -397,7 +397,8 @@ impl State {
         let Some(c) = conn.and_then(|id| self.conns.get_mut(id)) else {
             return;
         };
-        self.not_kept.log_lines += c.add_log_line(LogLine {
+        // Older messages are counted on the connection's verdict (`sshd_log_not_kept`).
+        c.add_log_line(LogLine {
             ts_ns: ts,
             pid,
             channel: output.channel,
