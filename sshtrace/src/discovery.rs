@@ -265,95 +265,15 @@ impl Discovery {
         }
     }
 
+    /// A snapshot of the listeners, ports and per-connection processes running now.
     fn build(&mut self) -> Snapshot {
-        let mut listeners: BTreeMap<u32, Listener> = BTreeMap::new();
-        let mut candidates: HashMap<u32, Candidate> = HashMap::new();
         let processes = process_list(&self.proc_root);
         // What was said of processes that are gone is forgotten: pids come and go for ever.
         self.refused.retain(|pid| processes.contains_key(pid));
         self.unnamed.retain(|pid| processes.contains_key(pid));
-        for &pid in processes.keys() {
-            if !self.scope.pids.is_empty() && !self.scope.pids.contains(&pid) {
-                continue;
-            }
-            let dir = self.proc_root.join(pid.to_string());
-            let sockets: Vec<u64> = socket_inodes(&dir)
-                .into_iter()
-                .filter(|inode| self.last_listen.contains_key(inode))
-                .collect();
-            if sockets.is_empty() {
-                continue;
-            }
-            let exe = exe_of(&dir);
-            if !is_sshd_exe(&exe) {
-                continue;
-            }
-            if let Err(why) = trusted_executable(&dir) {
-                if self.refused.insert(pid) {
-                    eprintln!(
-                        "sshtrace: not tracing pid {pid} ({}): {why}",
-                        escape::text(&exe)
-                    );
-                }
-                continue;
-            }
-            let container = crate::container::of_process(pid);
-            let wanted = match &container {
-                Some(c) => {
-                    !self.scope.host_only
-                        && (self.scope.containers.is_empty()
-                            || self.scope.containers.contains(&c.id))
-                }
-                None => self.scope.containers.is_empty(),
-            };
-            if !wanted {
-                continue;
-            }
-            let addrs = sockets.iter().map(|i| self.last_listen[i]).collect();
-            listeners.insert(
-                pid,
-                Listener {
-                    pid,
-                    exe,
-                    addrs,
-                    netns: crate::container::netns_of(pid),
-                    container,
-                },
-            );
-            let args = cmdline(&dir);
-            candidates.insert(pid, Candidate { args, sockets });
-        }
-        // Children that inherited a listening socket are per-connection processes, not
-        // listeners: keep only the topmost sshd of each tree.
-        let ids: BTreeSet<u32> = listeners.keys().copied().collect();
-        listeners.retain(|_, l| !ancestors(&processes, l.pid).any(|a| ids.contains(&a)));
-        candidates.retain(|pid, _| listeners.contains_key(pid));
-        for l in listeners.values() {
-            self.note_unnamed(l);
-        }
-
-        let mut ports: BTreeSet<u16> = self.scope.ports.clone();
-        for l in listeners.values() {
-            ports.extend(l.addrs.iter().map(|a| a.port()));
-        }
-        // Nothing runs: watch the configured ports, so refusals there are seen.
-        let default_config = listeners.is_empty() && self.scope.ports.is_empty();
-        let configs = self.read_configs(&candidates, default_config);
-        for config in configs.values() {
-            ports.extend(&config.ports);
-        }
-        let configs = configs
-            .into_iter()
-            .filter(|(pid, _)| *pid != DEFAULT_CONFIG_KEY)
-            .collect();
-        let descendants = processes
-            .keys()
-            .copied()
-            .filter(|&pid| {
-                !listeners.contains_key(&pid)
-                    && ancestors(&processes, pid).any(|a| listeners.contains_key(&a))
-            })
-            .collect();
+        let (listeners, candidates) = self.topmost_listeners(&processes);
+        let (ports, configs) = self.ports_and_configs(&listeners, &candidates);
+        let descendants = descendants_of(&processes, &listeners);
         Snapshot {
             listeners,
             ports,
@@ -361,6 +281,107 @@ impl Discovery {
             gone: Vec::new(),
             configs,
         }
+    }
+
+    /// The listening sshd processes in scope, the topmost of each tree, with their own facts.
+    fn topmost_listeners(
+        &mut self,
+        processes: &HashMap<u32, u32>,
+    ) -> (BTreeMap<u32, Listener>, HashMap<u32, Candidate>) {
+        let mut listeners: BTreeMap<u32, Listener> = BTreeMap::new();
+        let mut candidates: HashMap<u32, Candidate> = HashMap::new();
+        for &pid in processes.keys() {
+            if let Some((listener, candidate)) = self.listener(pid) {
+                listeners.insert(pid, listener);
+                candidates.insert(pid, candidate);
+            }
+        }
+        // Children that inherited a listening socket are per-connection processes, not
+        // listeners: keep only the topmost sshd of each tree.
+        let ids: BTreeSet<u32> = listeners.keys().copied().collect();
+        listeners.retain(|_, l| !ancestors(processes, l.pid).any(|a| ids.contains(&a)));
+        candidates.retain(|pid, _| listeners.contains_key(pid));
+        for l in listeners.values() {
+            self.note_unnamed(l);
+        }
+        (listeners, candidates)
+    }
+
+    /// Process `pid` as a listener: in scope, holding a listening socket, and running a
+    /// trusted sshd executable.
+    fn listener(&mut self, pid: u32) -> Option<(Listener, Candidate)> {
+        if !self.scope.pids.is_empty() && !self.scope.pids.contains(&pid) {
+            return None;
+        }
+        let dir = self.proc_root.join(pid.to_string());
+        let sockets: Vec<u64> = socket_inodes(&dir)
+            .into_iter()
+            .filter(|inode| self.last_listen.contains_key(inode))
+            .collect();
+        if sockets.is_empty() {
+            return None;
+        }
+        let exe = exe_of(&dir);
+        if !is_sshd_exe(&exe) {
+            return None;
+        }
+        if let Err(why) = trusted_executable(&dir) {
+            if self.refused.insert(pid) {
+                eprintln!(
+                    "sshtrace: not tracing pid {pid} ({}): {why}",
+                    escape::text(&exe)
+                );
+            }
+            return None;
+        }
+        let container = crate::container::of_process(pid);
+        if !self.wants_container(container.as_ref()) {
+            return None;
+        }
+        let listener = Listener {
+            pid,
+            exe,
+            addrs: sockets.iter().map(|i| self.last_listen[i]).collect(),
+            netns: crate::container::netns_of(pid),
+            container,
+        };
+        let args = cmdline(&dir);
+        Some((listener, Candidate { args, sockets }))
+    }
+
+    /// Whether `--container`/`--host-only` let an sshd in `container` (`None`: the host) in.
+    fn wants_container(&self, container: Option<&Container>) -> bool {
+        match container {
+            Some(c) => {
+                !self.scope.host_only
+                    && (self.scope.containers.is_empty() || self.scope.containers.contains(&c.id))
+            }
+            None => self.scope.containers.is_empty(),
+        }
+    }
+
+    /// The ports to trace (`--port`, the listeners', their configurations') and the
+    /// listeners' configurations.
+    fn ports_and_configs(
+        &mut self,
+        listeners: &BTreeMap<u32, Listener>,
+        candidates: &HashMap<u32, Candidate>,
+    ) -> (BTreeSet<u16>, BTreeMap<u32, SshdConfig>) {
+        let mut ports: BTreeSet<u16> = self.scope.ports.clone();
+        for l in listeners.values() {
+            ports.extend(l.addrs.iter().map(|a| a.port()));
+        }
+        // Nothing runs: watch the configured ports, so refusals there are seen.
+        let default_config = listeners.is_empty() && self.scope.ports.is_empty();
+        let configs = self.read_configs(candidates, default_config);
+        for config in configs.values() {
+            ports.extend(&config.ports);
+        }
+        let configs = configs
+            .into_iter()
+            .filter(|(pid, _)| *pid != DEFAULT_CONFIG_KEY)
+            .collect();
+        (ports, configs)
     }
 
     /// The listeners' configurations (and the default one when `default_config`): each file
@@ -506,6 +527,21 @@ fn process_list(proc_root: &Path) -> HashMap<u32, u32> {
 fn parent_from_stat(stat: &str) -> Option<u32> {
     let after_comm = &stat[stat.rfind(')')? + 1..];
     after_comm.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// The processes below a listener (per-connection processes), listeners excluded.
+fn descendants_of(
+    processes: &HashMap<u32, u32>,
+    listeners: &BTreeMap<u32, Listener>,
+) -> BTreeSet<u32> {
+    processes
+        .keys()
+        .copied()
+        .filter(|&pid| {
+            !listeners.contains_key(&pid)
+                && ancestors(processes, pid).any(|a| listeners.contains_key(&a))
+        })
+        .collect()
 }
 
 fn ancestors(processes: &HashMap<u32, u32>, pid: u32) -> impl Iterator<Item = u32> + '_ {

@@ -189,152 +189,19 @@ pub const TCP_ACK: u8 = 0x10;
 pub fn decode(bytes: &[u8]) -> Option<Event> {
     let header: EventHeader = read(bytes)?;
     let kind = match EventKind::from_u32(header.kind)? {
-        EventKind::SendReset => {
-            let e: wire::SendResetEvent = read(bytes)?;
-            Kind::SendReset {
-                skaddr: e.skaddr,
-                state: e.state,
-                reason: (e.reason != wire::REASON_UNKNOWN).then_some(e.reason),
-                seg_flags: (e.seg_flags != wire::SEG_FLAGS_UNKNOWN).then_some(e.seg_flags as u8),
-                repeated: e.suppressed,
-                conn: tuple(&e.endpoints)?,
-            }
-        }
-        EventKind::ReceiveReset => {
-            let e: wire::ReceiveResetEvent = read(bytes)?;
-            Kind::ReceiveReset {
-                skaddr: e.skaddr,
-                client_side: e.client_side != 0,
-                conn: tuple(&e.endpoints)?,
-            }
-        }
-        EventKind::SshdOutput => {
-            let e: wire::SshdOutputEvent = read(bytes)?;
-            let copied = (e.copied as usize).min(e.data.len());
-            Kind::SshdOutput(SshdOutput {
-                channel: OutputChannel::from_wire(e.channel)?,
-                fd: e.fd,
-                skaddr: e.skaddr,
-                bytes: e.data[..copied].to_vec(),
-                truncated: e.len > copied as u64,
-            })
-        }
-        EventKind::SelinuxAudited => {
-            let e: wire::SelinuxAuditedEvent = read(bytes)?;
-            let mut facts = std::collections::BTreeMap::new();
-            facts.insert("scontext".into(), c_string(&e.scontext));
-            facts.insert("tcontext".into(), c_string(&e.tcontext));
-            facts.insert("tclass".into(), c_string(&e.tclass));
-            facts.insert("denied".into(), format!("{:#x}", e.denied));
-            facts.insert("requested".into(), format!("{:#x}", e.requested));
-            Kind::LsmDenial(LsmDenial {
-                source: "selinux_audited",
-                lsm: "selinux",
-                operation: None,
-                path: None,
-                facts,
-            })
-        }
-        EventKind::FirewallDrop => {
-            let e: wire::FirewallDropEvent = read(bytes)?;
-            Kind::FirewallDrop {
-                conn: tuple(&e.endpoints)?,
-                tcp_flags: e.tcp_flags as u8,
-                inbound: e.inbound != 0,
-                suppressed: e.suppressed,
-            }
-        }
-        EventKind::SockState => {
-            let e: wire::SockStateEvent = read(bytes)?;
-            Kind::SockState {
-                skaddr: e.skaddr,
-                old_state: e.old_state,
-                new_state: e.new_state,
-                conn: tuple(&e.endpoints)?,
-                history: SockHistory::from_wire(&e.history),
-            }
-        }
-        EventKind::Accept => {
-            let e: wire::AcceptEvent = read(bytes)?;
-            let peer = (e.peer_len > 0).then(|| sockaddr(&e.peer)).flatten();
-            let claimed = (e.skaddr != 0 && e.history_found != 0)
-                .then(|| {
-                    Some(AcceptedSocket {
-                        skaddr: e.skaddr,
-                        conn: tuple(&e.history.endpoints)?,
-                        history: SockHistory::from_wire(&e.history),
-                    })
-                })
-                .flatten();
-            Kind::Accept {
-                ret: e.ret,
-                listen_fd: e.listen_fd,
-                peer,
-                claimed,
-                inherited: e.inherited != 0,
-            }
-        }
-        EventKind::Fork => {
-            let e: wire::ForkEvent = read(bytes)?;
-            Kind::Fork { child: e.child_pid }
-        }
-        EventKind::Exec => {
-            let e: wire::ExecEvent = read(bytes)?;
-            Kind::Exec {
-                filename: c_string(&e.filename),
-                began_tracking: e.began_tracking != 0,
-                executable: (e.exe_known != 0).then_some(Executable {
-                    uid: e.exe_uid,
-                    mode: e.exe_mode,
-                }),
-            }
-        }
-        EventKind::Exit => {
-            let e: wire::ExitEvent = read(bytes)?;
-            Kind::Exit {
-                exit_code: e.exit_code,
-                memcg_pages: (e.memcg_read != 0)
-                    .then_some((e.memcg_max_pages, e.memcg_usage_pages)),
-            }
-        }
-        EventKind::Signal => {
-            let e: wire::SignalEvent = read(bytes)?;
-            Kind::Signal {
-                target: e.target_pid,
-                target_comm: c_string(&e.target_comm),
-                sig: e.sig,
-                code: e.code,
-                result: e.result,
-            }
-        }
-        EventKind::SyscallError => {
-            let e: wire::SyscallErrorEvent = read(bytes)?;
-            let path = c_string(&e.path);
-            Kind::SyscallError {
-                syscall: syscall_name(e.nr),
-                errno: -e.ret,
-                suppressed: e.suppressed,
-                path: (!path.is_empty()).then_some(path),
-                rlimits: (e.rlimits_read != 0).then_some(TaskRlimits {
-                    nofile: e.rlimits[0],
-                    nproc: e.rlimits[1],
-                    address_space: e.rlimits[2],
-                }),
-                creds: (e.creds_read != 0).then(|| kernel_creds(&e.creds)),
-                limit: None,
-                dac: None,
-            }
-        }
-        EventKind::OomVictim => {
-            let e: wire::OomVictimEvent = read(bytes)?;
-            let known = |v: u64| (v != wire::UNKNOWN_U64).then_some(v);
-            Kind::OomVictim {
-                pid: e.pid,
-                uid: (e.uid != u32::MAX).then_some(e.uid),
-                memory_kb: [e.total_vm, e.anon_rss, e.file_rss, e.shmem_rss, e.pgtables].map(known),
-                oom_score_adj: e.oom_score_adj,
-            }
-        }
+        EventKind::SendReset => decode_send_reset(bytes)?,
+        EventKind::ReceiveReset => decode_receive_reset(bytes)?,
+        EventKind::SshdOutput => decode_sshd_output(bytes)?,
+        EventKind::SelinuxAudited => decode_selinux_audited(bytes)?,
+        EventKind::FirewallDrop => decode_firewall_drop(bytes)?,
+        EventKind::SockState => decode_sock_state(bytes)?,
+        EventKind::Accept => decode_accept(bytes)?,
+        EventKind::Fork => decode_fork(bytes)?,
+        EventKind::Exec => decode_exec(bytes)?,
+        EventKind::Exit => decode_exit(bytes)?,
+        EventKind::Signal => decode_signal(bytes)?,
+        EventKind::SyscallError => decode_syscall_error(bytes)?,
+        EventKind::OomVictim => decode_oom_victim(bytes)?,
     };
     Some(Event {
         ts_ns: header.ts_ns,
@@ -344,6 +211,177 @@ pub fn decode(bytes: &[u8]) -> Option<Event> {
             comm: c_string(&header.comm),
         },
         kind,
+    })
+}
+
+/// A reset the kernel sent.
+fn decode_send_reset(bytes: &[u8]) -> Option<Kind> {
+    let e: wire::SendResetEvent = read(bytes)?;
+    Some(Kind::SendReset {
+        skaddr: e.skaddr,
+        state: e.state,
+        reason: (e.reason != wire::REASON_UNKNOWN).then_some(e.reason),
+        seg_flags: (e.seg_flags != wire::SEG_FLAGS_UNKNOWN).then_some(e.seg_flags as u8),
+        repeated: e.suppressed,
+        conn: tuple(&e.endpoints)?,
+    })
+}
+
+/// A reset the kernel received.
+fn decode_receive_reset(bytes: &[u8]) -> Option<Kind> {
+    let e: wire::ReceiveResetEvent = read(bytes)?;
+    Some(Kind::ReceiveReset {
+        skaddr: e.skaddr,
+        client_side: e.client_side != 0,
+        conn: tuple(&e.endpoints)?,
+    })
+}
+
+/// Bytes a tracked sshd wrote, as far as the probe copied them.
+fn decode_sshd_output(bytes: &[u8]) -> Option<Kind> {
+    let e: wire::SshdOutputEvent = read(bytes)?;
+    let copied = (e.copied as usize).min(e.data.len());
+    Some(Kind::SshdOutput(SshdOutput {
+        channel: OutputChannel::from_wire(e.channel)?,
+        fd: e.fd,
+        skaddr: e.skaddr,
+        bytes: e.data[..copied].to_vec(),
+        truncated: e.len > copied as u64,
+    }))
+}
+
+/// An `avc:selinux_audited` record, its facts kept as text.
+fn decode_selinux_audited(bytes: &[u8]) -> Option<Kind> {
+    let e: wire::SelinuxAuditedEvent = read(bytes)?;
+    let mut facts = std::collections::BTreeMap::new();
+    facts.insert("scontext".into(), c_string(&e.scontext));
+    facts.insert("tcontext".into(), c_string(&e.tcontext));
+    facts.insert("tclass".into(), c_string(&e.tclass));
+    facts.insert("denied".into(), format!("{:#x}", e.denied));
+    facts.insert("requested".into(), format!("{:#x}", e.requested));
+    Some(Kind::LsmDenial(LsmDenial {
+        source: "selinux_audited",
+        lsm: "selinux",
+        operation: None,
+        path: None,
+        facts,
+    }))
+}
+
+/// A segment netfilter dropped.
+fn decode_firewall_drop(bytes: &[u8]) -> Option<Kind> {
+    let e: wire::FirewallDropEvent = read(bytes)?;
+    Some(Kind::FirewallDrop {
+        conn: tuple(&e.endpoints)?,
+        tcp_flags: e.tcp_flags as u8,
+        inbound: e.inbound != 0,
+        suppressed: e.suppressed,
+    })
+}
+
+/// A TCP state change, with the history the kernel kept of the connection.
+fn decode_sock_state(bytes: &[u8]) -> Option<Kind> {
+    let e: wire::SockStateEvent = read(bytes)?;
+    Some(Kind::SockState {
+        skaddr: e.skaddr,
+        old_state: e.old_state,
+        new_state: e.new_state,
+        conn: tuple(&e.endpoints)?,
+        history: SockHistory::from_wire(&e.history),
+    })
+}
+
+/// An accept(2) return, with the socket it claimed if the kernel kept its history.
+fn decode_accept(bytes: &[u8]) -> Option<Kind> {
+    let e: wire::AcceptEvent = read(bytes)?;
+    let peer = (e.peer_len > 0).then(|| sockaddr(&e.peer)).flatten();
+    let claimed = (e.skaddr != 0 && e.history_found != 0)
+        .then(|| {
+            Some(AcceptedSocket {
+                skaddr: e.skaddr,
+                conn: tuple(&e.history.endpoints)?,
+                history: SockHistory::from_wire(&e.history),
+            })
+        })
+        .flatten();
+    Some(Kind::Accept {
+        ret: e.ret,
+        listen_fd: e.listen_fd,
+        peer,
+        claimed,
+        inherited: e.inherited != 0,
+    })
+}
+
+/// A fork of a tracked process.
+fn decode_fork(bytes: &[u8]) -> Option<Kind> {
+    let e: wire::ForkEvent = read(bytes)?;
+    Some(Kind::Fork { child: e.child_pid })
+}
+
+/// An exec, with its executable's owner and mode where the kernel read them.
+fn decode_exec(bytes: &[u8]) -> Option<Kind> {
+    let e: wire::ExecEvent = read(bytes)?;
+    Some(Kind::Exec {
+        filename: c_string(&e.filename),
+        began_tracking: e.began_tracking != 0,
+        executable: (e.exe_known != 0).then_some(Executable {
+            uid: e.exe_uid,
+            mode: e.exe_mode,
+        }),
+    })
+}
+
+/// A process exit, with its memory cgroup's pages where the kernel read them.
+fn decode_exit(bytes: &[u8]) -> Option<Kind> {
+    let e: wire::ExitEvent = read(bytes)?;
+    Some(Kind::Exit {
+        exit_code: e.exit_code,
+        memcg_pages: (e.memcg_read != 0).then_some((e.memcg_max_pages, e.memcg_usage_pages)),
+    })
+}
+
+/// A terminating signal aimed at a tracked process, from its sender.
+fn decode_signal(bytes: &[u8]) -> Option<Kind> {
+    let e: wire::SignalEvent = read(bytes)?;
+    Some(Kind::Signal {
+        target: e.target_pid,
+        target_comm: c_string(&e.target_comm),
+        sig: e.sig,
+        code: e.code,
+        result: e.result,
+    })
+}
+
+/// A failed syscall, with the limits and credentials behind it where read.
+fn decode_syscall_error(bytes: &[u8]) -> Option<Kind> {
+    let e: wire::SyscallErrorEvent = read(bytes)?;
+    let path = c_string(&e.path);
+    Some(Kind::SyscallError {
+        syscall: syscall_name(e.nr),
+        errno: -e.ret,
+        suppressed: e.suppressed,
+        path: (!path.is_empty()).then_some(path),
+        rlimits: (e.rlimits_read != 0).then_some(TaskRlimits {
+            nofile: e.rlimits[0],
+            nproc: e.rlimits[1],
+            address_space: e.rlimits[2],
+        }),
+        creds: (e.creds_read != 0).then(|| kernel_creds(&e.creds)),
+        limit: None,
+        dac: None,
+    })
+}
+
+/// An OOM kill; unknown numbers are `None`.
+fn decode_oom_victim(bytes: &[u8]) -> Option<Kind> {
+    let e: wire::OomVictimEvent = read(bytes)?;
+    let known = |v: u64| (v != wire::UNKNOWN_U64).then_some(v);
+    Some(Kind::OomVictim {
+        pid: e.pid,
+        uid: (e.uid != u32::MAX).then_some(e.uid),
+        memory_kb: [e.total_vm, e.anon_rss, e.file_rss, e.shmem_rss, e.pgtables].map(known),
+        oom_score_adj: e.oom_score_adj,
     })
 }
 

@@ -50,36 +50,41 @@ pub fn judge(e: &Ended, ctx: &Context) -> Option<Finding> {
     if !relevant(e) {
         return None;
     }
-    let until = e.end_ts() + SETTLE_NS;
     // The LSM's own report first.
-    let reported = processes(e, ctx)
+    let denial = reported_denial(e, ctx).or_else(|| inferred_denial(e, ctx))?;
+    Some(finding(e, ctx, &denial))
+}
+
+/// The earliest denial an LSM reported for the connection's processes.
+fn reported_denial<'a>(e: &'a Ended, ctx: &'a Context) -> Option<Denial<'a>> {
+    let until = e.end_ts() + SETTLE_NS;
+    let (p, ts, d) = processes(e, ctx)
         .flat_map(|(p, from)| {
             p.lsm_denials
                 .iter()
                 .filter(move |(ts, _)| *ts >= from && *ts <= until)
                 .map(move |(ts, d)| (p, *ts, d))
         })
-        .min_by_key(|(_, ts, _)| *ts);
-    if let Some((p, ts, d)) = reported {
-        // The failed syscall behind it, when seen, joins the evidence.
-        let failure = p
-            .syscall_errors
-            .iter()
-            .find(|x| x.errno == EACCES && x.path.is_some() && x.path == d.path);
-        return Some(finding(
-            e,
-            ctx,
-            p,
-            ts,
-            d.lsm,
-            "lsm_report",
-            d.operation.clone().or(failure.map(|x| x.syscall.clone())),
-            d.path.clone(),
-            Some(d),
-            failure,
-        ));
-    }
-    // Else a refused access the mode bits would have allowed, with one LSM able to refuse it.
+        .min_by_key(|(_, ts, _)| *ts)?;
+    // The failed syscall behind it, when seen, joins the evidence.
+    let failure = p
+        .syscall_errors
+        .iter()
+        .find(|x| x.errno == EACCES && x.path.is_some() && x.path == d.path);
+    Some(Denial {
+        process: p,
+        ts,
+        lsm: d.lsm,
+        decided_by: "lsm_report",
+        operation: d.operation.clone().or(failure.map(|x| x.syscall.clone())),
+        path: d.path.clone(),
+        report: Some(d),
+        failure,
+    })
+}
+
+/// Else a refused access the mode bits would have allowed, with one LSM able to refuse it.
+fn inferred_denial<'a>(e: &'a Ended, ctx: &'a Context) -> Option<Denial<'a>> {
     let (p, x) = refused_paths(e, ctx)
         .filter(|(_, x)| x.dac.as_ref().is_some_and(|d| d.allows))
         .min_by_key(|(_, x)| x.ts_ns)?;
@@ -92,72 +97,105 @@ pub fn judge(e: &Ended, ctx: &Context) -> Option<Finding> {
     } else {
         "errno and the active-LSM set"
     };
-    Some(finding(
-        e,
-        ctx,
-        p,
-        x.ts_ns,
+    Some(Denial {
+        process: p,
+        ts: x.ts_ns,
         lsm,
         decided_by,
-        Some(x.syscall.clone()),
-        x.path.clone(),
-        None,
-        Some(x),
-    ))
+        operation: Some(x.syscall.clone()),
+        path: x.path.clone(),
+        report: None,
+        failure: Some(x),
+    })
 }
 
-#[allow(clippy::too_many_arguments)] // one assembly point for both kinds of evidence
-fn finding(
-    e: &Ended,
-    ctx: &Context,
-    p: &Process,
+/// One refused access: as its LSM reported it, or as the failed syscall showed it.
+struct Denial<'a> {
+    process: &'a Process,
     ts: u64,
-    lsm: &str,
-    decided_by: &str,
+    lsm: &'a str,
+    decided_by: &'a str,
     operation: Option<String>,
     path: Option<String>,
-    report: Option<&LsmDenial>,
-    failure: Option<&SyscallError>,
-) -> Finding {
+    report: Option<&'a LsmDenial>,
+    failure: Option<&'a SyscallError>,
+}
+
+/// One assembly point for both kinds of evidence.
+fn finding(e: &Ended, ctx: &Context, d: &Denial) -> Finding {
+    let p = d.process;
+    let after_ms = e.end_ts().saturating_sub(d.ts) / 1_000_000;
+    let by = if d.lsm == "unknown" {
+        "an LSM".to_owned()
+    } else {
+        d.lsm.to_owned()
+    };
+    Finding {
+        cause: Cause::LsmDenied,
+        pid: Some(p.pid),
+        details: details(d),
+        evidence: evidence(ctx, d),
+        summary: format!(
+            "{}[{}] was denied {} by {by}{}; the connection ended {after_ms} ms later: {}",
+            escape::text(&p.comm),
+            p.pid,
+            denied_access(d),
+            security_contexts(d.report),
+            consequence(e.outcome)
+        ),
+        hint: hint(d.lsm, ctx),
+    }
+}
+
+fn details(d: &Denial) -> Map<String, Value> {
     let mut details = Map::new();
-    details.insert("lsm".into(), json!(lsm));
-    details.insert("decided_by".into(), json!(decided_by));
-    details.insert("operation".into(), json!(operation));
-    details.insert("path".into(), json!(path));
-    details.insert("denied_pid".into(), json!(p.pid));
-    if let Some(d) = report {
-        for (k, v) in &d.facts {
+    details.insert("lsm".into(), json!(d.lsm));
+    details.insert("decided_by".into(), json!(d.decided_by));
+    details.insert("operation".into(), json!(d.operation));
+    details.insert("path".into(), json!(d.path));
+    details.insert("denied_pid".into(), json!(d.process.pid));
+    if let Some(r) = d.report {
+        for (k, v) in &r.facts {
             details.insert(k.clone(), Value::String(v.clone()));
         }
-        details.insert("source".into(), json!(d.source));
+        details.insert("source".into(), json!(r.source));
     }
+    details
+}
+
+/// The LSM's report, then the failed syscall, each where there is one.
+fn evidence(ctx: &Context, d: &Denial) -> Vec<Evidence> {
+    let p = d.process;
     let mut evidence = Vec::new();
-    if let Some(d) = report {
+    if let Some(r) = d.report {
         evidence.push(Evidence::LsmDenial {
-            ts: ctx.clock.rfc3339(ts),
+            ts: ctx.clock.rfc3339(d.ts),
             pid: p.pid,
             comm: p.comm.clone(),
-            source: d.source,
-            lsm: d.lsm,
-            operation: d.operation.clone(),
-            path: d.path.clone(),
-            facts: d.facts.clone(),
+            source: r.source,
+            lsm: r.lsm,
+            operation: r.operation.clone(),
+            path: r.path.clone(),
+            facts: r.facts.clone(),
         });
     }
-    evidence.extend(failure.map(|x| syscall_evidence(p, x, ctx)));
-    let after_ms = e.end_ts().saturating_sub(ts) / 1_000_000;
-    let what = match (&operation, &path) {
+    evidence.extend(d.failure.map(|x| syscall_evidence(p, x, ctx)));
+    evidence
+}
+
+/// What was denied, e.g. "openat of /home/u/.ssh/authorized_keys".
+fn denied_access(d: &Denial) -> String {
+    match (&d.operation, &d.path) {
         (Some(op), Some(path)) => format!("{op} of {}", escape::text(path)),
         (None, Some(path)) => escape::text(path),
         (Some(op), None) => op.clone(),
         (None, None) => "an access".into(),
-    };
-    let by = if lsm == "unknown" {
-        "an LSM".to_owned()
-    } else {
-        lsm.to_owned()
-    };
-    let context = match (
+    }
+}
+
+/// SELinux's source and target contexts, where its report gave both.
+fn security_contexts(report: Option<&LsmDenial>) -> String {
+    match (
         report.and_then(|d| d.facts.get("scontext")),
         report.and_then(|d| d.facts.get("tcontext")),
     ) {
@@ -167,25 +205,16 @@ fn finding(
             escape::text(t)
         ),
         _ => String::new(),
-    };
-    let hint = match lsm {
+    }
+}
+
+/// Where to look and what to change, for each LSM.
+fn hint(lsm: &str, ctx: &Context) -> String {
+    match lsm {
         "selinux" => "see `ausearch -m avc -ts recent`; fix the file's context (`restorecon -v PATH`) or the policy (`audit2allow`)".to_owned(),
         "apparmor" => "see `journalctl -k | grep apparmor=\"DENIED\"`; adjust sshd's profile (`aa-logprof`) or set it to complain mode".to_owned(),
         "landlock" => "a Landlock ruleset applied to sshd (by sshd's parent, a service manager or a wrapper) does not allow this path: find who restricts it (systemd's RestrictFileSystems/Landlock options, a sandboxing wrapper)".to_owned(),
         _ => format!("an LSM refused it: active LSMs are {}; check their logs", ctx.lsms.all.join(",")),
-    };
-    Finding {
-        cause: Cause::LsmDenied,
-        pid: Some(p.pid),
-        details,
-        evidence,
-        summary: format!(
-            "{}[{}] was denied {what} by {by}{context}; the connection ended {after_ms} ms later: {}",
-            escape::text(&p.comm),
-            p.pid,
-            consequence(e.outcome)
-        ),
-        hint,
     }
 }
 

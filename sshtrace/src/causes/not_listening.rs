@@ -11,10 +11,45 @@ use crate::{
     discovery::Listener,
     escape,
     events::TCP_SYN,
+    state::ResetSent,
     verdict::{signal_name, Cause, Evidence, Outcome},
 };
 
 pub fn judge(e: &Ended, ctx: &Context) -> Option<Finding> {
+    let reset = refusal_for_no_socket(e, ctx)?;
+    let target = e.conn.tuple.local;
+    let (live, dead) = live_and_exited_listeners(ctx);
+    let listening = listening_addresses(&live);
+    let pids: Vec<u32> = live.iter().map(|l| l.pid).collect();
+    let mut details = Map::new();
+    details.insert("sshd_running".into(), json!(!pids.is_empty()));
+    // A storm of refusals from this client: the kernel sent one record per 100 ms.
+    details.insert("repeated".into(), json!(reset.repeated));
+    details.insert("listening".into(), json!(listening));
+    let mut evidence = vec![Evidence::Listening {
+        sshd_pids: pids.clone(),
+        addresses: listening.clone(),
+    }];
+
+    let mut summary = running_summary(target, &pids, &listening);
+    let previous = previous_listener(&dead, target, &pids, ctx);
+    if let Some(gone) = previous {
+        let (how, info) = listener_end(gone, ctx, &mut evidence);
+        summary.push_str(&format!("; sshd[{gone}], which listened there, {how}"));
+        details.insert("previous_listener".into(), info);
+    }
+    Some(Finding {
+        cause: Cause::NotListening,
+        pid: None,
+        details,
+        evidence,
+        summary,
+        hint: hint(target, pids.is_empty(), previous),
+    })
+}
+
+/// The first reset of a refused connection, when it answered a SYN for want of a socket.
+fn refusal_for_no_socket<'a>(e: &'a Ended, ctx: &Context) -> Option<&'a ResetSent> {
     if e.outcome != Outcome::Refused {
         return None;
     }
@@ -29,27 +64,27 @@ pub fn judge(e: &Ended, ctx: &Context) -> Option<Finding> {
             return None;
         }
     }
-    let target = e.conn.tuple.local;
+    Some(reset)
+}
+
+/// The listeners still running, and those the kernel saw exit.
+fn live_and_exited_listeners<'a>(ctx: &'a Context) -> (Vec<&'a Listener>, Vec<&'a Listener>) {
     // A listener the kernel saw exit is gone, whatever the last scan said (a refusal is
     // judged at once, and the scan may be from the instant before the exit).
     let exited = |pid: u32| ctx.procs.get(pid).is_some_and(|p| p.exit.is_some());
-    let (live, dead): (Vec<&Listener>, Vec<&Listener>) =
-        ctx.sshd.listeners.values().partition(|l| !exited(l.pid));
+    ctx.sshd.listeners.values().partition(|l| !exited(l.pid))
+}
+
+/// Where the running listeners listen, sorted and without repeats.
+fn listening_addresses(live: &[&Listener]) -> Vec<String> {
     let mut addrs: Vec<SocketAddr> = live.iter().flat_map(|l| l.addrs.iter().copied()).collect();
     addrs.sort();
     addrs.dedup();
-    let listening: Vec<String> = addrs.iter().map(ToString::to_string).collect();
-    let pids: Vec<u32> = live.iter().map(|l| l.pid).collect();
-    let mut details = Map::new();
-    details.insert("sshd_running".into(), json!(!pids.is_empty()));
-    // A storm of refusals from this client: the kernel sent one record per 100 ms.
-    details.insert("repeated".into(), json!(reset.repeated));
-    details.insert("listening".into(), json!(listening));
-    let mut evidence = vec![Evidence::Listening {
-        sshd_pids: pids.clone(),
-        addresses: listening.clone(),
-    }];
+    addrs.iter().map(ToString::to_string).collect()
+}
 
+/// The summary up to what runs: whether sshd runs, and where it listens.
+fn running_summary(target: SocketAddr, pids: &[u32], listening: &[String]) -> String {
     let mut summary =
         format!("nothing listens on {target}: the kernel refused the connection with a RST; ");
     if pids.is_empty() {
@@ -57,13 +92,22 @@ pub fn judge(e: &Ended, ctx: &Context) -> Option<Finding> {
     } else {
         summary.push_str(&format!(
             "sshd is running (pid {}) and listens on {}",
-            join(&pids),
+            join(pids),
             listening.join(", ")
         ));
     }
+    summary
+}
+
+/// The sshd that listened on `target` and is gone (or no longer listens), if any.
+fn previous_listener(
+    dead: &[&Listener],
+    target: SocketAddr,
+    pids: &[u32],
+    ctx: &Context,
+) -> Option<u32> {
     // A scan saw it listen, or (gone before any scan) the kernel saw its listen().
-    let previous = dead
-        .iter()
+    dead.iter()
         .copied()
         .chain(ctx.sshd.gone.iter().rev())
         .find(|l| l.addrs.iter().any(|a| serves(a, target)))
@@ -71,13 +115,12 @@ pub fn judge(e: &Ended, ctx: &Context) -> Option<Finding> {
         .or_else(|| {
             let p = ctx.procs.exited_listener(|a| serves(a, target))?;
             (!pids.contains(&p.pid)).then_some(p.pid)
-        });
-    if let Some(gone) = previous {
-        let (how, info) = listener_end(gone, ctx, &mut evidence);
-        summary.push_str(&format!("; sshd[{gone}], which listened there, {how}"));
-        details.insert("previous_listener".into(), info);
-    }
-    let hint = match (pids.is_empty(), previous) {
+        })
+}
+
+/// What to do: restart the listener that went away, start sshd, or fix the address.
+fn hint(target: SocketAddr, no_sshd: bool, previous: Option<u32>) -> String {
+    match (no_sshd, previous) {
         (_, Some(gone)) => format!(
             "sshd {gone} stopped listening on {target}: find out why (journalctl -u ssh; sshd -t) \
              and start it again"
@@ -91,15 +134,7 @@ pub fn judge(e: &Ended, ctx: &Context) -> Option<Finding> {
             "sshd does not listen on {target}: compare the client's address and port with \
              `sshd -T | grep -Ei '^(port|listenaddress)'` and restart sshd after fixing"
         ),
-    };
-    Some(Finding {
-        cause: Cause::NotListening,
-        pid: None,
-        details,
-        evidence,
-        summary,
-        hint,
-    })
+    }
 }
 
 /// Whether a socket listening on `addr` accepts connections for `target` (same port, same or

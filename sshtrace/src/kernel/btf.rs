@@ -2,7 +2,7 @@
 //! enum constants by name and structure member offsets, so that both come from the running
 //! kernel rather than from headers of another one.
 
-use std::collections::HashMap;
+use std::{collections::HashMap, ops::Range};
 
 use anyhow::{bail, Context, Result};
 
@@ -55,110 +55,15 @@ impl Btf {
     }
 
     pub fn parse(data: &[u8]) -> Result<Self> {
-        let u16_at = |o: usize| -> Result<u16> {
-            Ok(u16::from_le_bytes(
-                data.get(o..o + 2).context("truncated")?.try_into()?,
-            ))
-        };
-        let u32_at = |o: usize| -> Result<u32> {
-            Ok(u32::from_le_bytes(
-                data.get(o..o + 4).context("truncated")?.try_into()?,
-            ))
-        };
-        if u16_at(0)? != MAGIC {
-            bail!("not little-endian BTF (bad magic)");
-        }
-        let hdr_len = u32_at(4)? as usize;
-        let type_start = hdr_len + u32_at(8)? as usize;
-        let type_end = type_start + u32_at(12)? as usize;
-        let str_start = hdr_len + u32_at(16)? as usize;
-        let str_end = str_start + u32_at(20)? as usize;
-        let strings = data
-            .get(str_start..str_end)
-            .context("string section out of bounds")?;
-        let name = |off: u32| -> String {
-            let rest = strings.get(off as usize..).unwrap_or_default();
-            let end = rest.iter().position(|&b| b == 0).unwrap_or(rest.len());
-            String::from_utf8_lossy(&rest[..end]).into_owned()
-        };
-
+        let (blob, type_section) = Blob::open(data)?;
         let mut types = vec![Type::Other];
-        let mut at = type_start;
-        while at < type_end {
-            let name_off = u32_at(at)?;
-            let info = u32_at(at + 4)?;
-            let vlen = (info & 0xffff) as usize;
-            let kind = (info >> 24) & 0x1f;
-            let kind_flag = info >> 31 == 1;
-            at += 12;
-            let ty = match kind {
-                KIND_STRUCT | KIND_UNION => {
-                    let mut members = Vec::with_capacity(vlen);
-                    for i in 0..vlen {
-                        let m = at + i * 12;
-                        let offset = u32_at(m + 8)?;
-                        members.push(Member {
-                            name: name(u32_at(m)?),
-                            type_id: u32_at(m + 4)?,
-                            // With kind_flag the high 8 bits are a bitfield size.
-                            bit_offset: if kind_flag {
-                                offset & 0xff_ffff
-                            } else {
-                                offset
-                            },
-                        });
-                    }
-                    at += vlen * 12;
-                    Type::Composite {
-                        name: name(name_off),
-                        members,
-                    }
-                }
-                KIND_ENUM | KIND_ENUM64 => {
-                    let width = if kind == KIND_ENUM { 8 } else { 12 };
-                    let mut values = Vec::with_capacity(vlen);
-                    for i in 0..vlen {
-                        let m = at + i * width;
-                        let lo = u32_at(m + 4)?;
-                        let value = if kind == KIND_ENUM {
-                            if kind_flag {
-                                lo as i32 as i64
-                            } else {
-                                lo as i64
-                            }
-                        } else {
-                            ((u32_at(m + 8)? as i64) << 32) | lo as i64
-                        };
-                        values.push((name(u32_at(m)?), value));
-                    }
-                    at += vlen * width;
-                    Type::Enum {
-                        name: name(name_off),
-                        values,
-                    }
-                }
-                _ => {
-                    at += match kind {
-                        KIND_INT | KIND_VAR | KIND_DECL_TAG => 4,
-                        KIND_ARRAY => 12,
-                        KIND_FUNC_PROTO => vlen * 8,
-                        KIND_DATASEC => vlen * 12,
-                        _ => 0,
-                    };
-                    Type::Other
-                }
-            };
+        let mut at = type_section.start;
+        while at < type_section.end {
+            let (ty, next) = blob.type_at(at)?;
             types.push(ty);
+            at = next;
         }
-
-        let mut by_name: HashMap<String, Vec<u32>> = HashMap::new();
-        for (id, ty) in types.iter().enumerate() {
-            if let Type::Composite { name, .. } | Type::Enum { name, .. } = ty {
-                if !name.is_empty() {
-                    by_name.entry(name.clone()).or_default().push(id as u32);
-                }
-            }
-        }
+        let by_name = index_by_name(&types);
         Ok(Self { types, by_name })
     }
 
@@ -208,6 +113,154 @@ impl Btf {
             .iter()
             .filter(|m| m.name.is_empty())
             .find_map(|m| self.find_member(m.type_id, member, base_bits + m.bit_offset))
+    }
+}
+
+/// Named structs, unions and enums by name; a name can have several types.
+fn index_by_name(types: &[Type]) -> HashMap<String, Vec<u32>> {
+    let mut by_name: HashMap<String, Vec<u32>> = HashMap::new();
+    for (id, ty) in types.iter().enumerate() {
+        if let Type::Composite { name, .. } | Type::Enum { name, .. } = ty {
+            if !name.is_empty() {
+                by_name.entry(name.clone()).or_default().push(id as u32);
+            }
+        }
+    }
+    by_name
+}
+
+/// A BTF blob being read: little-endian numbers, each bounds-checked, and its string section.
+struct Blob<'a> {
+    data: &'a [u8],
+    strings: &'a [u8],
+}
+
+impl<'a> Blob<'a> {
+    /// Checks the header and returns the blob with the byte range of its type section.
+    fn open(data: &'a [u8]) -> Result<(Self, Range<usize>)> {
+        let blob = Blob { data, strings: &[] };
+        if blob.u16_at(0)? != MAGIC {
+            bail!("not little-endian BTF (bad magic)");
+        }
+        let hdr_len = blob.u32_at(4)? as usize;
+        let type_start = hdr_len + blob.u32_at(8)? as usize;
+        let type_end = type_start + blob.u32_at(12)? as usize;
+        let str_start = hdr_len + blob.u32_at(16)? as usize;
+        let str_end = str_start + blob.u32_at(20)? as usize;
+        let strings = data
+            .get(str_start..str_end)
+            .context("string section out of bounds")?;
+        Ok((Blob { data, strings }, type_start..type_end))
+    }
+
+    fn u16_at(&self, o: usize) -> Result<u16> {
+        Ok(u16::from_le_bytes(
+            self.data.get(o..o + 2).context("truncated")?.try_into()?,
+        ))
+    }
+
+    fn u32_at(&self, o: usize) -> Result<u32> {
+        Ok(u32::from_le_bytes(
+            self.data.get(o..o + 4).context("truncated")?.try_into()?,
+        ))
+    }
+
+    fn name(&self, off: u32) -> String {
+        let rest = self.strings.get(off as usize..).unwrap_or_default();
+        let end = rest.iter().position(|&b| b == 0).unwrap_or(rest.len());
+        String::from_utf8_lossy(&rest[..end]).into_owned()
+    }
+
+    /// The type whose 12-byte header is at `at`, and where the next one starts.
+    fn type_at(&self, at: usize) -> Result<(Type, usize)> {
+        let name_off = self.u32_at(at)?;
+        let info = self.u32_at(at + 4)?;
+        let vlen = (info & 0xffff) as usize;
+        let kind = (info >> 24) & 0x1f;
+        let kind_flag = info >> 31 == 1;
+        let at = at + 12;
+        Ok(match kind {
+            KIND_STRUCT | KIND_UNION => {
+                let members = self.members(at, vlen, kind_flag)?;
+                let name = self.name(name_off);
+                (Type::Composite { name, members }, at + vlen * 12)
+            }
+            KIND_ENUM | KIND_ENUM64 => {
+                let values = self.enum_values(at, vlen, kind, kind_flag)?;
+                let name = self.name(name_off);
+                (
+                    Type::Enum { name, values },
+                    at + vlen * enum_entry_len(kind),
+                )
+            }
+            _ => (Type::Other, at + trailing_len(kind, vlen)),
+        })
+    }
+
+    /// The `vlen` members of a struct or union, 12 bytes each.
+    fn members(&self, at: usize, vlen: usize, kind_flag: bool) -> Result<Vec<Member>> {
+        let mut members = Vec::with_capacity(vlen);
+        for i in 0..vlen {
+            let m = at + i * 12;
+            let offset = self.u32_at(m + 8)?;
+            members.push(Member {
+                name: self.name(self.u32_at(m)?),
+                type_id: self.u32_at(m + 4)?,
+                // With kind_flag the high 8 bits are a bitfield size.
+                bit_offset: if kind_flag {
+                    offset & 0xff_ffff
+                } else {
+                    offset
+                },
+            });
+        }
+        Ok(members)
+    }
+
+    /// The `vlen` constants of an enum (8 bytes each) or enum64 (12 bytes each).
+    fn enum_values(
+        &self,
+        at: usize,
+        vlen: usize,
+        kind: u32,
+        kind_flag: bool,
+    ) -> Result<Vec<(String, i64)>> {
+        let mut values = Vec::with_capacity(vlen);
+        for i in 0..vlen {
+            let m = at + i * enum_entry_len(kind);
+            let lo = self.u32_at(m + 4)?;
+            let value = if kind == KIND_ENUM {
+                if kind_flag {
+                    lo as i32 as i64
+                } else {
+                    lo as i64
+                }
+            } else {
+                ((self.u32_at(m + 8)? as i64) << 32) | lo as i64
+            };
+            values.push((self.name(self.u32_at(m)?), value));
+        }
+        Ok(values)
+    }
+}
+
+/// An enum constant is a name and 32 bits; an enum64 constant a name and two halves.
+fn enum_entry_len(kind: u32) -> usize {
+    if kind == KIND_ENUM {
+        8
+    } else {
+        12
+    }
+}
+
+/// The bytes after the header of a type sshtrace does not read, to skip them.
+fn trailing_len(kind: u32, vlen: usize) -> usize {
+    match kind {
+        KIND_INT | KIND_VAR | KIND_DECL_TAG => 4,
+        KIND_ARRAY => 12,
+        KIND_FUNC_PROTO => vlen * 8,
+        KIND_DATASEC => vlen * 12,
+        _ => 0,
     }
 }
 

@@ -4,15 +4,39 @@
 use std::path::Path;
 
 use anyhow::{Context, Result};
-use sshtrace_common::{addr_style, AddrLayout, KernelLayout, ABSENT, PATH_SYSCALLS};
+use sshtrace_common::{
+    addr_style, AddrLayout, KernelLayout, KfreeSkbLayout, OomLayout, SelinuxAuditedLayout,
+    SockStateLayout, StructLayout, SyscallLayout, ABSENT, PATH_SYSCALLS,
+};
 
 use super::{btf::Btf, tracefs::Format};
 
 pub fn discover(tracefs: &Path, btf: &Btf) -> Result<KernelLayout> {
-    let load = |category: &str, name: &str| Format::load(tracefs, category, name);
     let mut layout = KernelLayout::ABSENT;
+    // Tracepoint fields, then struct members from BTF; a missing required one fails start-up.
+    tcp_reset_fields(tracefs, &mut layout)?;
+    sock_state_fields(tracefs, &mut layout.sock_state)?;
+    process_fields(tracefs, &mut layout)?;
+    syscall_fields(tracefs, &mut layout.syscall)?;
+    sshd_write_fields(tracefs, &mut layout.syscall);
+    kfree_skb_fields(tracefs, &mut layout.kfree_skb)?;
+    selinux_audited_fields(tracefs, &mut layout.selinux);
+    oom_victim_fields(tracefs, &mut layout.oom)?;
 
-    let f = load("tcp", "tcp_send_reset")?;
+    task_members(btf, &mut layout.structs)?;
+    packet_and_netns_members(btf, &mut layout.structs);
+    layout.syscall.regs_syscall_nr = regs_syscall_nr(btf);
+    socket_members(btf, &mut layout.structs);
+    credential_members(btf, &mut layout.structs);
+    socket_from_fd_members(btf, &mut layout.structs);
+    executable_members(btf, &mut layout.structs);
+    memory_cgroup_members(btf, &mut layout.structs);
+    Ok(layout)
+}
+
+/// `tcp:tcp_send_reset` and `tcp:tcp_receive_reset`.
+fn tcp_reset_fields(tracefs: &Path, layout: &mut KernelLayout) -> Result<()> {
+    let f = Format::load(tracefs, "tcp", "tcp_send_reset")?;
     let tp = "tcp:tcp_send_reset";
     layout.send_reset.skbaddr = f.offset("skbaddr").unwrap_or(ABSENT);
     layout.send_reset.skaddr = f.require(tp, "skaddr")?;
@@ -21,82 +45,102 @@ pub fn discover(tracefs: &Path, btf: &Btf) -> Result<KernelLayout> {
     layout.send_reset.reason = f.offset("reason").unwrap_or(ABSENT);
     layout.send_reset.addr = addresses(&f, tp)?;
 
-    let f = load("tcp", "tcp_receive_reset")?;
+    let f = Format::load(tracefs, "tcp", "tcp_receive_reset")?;
     let tp = "tcp:tcp_receive_reset";
     layout.receive_reset.skaddr = f.require(tp, "skaddr")?;
     layout.receive_reset.addr = addresses(&f, tp)?;
+    Ok(())
+}
 
-    let f = load("sock", "inet_sock_set_state")?;
+/// `sock:inet_sock_set_state`.
+fn sock_state_fields(tracefs: &Path, sock_state: &mut SockStateLayout) -> Result<()> {
+    let f = Format::load(tracefs, "sock", "inet_sock_set_state")?;
     let tp = "sock:inet_sock_set_state";
-    layout.sock_state.skaddr = f.require(tp, "skaddr")?;
-    layout.sock_state.oldstate = f.require(tp, "oldstate")?;
-    layout.sock_state.newstate = f.require(tp, "newstate")?;
-    layout.sock_state.protocol = f.require(tp, "protocol")?;
-    layout.sock_state.addr = addresses(&f, tp)?;
+    sock_state.skaddr = f.require(tp, "skaddr")?;
+    sock_state.oldstate = f.require(tp, "oldstate")?;
+    sock_state.newstate = f.require(tp, "newstate")?;
+    sock_state.protocol = f.require(tp, "protocol")?;
+    sock_state.addr = addresses(&f, tp)?;
+    Ok(())
+}
 
-    let f = load("sched", "sched_process_exec")?;
+/// A process's exec, exit and the signals sent to it.
+fn process_fields(tracefs: &Path, layout: &mut KernelLayout) -> Result<()> {
+    let f = Format::load(tracefs, "sched", "sched_process_exec")?;
     layout.exec.filename = f.require("sched:sched_process_exec", "filename")?;
 
-    let f = load("sched", "sched_process_exit")?;
+    let f = Format::load(tracefs, "sched", "sched_process_exit")?;
     // 6.16+ says whether the whole thread group is gone; before, the leader's exit is used.
     layout.exit.group_dead = f.offset("group_dead").unwrap_or(ABSENT);
 
-    let f = load("signal", "signal_generate")?;
+    let f = Format::load(tracefs, "signal", "signal_generate")?;
     let tp = "signal:signal_generate";
     layout.signal.sig = f.require(tp, "sig")?;
     layout.signal.code = f.require(tp, "code")?;
     layout.signal.comm = f.require(tp, "comm")?;
     layout.signal.pid = f.require(tp, "pid")?;
     layout.signal.result = f.offset("result").unwrap_or(ABSENT);
+    Ok(())
+}
 
+/// accept, the raw syscall exit, and the path argument of the syscalls that take one.
+fn syscall_fields(tracefs: &Path, syscall: &mut SyscallLayout) -> Result<()> {
+    let load = |name: &str| Format::load(tracefs, "syscalls", name);
     // accept and accept4 share their argument layout; both are attached.
-    let enter = load("syscalls", "sys_enter_accept4")?;
+    let enter = load("sys_enter_accept4")?;
     let tp = "syscalls:sys_enter_accept4";
-    layout.syscall.accept_peer = enter.require(tp, "upeer_sockaddr")?;
-    layout.syscall.accept_fd = enter.require(tp, "fd")?;
-    let exit = load("syscalls", "sys_exit_accept4")?;
-    layout.syscall.ret = exit.require("syscalls:sys_exit_accept4", "ret")?;
-    let raw = load("raw_syscalls", "sys_exit")?;
-    layout.syscall.raw_exit_id = raw.require("raw_syscalls:sys_exit", "id")?;
-    layout.syscall.raw_exit_ret = raw.require("raw_syscalls:sys_exit", "ret")?;
-    let openat = load("syscalls", "sys_enter_openat")?;
-    layout.syscall.enter_nr = openat.require("syscalls:sys_enter_openat", "__syscall_nr")?;
+    syscall.accept_peer = enter.require(tp, "upeer_sockaddr")?;
+    syscall.accept_fd = enter.require(tp, "fd")?;
+    let exit = load("sys_exit_accept4")?;
+    syscall.ret = exit.require("syscalls:sys_exit_accept4", "ret")?;
+    let raw = Format::load(tracefs, "raw_syscalls", "sys_exit")?;
+    syscall.raw_exit_id = raw.require("raw_syscalls:sys_exit", "id")?;
+    syscall.raw_exit_ret = raw.require("raw_syscalls:sys_exit", "ret")?;
+    let openat = load("sys_enter_openat")?;
+    syscall.enter_nr = openat.require("syscalls:sys_enter_openat", "__syscall_nr")?;
     // Not every architecture has open(2) or stat(2); openat2(2) came in 5.6.
-    for (slot, name) in layout.syscall.path_arg.iter_mut().zip(PATH_SYSCALLS) {
-        *slot = load("syscalls", name)
+    for (slot, name) in syscall.path_arg.iter_mut().zip(PATH_SYSCALLS) {
+        *slot = load(name)
             .ok()
             .and_then(|f| f.offset("filename"))
             .unwrap_or(ABSENT);
     }
+    Ok(())
+}
 
-    // What sshd writes (its log, a dropped client's note): optional hooks.
-    if let Ok(f) = load("syscalls", "sys_enter_write") {
-        let l = &mut layout.syscall;
+/// What sshd writes (its log, a dropped client's note): optional hooks.
+fn sshd_write_fields(tracefs: &Path, l: &mut SyscallLayout) {
+    if let Ok(f) = Format::load(tracefs, "syscalls", "sys_enter_write") {
         (l.write_fd, l.write_buf, l.write_count) = (
             f.offset("fd").unwrap_or(ABSENT),
             f.offset("buf").unwrap_or(ABSENT),
             f.offset("count").unwrap_or(ABSENT),
         );
     }
-    if let Ok(f) = load("syscalls", "sys_enter_sendto") {
-        let l = &mut layout.syscall;
+    if let Ok(f) = Format::load(tracefs, "syscalls", "sys_enter_sendto") {
         (l.sendto_fd, l.sendto_buf, l.sendto_len) = (
             f.offset("fd").unwrap_or(ABSENT),
             f.offset("buff").unwrap_or(ABSENT),
             f.offset("len").unwrap_or(ABSENT),
         );
     }
+}
 
-    let f = load("skb", "kfree_skb")?;
+/// `skb:kfree_skb`, for netfilter drops.
+fn kfree_skb_fields(tracefs: &Path, kfree_skb: &mut KfreeSkbLayout) -> Result<()> {
+    let f = Format::load(tracefs, "skb", "kfree_skb")?;
     let tp = "skb:kfree_skb";
-    layout.kfree_skb.skbaddr = f.require(tp, "skbaddr")?;
-    layout.kfree_skb.protocol = f.require(tp, "protocol")?;
+    kfree_skb.skbaddr = f.require(tp, "skbaddr")?;
+    kfree_skb.protocol = f.require(tp, "protocol")?;
     // Drop reasons came in 5.17; without them netfilter drops cannot be told apart.
-    layout.kfree_skb.reason = f.offset("reason").unwrap_or(ABSENT);
+    kfree_skb.reason = f.offset("reason").unwrap_or(ABSENT);
+    Ok(())
+}
 
+/// `avc:selinux_audited`, all optional.
+fn selinux_audited_fields(tracefs: &Path, s: &mut SelinuxAuditedLayout) {
     // Present in tracefs even where SELinux is off; absent on kernels without SELinux.
-    if let Ok(f) = load("avc", "selinux_audited") {
-        let s = &mut layout.selinux;
+    if let Ok(f) = Format::load(tracefs, "avc", "selinux_audited") {
         for (slot, name) in [
             (&mut s.requested, "requested"),
             (&mut s.denied, "denied"),
@@ -109,47 +153,79 @@ pub fn discover(tracefs: &Path, btf: &Btf) -> Result<KernelLayout> {
             *slot = f.offset(name).unwrap_or(ABSENT);
         }
     }
+}
 
-    let f = load("oom", "mark_victim")?;
-    layout.oom.pid = f.require("oom:mark_victim", "pid")?;
+/// `oom:mark_victim`.
+fn oom_victim_fields(tracefs: &Path, oom: &mut OomLayout) -> Result<()> {
+    let f = Format::load(tracefs, "oom", "mark_victim")?;
+    oom.pid = f.require("oom:mark_victim", "pid")?;
     // The memory numbers were added in 6.2; before, only the pid.
     for (slot, name) in [
-        (&mut layout.oom.uid, "uid"),
-        (&mut layout.oom.total_vm, "total_vm"),
-        (&mut layout.oom.anon_rss, "anon_rss"),
-        (&mut layout.oom.file_rss, "file_rss"),
-        (&mut layout.oom.shmem_rss, "shmem_rss"),
-        (&mut layout.oom.pgtables, "pgtables"),
-        (&mut layout.oom.oom_score_adj, "oom_score_adj"),
+        (&mut oom.uid, "uid"),
+        (&mut oom.total_vm, "total_vm"),
+        (&mut oom.anon_rss, "anon_rss"),
+        (&mut oom.file_rss, "file_rss"),
+        (&mut oom.shmem_rss, "shmem_rss"),
+        (&mut oom.pgtables, "pgtables"),
+        (&mut oom.oom_score_adj, "oom_score_adj"),
     ] {
         *slot = f.offset(name).unwrap_or(ABSENT);
     }
+    Ok(())
+}
 
-    let member = |s: &str, m: &str| -> Result<u16> {
-        let offset = btf
-            .member_offset(s, m)
-            .with_context(|| format!("kernel BTF has no member {m} in struct {s}"))?;
-        u16::try_from(offset).with_context(|| format!("struct {s}.{m} is at offset {offset}"))
-    };
-    layout.structs.task_tgid = member("task_struct", "tgid")?;
-    layout.structs.task_exit_code = member("task_struct", "exit_code")?;
-    layout.structs.skb_head = member("sk_buff", "head").unwrap_or(ABSENT);
-    layout.structs.skb_transport_header = member("sk_buff", "transport_header").unwrap_or(ABSENT);
-    layout.structs.skb_network_header = member("sk_buff", "network_header").unwrap_or(ABSENT);
+/// The offset of `strukt.name` in the kernel's BTF, as the probes' `u16`.
+fn member(btf: &Btf, strukt: &str, name: &str) -> Result<u16> {
+    let offset = btf
+        .member_offset(strukt, name)
+        .with_context(|| format!("kernel BTF has no member {name} in struct {strukt}"))?;
+    u16::try_from(offset).with_context(|| format!("struct {strukt}.{name} is at offset {offset}"))
+}
+
+/// Fills each slot with its member's offset, or [`ABSENT`] where the kernel lacks it.
+fn optional_members<'a>(
+    btf: &Btf,
+    members: impl IntoIterator<Item = (&'a mut u16, &'a str, &'a str)>,
+) {
+    for (slot, strukt, name) in members {
+        *slot = member(btf, strukt, name).unwrap_or(ABSENT);
+    }
+}
+
+/// A task's thread group, exit code and resource limits.
+fn task_members(btf: &Btf, s: &mut StructLayout) -> Result<()> {
+    s.task_tgid = member(btf, "task_struct", "tgid")?;
+    s.task_exit_code = member(btf, "task_struct", "exit_code")?;
+    s.task_signal = member(btf, "task_struct", "signal").unwrap_or(ABSENT);
+    s.signal_rlim = member(btf, "signal_struct", "rlim").unwrap_or(ABSENT);
+    Ok(())
+}
+
+/// A packet's headers, and the network namespace of a socket or a packet.
+fn packet_and_netns_members(btf: &Btf, s: &mut StructLayout) {
+    s.skb_head = member(btf, "sk_buff", "head").unwrap_or(ABSENT);
+    s.skb_transport_header = member(btf, "sk_buff", "transport_header").unwrap_or(ABSENT);
+    s.skb_network_header = member(btf, "sk_buff", "network_header").unwrap_or(ABSENT);
     // Network namespaces: a socket's through skc_net, a packet's through its device.
-    let ns_inum = member("net", "ns").and_then(|ns| Ok(ns + member("ns_common", "inum")?));
-    layout.structs.sk_net = member("sock_common", "skc_net").unwrap_or(ABSENT);
-    layout.structs.net_inum = ns_inum.unwrap_or(ABSENT);
-    layout.structs.skb_dev = member("sk_buff", "dev").unwrap_or(ABSENT);
-    layout.structs.dev_net = member("net_device", "nd_net").unwrap_or(ABSENT);
+    let ns_inum =
+        member(btf, "net", "ns").and_then(|ns| Ok(ns + member(btf, "ns_common", "inum")?));
+    s.sk_net = member(btf, "sock_common", "skc_net").unwrap_or(ABSENT);
+    s.net_inum = ns_inum.unwrap_or(ABSENT);
+    s.skb_dev = member(btf, "sk_buff", "dev").unwrap_or(ABSENT);
+    s.dev_net = member(btf, "net_device", "nd_net").unwrap_or(ABSENT);
+}
+
+/// Where `pt_regs` keeps the syscall number.
+fn regs_syscall_nr(btf: &Btf) -> u16 {
     // The raw sys_exit tracepoint gives only the registers: x86-64 keeps the number in
     // orig_ax, arm64 in syscallno.
-    layout.syscall.regs_syscall_nr = member("pt_regs", "orig_ax")
-        .or_else(|_| member("pt_regs", "syscallno"))
-        .unwrap_or(ABSENT);
-    layout.structs.task_signal = member("task_struct", "signal").unwrap_or(ABSENT);
-    // A socket's own fields, for the raw inet_sock_set_state tracepoint.
-    let s = &mut layout.structs;
+    member(btf, "pt_regs", "orig_ax")
+        .or_else(|_| member(btf, "pt_regs", "syscallno"))
+        .unwrap_or(ABSENT)
+}
+
+/// A socket's own fields, for the raw inet_sock_set_state tracepoint.
+fn socket_members(btf: &Btf, s: &mut StructLayout) {
     for (slot, name) in [
         (&mut s.skc_family, "skc_family"),
         (&mut s.skc_num, "skc_num"),
@@ -159,59 +235,89 @@ pub fn discover(tracefs: &Path, btf: &Btf) -> Result<KernelLayout> {
         (&mut s.skc_v6_rcv_saddr, "skc_v6_rcv_saddr"),
         (&mut s.skc_v6_daddr, "skc_v6_daddr"),
     ] {
-        *slot = member("sock_common", name).unwrap_or(ABSENT);
+        *slot = member(btf, "sock_common", name).unwrap_or(ABSENT);
     }
-    s.inet_sport = member("inet_sock", "inet_sport").unwrap_or(ABSENT);
+    s.inet_sport = member(btf, "inet_sock", "inet_sport").unwrap_or(ABSENT);
     // sk_protocol is a u16 since 5.6; before, an 8-bit bitfield the probe cannot read.
     s.sk_protocol = match btf.member_bit_offset("sock", "sk_protocol") {
         Some(bits) if bits % 16 == 0 => u16::try_from(bits / 8).unwrap_or(ABSENT),
         _ => ABSENT,
     };
-    layout.structs.signal_rlim = member("signal_struct", "rlim").unwrap_or(ABSENT);
-    // A failing task's credentials and root directory, for the permission (DAC) check.
-    let s = &mut layout.structs;
-    for (slot, strukt, name) in [
-        (&mut s.task_cred, "task_struct", "cred"),
-        (&mut s.task_real_parent, "task_struct", "real_parent"),
-        (&mut s.task_fs, "task_struct", "fs"),
-        (&mut s.cred_fsuid, "cred", "fsuid"),
-        (&mut s.cred_fsgid, "cred", "fsgid"),
-        (&mut s.cred_cap_effective, "cred", "cap_effective"),
-        (&mut s.cred_group_info, "cred", "group_info"),
-        (&mut s.group_info_ngroups, "group_info", "ngroups"),
-        (&mut s.group_info_gid, "group_info", "gid"),
-        (&mut s.fs_root, "fs_struct", "root"),
-        (&mut s.path_dentry, "path", "dentry"),
-        (&mut s.dentry_inode, "dentry", "d_inode"),
-        (&mut s.inode_ino, "inode", "i_ino"),
-        (&mut s.inode_sb, "inode", "i_sb"),
-        (&mut s.sb_dev, "super_block", "s_dev"),
-        (&mut s.task_files, "task_struct", "files"),
-        (&mut s.files_fdt, "files_struct", "fdt"),
-        (&mut s.fdtable_fd, "fdtable", "fd"),
-        (&mut s.fdtable_max_fds, "fdtable", "max_fds"),
-        (&mut s.file_private_data, "file", "private_data"),
-        (&mut s.socket_sk, "socket", "sk"),
-        (&mut s.task_mm, "task_struct", "mm"),
-        (&mut s.mm_exe_file, "mm_struct", "exe_file"),
-        (&mut s.file_inode, "file", "f_inode"),
-        (&mut s.inode_uid, "inode", "i_uid"),
-        (&mut s.inode_mode, "inode", "i_mode"),
-        (&mut s.task_cgroups, "task_struct", "cgroups"),
-        (&mut s.css_set_subsys, "css_set", "subsys"),
-        (&mut s.mem_cgroup_css, "mem_cgroup", "css"),
-        (&mut s.mem_cgroup_memory, "mem_cgroup", "memory"),
-        (&mut s.page_counter_max, "page_counter", "max"),
-        (&mut s.page_counter_usage, "page_counter", "usage"),
-    ] {
-        *slot = member(strukt, name).unwrap_or(ABSENT);
-    }
+}
+
+/// A failing task's credentials and root directory, for the permission (DAC) check.
+fn credential_members(btf: &Btf, s: &mut StructLayout) {
+    optional_members(
+        btf,
+        [
+            (&mut s.task_cred, "task_struct", "cred"),
+            (&mut s.task_real_parent, "task_struct", "real_parent"),
+            (&mut s.task_fs, "task_struct", "fs"),
+            (&mut s.cred_fsuid, "cred", "fsuid"),
+            (&mut s.cred_fsgid, "cred", "fsgid"),
+            (&mut s.cred_cap_effective, "cred", "cap_effective"),
+            (&mut s.cred_group_info, "cred", "group_info"),
+            (&mut s.group_info_ngroups, "group_info", "ngroups"),
+            (&mut s.group_info_gid, "group_info", "gid"),
+            (&mut s.fs_root, "fs_struct", "root"),
+            (&mut s.path_dentry, "path", "dentry"),
+            (&mut s.dentry_inode, "dentry", "d_inode"),
+            (&mut s.inode_ino, "inode", "i_ino"),
+            (&mut s.inode_sb, "inode", "i_sb"),
+            (&mut s.sb_dev, "super_block", "s_dev"),
+        ],
+    );
+}
+
+/// From an accepted descriptor to its socket.
+fn socket_from_fd_members(btf: &Btf, s: &mut StructLayout) {
+    optional_members(
+        btf,
+        [
+            (&mut s.task_files, "task_struct", "files"),
+            (&mut s.files_fdt, "files_struct", "fdt"),
+            (&mut s.fdtable_fd, "fdtable", "fd"),
+            (&mut s.fdtable_max_fds, "fdtable", "max_fds"),
+            (&mut s.file_private_data, "file", "private_data"),
+            (&mut s.socket_sk, "socket", "sk"),
+        ],
+    );
+}
+
+/// A task's executable and its owner and mode: an sshd is followed only from a root-owned
+/// program.
+fn executable_members(btf: &Btf, s: &mut StructLayout) {
+    optional_members(
+        btf,
+        [
+            (&mut s.task_mm, "task_struct", "mm"),
+            (&mut s.mm_exe_file, "mm_struct", "exe_file"),
+            (&mut s.file_inode, "file", "f_inode"),
+            (&mut s.inode_uid, "inode", "i_uid"),
+            (&mut s.inode_mode, "inode", "i_mode"),
+        ],
+    );
+}
+
+/// A task's memory cgroup limit and usage, read in the kernel since /proc shows an exiting
+/// task's cgroup v1 path as "/".
+fn memory_cgroup_members(btf: &Btf, s: &mut StructLayout) {
+    optional_members(
+        btf,
+        [
+            (&mut s.task_cgroups, "task_struct", "cgroups"),
+            (&mut s.css_set_subsys, "css_set", "subsys"),
+            (&mut s.mem_cgroup_css, "mem_cgroup", "css"),
+            (&mut s.mem_cgroup_memory, "mem_cgroup", "memory"),
+            (&mut s.page_counter_max, "page_counter", "max"),
+            (&mut s.page_counter_usage, "page_counter", "usage"),
+        ],
+    );
     s.memory_cgrp_id = btf
         .enum_values(Some("cgroup_subsys_id"), None)
         .and_then(|values| values.into_iter().find(|(n, _)| n == "memory_cgrp_id"))
         .and_then(|(_, v)| u16::try_from(v).ok())
         .unwrap_or(ABSENT);
-    Ok(layout)
 }
 
 /// The address fields in either style the kernel has used for TCP tracepoints.

@@ -12,6 +12,7 @@
 use std::{
     collections::VecDeque,
     io::{self, Write as _},
+    ops::ControlFlow,
     sync::{
         atomic::{AtomicBool, AtomicU64, Ordering::Relaxed},
         Arc, Mutex,
@@ -404,166 +405,270 @@ fn stderr_line(line: &str) {
 pub async fn run(
     shared: Arc<Shared>,
     loss: Arc<LossContext>,
-    mut stop: watch::Receiver<bool>,
+    stop: watch::Receiver<bool>,
     stdout_closed: Arc<watch::Sender<bool>>,
 ) {
-    let spec = &shared.spec;
-    let is_stdout = spec.transport == Transport::Stdout;
-    let is_file = matches!(spec.transport, Transport::File { .. });
-    if is_stdout {
-        watch_stdout(stdout_closed.clone());
+    let mut writer = OutputWriter::new(shared, loss, stop, stdout_closed);
+    while writer.turn().await != ControlFlow::Break(Interrupt::EndTask) {}
+}
+
+/// Why a turn of the writing loop ended before sending.
+#[derive(Debug, PartialEq, Eq)]
+enum Interrupt {
+    /// The task is done.
+    EndTask,
+    /// Start again from the top: something changed, or there is nothing to do yet.
+    NextTurn,
+}
+
+/// One output's writing task: its connection, and when and how it retries.
+struct OutputWriter {
+    shared: Arc<Shared>,
+    loss: Arc<LossContext>,
+    stop: watch::Receiver<bool>,
+    stdout_closed: Arc<watch::Sender<bool>>,
+    is_stdout: bool,
+    retrying: &'static str,
+    warnings: Warnings,
+    backoff: Backoff,
+    conn: Option<Connection>,
+    connected_at: Instant,
+    /// No attempt before this, after a failure.
+    retry_at: Option<Instant>,
+    /// Connect even with nothing to send: at start-up, so that an unreachable collector is
+    /// reported at once (a warning: it may come up later), and after SIGHUP.
+    connect_now: bool,
+}
+
+impl OutputWriter {
+    fn new(
+        shared: Arc<Shared>,
+        loss: Arc<LossContext>,
+        stop: watch::Receiver<bool>,
+        stdout_closed: Arc<watch::Sender<bool>>,
+    ) -> Self {
+        let spec = &shared.spec;
+        let is_stdout = spec.transport == Transport::Stdout;
+        let is_file = matches!(spec.transport, Transport::File { .. });
+        if is_stdout {
+            watch_stdout(stdout_closed.clone());
+        }
+        let warnings = Warnings::new(&spec.name);
+        let backoff = Backoff {
+            next: BACKOFF_START,
+            max: if is_file {
+                FILE_BACKOFF_MAX
+            } else {
+                BACKOFF_MAX
+            },
+        };
+        Self {
+            retrying: if is_file { "retrying" } else { "reconnecting" },
+            shared,
+            loss,
+            stop,
+            stdout_closed,
+            is_stdout,
+            warnings,
+            backoff,
+            conn: None,
+            connected_at: Instant::now(),
+            retry_at: None,
+            connect_now: true,
+        }
     }
-    let mut warnings = Warnings::new(&spec.name);
-    let mut backoff = Backoff {
-        next: BACKOFF_START,
-        max: if is_file {
-            FILE_BACKOFF_MAX
-        } else {
-            BACKOFF_MAX
-        },
-    };
-    let retrying = if is_file { "retrying" } else { "reconnecting" };
-    let mut conn: Option<Connection> = None;
-    let mut connected_at = Instant::now();
-    // No attempt before this, after a failure.
-    let mut retry_at: Option<Instant> = None;
-    // Connect even with nothing to send: at start-up, so that an unreachable collector is
-    // reported at once (a warning: it may come up later), and after SIGHUP.
-    let mut connect_now = true;
-    loop {
-        if is_stdout && *stdout_closed.borrow() {
-            return;
+
+    /// One turn of the loop: at most one record (or loss record) sent.
+    async fn turn(&mut self) -> ControlFlow<Interrupt> {
+        if self.is_stdout && *self.stdout_closed.borrow() {
+            return ControlFlow::Break(Interrupt::EndTask);
         }
-        if shared.reopen.swap(false, Relaxed) {
-            conn = None;
-            connect_now = true;
-            retry_at = None;
-        }
-        let stopping = *stop.borrow();
-        if shared.status_dirty.swap(false, Relaxed) {
-            if let Some(c) = conn.as_mut() {
-                let status = shared.status.lock().expect("status lock").clone();
-                let mut bytes = BytesMut::from(CLEAR_LINE);
-                bytes.extend_from_slice(status.as_bytes());
-                if let Err(err) = send(c, &spec.transport, bytes).await {
-                    if is_stdout && reader_gone(&err) {
-                        stdout_closed.send_replace(true);
-                        return;
-                    }
-                }
-            }
-        }
-        let unreported = shared.counters.unreported.load(Relaxed);
-        let next = shared.front();
+        self.reopen_if_asked();
+        let stopping = *self.stop.borrow();
+        self.redraw_status().await?;
+        let unreported = self.shared.counters.unreported.load(Relaxed);
+        let next = self.shared.front();
         let idle = next.is_none() && unreported == 0;
-        if idle && !connect_now {
-            if stopping {
-                return;
-            }
-            tokio::select! {
-                _ = shared.wake.notified() => {}
-                _ = stop.changed() => {}
-            }
-            continue;
+        if idle && !self.connect_now {
+            return ControlFlow::Break(self.wait_for_work(stopping).await);
         }
-        if let Some(at) = retry_at {
+        self.wait_out_backoff(stopping).await?;
+        self.connect_if_needed(stopping).await?;
+        self.connect_now = false;
+        if idle {
+            return ControlFlow::Break(Interrupt::NextTurn);
+        }
+        let result = if unreported > 0 {
+            self.send_loss_record(unreported).await
+        } else {
+            self.send_record(next.expect("checked above")).await
+        };
+        self.after_send(result, stopping)
+    }
+
+    /// SIGHUP: a file output drops its file and opens its path again at once.
+    fn reopen_if_asked(&mut self) {
+        if self.shared.reopen.swap(false, Relaxed) {
+            self.conn = None;
+            self.connect_now = true;
+            self.retry_at = None;
+        }
+    }
+
+    /// Redraws the terminal's status line if it changed.
+    async fn redraw_status(&mut self) -> ControlFlow<Interrupt> {
+        if !self.shared.status_dirty.swap(false, Relaxed) {
+            return ControlFlow::Continue(());
+        }
+        let Some(c) = self.conn.as_mut() else {
+            return ControlFlow::Continue(());
+        };
+        let status = self.shared.status.lock().expect("status lock").clone();
+        let mut bytes = BytesMut::from(CLEAR_LINE);
+        bytes.extend_from_slice(status.as_bytes());
+        if let Err(err) = send(c, &self.shared.spec.transport, bytes).await {
+            if self.is_stdout && reader_gone(&err) {
+                self.stdout_closed.send_replace(true);
+                return ControlFlow::Break(Interrupt::EndTask);
+            }
+        }
+        ControlFlow::Continue(())
+    }
+
+    /// Nothing to send: sleeps until a record, a status line or the stop arrives.
+    async fn wait_for_work(&mut self, stopping: bool) -> Interrupt {
+        if stopping {
+            return Interrupt::EndTask;
+        }
+        tokio::select! {
+            _ = self.shared.wake.notified() => {}
+            _ = self.stop.changed() => {}
+        }
+        Interrupt::NextTurn
+    }
+
+    /// After a failure, no attempt before the backoff has passed.
+    async fn wait_out_backoff(&mut self, stopping: bool) -> ControlFlow<Interrupt> {
+        if let Some(at) = self.retry_at {
             if Instant::now() < at {
                 // A failing output is not retried once sshtrace stops: what it holds is
                 // reported undelivered.
                 if stopping {
-                    return;
+                    return ControlFlow::Break(Interrupt::EndTask);
                 }
                 tokio::select! {
                     _ = tokio::time::sleep_until(at) => {}
-                    _ = shared.wake.notified() => {}
-                    _ = stop.changed() => {}
+                    _ = self.shared.wake.notified() => {}
+                    _ = self.stop.changed() => {}
                 }
-                continue;
+                return ControlFlow::Break(Interrupt::NextTurn);
             }
-            retry_at = None;
+            self.retry_at = None;
         }
-        if conn.is_none() {
-            connect_now = false;
-            match connect(&spec.transport).await {
-                Ok(c) => {
-                    conn = Some(c);
-                    connected_at = Instant::now();
+        ControlFlow::Continue(())
+    }
+
+    /// Connects if there is no connection; a failure is warned about and backed off from.
+    async fn connect_if_needed(&mut self, stopping: bool) -> ControlFlow<Interrupt> {
+        if self.conn.is_some() {
+            return ControlFlow::Continue(());
+        }
+        self.connect_now = false;
+        let spec = &self.shared.spec;
+        match connect(&spec.transport).await {
+            Ok(c) => {
+                self.conn = Some(c);
+                self.connected_at = Instant::now();
+                ControlFlow::Continue(())
+            }
+            Err(err) => {
+                self.warnings.failure(&format!(
+                    "{err}; retrying, records queue up to {} and are then dropped (counted)",
+                    spec.queue
+                ));
+                self.retry_at = Some(Instant::now() + self.backoff.after_failure(None));
+                if stopping {
+                    return ControlFlow::Break(Interrupt::EndTask);
                 }
-                Err(err) => {
-                    warnings.failure(&format!(
-                        "{err}; retrying, records queue up to {} and are then dropped (counted)",
-                        spec.queue
-                    ));
-                    retry_at = Some(Instant::now() + backoff.after_failure(None));
-                    if stopping {
-                        return;
-                    }
-                    continue;
-                }
+                ControlFlow::Break(Interrupt::NextTurn)
             }
         }
-        connect_now = false;
-        if idle {
-            continue;
+    }
+
+    /// Says how many records were dropped; they count as reported once it is sent, or once
+    /// it can never be (too big for a datagram).
+    async fn send_loss_record(&mut self, unreported: u64) -> io::Result<()> {
+        let (shared, loss) = (&self.shared, &self.loss);
+        let spec = &shared.spec;
+        let record = Record::Loss(LossRecord::new(
+            loss.clock.rfc3339(Clock::monotonic_now_ns()),
+            loss.host.clone(),
+            Some(spec.name.clone()),
+            unreported,
+            shared.counters.dropped.load(Relaxed),
+            KernelLoss {
+                lost: loss.kernel_lost.load(Relaxed),
+                skipped_runs: loss.kernel_skipped_runs.load(Relaxed),
+                not_kept: *loss.not_kept.lock().expect("not poisoned"),
+            },
+        ));
+        let c = self.conn.as_mut().expect("connected above");
+        let sent = send(c, &spec.transport, encode(&record, &spec.encoding)).await;
+        if sent.is_ok() || sent.as_ref().is_err_and(|e| too_big(&spec.transport, e)) {
+            shared.counters.unreported.fetch_sub(unreported, Relaxed);
         }
-        let c = conn.as_mut().expect("connected above");
-        let result = if unreported > 0 {
-            let record = Record::Loss(LossRecord::new(
-                loss.clock.rfc3339(Clock::monotonic_now_ns()),
-                loss.host.clone(),
-                Some(spec.name.clone()),
-                unreported,
-                shared.counters.dropped.load(Relaxed),
-                KernelLoss {
-                    lost: loss.kernel_lost.load(Relaxed),
-                    skipped_runs: loss.kernel_skipped_runs.load(Relaxed),
-                    not_kept: *loss.not_kept.lock().expect("not poisoned"),
-                },
-            ));
-            let sent = send(c, &spec.transport, encode(&record, &spec.encoding)).await;
-            if sent.is_ok() || sent.as_ref().is_err_and(|e| too_big(&spec.transport, e)) {
-                shared.counters.unreported.fetch_sub(unreported, Relaxed);
+        sent
+    }
+
+    /// Sends the record at the front of the queue; it leaves the queue once sent, or once it
+    /// can never be.
+    async fn send_record(&mut self, record: Arc<Record>) -> io::Result<()> {
+        let shared = &self.shared;
+        let spec = &shared.spec;
+        let c = self.conn.as_mut().expect("connected above");
+        let sent = send(
+            c,
+            &spec.transport,
+            shared.framed(encode(&record, &spec.encoding)),
+        )
+        .await;
+        match &sent {
+            Ok(()) => {
+                shared.pop_front();
+                shared.counters.delivered.fetch_add(1, Relaxed);
             }
-            sent
-        } else {
-            let record = next.expect("checked above");
-            let sent = send(
-                c,
-                &spec.transport,
-                shared.framed(encode(&record, &spec.encoding)),
-            )
-            .await;
-            match &sent {
-                Ok(()) => {
-                    shared.pop_front();
-                    shared.counters.delivered.fetch_add(1, Relaxed);
-                }
-                Err(e) if too_big(&spec.transport, e) => shared.drop_front(),
-                Err(_) => {}
-            }
-            sent
-        };
+            Err(e) if too_big(&spec.transport, e) => shared.drop_front(),
+            Err(_) => {}
+        }
+        sent
+    }
+
+    /// Warns about a failed send and backs off; a reader gone from stdout ends the task.
+    fn after_send(&mut self, result: io::Result<()>, stopping: bool) -> ControlFlow<Interrupt> {
         match result {
-            Ok(()) => warnings.success(),
-            Err(err) if too_big(&spec.transport, &err) => {
-                warnings.warn(&format!(
+            Ok(()) => self.warnings.success(),
+            Err(err) if too_big(&self.shared.spec.transport, &err) => {
+                self.warnings.warn(&format!(
                     "a record does not fit a datagram ({err}); dropped (counted)"
                 ));
             }
-            Err(err) if is_stdout && reader_gone(&err) => {
-                stdout_closed.send_replace(true);
-                return;
+            Err(err) if self.is_stdout && reader_gone(&err) => {
+                self.stdout_closed.send_replace(true);
+                return ControlFlow::Break(Interrupt::EndTask);
             }
             Err(err) => {
-                warnings.failure(&format!("{err}; {retrying}"));
-                conn = None;
-                let wait = backoff.after_failure(Some(connected_at.elapsed()));
-                retry_at = Some(Instant::now() + wait);
+                self.warnings.failure(&format!("{err}; {}", self.retrying));
+                self.conn = None;
+                let wait = self
+                    .backoff
+                    .after_failure(Some(self.connected_at.elapsed()));
+                self.retry_at = Some(Instant::now() + wait);
                 if stopping {
-                    return;
+                    return ControlFlow::Break(Interrupt::EndTask);
                 }
             }
         }
+        ControlFlow::Continue(())
     }
 }
 

@@ -64,27 +64,58 @@ impl SinkSpec {
     pub fn parse(value: &str, view: StdoutView) -> Result<Self> {
         let fail = |why: &str| anyhow::anyhow!("--output {value}: {why}");
         let (base, query) = value.split_once('?').unwrap_or((value, ""));
-        let mut queue = DEFAULT_QUEUE;
-        let mut max_size = None;
-        let mut keep = 5;
+        let options = SinkOptions::parse(query, &fail)?;
+        let mut status_line = false;
+        let (transport, encoding) = match base {
+            "-" | "stdout" => {
+                status_line = view.terminal && !view.json;
+                (Transport::Stdout, stdout_encoding(view))
+            }
+            "journald" => journald(&fail)?,
+            _ => url_destination(base, &options, &fail)?,
+        };
+        Ok(Self {
+            name: value.to_owned(),
+            transport,
+            encoding,
+            queue: options.queue,
+            status_line,
+        })
+    }
+}
+
+/// The `?key=value&…` options of an `--output` value.
+struct SinkOptions {
+    queue: usize,
+    max_size: Option<u64>,
+    keep: u32,
+}
+
+impl SinkOptions {
+    fn parse(query: &str, fail: &dyn Fn(&str) -> anyhow::Error) -> Result<Self> {
+        let mut options = SinkOptions {
+            queue: DEFAULT_QUEUE,
+            max_size: None,
+            keep: 5,
+        };
         for pair in query.split('&').filter(|p| !p.is_empty()) {
             let (k, v) = pair
                 .split_once('=')
                 .ok_or_else(|| fail("options are key=value"))?;
             match k {
                 "queue" => {
-                    queue = v
+                    options.queue = v
                         .parse()
                         .ok()
                         .filter(|&n| n > 0)
                         .ok_or_else(|| fail("queue must be a positive number"))?
                 }
                 "max_size" => {
-                    max_size =
+                    options.max_size =
                         Some(parse_size(v).ok_or_else(|| fail("max_size is a size like 10M"))?)
                 }
                 "keep" => {
-                    keep = v.parse().ok().filter(|&k| k <= MAX_KEEP).ok_or_else(|| {
+                    options.keep = v.parse().ok().filter(|&k| k <= MAX_KEEP).ok_or_else(|| {
                         fail(&format!("keep must be a number from 0 to {MAX_KEEP}"))
                     })?
                 }
@@ -95,60 +126,60 @@ impl SinkSpec {
                 }
             }
         }
-        let stdout_encoding = if view.json {
-            Encoding::JsonLines
-        } else {
-            Encoding::Text {
-                verbose: view.verbose,
-                color: view.color,
-            }
-        };
-        let mut status_line = false;
-        let (transport, encoding) = match base {
-            "-" | "stdout" => {
-                status_line = view.terminal && !view.json;
-                (Transport::Stdout, stdout_encoding)
-            }
-            "journald" => {
-                if !std::path::Path::new(JOURNALD_SOCKET).exists() {
-                    return Err(fail(&format!(
-                        "journald's socket {JOURNALD_SOCKET} does not exist"
-                    )));
-                }
-                (
-                    Transport::UnixDatagram(JOURNALD_SOCKET.into()),
-                    Encoding::Journald,
-                )
-            }
-            _ => {
-                let (scheme, rest) = base.split_once("://").ok_or_else(|| {
-                    fail("not a URL (e.g. tcp://127.0.0.1:9000, file:///var/log/sshtrace.jsonl)")
-                })?;
-                let syslog = Encoding::Syslog {
-                    octet_counting: false,
-                };
-                match scheme {
-                    "file" => (Transport::File { path: file_path(rest, &fail)?, max_size, keep }, Encoding::JsonLines),
-                    "tcp" => (Transport::Tcp(host_port(rest, &fail)?), Encoding::JsonLines),
-                    "udp" => (Transport::Udp(host_port(rest, &fail)?), Encoding::JsonLines),
-                    "unix" => (Transport::UnixStream(local_path(rest, &fail)?), Encoding::JsonLines),
-                    "syslog+tcp" => (Transport::Tcp(host_port(rest, &fail)?), Encoding::Syslog { octet_counting: true }),
-                    "syslog+udp" => (Transport::Udp(host_port(rest, &fail)?), syslog),
-                    "syslog+unix" => (Transport::UnixDatagram(local_path(rest, &fail)?), syslog),
-                    other => return Err(fail(&format!(
-                        "unknown scheme '{other}' (stdout, file, tcp, udp, unix, syslog+tcp, syslog+udp, syslog+unix, journald)"
-                    ))),
-                }
-            }
-        };
-        Ok(Self {
-            name: value.to_owned(),
-            transport,
-            encoding,
-            queue,
-            status_line,
-        })
+        Ok(options)
     }
+}
+
+/// What plain stdout prints: JSON Lines with `--json`, else the human view.
+fn stdout_encoding(view: StdoutView) -> Encoding {
+    if view.json {
+        Encoding::JsonLines
+    } else {
+        Encoding::Text {
+            verbose: view.verbose,
+            color: view.color,
+        }
+    }
+}
+
+/// journald's socket, refused at start-up where journald does not run.
+fn journald(fail: &dyn Fn(&str) -> anyhow::Error) -> Result<(Transport, Encoding)> {
+    if !std::path::Path::new(JOURNALD_SOCKET).exists() {
+        return Err(fail(&format!(
+            "journald's socket {JOURNALD_SOCKET} does not exist"
+        )));
+    }
+    Ok((
+        Transport::UnixDatagram(JOURNALD_SOCKET.into()),
+        Encoding::Journald,
+    ))
+}
+
+/// A `scheme://…` destination: the scheme picks both the transport and the encoding.
+fn url_destination(
+    base: &str,
+    options: &SinkOptions,
+    fail: &dyn Fn(&str) -> anyhow::Error,
+) -> Result<(Transport, Encoding)> {
+    let (scheme, rest) = base.split_once("://").ok_or_else(|| {
+        fail("not a URL (e.g. tcp://127.0.0.1:9000, file:///var/log/sshtrace.jsonl)")
+    })?;
+    let syslog = Encoding::Syslog {
+        octet_counting: false,
+    };
+    let (max_size, keep) = (options.max_size, options.keep);
+    Ok(match scheme {
+        "file" => (Transport::File { path: file_path(rest, fail)?, max_size, keep }, Encoding::JsonLines),
+        "tcp" => (Transport::Tcp(host_port(rest, fail)?), Encoding::JsonLines),
+        "udp" => (Transport::Udp(host_port(rest, fail)?), Encoding::JsonLines),
+        "unix" => (Transport::UnixStream(local_path(rest, fail)?), Encoding::JsonLines),
+        "syslog+tcp" => (Transport::Tcp(host_port(rest, fail)?), Encoding::Syslog { octet_counting: true }),
+        "syslog+udp" => (Transport::Udp(host_port(rest, fail)?), syslog),
+        "syslog+unix" => (Transport::UnixDatagram(local_path(rest, fail)?), syslog),
+        other => return Err(fail(&format!(
+            "unknown scheme '{other}' (stdout, file, tcp, udp, unix, syslog+tcp, syslog+udp, syslog+unix, journald)"
+        ))),
+    })
 }
 
 /// `host:port`, with the port required; IPv6 in brackets. Names are resolved when connecting.
