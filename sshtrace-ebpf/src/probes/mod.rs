@@ -7,8 +7,8 @@ mod process;
 mod signal;
 mod skb;
 mod sock_state;
-mod sshd_output;
 mod socket;
+mod sshd_output;
 mod syscalls;
 mod tcp;
 

@@ -74,7 +74,12 @@ fn verdict(v: &Verdict, verbose: bool, color: bool) -> String {
             let _ = writeln!(line, "    evidence: {}", escape::json(e));
         }
         for l in &v.sshd_log {
-            let _ = writeln!(line, "    sshd log: [{}] {}", l.pid, escape::text(&l.message));
+            let _ = writeln!(
+                line,
+                "    sshd log: [{}] {}",
+                l.pid,
+                escape::text(&l.message)
+            );
         }
     }
     line
