@@ -5,7 +5,7 @@ use std::{collections::HashMap, io::Write as _, path::PathBuf, time::Duration};
 
 use anyhow::{Context as _, Result};
 use aya::maps::{MapData, RingBuf};
-use sshtrace_common::Settings;
+use sshtrace_common::{KernelLayout, Settings};
 use tokio::{
     io::{unix::AsyncFd, Interest},
     signal::unix::{signal, SignalKind},
@@ -57,21 +57,8 @@ pub async fn run(
 ) -> Result<()> {
     // aya's own parses of the kernel's BTF run beside this one.
     let aya_btf = crate::probes::BtfParses::start();
-    let btf = Btf::load()?;
-    let layout = layout::discover(&tracefs, &btf)?;
-    let names = KernelNames::from_btf(&btf);
-    let mut plan = Plan::new(&layout, &names, btf.has_type("landlock_request"));
-    // What was needed is extracted; the parsed BTF is large.
-    drop(btf);
-    let sockets = if cli.runtime_sockets.is_empty() {
-        crate::runtime::DEFAULT_SOCKETS
-            .iter()
-            .map(Into::into)
-            .collect()
-    } else {
-        cli.runtime_sockets.clone()
-    };
-    let container_names = ContainerNames::start(sockets);
+    let (layout, names, mut plan) = kernel_facts(&tracefs)?;
+    let container_names = ContainerNames::start(runtime_sockets(&cli));
     let containers = resolve_containers(&cli.containers, &container_names)?;
     let filter_netns = !containers.is_empty() || cli.host_only;
     let discovery = Discovery::new(Scope {
@@ -80,25 +67,9 @@ pub async fn run(
         ports: cli.ports.iter().copied().collect(),
         pids: cli.pids.iter().copied().collect(),
     })?;
-    let probes = Probes::load(
-        aya_btf,
-        layout,
-        Settings {
-            all_ports: cli.all_tcp as u32,
-            filter_netns: filter_netns as u32,
-            netfilter_drop: names
-                .drop_reason_value("NETFILTER_DROP")
-                .unwrap_or(u32::MAX),
-            no_socket_drop: plan.no_socket_resets.drop_reason().unwrap_or(u32::MAX),
-            tcp_states: crate::state::tcp_states(&names),
-            claim_on_accept: layout.structs.accepted_socket_known() as u32,
-            wakeup_backlog: cli.ring_size / 4,
-            // `--pid` names the sshd to trace: no other is followed.
-            follow_sshd_execs: (cli.pids.is_empty() && layout.structs.executable_known()) as u32,
-        },
-        cli.ring_size,
-        plan.wants_refusal_kprobes(),
-    )?;
+    let settings = kernel_settings(&cli, &layout, &names, &plan, filter_netns);
+    let refusal_kprobes = plan.wants_refusal_kprobes();
+    let probes = Probes::load(aya_btf, layout, settings, cli.ring_size, refusal_kprobes)?;
     if probes.refusal_kprobes_attached() {
         plan.refusals_by_kprobe();
     }
@@ -106,66 +77,30 @@ pub async fn run(
         plan.socket_states_through(way);
     }
     if cli.probe_report {
-        // A closed standard output is not worth a panic.
-        let _ = write!(
-            std::io::stdout(),
-            "{}",
-            plan.report(
-                &kernel_release(),
-                &crate::probes::program_types(),
-                &probes.attached_labels(),
-                &probes.skipped
-            )
-        );
+        print_probe_report(&plan, &probes);
         return Ok(());
     }
-    let (attached, skipped) = (
-        probes.attached_labels().join(", "),
-        probes.skipped.join(", "),
-    );
-    let hooks = probes.attached.len();
+    let attached = probes.attached_labels();
+    let skipped = probes.skipped.join(", ");
     // SAFETY: the ring buffer owns its fd and keeps it open for as long as the AsyncFd lives.
     let ring = unsafe { AsyncFd::register_with_interest(probes.events, Interest::READABLE) }
         .map_err(|e| e.into_parts().1)
         .context("cannot poll the ring buffer")?;
-    let clock = Clock::new();
-    let host = hostname();
-    let outputs_to_stdout = outputs
-        .iter()
-        .any(|o| o.transport == crate::output::url::Transport::Stdout);
-    let mut tracer = Tracer {
-        container_names,
-        last_scan: std::time::Instant::now(),
-        scan_due: false,
-        state: State::new(crate::state::tcp_states(&names)),
+    let parts = Parts {
+        probes: ProbeHandles {
+            filters: probes.filters,
+            unclaimed: probes.unclaimed,
+            bursts: probes.bursts,
+            programs: probes.programs,
+            counters: probes.counters,
+            skipped_runs: probes.skipped_runs,
+        },
         names,
         discovery,
-        filters: probes.filters,
-        unclaimed: probes.unclaimed,
-        bursts: probes.bursts,
-        programs: Some(probes.programs),
-        stopped: None,
-        counters: probes.counters,
-        skipped_runs: probes.skipped_runs,
-        report: Report {
-            outputs: Outputs::start(outputs, host.clone(), clock),
-            summary: Summary::default(),
-            verdicts: 0,
-            view: View {
-                json: cli.json,
-                summary_only: cli.summary_only,
-                stdout_is_output: outputs_to_stdout,
-                clients: cli.clients.clone(),
-                causes: cli.causes.clone(),
-            },
-        },
-        clock,
-        host,
-        stats: Stats::default(),
-        dump_events: cli.dump_events,
-        stalls_reported: HashMap::new(),
+        container_names,
         lsms,
     };
+    let mut tracer = Tracer::new(parts, outputs, &cli);
     // Tracking starts before the report: whoever waits for it may connect at once.
     tracer.rediscover()?;
     release_freed_memory();
@@ -175,11 +110,80 @@ pub async fn run(
     if let Err(e) = crate::privileges::keep_only(crate::privileges::TRACING) {
         eprintln!("sshtrace: warning: keeps every capability: {e:#}");
     }
-    eprintln!("sshtrace: attached {hooks} hooks: {attached}");
-    eprintln!(
-        "sshtrace: {}; audit records: {audit}",
-        describe_lsms(&tracer.lsms)
+    announce(&attached, &skipped, &plan, &tracer.lsms, &audit);
+    tracer.event_loop(ring, &mut audit_rx, &cli).await?;
+    tracer.finish().await;
+    Ok(())
+}
+
+/// This kernel's tracepoint layouts, its names for states and reasons, and the plan they
+/// give; the parsed BTF is dropped once they are extracted (it is large).
+fn kernel_facts(tracefs: &std::path::Path) -> Result<(KernelLayout, KernelNames, Plan)> {
+    let btf = Btf::load()?;
+    let layout = layout::discover(tracefs, &btf)?;
+    let names = KernelNames::from_btf(&btf);
+    let plan = Plan::new(&layout, &names, btf.has_type("landlock_request"));
+    Ok((layout, names, plan))
+}
+
+/// The container runtimes' API sockets to ask for names: `--runtime-socket`, else the usual.
+fn runtime_sockets(cli: &Cli) -> Vec<PathBuf> {
+    if cli.runtime_sockets.is_empty() {
+        crate::runtime::DEFAULT_SOCKETS
+            .iter()
+            .map(Into::into)
+            .collect()
+    } else {
+        cli.runtime_sockets.clone()
+    }
+}
+
+/// What the programs are told before load.
+fn kernel_settings(
+    cli: &Cli,
+    layout: &KernelLayout,
+    names: &KernelNames,
+    plan: &Plan,
+    filter_netns: bool,
+) -> Settings {
+    Settings {
+        all_ports: cli.all_tcp as u32,
+        filter_netns: filter_netns as u32,
+        netfilter_drop: names
+            .drop_reason_value("NETFILTER_DROP")
+            .unwrap_or(u32::MAX),
+        no_socket_drop: plan.no_socket_resets.drop_reason().unwrap_or(u32::MAX),
+        tcp_states: crate::state::tcp_states(names),
+        claim_on_accept: layout.structs.accepted_socket_known() as u32,
+        wakeup_backlog: cli.ring_size / 4,
+        // `--pid` names the sshd to trace: no other is followed.
+        follow_sshd_execs: (cli.pids.is_empty() && layout.structs.executable_known()) as u32,
+    }
+}
+
+/// `--probe-report`: the plan, with the hooks that attached and those this kernel lacks.
+fn print_probe_report(plan: &Plan, probes: &Probes) {
+    // A closed standard output is not worth a panic.
+    let _ = write!(
+        std::io::stdout(),
+        "{}",
+        plan.report(
+            &kernel_release(),
+            &crate::probes::program_types(),
+            &probes.attached_labels(),
+            &probes.skipped
+        )
     );
+}
+
+/// The start-up lines: what is attached, the LSMs and audit, and what this kernel cannot show.
+fn announce(attached: &[String], skipped: &str, plan: &Plan, lsms: &ActiveLsms, audit: &str) {
+    eprintln!(
+        "sshtrace: attached {} hooks: {}",
+        attached.len(),
+        attached.join(", ")
+    );
+    eprintln!("sshtrace: {}; audit records: {audit}", describe_lsms(lsms));
     if !skipped.is_empty() {
         eprintln!("sshtrace: skipped hooks this kernel lacks: {skipped}");
     }
@@ -189,9 +193,75 @@ pub async fn run(
             missing.evidence, missing.without
         );
     }
-    tracer.event_loop(ring, &mut audit_rx, &cli).await?;
-    tracer.finish().await;
-    Ok(())
+}
+
+/// What the loaded programs leave userspace: the kernel-side filters and counters.
+struct ProbeHandles {
+    filters: KernelFilters,
+    unclaimed: crate::probes::UnclaimedConnections,
+    bursts: crate::probes::ResetBursts,
+    programs: Attached,
+    counters: LossCounters,
+    skipped_runs: SkippedRuns,
+}
+
+/// What start-up gathered for the tracer.
+struct Parts {
+    probes: ProbeHandles,
+    names: KernelNames,
+    discovery: Discovery,
+    container_names: ContainerNames,
+    lsms: ActiveLsms,
+}
+
+impl Tracer {
+    fn new(parts: Parts, outputs: Vec<SinkSpec>, cli: &Cli) -> Self {
+        let Parts {
+            probes,
+            names,
+            discovery,
+            container_names,
+            lsms,
+        } = parts;
+        let clock = Clock::new();
+        let host = hostname();
+        let stdout_is_output = outputs
+            .iter()
+            .any(|o| o.transport == crate::output::url::Transport::Stdout);
+        Tracer {
+            container_names,
+            last_scan: std::time::Instant::now(),
+            scan_due: false,
+            state: State::new(crate::state::tcp_states(&names)),
+            names,
+            discovery,
+            filters: probes.filters,
+            unclaimed: probes.unclaimed,
+            bursts: probes.bursts,
+            programs: Some(probes.programs),
+            stopped: None,
+            counters: probes.counters,
+            skipped_runs: probes.skipped_runs,
+            report: Report {
+                outputs: Outputs::start(outputs, host.clone(), clock),
+                summary: Summary::default(),
+                verdicts: 0,
+                view: View {
+                    json: cli.json,
+                    summary_only: cli.summary_only,
+                    stdout_is_output,
+                    clients: cli.clients.clone(),
+                    causes: cli.causes.clone(),
+                },
+            },
+            clock,
+            host,
+            stats: Stats::default(),
+            dump_events: cli.dump_events,
+            stalls_reported: HashMap::new(),
+            lsms,
+        }
+    }
 }
 
 struct Tracer {
