@@ -87,6 +87,7 @@ fn hand_over_to_child() -> std::io::Result<()> {
     // SAFETY: the child only makes async-signal-safe calls and never returns.
     match unsafe { libc::fork() } {
         -1 => Err(std::io::Error::last_os_error()),
+        // SAFETY: in the child, which runs only this.
         0 => unsafe { wait_for_parent_then_exit(read_end, write_end) },
         _ => {
             // The write end stays open until sshtrace's exit closes it.
@@ -98,7 +99,11 @@ fn hand_over_to_child() -> std::io::Result<()> {
 }
 
 /// The child: async-signal-safe calls only (the parent has other threads).
+///
+/// # Safety
+/// Only in the child of a fork, with the two ends of the pipe.
 unsafe fn wait_for_parent_then_exit(read_end: i32, write_end: i32) -> ! {
+    // SAFETY: plain system calls on our own descriptors and a static name.
     unsafe {
         libc::signal(libc::SIGTERM, libc::SIG_DFL);
         libc::signal(libc::SIGINT, libc::SIG_DFL);

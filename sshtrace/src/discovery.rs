@@ -369,7 +369,7 @@ impl Discovery {
     ) -> (BTreeSet<u16>, BTreeMap<u32, SshdConfig>) {
         let mut ports: BTreeSet<u16> = self.scope.ports.clone();
         for l in listeners.values() {
-            ports.extend(l.addrs.iter().map(|a| a.port()));
+            ports.extend(l.addrs.iter().map(std::net::SocketAddr::port));
         }
         // Nothing runs: watch the configured ports, so refusals there are seen.
         let default_config = listeners.is_empty() && self.scope.ports.is_empty();
@@ -778,7 +778,7 @@ mod tests {
     fn command_line_flags_attached_or_not() {
         let args: Vec<String> = ["sshd", "-D", "-f", "/a", "-p2222", "-o", "MaxStartups=3"]
             .iter()
-            .map(|s| s.to_string())
+            .map(std::string::ToString::to_string)
             .collect();
         assert_eq!(flag_values(&args, "-f"), vec!["/a"]);
         assert_eq!(flag_values(&args, "-p"), vec!["2222"]);
@@ -786,7 +786,7 @@ mod tests {
     }
 
     fn args(list: &[&str]) -> Vec<String> {
-        list.iter().map(|s| s.to_string()).collect()
+        list.iter().map(std::string::ToString::to_string).collect()
     }
 
     /// `-o` wins over the file, `-p` adds to it, and what the file says stops at `Match`.

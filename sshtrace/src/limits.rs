@@ -82,8 +82,8 @@ fn file_max() -> LimitFacts {
     let cols: Vec<&str> = nr.split_whitespace().collect();
     LimitFacts {
         limit: "file_max",
-        value: cols.get(2).map(|s| s.to_string()),
-        current: cols.first().map(|s| s.to_string()),
+        value: cols.get(2).map(std::string::ToString::to_string),
+        current: cols.first().map(std::string::ToString::to_string),
         source: "/proc/sys/fs/file-nr".into(),
     }
 }

@@ -404,7 +404,11 @@ impl KernelFilters {
         if !self.netns_filtered {
             return;
         }
-        let current: BTreeSet<u32> = self.netns.keys().filter_map(|k| k.ok()).collect();
+        let current: BTreeSet<u32> = self
+            .netns
+            .keys()
+            .filter_map(std::result::Result::ok)
+            .collect();
         for stale in current.difference(wanted) {
             let _ = self.netns.remove(stale);
         }

@@ -94,7 +94,7 @@ impl Summary {
         let repeated = v
             .details
             .get("repeated")
-            .and_then(|r| r.as_u64())
+            .and_then(serde_json::Value::as_u64)
             .unwrap_or(0);
         s.count += 1 + repeated;
         if s.first.is_empty() {

@@ -560,7 +560,11 @@ impl Tracer {
             {
                 continue;
             }
-            let ports: Vec<u16> = listener.addrs.iter().map(|a| a.port()).collect();
+            let ports: Vec<u16> = listener
+                .addrs
+                .iter()
+                .map(std::net::SocketAddr::port)
+                .collect();
             // The queue lives in the kernel's socket history (unclaimed connections are not
             // reported): read it only for a listener that fails to accept.
             let failing = ctx
@@ -831,7 +835,11 @@ fn tracking_line(snapshot: &Snapshot) -> String {
         .listeners
         .values()
         .map(|l| {
-            let addrs: Vec<String> = l.addrs.iter().map(|a| a.to_string()).collect();
+            let addrs: Vec<String> = l
+                .addrs
+                .iter()
+                .map(std::string::ToString::to_string)
+                .collect();
             match &l.container {
                 // The first 12 characters, not bytes: an id is no promise of ASCII.
                 Some(c) => format!(

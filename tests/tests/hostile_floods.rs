@@ -75,10 +75,8 @@ fn syn_flood(ns: &str, to: SocketAddrV4, seconds: u64) -> u64 {
     let ns_file = std::fs::File::open(format!("/run/netns/{ns}")).unwrap();
     thread::spawn(move || {
         // SAFETY: setns on a namespace file we opened; it changes only this thread.
-        assert_eq!(
-            unsafe { libc::setns(ns_file.as_raw_fd(), libc::CLONE_NEWNET) },
-            0
-        );
+        let entered = unsafe { libc::setns(ns_file.as_raw_fd(), libc::CLONE_NEWNET) };
+        assert_eq!(entered, 0);
         let sender = RawSender::new(Ipv4Addr::LOCALHOST);
         let start = Instant::now();
         let mut sent = 0u64;

@@ -160,7 +160,9 @@ fn unprivileged_fake_sshd_is_refused_whatever_its_config() {
     if !privileged("unprivileged_fake_sshd_is_refused_whatever_its_config") {
         return;
     }
-    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let _one = ONE_AT_A_TIME
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     let scratch = Scratch::new("fake-nobody");
     let binary = scratch.fake_sshd_binary("nobody");
     let eps = [231, 232, 233, 234].map(Endpoint::new);
@@ -192,7 +194,9 @@ fn root_owned_fake_sshd_with_hostile_configs() {
     if !privileged("root_owned_fake_sshd_with_hostile_configs") {
         return;
     }
-    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let _one = ONE_AT_A_TIME
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     let scratch = Scratch::new("fake-root");
     let binary = scratch.fake_sshd_binary("root");
     let eps = [236, 237, 238, 239].map(Endpoint::new);
@@ -253,7 +257,9 @@ fn lxc_named_cgroup_with_control_and_non_ascii_bytes() {
     if !privileged("lxc_named_cgroup_with_control_and_non_ascii_bytes") {
         return;
     }
-    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let _one = ONE_AT_A_TIME
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     let tenant = Cgroup::new("pids", "lxc-hostile");
     let cgroup = lxc_named_by_a_tenant(&tenant);
     let ep = Endpoint::new(229);

@@ -281,7 +281,7 @@ fn closed_stdout_ends_sshtrace_promptly_and_quietly() {
         reader
             .lines()
             .map_while(Result::ok)
-            .for_each(|l| lines.lock().unwrap().push(l))
+            .for_each(|l| lines.lock().unwrap().push(l));
     });
     wait_for("sshtrace to attach", Duration::from_secs(15), || {
         stderr
@@ -337,7 +337,7 @@ fn stalled_and_slamming_collectors_do_not_disturb_tracing() {
         silent
             .incoming()
             .map_while(Result::ok)
-            .for_each(|c| keep.lock().unwrap().push(c))
+            .for_each(|c| keep.lock().unwrap().push(c));
     });
     let accepted = Arc::new(AtomicU64::new(0));
     let count = accepted.clone();
@@ -345,7 +345,7 @@ fn stalled_and_slamming_collectors_do_not_disturb_tracing() {
         slamming.incoming().map_while(Result::ok).for_each(|c| {
             count.fetch_add(1, Ordering::SeqCst);
             drop(c);
-        })
+        });
     });
     let mut tracer = trace(crash, closed, &[&silent_url, &slamming_url]);
     // A verdict every 100 ms for 3 s: the collectors always have something to be sent.

@@ -239,7 +239,7 @@ fn hostile_process_name_stays_inside_its_field_in_every_output() {
             .into_iter()
             .find(|l| l.contains("sshd_killed"))
     });
-    assert!(!line.chars().any(|c| c.is_control()), "{line:?}");
+    assert!(!line.chars().any(char::is_control), "{line:?}");
     assert!(line.contains("k\\n]\"\\\\x1b[2Jx"), "{line}");
     assert!(text_tracer
         .stdout_lines()

@@ -128,7 +128,7 @@ fn bpf_linker() -> Result<()> {
     let sysroot_lib = PathBuf::from(sysroot.trim()).join("lib");
     let libllvm = fs::read_dir(&sysroot_lib)
         .with_context(|| format!("cannot read {}", sysroot_lib.display()))?
-        .filter_map(|e| e.ok())
+        .filter_map(std::result::Result::ok)
         .map(|e| e.file_name().to_string_lossy().into_owned())
         .find(|n| n.starts_with("libLLVM.so") || n.starts_with("libLLVM-"))
         .with_context(|| format!("no libLLVM in {}", sysroot_lib.display()))?;

@@ -241,7 +241,7 @@ pub fn fetch_kernel(series: &str) -> Result<Kernel> {
             "apt-get download (test kernel)",
         )?;
         let deb = fs::read_dir(&kernels)?
-            .filter_map(|e| e.ok())
+            .filter_map(std::result::Result::ok)
             .map(|e| e.path())
             .find(|p| {
                 p.file_name()
@@ -293,7 +293,7 @@ fn newest_image(apt_show: &str, series: &str) -> Option<String> {
 fn only_dir(dir: &Path) -> Result<String> {
     let names: Vec<String> = fs::read_dir(dir)
         .with_context(|| format!("cannot read {}", dir.display()))?
-        .filter_map(|e| e.ok())
+        .filter_map(std::result::Result::ok)
         .filter(|e| e.path().is_dir())
         .map(|e| e.file_name().to_string_lossy().into_owned())
         .collect();
@@ -523,7 +523,7 @@ fn boot(
     // stalls in cross-CPU work such as the code patching of a tracepoint being attached
     // (soft lockups in sshtrace's bpf() calls, RCU kthread starved, ~1 full run in 4).
     let cpus = match accel {
-        Accel::Kvm => std::thread::available_parallelism().map_or(2, |n| n.get()),
+        Accel::Kvm => std::thread::available_parallelism().map_or(2, std::num::NonZero::get),
         _ => 1,
     };
     let mut qemu = Command::new("qemu-system-x86_64");

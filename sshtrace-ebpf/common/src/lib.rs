@@ -134,10 +134,14 @@ impl Default for TcpStateNumbers {
 
 #[cfg(feature = "user")]
 mod pod {
-    // SAFETY: plain-old-data: repr(C), integer fields only, no padding.
+    // SAFETY: plain-old-data: repr(C), integer fields only, no padding (each below too).
     unsafe impl aya::Pod for super::KernelLayout {}
+    // SAFETY: as above.
     unsafe impl aya::Pod for super::Settings {}
+    // SAFETY: as above.
     unsafe impl aya::Pod for super::SockHistory {}
+    // SAFETY: as above.
     unsafe impl aya::Pod for super::BurstKey {}
+    // SAFETY: as above.
     unsafe impl aya::Pod for super::Burst {}
 }

@@ -62,5 +62,8 @@ pub(super) fn is_sshd(pid: u32, e: &Ended, ctx: &Context) -> bool {
     Some(pid) == e.conn.listener_pid
         || ctx.sshd.listeners.contains_key(&pid)
         || ctx.sshd.gone.iter().any(|l| l.pid == pid)
-        || ctx.procs.get(pid).is_some_and(|p| p.runs_sshd())
+        || ctx
+            .procs
+            .get(pid)
+            .is_some_and(super::super::state::processes::Process::runs_sshd)
 }

@@ -36,7 +36,7 @@ fn running(t: &Target) -> Check {
                 l.pid,
                 l.addrs
                     .iter()
-                    .map(|a| a.to_string())
+                    .map(std::string::ToString::to_string)
                     .collect::<Vec<_>>()
                     .join(" ")
             )
@@ -148,7 +148,7 @@ fn list_addrs(addrs: &[std::net::SocketAddr]) -> String {
     }
     addrs
         .iter()
-        .map(|a| a.to_string())
+        .map(std::string::ToString::to_string)
         .collect::<Vec<_>>()
         .join(", ")
 }

@@ -16,8 +16,9 @@ pub fn checks() -> Vec<Check> {
 
 fn disk(path: &str) -> Option<Check> {
     let c = CString::new(path).ok()?;
-    // SAFETY: statvfs fills the struct we pass.
+    // SAFETY: plain-old-data, all zeros is a valid value.
     let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: statvfs fills the struct we pass, from a NUL-terminated path.
     if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
         return None;
     }

@@ -40,6 +40,7 @@ fn dump(family: u8) -> io::Result<Vec<(u64, SocketAddr)>> {
     if fd < 0 {
         return Err(io::Error::last_os_error());
     }
+    // SAFETY: a descriptor socket() just returned, owned by nothing else.
     let fd = unsafe { OwnedFd::from_raw_fd(fd) };
     let mut req = [0u8; HDR + 56];
     let total = req.len() as u32;

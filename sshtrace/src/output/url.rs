@@ -108,16 +108,16 @@ impl SinkOptions {
                         .parse()
                         .ok()
                         .filter(|&n| n > 0)
-                        .ok_or_else(|| fail("queue must be a positive number"))?
+                        .ok_or_else(|| fail("queue must be a positive number"))?;
                 }
                 "max_size" => {
                     options.max_size =
-                        Some(parse_size(v).ok_or_else(|| fail("max_size is a size like 10M"))?)
+                        Some(parse_size(v).ok_or_else(|| fail("max_size is a size like 10M"))?);
                 }
                 "keep" => {
                     options.keep = v.parse().ok().filter(|&k| k <= MAX_KEEP).ok_or_else(|| {
                         fail(&format!("keep must be a number from 0 to {MAX_KEEP}"))
-                    })?
+                    })?;
                 }
                 _ => {
                     return Err(fail(&format!(

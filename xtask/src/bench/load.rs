@@ -27,7 +27,7 @@ pub fn port(addr: &str) -> &str {
 
 pub fn num_cpus() -> usize {
     thread::available_parallelism()
-        .map(|n| n.get())
+        .map(std::num::NonZero::get)
         .unwrap_or(1)
 }
 
