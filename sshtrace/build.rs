@@ -1,5 +1,5 @@
 //! Builds the eBPF programs with the nightly toolchain and places the object in OUT_DIR,
-//! where `src/probes.rs` embeds it.
+//! where `src/kernel/probes.rs` embeds it.
 
 fn main() -> anyhow::Result<()> {
     let root_dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../sshtrace-ebpf");

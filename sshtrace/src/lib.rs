@@ -1,30 +1,20 @@
 //! sshtrace: who reset that SSH connection, and why.
 //!
-//! Data flows one way: kernel event ([`events`]) → state update ([`state`]) → cause rules
-//! ([`causes`]) → verdict ([`verdict`]) → outputs ([`output`]). [`tracer`] drives it.
+//! Data flows one way, one folder a stage: the kernel side is loaded, attached and stopped
+//! ([`kernel`]); its records are decoded and applied to what is known ([`trace`]); what the
+//! events do not carry is gathered from the host ([`enrich`]); an ended connection is judged
+//! by pure rules ([`causes`]) into a [`verdict`]; the verdict goes to the outputs ([`output`]).
+//! [`doctor`] checks a host's sshd setup without tracing.
 
-pub mod audit;
 pub mod causes;
 pub mod cli;
 pub mod clock;
-pub mod container;
-pub mod dac;
-pub mod detach;
-pub mod discovery;
 pub mod doctor;
+pub mod enrich;
 pub mod escape;
-pub mod events;
-pub mod hooks;
 pub mod kernel;
-pub mod limits;
 pub mod output;
-pub mod plan;
 pub mod preflight;
 pub mod privileges;
-pub mod probes;
-pub mod runtime;
-pub mod sshd_output;
-pub mod state;
-pub mod summary;
-pub mod tracer;
+pub mod trace;
 pub mod verdict;

@@ -7,7 +7,8 @@ use sshtrace::{
     doctor,
     kernel::{lsm::ActiveLsms, tracefs},
     output::{SinkSpec, StdoutView},
-    preflight, tracer,
+    preflight,
+    trace::tracer,
     verdict::Cause,
 };
 

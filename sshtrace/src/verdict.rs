@@ -4,7 +4,7 @@
 use serde::Serialize;
 use serde_json::{Map, Value};
 
-use crate::{container::Container, dac::DacFacts, limits::LimitFacts};
+use crate::{enrich::container::Container, enrich::dac::DacFacts, enrich::limits::LimitFacts};
 
 pub const SCHEMA: &str = "sshtrace/2";
 
@@ -317,7 +317,7 @@ pub struct SshdLogEntry {
     pub ts: String,
     pub pid: u32,
     /// `stderr` or `syslog`.
-    pub via: crate::sshd_output::OutputChannel,
+    pub via: crate::trace::sshd_output::OutputChannel,
     pub message: String,
 }
 

@@ -7,7 +7,7 @@ use super::{
     authenticated, exit_evidence, signal_evidence, unexplained_deaths, Context, Ended, Finding,
 };
 use crate::{
-    state::Closer,
+    trace::state::Closer,
     verdict::{Cause, Outcome},
 };
 

@@ -5,7 +5,7 @@ use serde_json::{json, Map};
 
 use super::{consequence, exit_evidence, signal_evidence, Context, Ended, Finding};
 use crate::{
-    state::{processes::SI_KERNEL, Process, SignalInfo},
+    trace::state::{processes::SI_KERNEL, Process, SignalInfo},
     verdict::{signal_name, Cause},
 };
 

@@ -7,7 +7,7 @@ use serde_json::{json, Map};
 
 use super::{tcp_flags, Context, Ended, Finding};
 use crate::{
-    events::TCP_SYN,
+    trace::events::TCP_SYN,
     verdict::{Cause, Outcome},
 };
 

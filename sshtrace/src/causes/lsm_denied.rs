@@ -9,9 +9,9 @@ use serde_json::{json, Map, Value};
 use super::{authenticated, consequence, syscall_evidence, Context, Ended, Finding};
 use crate::{
     escape,
-    events::LsmDenial,
     kernel::syscalls::EACCES,
-    state::{Process, SyscallError, SETTLE_NS},
+    trace::events::LsmDenial,
+    trace::state::{Process, SyscallError, SETTLE_NS},
     verdict::{Cause, Evidence, Outcome},
 };
 

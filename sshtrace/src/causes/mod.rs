@@ -22,13 +22,15 @@ use serde_json::{Map, Value};
 
 use crate::{
     clock::Clock,
-    discovery::Snapshot,
+    enrich::discovery::Snapshot,
+    enrich::runtime::ContainerNames,
     escape,
-    events::TCP_SYN,
     kernel::syscalls::errno_name,
     kernel::{lsm::ActiveLsms, names::KernelNames},
-    runtime::ContainerNames,
-    state::{Connection, ConnectionTable, Process, ProcessTable, RecentVerdicts, SyscallError},
+    trace::events::TCP_SYN,
+    trace::state::{
+        Connection, ConnectionTable, Process, ProcessTable, RecentVerdicts, SyscallError,
+    },
     verdict::{
         signal_name, Cause, ConnInfo, Evidence, Outcome, SshdInfo, SshdLogEntry, Verdict, SCHEMA,
     },
@@ -318,7 +320,7 @@ fn sshd_log(conn: &Connection, ctx: &Context) -> Vec<SshdLogEntry> {
 
 /// The container the connection's sshd runs in: the accepting listener's, else the one whose
 /// network namespace the connection is in. `None` on the host.
-fn container_of(conn: &Connection, ctx: &Context) -> Option<crate::container::Container> {
+fn container_of(conn: &Connection, ctx: &Context) -> Option<crate::enrich::container::Container> {
     let listeners = &ctx.sshd.listeners;
     let listener = conn
         .listener_pid
@@ -339,7 +341,7 @@ fn container_of(conn: &Connection, ctx: &Context) -> Option<crate::container::Co
         container.name = ctx.container_names.get(&container.id);
     }
     if let Some(pod) = container.pod.as_mut() {
-        if let Some((namespace, name)) = crate::runtime::pod_by_uid(&pod.uid) {
+        if let Some((namespace, name)) = crate::enrich::runtime::pod_by_uid(&pod.uid) {
             pod.namespace = Some(namespace);
             pod.name = Some(name);
         }
@@ -446,7 +448,7 @@ pub(crate) fn exit_evidence(p: &Process, ctx: &Context) -> Option<Evidence> {
 
 pub(crate) fn signal_evidence(
     p: &Process,
-    s: &crate::state::SignalInfo,
+    s: &crate::trace::state::SignalInfo,
     ctx: &Context,
 ) -> Evidence {
     Evidence::Signal {

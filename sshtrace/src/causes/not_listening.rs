@@ -8,10 +8,10 @@ use serde_json::{json, Map, Value};
 
 use super::{exit_evidence, signal_evidence, Context, Ended, Finding};
 use crate::{
-    discovery::Listener,
+    enrich::discovery::Listener,
     escape,
-    events::TCP_SYN,
-    state::ResetSent,
+    trace::events::TCP_SYN,
+    trace::state::ResetSent,
     verdict::{signal_name, Cause, Evidence, Outcome},
 };
 

@@ -8,7 +8,7 @@ use serde_json::{json, Map};
 use super::{consequence, syscall_evidence, Context, Ended, Finding};
 use crate::{
     kernel::syscalls::errno_name,
-    state::{Connection, Process, SyscallError, SETTLE_NS},
+    trace::state::{Connection, Process, SyscallError, SETTLE_NS},
     verdict::Cause,
 };
 

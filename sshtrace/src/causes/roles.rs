@@ -11,7 +11,7 @@
 //!   the pre-authentication child ended), and anything it started that still runs sshd.
 
 use super::{Context, Ended};
-use crate::{state::Process, verdict::Role};
+use crate::{trace::state::Process, verdict::Role};
 
 pub fn role_of(pid: u32, e: &Ended, ctx: &Context) -> Role {
     if Some(pid) == e.conn.listener_pid || ctx.sshd.listeners.contains_key(&pid) {

@@ -21,7 +21,7 @@ pub fn judge(e: &Ended, ctx: &Context) -> Option<Finding> {
     if reason != "TCP_STATE" || e.in_tree(actor.pid) || is_sshd(actor.pid, e, ctx) {
         return None;
     }
-    let closed = crate::state::tcp_states(ctx.names).close;
+    let closed = crate::trace::state::tcp_states(ctx.names).close;
     let flushed_from_queue = reset.state == closed && e.conn.listener_pid.is_none();
     if flushed_from_queue && !sshd_port(e.conn.tuple.local.port(), ctx) {
         return None;
@@ -65,5 +65,5 @@ pub(super) fn is_sshd(pid: u32, e: &Ended, ctx: &Context) -> bool {
         || ctx
             .procs
             .get(pid)
-            .is_some_and(super::super::state::processes::Process::runs_sshd)
+            .is_some_and(crate::trace::state::processes::Process::runs_sshd)
 }

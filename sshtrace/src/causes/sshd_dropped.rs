@@ -6,8 +6,8 @@ use serde_json::{json, Map};
 
 use super::{authenticated, consequence, Context, Ended, Finding};
 use crate::{
-    sshd_output::DropNote,
-    state::Closer,
+    trace::sshd_output::DropNote,
+    trace::state::Closer,
     verdict::{Cause, Outcome},
 };
 
@@ -230,10 +230,10 @@ mod tests {
     use super::*;
     use crate::{
         clock::Clock,
-        discovery::{Snapshot, SshdConfig},
+        enrich::discovery::{Snapshot, SshdConfig},
+        enrich::runtime::ContainerNames,
         kernel::{lsm::ActiveLsms, names::KernelNames},
-        runtime::ContainerNames,
-        state::{ConnectionTable, ProcessTable},
+        trace::state::{ConnectionTable, ProcessTable},
     };
 
     /// The rule reads MaxStartups from what discovery gathered, never from a file.
@@ -261,7 +261,7 @@ mod tests {
             conns: &conns,
             sshd: &sshd,
             procs: &procs,
-            recent: &crate::state::RecentVerdicts::default(),
+            recent: &crate::trace::state::RecentVerdicts::default(),
             clock: &Clock::epoch(),
             host: "h",
         };

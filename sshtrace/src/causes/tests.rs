@@ -2,8 +2,8 @@
 
 use super::*;
 use crate::{
-    events::{ConnTuple, Event, Kind, SockHistory, Task},
-    state::{State, SETTLE_NS},
+    trace::events::{ConnTuple, Event, Kind, SockHistory, Task},
+    trace::state::{State, SETTLE_NS},
 };
 
 const ESTABLISHED: i32 = 1;
@@ -41,8 +41,8 @@ fn names() -> KernelNames {
     )
 }
 
-fn names_cache() -> crate::runtime::ContainerNames {
-    crate::runtime::ContainerNames::start(Vec::new())
+fn names_cache() -> crate::enrich::runtime::ContainerNames {
+    crate::enrich::runtime::ContainerNames::start(Vec::new())
 }
 
 /// This machine's set: Landlock is the only LSM that can deny file access.
@@ -84,7 +84,7 @@ struct Script {
 impl Script {
     fn new() -> Self {
         Self {
-            state: State::new(crate::state::tcp_states(&names())),
+            state: State::new(crate::trace::state::tcp_states(&names())),
             ts: 1_000_000_000,
         }
     }
@@ -113,7 +113,7 @@ impl Script {
                 ret: 5,
                 listen_fd: 3,
                 peer: Some(tuple().remote),
-                claimed: Some(crate::events::AcceptedSocket {
+                claimed: Some(crate::trace::events::AcceptedSocket {
                     skaddr: SK,
                     conn: tuple(),
                     history: SockHistory {
@@ -209,7 +209,7 @@ impl Script {
         let clock = Clock::epoch();
         let settled = self
             .state
-            .take_settled(self.ts + SETTLE_NS + crate::state::FIREWALL_SETTLE_NS);
+            .take_settled(self.ts + SETTLE_NS + crate::trace::state::FIREWALL_SETTLE_NS);
         let ctx = Context {
             names: &names,
             lsms: &lsms(),
@@ -217,7 +217,7 @@ impl Script {
             conns: &self.state.conns,
             sshd,
             procs: &self.state.procs,
-            recent: &crate::state::RecentVerdicts::default(),
+            recent: &crate::trace::state::RecentVerdicts::default(),
             clock: &clock,
             host: "h",
         };
@@ -397,7 +397,7 @@ fn refused_syn_is_not_listening_with_where_sshd_listens() {
     let mut sshd = Snapshot::default();
     sshd.listeners.insert(
         LISTENER,
-        crate::discovery::Listener {
+        crate::enrich::discovery::Listener {
             pid: LISTENER,
             netns: None,
             container: None,
@@ -490,7 +490,7 @@ fn refused_after_the_listener_died_names_its_exit() {
             conn: tuple(),
         });
     let mut sshd = Snapshot::default();
-    sshd.gone.push(crate::discovery::Listener {
+    sshd.gone.push(crate::enrich::discovery::Listener {
         pid: LISTENER,
         netns: None,
         container: None,
@@ -520,7 +520,7 @@ fn syscall_error(
     syscall: &str,
     errno: i32,
     path: Option<&str>,
-    limit: Option<crate::limits::LimitFacts>,
+    limit: Option<crate::enrich::limits::LimitFacts>,
 ) {
     s.ev(
         task(pid, "sshd"),
@@ -537,8 +537,8 @@ fn syscall_error(
     );
 }
 
-fn nofile(value: &str) -> Option<crate::limits::LimitFacts> {
-    Some(crate::limits::LimitFacts {
+fn nofile(value: &str) -> Option<crate::enrich::limits::LimitFacts> {
+    Some(crate::enrich::limits::LimitFacts {
         limit: "nofile",
         value: Some(value.into()),
         current: Some(value.into()),
@@ -718,7 +718,7 @@ fn tcp_state_reset_by_the_listener_is_a_drop_not_a_kill() {
         },
     );
     let mut sshd = Snapshot::default();
-    sshd.gone.push(crate::discovery::Listener {
+    sshd.gone.push(crate::enrich::discovery::Listener {
         pid: LISTENER,
         netns: None,
         container: None,
@@ -768,7 +768,7 @@ fn another_program_closing_its_listener_is_not_a_socket_kill() {
 fn ss_k_of_sshds_listener_is_a_socket_kill_of_its_queued_connections() {
     let mut s = flushed_from_queue_by(task(900, "ss"));
     let mut sshd = Snapshot::default();
-    sshd.gone.push(crate::discovery::Listener {
+    sshd.gone.push(crate::enrich::discovery::Listener {
         pid: LISTENER,
         netns: None,
         container: None,
@@ -891,7 +891,7 @@ fn a_connection_first_seen_at_its_close_takes_its_times_from_the_history() {
     let c = s.state.conns.by_tuple_mut(tuple()).unwrap();
     assert_eq!(c.first_ts, established);
     assert_eq!(c.established_ts, Some(established));
-    assert_eq!(c.closed_first_by, Some(crate::state::Closer::Peer));
+    assert_eq!(c.closed_first_by, Some(crate::trace::state::Closer::Peer));
 }
 
 #[test]
@@ -931,8 +931,8 @@ fn auth_child_exiting_zero_means_authenticated_even_without_a_shell() {
 /// (connections reported when established) or from the kernel's queue (`in_kernel`).
 fn stalled_listener(in_kernel: bool) {
     let mut s = Script::new();
-    let queued = [crate::state::Connection::queued(SK, tuple(), s.ts)];
-    let queued: &[crate::state::Connection] = if in_kernel { &queued } else { &[] };
+    let queued = [crate::trace::state::Connection::queued(SK, tuple(), s.ts)];
+    let queued: &[crate::trace::state::Connection] = if in_kernel { &queued } else { &[] };
     if !in_kernel {
         established(&mut s);
     }
@@ -959,7 +959,7 @@ fn stalled_listener(in_kernel: bool) {
         conns: &s.state.conns,
         sshd: &sshd,
         procs: &s.state.procs,
-        recent: &crate::state::RecentVerdicts::default(),
+        recent: &crate::trace::state::RecentVerdicts::default(),
         clock: &clock,
         host: "h",
     };
@@ -1093,8 +1093,12 @@ fn client_side_reset_without_a_server_connection_is_ignored() {
     assert!(s.verdicts(&Snapshot::default()).is_empty());
 }
 
-fn limit(name: &'static str, value: &str, source: &str) -> Option<crate::limits::LimitFacts> {
-    Some(crate::limits::LimitFacts {
+fn limit(
+    name: &'static str,
+    value: &str,
+    source: &str,
+) -> Option<crate::enrich::limits::LimitFacts> {
+    Some(crate::enrich::limits::LimitFacts {
         limit: name,
         value: Some(value.into()),
         current: None,
@@ -1176,7 +1180,7 @@ fn eacces(s: &mut Script, pid: u32, path: &str, mode_allows: bool) {
             suppressed: 0,
             path: Some(path.into()),
             limit: None,
-            dac: Some(crate::dac::DacFacts {
+            dac: Some(crate::enrich::dac::DacFacts {
                 allows: mode_allows,
                 file: "0600 0:0".into(),
                 process: "0:0".into(),
@@ -1242,7 +1246,7 @@ fn an_lsm_report_names_the_lsm_and_its_contexts() {
     facts.insert("permissions".to_string(), "read".to_string());
     s.ev(
         task(SESSION, "sshd"),
-        Kind::LsmDenial(crate::events::LsmDenial {
+        Kind::LsmDenial(crate::trace::events::LsmDenial {
             source: "audit",
             lsm: "selinux",
             operation: Some("openat".into()),
@@ -1374,7 +1378,7 @@ fn a_drop_flood_is_counted_not_kept() {
         .iter()
         .filter(|e| matches!(e, Evidence::FirewallDrop { .. }))
         .count();
-    assert_eq!(kept, crate::state::connections::KEPT_DROPS);
+    assert_eq!(kept, crate::trace::state::connections::KEPT_DROPS);
     assert_eq!(s.state.not_kept.drops, 1000 - kept as u64);
 }
 
@@ -1413,7 +1417,7 @@ fn a_listener_the_kernel_saw_exit_is_gone_whatever_the_last_scan_said() {
     let mut sshd = Snapshot::default();
     sshd.listeners.insert(
         LISTENER,
-        crate::discovery::Listener {
+        crate::enrich::discovery::Listener {
             pid: LISTENER,
             netns: None,
             container: None,

@@ -24,7 +24,7 @@ use serde::Serialize;
 
 use crate::{
     cli::DoctorArgs,
-    discovery::{
+    enrich::discovery::{
         config::{self, Location},
         Discovery, Scope, Snapshot,
     },
@@ -116,7 +116,7 @@ pub fn run(args: &DoctorArgs) -> Result<ExitCode> {
             .listeners
             .keys()
             .next()
-            .and_then(|&pid| crate::discovery::config_location_of(pid))
+            .and_then(|&pid| crate::enrich::discovery::config_location_of(pid))
             .unwrap_or_else(|| Location::own("/etc/ssh/sshd_config")),
     };
     let opened = config::open(&location);

@@ -13,7 +13,7 @@ use std::{
 };
 
 use super::{sshd_binary, Check, Status, Target};
-use crate::discovery::{
+use crate::enrich::discovery::{
     config::{self, Location},
     Listener,
 };

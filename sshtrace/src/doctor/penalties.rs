@@ -6,7 +6,7 @@
 //! configuration file, else OpenSSH's defaults.
 
 use super::{openssh::Release, Check, Status, Target};
-use crate::discovery::config;
+use crate::enrich::discovery::config;
 
 /// servconf.c's defaults (seconds), as `sshd -T` would print them.
 const DEFAULT_PENALTIES: &str =

@@ -4,8 +4,8 @@ use std::{fs, io::Read, os::unix::fs::MetadataExt, path::Path};
 
 use super::{Check, Status, Target};
 use crate::{
-    discovery::{config, MAX_CONFIG_PORTS},
-    limits,
+    enrich::discovery::{config, MAX_CONFIG_PORTS},
+    enrich::limits,
 };
 
 pub fn checks(t: &Target) -> Vec<Check> {

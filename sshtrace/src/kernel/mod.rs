@@ -3,10 +3,14 @@
 //! one kernel version.
 
 pub mod btf;
+pub mod detach;
+pub mod hooks;
 pub mod layout;
 pub mod lsm;
 pub mod mounts;
 pub mod names;
+pub mod plan;
+pub mod probes;
 pub mod sockdiag;
 pub mod syscalls;
 pub mod tracefs;

@@ -89,7 +89,7 @@ fn parse(msg: &[u8]) -> Option<(u64, SocketAddr)> {
     let ip = if family == libc::AF_INET as u8 {
         IpAddr::V4(Ipv4Addr::new(src[0], src[1], src[2], src[3]))
     } else {
-        crate::events::unmap(IpAddr::V6(Ipv6Addr::from(<[u8; 16]>::try_from(src).ok()?)))
+        crate::trace::events::unmap(IpAddr::V6(Ipv6Addr::from(<[u8; 16]>::try_from(src).ok()?)))
     };
     let inode = u32::from_ne_bytes(msg[68..72].try_into().ok()?);
     Some((inode as u64, SocketAddr::new(ip, port)))

@@ -7,6 +7,7 @@ pub mod journald;
 pub mod json;
 pub mod record;
 pub mod sink;
+pub mod summary;
 pub mod syslog;
 pub mod text;
 pub mod url;

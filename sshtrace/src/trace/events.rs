@@ -6,10 +6,10 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use sshtrace_common as wire;
 
 use crate::{
-    dac::{DacFacts, KernelCreds},
+    enrich::dac::{DacFacts, KernelCreds},
+    enrich::limits::{LimitFacts, TaskRlimits},
     kernel::syscalls::syscall_name,
-    limits::{LimitFacts, TaskRlimits},
-    sshd_output::{OutputChannel, SshdOutput},
+    trace::sshd_output::{OutputChannel, SshdOutput},
 };
 
 /// What an LSM said about a denial.

@@ -6,8 +6,8 @@ use std::{
 };
 
 use crate::{
-    events::{ConnTuple, Task, TCP_ACK, TCP_SYN},
-    sshd_output::{DropNote, OutputChannel},
+    trace::events::{ConnTuple, Task, TCP_ACK, TCP_SYN},
+    trace::sshd_output::{DropNote, OutputChannel},
 };
 
 pub type ConnId = u64;

@@ -19,7 +19,7 @@ use std::{
 
 use anyhow::{bail, Result};
 
-use crate::{container::Container, escape, events::unmap, kernel::sockdiag};
+use crate::{enrich::container::Container, escape, kernel::sockdiag, trace::events::unmap};
 use config::{FileFacts, Location, ReadKey, Reads};
 
 /// A listening sshd.
@@ -334,7 +334,7 @@ impl Discovery {
             }
             return None;
         }
-        let container = crate::container::of_process(pid);
+        let container = crate::enrich::container::of_process(pid);
         if !self.wants_container(container.as_ref()) {
             return None;
         }
@@ -342,7 +342,7 @@ impl Discovery {
             pid,
             exe,
             addrs: sockets.iter().map(|i| self.last_listen[i]).collect(),
-            netns: crate::container::netns_of(pid),
+            netns: crate::enrich::container::netns_of(pid),
             container,
         };
         let args = cmdline(&dir);
@@ -439,7 +439,7 @@ impl Discovery {
         let Some(c) = l
             .container
             .as_ref()
-            .filter(|c| c.id == crate::container::UNNAMED)
+            .filter(|c| c.id == crate::enrich::container::UNNAMED)
         else {
             return;
         };
@@ -449,8 +449,8 @@ impl Discovery {
                 l.pid,
                 c.runtime,
                 escape::text(&c.cgroup_path),
-                crate::container::MAX_NAME,
-                crate::container::UNNAMED
+                crate::enrich::container::MAX_NAME,
+                crate::enrich::container::UNNAMED
             );
         }
     }

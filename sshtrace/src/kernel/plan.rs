@@ -8,7 +8,7 @@ use std::fmt::Write as _;
 
 use sshtrace_common::{KernelLayout, ABSENT};
 
-use crate::{hooks::SockStateWay, kernel::names::KernelNames};
+use crate::{kernel::hooks::SockStateWay, kernel::names::KernelNames};
 
 const LANDLOCK_AUDIT: &str = "Landlock audit records (6.15+), when auditing is on";
 const LSM_BY_ELIMINATION: &str =

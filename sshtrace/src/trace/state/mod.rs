@@ -7,8 +7,8 @@ pub mod recent;
 mod transitions;
 
 use crate::{
-    events::{Event, Kind, SockHistory},
     kernel::names::KernelNames,
+    trace::events::{Event, Kind, SockHistory},
 };
 pub use connections::{
     Closer, ConnId, Connection, ConnectionTable, Drop, ListenerNote, LogLine, ResetSent, StrayReset,

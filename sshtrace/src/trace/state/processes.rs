@@ -7,9 +7,9 @@ use std::{
 
 use super::ConnId;
 use crate::{
-    dac::DacFacts,
-    events::{LsmDenial, Task},
-    limits::LimitFacts,
+    enrich::dac::DacFacts,
+    enrich::limits::LimitFacts,
+    trace::events::{LsmDenial, Task},
 };
 
 /// How many failed system calls are kept per process.

@@ -6,8 +6,8 @@ use super::{
 };
 use super::{ListenerNote, LogLine};
 use crate::{
-    events::{ConnTuple, Event, Kind, TCP_SYN},
-    sshd_output::{OutputChannel, SshdOutput},
+    trace::events::{ConnTuple, Event, Kind, TCP_SYN},
+    trace::sshd_output::{OutputChannel, SshdOutput},
 };
 
 impl State {
@@ -280,7 +280,9 @@ impl State {
         });
         // The OOM victim's memory cgroup, read from the victim as it exits.
         if let (Some(oom), Some((max, usage))) = (p.oom.as_mut(), memcg_pages) {
-            oom.memcg = Some(crate::limits::memory_cgroup_read_in_kernel(*max, *usage));
+            oom.memcg = Some(crate::enrich::limits::memory_cgroup_read_in_kernel(
+                *max, *usage,
+            ));
         }
     }
 

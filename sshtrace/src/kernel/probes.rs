@@ -14,8 +14,8 @@ use sshtrace_common::{
 };
 
 use crate::{
-    detach::Attached,
-    hooks::{self, Attach, Hook, HookId, SockStateWay},
+    kernel::detach::Attached,
+    kernel::hooks::{self, Attach, Hook, HookId, SockStateWay},
 };
 
 /// The object built by `build.rs` from `sshtrace-ebpf`.

@@ -15,26 +15,26 @@ use tokio::{
 use tokio::sync::mpsc::UnboundedReceiver;
 
 use crate::{
-    audit::{self, AuditDenial},
     causes::{self, Context},
     cli::Network,
     cli::TraceArgs as Cli,
     clock::Clock,
-    dac,
-    detach::{Attached, Stopped},
-    discovery::{Discovery, Scope, Snapshot},
+    enrich::audit::{self, AuditDenial},
+    enrich::dac,
+    enrich::discovery::{Discovery, Scope, Snapshot},
+    enrich::limits,
+    enrich::runtime::ContainerNames,
     escape,
-    events::{self, Kind},
+    kernel::detach::{Attached, Stopped},
     kernel::lsm::ActiveLsms,
+    kernel::plan::Plan,
+    kernel::probes::{KernelFilters, LossCounters, Probes, SkippedRuns},
     kernel::syscalls::EACCES,
     kernel::{btf::Btf, layout, names::KernelNames},
-    limits,
+    output::summary::Summary,
     output::{KernelLoss, NotKept, Outputs, Record, SinkSpec},
-    plan::Plan,
-    probes::{KernelFilters, LossCounters, Probes, SkippedRuns},
-    runtime::ContainerNames,
-    state::{Connection, Earlier, State, FIREWALL_SETTLE_NS, SETTLE_NS},
-    summary::Summary,
+    trace::events::{self, Kind},
+    trace::state::{Connection, Earlier, State, FIREWALL_SETTLE_NS, SETTLE_NS},
 };
 
 const TICK: Duration = Duration::from_millis(100);
@@ -56,7 +56,7 @@ pub async fn run(
     lsms: ActiveLsms,
 ) -> Result<()> {
     // aya's own parses of the kernel's BTF run beside this one.
-    let aya_btf = crate::probes::BtfParses::start();
+    let aya_btf = crate::kernel::probes::BtfParses::start();
     let (layout, names, mut plan) = kernel_facts(&tracefs)?;
     let container_names = ContainerNames::start(runtime_sockets(&cli));
     let containers = resolve_containers(&cli.containers, &container_names)?;
@@ -129,7 +129,7 @@ fn kernel_facts(tracefs: &std::path::Path) -> Result<(KernelLayout, KernelNames,
 /// The container runtimes' API sockets to ask for names: `--runtime-socket`, else the usual.
 fn runtime_sockets(cli: &Cli) -> Vec<PathBuf> {
     if cli.runtime_sockets.is_empty() {
-        crate::runtime::DEFAULT_SOCKETS
+        crate::enrich::runtime::DEFAULT_SOCKETS
             .iter()
             .map(Into::into)
             .collect()
@@ -153,7 +153,7 @@ fn kernel_settings(
             .drop_reason_value("NETFILTER_DROP")
             .unwrap_or(u32::MAX),
         no_socket_drop: plan.no_socket_resets.drop_reason().unwrap_or(u32::MAX),
-        tcp_states: crate::state::tcp_states(names),
+        tcp_states: crate::trace::state::tcp_states(names),
         claim_on_accept: layout.structs.accepted_socket_known() as u32,
         wakeup_backlog: cli.ring_size / 4,
         // `--pid` names the sshd to trace: no other is followed.
@@ -169,7 +169,7 @@ fn print_probe_report(plan: &Plan, probes: &Probes) {
         "{}",
         plan.report(
             &kernel_release(),
-            &crate::probes::program_types(),
+            &crate::kernel::probes::program_types(),
             &probes.attached_labels(),
             &probes.skipped
         )
@@ -198,8 +198,8 @@ fn announce(attached: &[String], skipped: &str, plan: &Plan, lsms: &ActiveLsms, 
 /// What the loaded programs leave userspace: the kernel-side filters and counters.
 struct ProbeHandles {
     filters: KernelFilters,
-    unclaimed: crate::probes::UnclaimedConnections,
-    bursts: crate::probes::ResetBursts,
+    unclaimed: crate::kernel::probes::UnclaimedConnections,
+    bursts: crate::kernel::probes::ResetBursts,
     programs: Attached,
     counters: LossCounters,
     skipped_runs: SkippedRuns,
@@ -232,7 +232,7 @@ impl Tracer {
             container_names,
             last_scan: std::time::Instant::now(),
             scan_due: false,
-            state: State::new(crate::state::tcp_states(&names)),
+            state: State::new(crate::trace::state::tcp_states(&names)),
             names,
             discovery,
             filters: probes.filters,
@@ -271,8 +271,8 @@ struct Tracer {
     filters: KernelFilters,
     counters: LossCounters,
     skipped_runs: SkippedRuns,
-    unclaimed: crate::probes::UnclaimedConnections,
-    bursts: crate::probes::ResetBursts,
+    unclaimed: crate::kernel::probes::UnclaimedConnections,
+    bursts: crate::kernel::probes::ResetBursts,
     /// The attached programs, stopped before the last read of the ring.
     programs: Option<Attached>,
     /// Once stopped: detached after sshtrace's exit.
@@ -768,7 +768,7 @@ fn resolve_containers(
         return Ok(ids);
     }
     let mut all = Discovery::new(Scope::default())?;
-    let found: Vec<crate::container::Container> = all
+    let found: Vec<crate::enrich::container::Container> = all
         .scan()
         .map(|s| {
             s.listeners
@@ -778,7 +778,7 @@ fn resolve_containers(
         })
         .unwrap_or_default();
     for want in wanted {
-        let matches: Vec<&crate::container::Container> = found
+        let matches: Vec<&crate::enrich::container::Container> = found
             .iter()
             .filter(|c| {
                 c.id == *want
@@ -910,7 +910,7 @@ mod tracking_line_tests {
     fn a_container_id_of_any_characters_stays_on_one_safe_line() {
         let mut snapshot = Snapshot::default();
         snapshot.ports.insert(22);
-        let container = crate::container::Container {
+        let container = crate::enrich::container::Container {
             // The 12th byte falls inside a character.
             id: format!("a{}\n\x1b[31m", "\u{e9}".repeat(10)),
             runtime: "lxc",
@@ -918,7 +918,7 @@ mod tracking_line_tests {
         };
         snapshot.listeners.insert(
             5,
-            crate::discovery::Listener {
+            crate::enrich::discovery::Listener {
                 pid: 5,
                 exe: "/usr/sbin/sshd".into(),
                 addrs: vec!["127.0.0.1:22".parse().unwrap()],
