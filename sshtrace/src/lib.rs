@@ -6,15 +6,18 @@
 //! by pure rules ([`causes`]) into a [`verdict`]; the verdict goes to the outputs ([`output`]).
 //! [`doctor`] checks a host's sshd setup without tracing.
 
-pub mod causes;
-pub mod cli;
-pub mod clock;
-pub mod doctor;
-pub mod enrich;
-pub mod escape;
-pub mod kernel;
-pub mod output;
-pub mod preflight;
-pub mod privileges;
-pub mod trace;
-pub mod verdict;
+mod app;
+mod causes;
+mod cli;
+mod clock;
+mod doctor;
+mod enrich;
+mod escape;
+mod kernel;
+mod output;
+mod preflight;
+mod privileges;
+mod trace;
+mod verdict;
+
+pub use app::main;

@@ -31,7 +31,7 @@ pub fn judge(e: &Ended, ctx: &Context) -> Option<Finding> {
     let grace = e.tree.iter().find_map(|p| {
         p.signals
             .iter()
-            .find(|s| s.sig == SIGALRM && !s.from_process())
+            .find(|s| s.sig == SIGALRM && !s.sent_by_a_process())
             .map(|s| (p, s))
     });
     let mut details = Map::new();

@@ -16,8 +16,8 @@ const FAULT_SIGNALS: [i32; 7] = [4, 5, 6, 7, 8, 11, 31];
 /// How the fatal signal came about, when it was a crash.
 fn crash_origin(p: &Process, sig: i32) -> Option<(&'static str, Option<&SignalInfo>)> {
     match p.fatal_signal() {
-        Some(s) if !s.from_process() && s.code != SI_KERNEL => Some(("fault", Some(s))),
-        Some(s) if s.from_process() && s.sender.pid == p.pid => Some(("self", Some(s))),
+        Some(s) if !s.sent_by_a_process() && s.code != SI_KERNEL => Some(("fault", Some(s))),
+        Some(s) if s.sent_by_a_process() && s.sender.pid == p.pid => Some(("self", Some(s))),
         // Sent by another process or by the kernel's own decision (e.g. the OOM killer):
         // not a crash.
         Some(_) => None,

@@ -18,7 +18,7 @@ pub fn judge(e: &Ended, ctx: &Context) -> Option<Finding> {
         .filter_map(|p| {
             let s = p.fatal_signal()?;
             let from_outside =
-                s.from_process() && s.sender.pid != p.pid && !e.in_tree(s.sender.pid);
+                s.sent_by_a_process() && s.sender.pid != p.pid && !e.in_tree(s.sender.pid);
             from_outside.then_some((p, s))
         })
         .min_by_key(|(_, s)| s.ts_ns)?;

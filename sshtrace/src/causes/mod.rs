@@ -197,7 +197,10 @@ pub(crate) fn unexplained_deaths(e: &Ended, ctx: &Context) -> Vec<Evidence> {
             continue;
         };
         let from_tree = p.signals.iter().any(|s| {
-            s.sig == sig && s.from_process() && e.in_tree(s.sender.pid) && s.sender.pid != p.pid
+            s.sig == sig
+                && s.sent_by_a_process()
+                && e.in_tree(s.sender.pid)
+                && s.sender.pid != p.pid
         });
         if from_tree {
             continue;
@@ -227,7 +230,7 @@ fn survived_signals(e: &Ended, ctx: &Context) -> Vec<Evidence> {
             p.signals
                 .iter()
                 .filter(move |s| Some(*s as *const _) != fatal)
-                .filter(|s| s.from_process() && !e.in_tree(s.sender.pid))
+                .filter(|s| s.sent_by_a_process() && !e.in_tree(s.sender.pid))
                 .take(SHOWN_SURVIVED_SIGNALS)
                 .map(move |s| signal_evidence(p, s, ctx))
         })
@@ -457,7 +460,7 @@ pub(crate) fn signal_evidence(
         comm: p.comm.clone(),
         signal: signal_name(s.sig),
         si_code: s.code,
-        origin: if s.from_process() {
+        origin: if s.sent_by_a_process() {
             "process"
         } else {
             "kernel"

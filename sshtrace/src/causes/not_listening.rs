@@ -166,7 +166,7 @@ fn listener_end(gone: u32, ctx: &Context, evidence: &mut Vec<Evidence>) -> (Stri
                 info.insert("sender_pid".into(), json!(s.sender.pid));
                 info.insert("sender_comm".into(), json!(s.sender.comm));
             }
-            match sender.filter(|s| s.from_process() && s.sender.pid != p.pid) {
+            match sender.filter(|s| s.sent_by_a_process() && s.sender.pid != p.pid) {
                 Some(s) => format!(
                     "died of {} sent by {}[{}]",
                     signal_name(sig),

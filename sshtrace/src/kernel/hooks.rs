@@ -31,24 +31,24 @@ pub enum HookId {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum SockStateWay {
     /// tp_btf: the socket's fields as plain loads the verifier checks.
-    BtfTracePoint,
+    Btf,
     /// The raw tracepoint: a helper call per field read.
-    RawTracePoint,
+    Raw,
     /// The classic tracepoint: a record assembled for every state change on the host.
-    TracePoint,
+    Classic,
 }
 
 impl SockStateWay {
-    pub const ALL: [Self; 3] = [Self::BtfTracePoint, Self::RawTracePoint, Self::TracePoint];
+    pub const ALL: [Self; 3] = [Self::Btf, Self::Raw, Self::Classic];
 
     /// How `--probe-report` names it.
     pub const fn description(self) -> &'static str {
         match self {
-            Self::BtfTracePoint => "tp_btf inet_sock_set_state (socket fields as plain loads)",
-            Self::RawTracePoint => {
+            Self::Btf => "tp_btf inet_sock_set_state (socket fields as plain loads)",
+            Self::Raw => {
                 "raw_tracepoint inet_sock_set_state (socket fields through bpf_probe_read_kernel)"
             }
-            Self::TracePoint => {
+            Self::Classic => {
                 "tracepoint sock:inet_sock_set_state (a record assembled for every state change)"
             }
         }
@@ -57,17 +57,17 @@ impl SockStateWay {
     pub fn hook(self) -> Hook {
         let id = HookId::SocketStates(self);
         match self {
-            Self::BtfTracePoint => Hook {
+            Self::Btf => Hook {
                 program: "tp_btf_inet_sock_set_state",
                 attach: Attach::BtfTracePoint("inet_sock_set_state"),
                 ..required(id, Attach::BtfTracePoint(""))
             },
-            Self::RawTracePoint => Hook {
+            Self::Raw => Hook {
                 program: "raw_inet_sock_set_state",
                 attach: Attach::RawTracePoint("inet_sock_set_state"),
                 ..required(id, Attach::RawTracePoint(""))
             },
-            Self::TracePoint => tracepoint(id, "sock", "inet_sock_set_state"),
+            Self::Classic => tracepoint(id, "sock", "inet_sock_set_state"),
         }
     }
 }
@@ -203,7 +203,7 @@ mod tests {
     #[test]
     fn labels_name_the_attach_point() {
         assert_eq!(
-            SockStateWay::BtfTracePoint.hook().label(),
+            SockStateWay::Btf.hook().label(),
             "tp_btf inet_sock_set_state"
         );
         assert_eq!(syscall_exit(true).label(), "raw_tracepoint sys_exit");

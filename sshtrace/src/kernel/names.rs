@@ -44,6 +44,7 @@ impl KernelNames {
     }
 
     /// For tests: names given directly.
+    #[cfg(test)]
     pub fn from_tables(rst: &[(u32, &str)], states: &[(i32, &str)]) -> Self {
         Self {
             rst_reasons: rst.iter().map(|&(v, n)| (v, n.to_owned())).collect(),
@@ -53,6 +54,7 @@ impl KernelNames {
     }
 
     /// For tests: drop reasons given directly.
+    #[cfg(test)]
     pub fn with_drop_reasons(mut self, drop: &[(u32, &str)]) -> Self {
         self.drop_reasons = drop.iter().map(|&(v, n)| (v, n.to_owned())).collect();
         self
@@ -64,13 +66,6 @@ impl KernelNames {
             .get(&value)
             .cloned()
             .unwrap_or_else(|| format!("REASON_{value}"))
-    }
-
-    pub fn drop_reason(&self, value: u32) -> String {
-        self.drop_reasons
-            .get(&value)
-            .cloned()
-            .unwrap_or_else(|| format!("DROP_REASON_{value}"))
     }
 
     /// E.g. `TCP_ESTABLISHED`.

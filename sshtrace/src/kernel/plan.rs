@@ -15,9 +15,9 @@ const LSM_BY_ELIMINATION: &str =
     "the failed syscall's errno, the mode bits and the sole active access-control LSM";
 const KPROBE_REFUSALS: &str = "kprobe tcp_v4_send_reset/tcp_v6_send_reset without a socket";
 const SOCK_STATE_WAYS: &[&str] = &[
-    SockStateWay::BtfTracePoint.description(),
-    SockStateWay::RawTracePoint.description(),
-    SockStateWay::TracePoint.description(),
+    SockStateWay::Btf.description(),
+    SockStateWay::Raw.description(),
+    SockStateWay::Classic.description(),
 ];
 
 /// How resets sent without a socket (a connection to a port nothing listens on) are seen.
@@ -316,7 +316,7 @@ mod tests {
             &names(&[(2, "NO_SOCKET"), (9, "NETFILTER_DROP")]),
             false,
         );
-        plan.socket_states_through(SockStateWay::RawTracePoint);
+        plan.socket_states_through(SockStateWay::Raw);
         assert_eq!(plan.no_socket_resets, NoSocketResets::DroppedSegment(2));
         let missing: Vec<&str> = plan.missing().map(|c| c.evidence).collect();
         assert_eq!(missing, ["why the stack sent a reset (enum sk_rst_reason)"]);
@@ -326,7 +326,7 @@ mod tests {
     #[test]
     fn without_drop_reasons_refusals_and_firewall_are_unavailable() {
         let mut plan = Plan::new(&KernelLayout::ABSENT, &names(&[]), false);
-        plan.socket_states_through(SockStateWay::TracePoint);
+        plan.socket_states_through(SockStateWay::Classic);
         assert_eq!(plan.no_socket_resets, NoSocketResets::Unavailable);
         assert!(plan.wants_refusal_kprobes());
         let report = plan.report(
@@ -353,7 +353,7 @@ mod tests {
             Some("socket state changes (every connection's life)"),
             "unknown until attached"
         );
-        plan.socket_states_through(SockStateWay::BtfTracePoint);
+        plan.socket_states_through(SockStateWay::Btf);
         assert!(plan
             .report("6.18.0", &[], &[], &[])
             .contains("socket state changes (every connection's life): tp_btf inet_sock_set_state (socket fields as plain loads)"));

@@ -168,7 +168,7 @@ type Skipped = Vec<String>;
 fn sock_state_ways(fields_known: bool) -> Vec<Hook> {
     SockStateWay::ALL
         .into_iter()
-        .filter(|way| fields_known || *way == SockStateWay::TracePoint)
+        .filter(|way| fields_known || *way == SockStateWay::Classic)
         .map(SockStateWay::hook)
         .collect()
 }

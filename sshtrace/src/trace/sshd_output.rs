@@ -82,13 +82,6 @@ impl DropNote {
             None
         }
     }
-
-    pub fn text(self) -> &'static str {
-        match self {
-            Self::ExceededMaxStartups => "Exceeded MaxStartups",
-            Self::NotAllowedAtThisTime => "Not allowed at this time",
-        }
-    }
 }
 
 /// `<38>Dec  3 15:40:10 sshd[812]: message` → `message` (glibc's format: the tag ends at the

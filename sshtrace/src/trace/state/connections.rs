@@ -344,10 +344,6 @@ impl ConnectionTable {
         self.conns.len()
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.conns.is_empty()
-    }
-
     /// Removes and returns the connections that ended at or before `cutoff_ns`.
     pub fn take_ended_before(&mut self, cutoff_ns: u64) -> Vec<Connection> {
         let ids: Vec<ConnId> = self

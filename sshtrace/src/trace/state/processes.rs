@@ -80,7 +80,7 @@ pub const SI_KERNEL: i32 = 0x80;
 
 impl SignalInfo {
     /// Sent by a process through kill/tgkill/sigqueue (as opposed to raised by the kernel).
-    pub fn from_process(&self) -> bool {
+    pub fn sent_by_a_process(&self) -> bool {
         self.code <= 0
     }
 }
@@ -252,14 +252,6 @@ impl ProcessTable {
     pub fn prune_exited_before(&mut self, cutoff_ns: u64) {
         self.procs
             .retain(|_, p| p.conn.is_some() || p.exit.is_none_or(|e| e.ts_ns > cutoff_ns));
-    }
-
-    pub fn len(&self) -> usize {
-        self.procs.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.procs.is_empty()
     }
 }
 

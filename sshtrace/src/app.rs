@@ -1,0 +1,86 @@
+//! The command line: parse, dispatch to tracing, doctor or the generated helps.
+
+use std::{io::IsTerminal, process::ExitCode};
+
+use crate::{
+    cli::{Cli, Color, Command, TraceArgs},
+    doctor,
+    kernel::{lsm::ActiveLsms, tracefs},
+    output::{SinkSpec, StdoutView},
+    preflight,
+    trace::tracer,
+    verdict::Cause,
+};
+use anyhow::{bail, Result};
+use clap::{CommandFactory, Parser};
+
+/// The command line's entry point.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        None => trace(cli.trace).map(|()| ExitCode::SUCCESS),
+        Some(Command::Doctor(args)) => doctor::run(&args),
+        Some(Command::Completions { shell }) => {
+            clap_complete::generate(
+                shell,
+                &mut Cli::command(),
+                "sshtrace",
+                &mut std::io::stdout(),
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Some(Command::Man) => clap_mangen::Man::new(Cli::command())
+            .render(&mut std::io::stdout())
+            .map(|()| ExitCode::SUCCESS)
+            .map_err(Into::into),
+    };
+    result.unwrap_or_else(|err| {
+        eprintln!("sshtrace: error: {err:#}");
+        ExitCode::FAILURE
+    })
+}
+
+fn trace(args: TraceArgs) -> Result<()> {
+    for cause in &args.causes {
+        if Cause::from_name(cause).is_none() {
+            bail!("--cause {cause}: unknown cause (see docs/events.md for the list)");
+        }
+    }
+    let terminal = std::io::stdout().is_terminal();
+    let no_color = std::env::var_os("NO_COLOR").is_some_and(|v| !v.is_empty());
+    let view = StdoutView {
+        json: args.json,
+        verbose: args.verbose,
+        color: match args.color {
+            Color::Always => true,
+            Color::Never => false,
+            Color::Auto => terminal && !no_color,
+        },
+        terminal,
+    };
+    let outputs = if args.outputs.is_empty() {
+        // With --summary-only, stdout is for the summary alone.
+        if args.summary_only {
+            Vec::new()
+        } else {
+            vec![SinkSpec::parse("-", view)?]
+        }
+    } else {
+        args.outputs
+            .iter()
+            .map(|o| SinkSpec::parse(o, view))
+            .collect::<Result<Vec<_>>>()?
+    };
+    preflight::check()?;
+    // Before any thread exists: mounting tracefs or securityfs may need a private namespace.
+    let tracefs = tracefs::ensure_mounted()?;
+    let lsms = ActiveLsms::discover();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let result = runtime.block_on(tracer::run(args, outputs, tracefs, lsms));
+    // Not waiting for the blocking threads: a write to a stalled disk or to a reader that
+    // stopped reading must not hold up the exit (what it held is counted undelivered).
+    runtime.shutdown_background();
+    result
+}
