@@ -23,7 +23,6 @@ use serde_json::{Map, Value};
 use crate::{
     clock::Clock,
     enrich::discovery::Snapshot,
-    enrich::runtime::ContainerNames,
     escape,
     kernel::syscalls::errno_name,
     kernel::{lsm::ActiveLsms, names::KernelNames},
@@ -41,8 +40,6 @@ pub struct Context<'a> {
     pub names: &'a KernelNames,
     /// Which LSMs could have denied an access here.
     pub lsms: &'a ActiveLsms,
-    /// Container names, as the runtimes answered so far.
-    pub container_names: &'a ContainerNames,
     /// The other connections still followed (e.g. a listener's pending ones).
     pub conns: &'a ConnectionTable,
     pub sshd: &'a Snapshot,
@@ -339,17 +336,8 @@ fn container_of(conn: &Connection, ctx: &Context) -> Option<crate::enrich::conta
                 .iter()
                 .find(|l| conn.tuple.netns != 0 && l.netns == Some(conn.tuple.netns as u64))
         })?;
-    let mut container = listener.container.clone()?;
-    if container.name.is_none() {
-        container.name = ctx.container_names.get(&container.id);
-    }
-    if let Some(pod) = container.pod.as_mut() {
-        if let Some((namespace, name)) = crate::enrich::runtime::pod_by_uid(&pod.uid) {
-            pod.namespace = Some(namespace);
-            pod.name = Some(name);
-        }
-    }
-    Some(container)
+    // Its name and pod are looked up after judging (`enrich::names`): rules read no host.
+    listener.container.clone()
 }
 
 /// The connection's own kernel events: accept, resets, close.

@@ -231,7 +231,6 @@ mod tests {
     use crate::{
         clock::Clock,
         enrich::discovery::{Snapshot, SshdConfig},
-        enrich::runtime::ContainerNames,
         kernel::{lsm::ActiveLsms, names::KernelNames},
         trace::state::{ConnectionTable, ProcessTable},
     };
@@ -257,7 +256,6 @@ mod tests {
         let ctx = Context {
             names: &names,
             lsms: &lsms,
-            container_names: &ContainerNames::start(Vec::new()),
             conns: &conns,
             sshd: &sshd,
             procs: &procs,

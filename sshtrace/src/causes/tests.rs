@@ -41,10 +41,6 @@ fn names() -> KernelNames {
     )
 }
 
-fn names_cache() -> crate::enrich::runtime::ContainerNames {
-    crate::enrich::runtime::ContainerNames::start(Vec::new())
-}
-
 /// This machine's set: Landlock is the only LSM that can deny file access.
 fn lsms() -> crate::kernel::lsm::ActiveLsms {
     crate::kernel::lsm::ActiveLsms::from_list("lockdown,capability,landlock,bpf", &|l| l != "bpf")
@@ -213,7 +209,6 @@ impl Script {
         let ctx = Context {
             names: &names,
             lsms: &lsms(),
-            container_names: &names_cache(),
             conns: &self.state.conns,
             sshd,
             procs: &self.state.procs,
@@ -955,7 +950,6 @@ fn stalled_listener(in_kernel: bool) {
     let ctx = Context {
         names: &names,
         lsms: &lsms(),
-        container_names: &names_cache(),
         conns: &s.state.conns,
         sshd: &sshd,
         procs: &s.state.procs,

@@ -20,16 +20,14 @@ use crate::{
     cli::TraceArgs as Cli,
     clock::Clock,
     enrich::audit::{self, AuditDenial},
-    enrich::dac,
     enrich::discovery::{Discovery, Scope, Snapshot},
-    enrich::limits,
+    enrich::names::name_container,
     enrich::runtime::ContainerNames,
     escape,
     kernel::detach::{Attached, Stopped},
     kernel::lsm::ActiveLsms,
     kernel::plan::Plan,
     kernel::probes::{KernelFilters, LossCounters, Probes, SkippedRuns},
-    kernel::syscalls::EACCES,
     kernel::{btf::Btf, layout, names::KernelNames},
     output::summary::Summary,
     output::{KernelLoss, NotKept, Outputs, Record, SinkSpec},
@@ -417,7 +415,7 @@ impl Tracer {
             self.stats.read += 1;
             match events::decode(&item) {
                 Some(mut event) => {
-                    enrich(&mut event);
+                    crate::enrich::facts_while_alive(&mut event);
                     self.note_tracking(&event);
                     if self.dump_events {
                         eprintln!("sshtrace: event: {}", escape::text(&format!("{event:?}")));
@@ -502,7 +500,6 @@ impl Tracer {
         let ctx = Context {
             names,
             lsms,
-            container_names,
             conns: &state.conns,
             sshd: discovery.current(),
             procs: &state.procs,
@@ -511,8 +508,9 @@ impl Tracer {
             host,
         };
         for (conn, tree) in &settled {
-            if let Some(verdict) = causes::judge(conn, tree, &ctx) {
+            if let Some(mut verdict) = causes::judge(conn, tree, &ctx) {
                 judged.push((conn.tuple.remote.ip(), conn.end_ts, verdict.cause));
+                name_container(&mut verdict, container_names);
                 report.emit(verdict);
             }
         }
@@ -536,7 +534,6 @@ impl Tracer {
         Context {
             names: &self.names,
             lsms: &self.lsms,
-            container_names: &self.container_names,
             conns: &self.state.conns,
             sshd: self.discovery.current(),
             procs: &self.state.procs,
@@ -587,8 +584,9 @@ impl Tracer {
                 verdicts.push((listener.pid, v));
             }
         }
-        for (pid, verdict) in verdicts {
+        for (pid, mut verdict) in verdicts {
             self.stalls_reported.insert(pid, now);
+            name_container(&mut verdict, &self.container_names);
             self.report.emit(verdict);
         }
     }
@@ -730,30 +728,6 @@ impl Tracer {
         if let Some(stopped) = self.stopped.take() {
             stopped.detach_after_exit();
         }
-    }
-}
-
-/// Facts that must be read while the process still exists: the limit behind a resource
-/// failure, whether the mode bits allowed a refused access.
-fn enrich(event: &mut events::Event) {
-    let Kind::SyscallError {
-        syscall,
-        errno,
-        limit,
-        path,
-        dac,
-        rlimits,
-        creds,
-        ..
-    } = &mut event.kind
-    else {
-        return;
-    };
-    *limit = limits::for_failure(event.task.pid, syscall, *errno, *rlimits);
-    if *errno == EACCES {
-        *dac = path
-            .as_deref()
-            .and_then(|p| dac::check(event.task.pid, syscall, p, creds.as_ref()));
     }
 }
 
