@@ -91,101 +91,14 @@ impl Plan {
         };
         let netfilter = drop_reasons && names.drop_reason_value("NETFILTER_DROP").is_some();
         let capabilities = vec![
-            Capability {
-                need: Need::SocketStates,
-                evidence: "socket state changes (every connection's life)",
-                // Known once attached: see `socket_states_through`.
-                source: None,
-                ways: SOCK_STATE_WAYS,
-                without: "sshtrace cannot start",
-            },
-            Capability {
-                need: Need::NoSocketResets,
-                evidence: "resets sent without a socket (refused connections)",
-                source: match no_socket_resets {
-                    NoSocketResets::Tracepoint => {
-                        Some("tcp:tcp_send_reset with no socket (6.10+)".into())
-                    }
-                    NoSocketResets::DroppedSegment(_) => {
-                        Some("skb:kfree_skb reason NO_SOCKET (5.17+)".into())
-                    }
-                    NoSocketResets::Kprobe => Some(KPROBE_REFUSALS.into()),
-                    NoSocketResets::Unavailable => None,
-                },
-                ways: &[
-                    "tcp:tcp_send_reset with no socket (6.10+)",
-                    "skb:kfree_skb reason NO_SOCKET (5.17+)",
-                    KPROBE_REFUSALS,
-                ],
-                without: "not_listening is never reported: a refused connection leaves no \
-                          record (the client sees 'Connection refused')",
-            },
-            Capability {
-                need: Need::ResetReasons,
-                evidence: "why the stack sent a reset (enum sk_rst_reason)",
-                source: has(layout.send_reset.reason)
-                    .then(|| "tcp:tcp_send_reset field reason (6.10+)".into()),
-                ways: &["tcp:tcp_send_reset field reason (6.10+)"],
-                without: "kernel_abort and socket_killed (ss -K) cannot be told from an \
-                          application's close: such resets are judged on process evidence \
-                          alone, or `unknown` with the raw facts",
-            },
-            Capability {
-                need: Need::FirewallDrops,
-                evidence: "firewall drops (skb_drop_reason NETFILTER_DROP)",
-                source: netfilter.then(|| "skb:kfree_skb reason NETFILTER_DROP (5.17+)".into()),
-                ways: &["skb:kfree_skb reason NETFILTER_DROP (5.17+)"],
-                without: "firewall is never reported: a dropped or rejected SYN leaves no \
-                          verdict; a reset a REJECT sends into an established session is a \
-                          peer_reset",
-            },
-            Capability {
-                need: Need::OomFigures,
-                evidence: "an OOM victim's memory figures",
-                source: has(layout.oom.total_vm).then(|| {
-                    "oom:mark_victim fields total_vm, anon_rss… (6.2+, some stable kernels)".into()
-                }),
-                ways: &["oom:mark_victim fields total_vm, anon_rss… (6.2+, some stable kernels)"],
-                without: "oom_killed names the victim but not its memory use",
-            },
-            Capability {
-                need: Need::GroupExit,
-                evidence: "whether a whole thread group exited",
-                source: has(layout.exit.group_dead)
-                    .then(|| "sched:sched_process_exit field group_dead (6.16+)".into())
-                    .or_else(|| Some("the thread-group leader's exit".into())),
-                ways: &[
-                    "sched:sched_process_exit field group_dead (6.16+)",
-                    "the thread-group leader's exit",
-                ],
-                without: "",
-            },
-            Capability {
-                need: Need::LandlockDenials,
-                evidence: "which LSM denied an access (Landlock)",
-                source: Some(
-                    if landlock_audit {
-                        LANDLOCK_AUDIT
-                    } else {
-                        LSM_BY_ELIMINATION
-                    }
-                    .into(),
-                ),
-                ways: &[LANDLOCK_AUDIT, LSM_BY_ELIMINATION],
-                without: "",
-            },
-            Capability {
-                need: Need::SelinuxDenials,
-                evidence: "SELinux denials",
-                source: has(layout.selinux.tclass)
-                    .then(|| "avc:selinux_audited".into())
-                    .or_else(|| Some("audit records (AVC) when auditing is on".into())),
-                ways: &[
-                    "avc:selinux_audited",
-                    "audit records (AVC) when auditing is on",
-                ],
-                without: "",
-            },
+            socket_states(),
+            refusals(no_socket_resets),
+            reset_reasons(layout),
+            firewall_drops(netfilter),
+            oom_figures(layout),
+            group_exit(layout),
+            landlock_denials(landlock_audit),
+            selinux_denials(layout),
         ];
         Self {
             no_socket_resets,
@@ -276,6 +189,128 @@ impl Plan {
             }
         );
         out
+    }
+}
+
+/// Each kind of evidence: its ways, the one this kernel gives, and what is lost without it.
+fn socket_states() -> Capability {
+    Capability {
+        need: Need::SocketStates,
+        evidence: "socket state changes (every connection's life)",
+        // Known once attached: see `socket_states_through`.
+        source: None,
+        ways: SOCK_STATE_WAYS,
+        without: "sshtrace cannot start",
+    }
+}
+
+fn refusals(no_socket_resets: NoSocketResets) -> Capability {
+    Capability {
+        need: Need::NoSocketResets,
+        evidence: "resets sent without a socket (refused connections)",
+        source: match no_socket_resets {
+            NoSocketResets::Tracepoint => Some("tcp:tcp_send_reset with no socket (6.10+)".into()),
+            NoSocketResets::DroppedSegment(_) => {
+                Some("skb:kfree_skb reason NO_SOCKET (5.17+)".into())
+            }
+            NoSocketResets::Kprobe => Some(KPROBE_REFUSALS.into()),
+            NoSocketResets::Unavailable => None,
+        },
+        ways: &[
+            "tcp:tcp_send_reset with no socket (6.10+)",
+            "skb:kfree_skb reason NO_SOCKET (5.17+)",
+            KPROBE_REFUSALS,
+        ],
+        without: "not_listening is never reported: a refused connection leaves no \
+                      record (the client sees 'Connection refused')",
+    }
+}
+
+fn reset_reasons(layout: &KernelLayout) -> Capability {
+    let has = |offset: u16| offset != ABSENT;
+    Capability {
+        need: Need::ResetReasons,
+        evidence: "why the stack sent a reset (enum sk_rst_reason)",
+        source: has(layout.send_reset.reason)
+            .then(|| "tcp:tcp_send_reset field reason (6.10+)".into()),
+        ways: &["tcp:tcp_send_reset field reason (6.10+)"],
+        without: "kernel_abort and socket_killed (ss -K) cannot be told from an \
+                      application's close: such resets are judged on process evidence \
+                      alone, or `unknown` with the raw facts",
+    }
+}
+
+fn firewall_drops(netfilter: bool) -> Capability {
+    Capability {
+        need: Need::FirewallDrops,
+        evidence: "firewall drops (skb_drop_reason NETFILTER_DROP)",
+        source: netfilter.then(|| "skb:kfree_skb reason NETFILTER_DROP (5.17+)".into()),
+        ways: &["skb:kfree_skb reason NETFILTER_DROP (5.17+)"],
+        without: "firewall is never reported: a dropped or rejected SYN leaves no \
+                      verdict; a reset a REJECT sends into an established session is a \
+                      peer_reset",
+    }
+}
+
+fn oom_figures(layout: &KernelLayout) -> Capability {
+    let has = |offset: u16| offset != ABSENT;
+    Capability {
+        need: Need::OomFigures,
+        evidence: "an OOM victim's memory figures",
+        source: has(layout.oom.total_vm).then(|| {
+            "oom:mark_victim fields total_vm, anon_rss… (6.2+, some stable kernels)".into()
+        }),
+        ways: &["oom:mark_victim fields total_vm, anon_rss… (6.2+, some stable kernels)"],
+        without: "oom_killed names the victim but not its memory use",
+    }
+}
+
+fn group_exit(layout: &KernelLayout) -> Capability {
+    let has = |offset: u16| offset != ABSENT;
+    Capability {
+        need: Need::GroupExit,
+        evidence: "whether a whole thread group exited",
+        source: has(layout.exit.group_dead)
+            .then(|| "sched:sched_process_exit field group_dead (6.16+)".into())
+            .or_else(|| Some("the thread-group leader's exit".into())),
+        ways: &[
+            "sched:sched_process_exit field group_dead (6.16+)",
+            "the thread-group leader's exit",
+        ],
+        without: "",
+    }
+}
+
+fn landlock_denials(landlock_audit: bool) -> Capability {
+    Capability {
+        need: Need::LandlockDenials,
+        evidence: "which LSM denied an access (Landlock)",
+        source: Some(
+            if landlock_audit {
+                LANDLOCK_AUDIT
+            } else {
+                LSM_BY_ELIMINATION
+            }
+            .into(),
+        ),
+        ways: &[LANDLOCK_AUDIT, LSM_BY_ELIMINATION],
+        without: "",
+    }
+}
+
+fn selinux_denials(layout: &KernelLayout) -> Capability {
+    let has = |offset: u16| offset != ABSENT;
+    Capability {
+        need: Need::SelinuxDenials,
+        evidence: "SELinux denials",
+        source: has(layout.selinux.tclass)
+            .then(|| "avc:selinux_audited".into())
+            .or_else(|| Some("audit records (AVC) when auditing is on".into())),
+        ways: &[
+            "avc:selinux_audited",
+            "audit records (AVC) when auditing is on",
+        ],
+        without: "",
     }
 }
 
