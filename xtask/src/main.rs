@@ -102,25 +102,7 @@ fn run(task: Task) -> Result<()> {
             memory,
             kernel_dependent_only,
             args,
-        } => {
-            vm::check_series(&kernel)?;
-            setup::run()?;
-            let binary = build(true)?;
-            let tests = build_integration_tests()?;
-            let fetched = vm::fetch_kernel(&kernel)?;
-            vm::run(
-                &binary,
-                &workspace_root(),
-                fetched,
-                &tests,
-                &vm::Options {
-                    accel,
-                    memory_mib: memory,
-                    kernel_dependent_only,
-                    test_args: args,
-                },
-            )
-        }
+        } => vm_test(&kernel, accel, memory, kernel_dependent_only, args),
         Task::Setup => setup::run(),
         Task::Run { release, args } => {
             setup::run()?;
@@ -134,61 +116,79 @@ fn run(task: Task) -> Result<()> {
         } => {
             setup::run()?;
             let binary = build(true)?;
-            bench::run(
-                &binary,
-                &bench::Options {
-                    seconds,
-                    storm_seconds,
-                    rounds: rounds.max(1),
-                },
-            )
-        }
-        Task::Test { no_vm, args } => {
-            setup::run()?;
-            static_checks()?;
-            // The VM's kernel package downloads (network) while everything builds (CPU); it is
-            // waited for before the host's tests start, so that they run undisturbed.
-            let kernel = (!no_vm).then(|| std::thread::spawn(|| vm::fetch_kernel(CI_VM_KERNEL)));
-            let built = build(true).and_then(|binary| Ok((binary, build_integration_tests()?)));
-            let kernel = kernel.map(|k| {
-                k.join()
-                    .unwrap_or_else(|_| Err(anyhow!("fetching the VM's kernel panicked")))
-            });
-            let (binary, tests) = built?;
-            // The same selection as the build above: cargo finds everything up to date.
-            let host = cmd::run(
-                cmd::cargo()
-                    .args(host_test_selection())
-                    .args(["--no-fail-fast", "--"])
-                    .args(&args)
-                    .env("SSHTRACE_BIN", &binary),
-                "run the test suite",
-            );
-            let Some(kernel) = kernel else {
-                eprintln!("xtask test: --no-vm: the 6.1 kernel run is skipped");
-                return host;
+            let options = bench::Options {
+                seconds,
+                storm_seconds,
+                rounds: rounds.max(1),
             };
-            // Run the VM suite even when the host's failed: both results matter.
-            let vm = kernel.and_then(|kernel| {
-                vm::run(
-                    &binary,
-                    &workspace_root(),
-                    kernel,
-                    &tests,
-                    &vm::Options {
-                        accel: vm::Accel::Auto,
-                        memory_mib: vm::DEFAULT_MEMORY_MIB,
-                        kernel_dependent_only: true,
-                        test_args: args,
-                    },
-                )
-            });
-            if let (Err(_), Err(vm)) = (&host, &vm) {
-                eprintln!("xtask test: the {CI_VM_KERNEL} kernel run failed too: {vm:#}");
-            }
-            host.and(vm)
+            bench::run(&binary, &options)
         }
+        Task::Test { no_vm, args } => test(no_vm, args),
     }
+}
+
+/// `cargo xtask vm-test`: the suite (or its kernel-dependent selection) on another kernel.
+fn vm_test(
+    kernel: &str,
+    accel: vm::Accel,
+    memory: u32,
+    kernel_dependent_only: bool,
+    args: Vec<String>,
+) -> Result<()> {
+    vm::check_series(kernel)?;
+    setup::run()?;
+    let binary = build(true)?;
+    let tests = build_integration_tests()?;
+    let fetched = vm::fetch_kernel(kernel)?;
+    let options = vm::Options {
+        accel,
+        memory_mib: memory,
+        kernel_dependent_only,
+        test_args: args,
+    };
+    vm::run(&binary, &workspace_root(), fetched, &tests, &options)
+}
+
+/// `cargo xtask test` (what CI runs): static checks, the host's suite, then the
+/// kernel-dependent selection on the CI's VM kernel.
+fn test(no_vm: bool, args: Vec<String>) -> Result<()> {
+    setup::run()?;
+    static_checks()?;
+    // The VM's kernel package downloads (network) while everything builds (CPU); it is
+    // waited for before the host's tests start, so that they run undisturbed.
+    let kernel = (!no_vm).then(|| std::thread::spawn(|| vm::fetch_kernel(CI_VM_KERNEL)));
+    let built = build(true).and_then(|binary| Ok((binary, build_integration_tests()?)));
+    let kernel = kernel.map(|k| {
+        k.join()
+            .unwrap_or_else(|_| Err(anyhow!("fetching the VM's kernel panicked")))
+    });
+    let (binary, tests) = built?;
+    // The same selection as the build above: cargo finds everything up to date.
+    let host = cmd::run(
+        cmd::cargo()
+            .args(host_test_selection())
+            .args(["--no-fail-fast", "--"])
+            .args(&args)
+            .env("SSHTRACE_BIN", &binary),
+        "run the test suite",
+    );
+    let Some(kernel) = kernel else {
+        eprintln!("xtask test: --no-vm: the 6.1 kernel run is skipped");
+        return host;
+    };
+    // Run the VM suite even when the host's failed: both results matter.
+    let options = vm::Options {
+        accel: vm::Accel::Auto,
+        memory_mib: vm::DEFAULT_MEMORY_MIB,
+        kernel_dependent_only: true,
+        test_args: args,
+    };
+    let vm =
+        kernel.and_then(|kernel| vm::run(&binary, &workspace_root(), kernel, &tests, &options));
+    if let (Err(_), Err(vm)) = (&host, &vm) {
+        eprintln!("xtask test: the {CI_VM_KERNEL} kernel run failed too: {vm:#}");
+    }
+    host.and(vm)
 }
 
 /// `cargo test` over what the host runs. The integration test binaries for the VM are built

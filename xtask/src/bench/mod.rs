@@ -30,6 +30,40 @@ pub fn run(binary: &Path, opts: &Options) -> Result<()> {
     let _tools = Tools::install()?;
     let d = Duration::from_secs(opts.seconds);
     let mut report = String::new();
+    write_header(&mut report, opts);
+    eprintln!("xtask bench: connection storm, {} rounds", opts.rounds);
+    let storm = connection_storm(binary, d, opts.rounds)?;
+    storm.write(&mut report, opts.rounds);
+    let (refused, aborted) = reset_storms(binary, d, &mut report)?;
+    let ours = start_up(binary, &mut report)?;
+    let rss = memory_section(binary, opts, &mut report)?;
+    let measured = Measured {
+        storm,
+        lost: refused.lost + aborted.lost,
+        start_up: ours,
+        rss,
+    };
+    write_targets(&mut report, opts, &measured);
+    print!("{report}");
+    let dir = crate::target_dir()?.join("bench");
+    std::fs::create_dir_all(&dir)?;
+    std::fs::write(dir.join("results.md"), &report)?;
+    eprintln!(
+        "xtask bench: written to {}",
+        dir.join("results.md").display()
+    );
+    Ok(())
+}
+
+/// What the targets are checked against.
+struct Measured {
+    storm: ConnectionStorm,
+    lost: u64,
+    start_up: Duration,
+    rss: Rss,
+}
+
+fn write_header(report: &mut String, opts: &Options) {
     let _ = writeln!(
         report,
         "# sshtrace benchmark\n\nOne run on this machine ({} CPUs, kernel {}); each measurement {} s.\n",
@@ -39,11 +73,14 @@ pub fn run(binary: &Path, opts: &Options) -> Result<()> {
             .trim(),
         opts.seconds
     );
+}
 
-    eprintln!("xtask bench: connection storm, {} rounds", opts.rounds);
-    let storm = connection_storm(binary, d, opts.rounds)?;
-    storm.write(&mut report, opts.rounds);
-
+/// Section 2: the refused and the aborted storm, traced.
+fn reset_storms(
+    binary: &Path,
+    d: Duration,
+    report: &mut String,
+) -> Result<(TracedStorm, TracedStorm)> {
     eprintln!("xtask bench: reset storms");
     let refused = traced_storm(binary, load::CLOSED, d, |d| Ok(load::refused(d)))?;
     let aborted = traced_storm(binary, load::ABORTING, d, load::aborted)?;
@@ -81,7 +118,11 @@ pub fn run(binary: &Path, opts: &Options) -> Result<()> {
          \"held back\"); each aborted connection is a verdict of its own. The clients' count \
          closes when they stop: a connection reset after that is in the summary only."
     );
+    Ok((refused, aborted))
+}
 
+/// Section 3: process start to attached, sshtrace beside bpftrace.
+fn start_up(binary: &Path, report: &mut String) -> Result<Duration> {
     eprintln!("xtask bench: start-up");
     let ours = median_duration(
         (0..3)
@@ -101,7 +142,11 @@ pub fn run(binary: &Path, opts: &Options) -> Result<()> {
         theirs.as_millis(),
         ours.as_secs_f64() / theirs.as_secs_f64()
     );
+    Ok(ours)
+}
 
+/// Section 4: RSS idle, at the peak of both storms, and after.
+fn memory_section(binary: &Path, opts: &Options, report: &mut String) -> Result<Rss> {
     eprintln!(
         "xtask bench: memory, {} s of both reset storms",
         opts.storm_seconds
@@ -114,10 +159,13 @@ pub fn run(binary: &Path, opts: &Options) -> Result<()> {
          | idle | peak during the storm | after |\n|---|---|---|\n| {} KiB | {} KiB | {} KiB |",
         opts.storm_seconds, rss.idle, rss.peak, rss.after
     );
+    Ok(rss)
+}
 
+fn write_targets(report: &mut String, opts: &Options, m: &Measured) {
+    let (storm, lost, ours, rss) = (&m.storm, m.lost, m.start_up, &m.rss);
     let verdict = |ok: bool| if ok { "met" } else { "MISSED" };
     let slowdown = storm.slowdown(Kind::Sshtrace);
-    let lost = refused.lost + aborted.lost;
     let _ = writeln!(
         report,
         "\n## Targets\n\n| target | measured | |\n|---|---|---|"
@@ -148,16 +196,6 @@ pub fn run(binary: &Path, opts: &Options) -> Result<()> {
         rss.peak,
         verdict(rss.idle.max(rss.after) < 25 * 1024)
     );
-
-    print!("{report}");
-    let dir = crate::target_dir()?.join("bench");
-    std::fs::create_dir_all(&dir)?;
-    std::fs::write(dir.join("results.md"), &report)?;
-    eprintln!(
-        "xtask bench: written to {}",
-        dir.join("results.md").display()
-    );
-    Ok(())
 }
 
 /// Connection rates per tracer and round, and each tracer's in-kernel cost.
