@@ -26,67 +26,54 @@ pub enum Outcome {
     Dropped,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Cause {
-    NotListening,
-    SshdCrashed,
-    SshdKilled,
-    OomKilled,
-    Firewall,
-    LsmDenied,
-    PermissionDenied,
-    ResourceLimit,
-    SshdDropped,
-    SshdExited,
-    SocketKilled,
-    PeerReset,
-    KernelAbort,
-    ClosedPreauth,
-    Unknown,
+/// Defines [`Cause`] from one list: each variant with its name in the schema, which
+/// serialisation, `--cause` and the summary all use.
+macro_rules! causes {
+    ($($variant:ident => $name:literal,)*) => {
+        #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+        pub enum Cause {
+            $($variant,)*
+        }
+
+        impl Cause {
+            pub const ALL: &[Cause] = &[$(Cause::$variant,)*];
+
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $(Self::$variant => $name,)*
+                }
+            }
+        }
+    };
+}
+
+causes! {
+    NotListening => "not_listening",
+    SshdCrashed => "sshd_crashed",
+    SshdKilled => "sshd_killed",
+    OomKilled => "oom_killed",
+    Firewall => "firewall",
+    LsmDenied => "lsm_denied",
+    PermissionDenied => "permission_denied",
+    ResourceLimit => "resource_limit",
+    SshdDropped => "sshd_dropped",
+    SshdExited => "sshd_exited",
+    SocketKilled => "socket_killed",
+    PeerReset => "peer_reset",
+    KernelAbort => "kernel_abort",
+    ClosedPreauth => "closed_preauth",
+    Unknown => "unknown",
+}
+
+impl Serialize for Cause {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.as_str())
+    }
 }
 
 impl Cause {
-    pub const ALL: [Cause; 15] = [
-        Cause::NotListening,
-        Cause::SshdCrashed,
-        Cause::SshdKilled,
-        Cause::OomKilled,
-        Cause::Firewall,
-        Cause::LsmDenied,
-        Cause::PermissionDenied,
-        Cause::ResourceLimit,
-        Cause::SshdDropped,
-        Cause::SshdExited,
-        Cause::SocketKilled,
-        Cause::PeerReset,
-        Cause::KernelAbort,
-        Cause::ClosedPreauth,
-        Cause::Unknown,
-    ];
-
     pub fn from_name(name: &str) -> Option<Self> {
-        Self::ALL.into_iter().find(|c| c.as_str() == name)
-    }
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::NotListening => "not_listening",
-            Self::SshdCrashed => "sshd_crashed",
-            Self::SshdKilled => "sshd_killed",
-            Self::OomKilled => "oom_killed",
-            Self::Firewall => "firewall",
-            Self::LsmDenied => "lsm_denied",
-            Self::PermissionDenied => "permission_denied",
-            Self::ResourceLimit => "resource_limit",
-            Self::SshdDropped => "sshd_dropped",
-            Self::SshdExited => "sshd_exited",
-            Self::SocketKilled => "socket_killed",
-            Self::PeerReset => "peer_reset",
-            Self::KernelAbort => "kernel_abort",
-            Self::ClosedPreauth => "closed_preauth",
-            Self::Unknown => "unknown",
-        }
+        Self::ALL.iter().copied().find(|c| c.as_str() == name)
     }
 }
 

@@ -4,7 +4,7 @@
 use serde_json::{json, Map};
 
 use super::{
-    authenticated, exit_evidence, signal_evidence, unexplained_deaths, Context, Ended, Finding,
+    authenticated, exit_evidence, signal_evidence, unexplained_deaths, Background, Ended, Finding,
 };
 use crate::{
     trace::state::Closer,
@@ -13,7 +13,7 @@ use crate::{
 
 const SIGALRM: i32 = 14;
 
-pub fn judge(e: &Ended, ctx: &Context) -> Option<Finding> {
+pub fn judge(e: &Ended, ctx: &Background) -> Option<Finding> {
     if e.outcome != Outcome::Closed
         || e.conn.established_ts.is_none()
         || e.conn.session_pid.is_none()

@@ -5,13 +5,13 @@
 
 use serde_json::{json, Map};
 
-use super::{tcp_flags, Context, Ended, Finding};
+use super::{tcp_flags, Background, Ended, Finding};
 use crate::{
     trace::events::TCP_SYN,
     verdict::{Cause, Outcome},
 };
 
-pub fn judge(e: &Ended, _ctx: &Context) -> Option<Finding> {
+pub fn judge(e: &Ended, _ctx: &Background) -> Option<Finding> {
     let drops = &e.conn.drops;
     let first = drops.first()?;
     // An orderly close despite a stray drop is not the firewall's doing.

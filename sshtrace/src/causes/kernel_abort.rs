@@ -4,7 +4,7 @@
 
 use serde_json::{json, Map};
 
-use super::{Context, Ended, Finding};
+use super::{Background, Ended, Finding};
 use crate::verdict::{Cause, Outcome};
 
 /// Reasons that mean a process's close or request (judged by the sshd and socket_killed rules)
@@ -30,7 +30,7 @@ fn explain(reason: &str) -> &'static str {
     }
 }
 
-pub fn judge(e: &Ended, ctx: &Context) -> Option<Finding> {
+pub fn judge(e: &Ended, ctx: &Background) -> Option<Finding> {
     if e.outcome != Outcome::ResetSent {
         return None;
     }

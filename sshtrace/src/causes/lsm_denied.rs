@@ -6,7 +6,7 @@
 
 use serde_json::{json, Map, Value};
 
-use super::{authenticated, consequence, syscall_evidence, Context, Ended, Finding};
+use super::{authenticated, consequence, syscall_evidence, Background, Ended, Finding};
 use crate::{
     escape,
     kernel::syscalls::EACCES,
@@ -21,7 +21,7 @@ fn relevant(e: &Ended) -> bool {
 }
 
 /// The processes whose failures count, with the earliest time each counts from.
-fn processes<'a>(e: &'a Ended, ctx: &'a Context) -> impl Iterator<Item = (&'a Process, u64)> {
+fn processes<'a>(e: &'a Ended, ctx: &'a Background) -> impl Iterator<Item = (&'a Process, u64)> {
     let listener = e
         .conn
         .listener_pid
@@ -33,7 +33,7 @@ fn processes<'a>(e: &'a Ended, ctx: &'a Context) -> impl Iterator<Item = (&'a Pr
 
 fn refused_paths<'a>(
     e: &'a Ended,
-    ctx: &'a Context,
+    ctx: &'a Background,
 ) -> impl Iterator<Item = (&'a Process, &'a SyscallError)> {
     let until = e.end_ts() + SETTLE_NS;
     processes(e, ctx).flat_map(move |(p, from)| {
@@ -46,7 +46,7 @@ fn refused_paths<'a>(
     })
 }
 
-pub fn judge(e: &Ended, ctx: &Context) -> Option<Finding> {
+pub fn judge(e: &Ended, ctx: &Background) -> Option<Finding> {
     if !relevant(e) {
         return None;
     }
@@ -56,7 +56,7 @@ pub fn judge(e: &Ended, ctx: &Context) -> Option<Finding> {
 }
 
 /// The earliest denial an LSM reported for the connection's processes.
-fn reported_denial<'a>(e: &'a Ended, ctx: &'a Context) -> Option<Denial<'a>> {
+fn reported_denial<'a>(e: &'a Ended, ctx: &'a Background) -> Option<Denial<'a>> {
     let until = e.end_ts() + SETTLE_NS;
     let (p, ts, d) = processes(e, ctx)
         .flat_map(|(p, from)| {
@@ -84,7 +84,7 @@ fn reported_denial<'a>(e: &'a Ended, ctx: &'a Context) -> Option<Denial<'a>> {
 }
 
 /// Else a refused access the mode bits would have allowed, with one LSM able to refuse it.
-fn inferred_denial<'a>(e: &'a Ended, ctx: &'a Context) -> Option<Denial<'a>> {
+fn inferred_denial<'a>(e: &'a Ended, ctx: &'a Background) -> Option<Denial<'a>> {
     let (p, x) = refused_paths(e, ctx)
         .filter(|(_, x)| x.dac.as_ref().is_some_and(|d| d.allows))
         .min_by_key(|(_, x)| x.ts_ns)?;
@@ -122,7 +122,7 @@ struct Denial<'a> {
 }
 
 /// One assembly point for both kinds of evidence.
-fn finding(e: &Ended, ctx: &Context, d: &Denial) -> Finding {
+fn finding(e: &Ended, ctx: &Background, d: &Denial) -> Finding {
     let p = d.process;
     let after_ms = e.end_ts().saturating_sub(d.ts) / 1_000_000;
     let by = if d.lsm == "unknown" {
@@ -164,7 +164,7 @@ fn details(d: &Denial) -> Map<String, Value> {
 }
 
 /// The LSM's report, then the failed syscall, each where there is one.
-fn evidence(ctx: &Context, d: &Denial) -> Vec<Evidence> {
+fn evidence(ctx: &Background, d: &Denial) -> Vec<Evidence> {
     let p = d.process;
     let mut evidence = Vec::new();
     if let Some(r) = d.report {
@@ -209,7 +209,7 @@ fn security_contexts(report: Option<&LsmDenial>) -> String {
 }
 
 /// Where to look and what to change, for each LSM.
-fn hint(lsm: &str, ctx: &Context) -> String {
+fn hint(lsm: &str, ctx: &Background) -> String {
     match lsm {
         "selinux" => "see `ausearch -m avc -ts recent`; fix the file's context (`restorecon -v PATH`) or the policy (`audit2allow`)".to_owned(),
         "apparmor" => "see `journalctl -k | grep apparmor=\"DENIED\"`; adjust sshd's profile (`aa-logprof`) or set it to complain mode".to_owned(),
@@ -219,7 +219,7 @@ fn hint(lsm: &str, ctx: &Context) -> String {
 }
 
 /// `permission_denied`: EACCES on a path that the file mode bits themselves refuse.
-pub fn judge_permission(e: &Ended, ctx: &Context) -> Option<Finding> {
+pub fn judge_permission(e: &Ended, ctx: &Background) -> Option<Finding> {
     if !relevant(e) {
         return None;
     }

@@ -4,10 +4,8 @@
 //! with the raw facts.
 
 mod closed_preauth;
-mod crashed;
 mod firewall;
 mod kernel_abort;
-mod killed;
 mod lsm_denied;
 mod not_listening;
 mod oom_killed;
@@ -15,8 +13,10 @@ mod peer_reset;
 pub mod resource_limit;
 mod roles;
 mod socket_killed;
+mod sshd_crashed;
 mod sshd_dropped;
 mod sshd_exited;
+mod sshd_killed;
 
 use serde_json::{Map, Value};
 
@@ -35,8 +35,8 @@ use crate::{
     },
 };
 
-/// What the rules may look at besides the connection.
-pub struct Context<'a> {
+/// What the rules may look at besides the connection: its background.
+pub struct Background<'a> {
     pub names: &'a KernelNames,
     /// Which LSMs could have denied an access here.
     pub lsms: &'a ActiveLsms,
@@ -91,7 +91,7 @@ impl Ended<'_> {
     }
 }
 
-type Rule = fn(&Ended, &Context) -> Option<Finding>;
+type Rule = fn(&Ended, &Background) -> Option<Finding>;
 
 /// From the most specific to the least: what killed or starved sshd comes before what sshd
 /// then did about it, and the network-level explanations come last.
@@ -99,8 +99,8 @@ const RULES: &[Rule] = &[
     not_listening::judge,
     firewall::judge,
     oom_killed::judge,
-    killed::judge,
-    crashed::judge,
+    sshd_killed::judge,
+    sshd_crashed::judge,
     resource_limit::judge,
     lsm_denied::judge,
     lsm_denied::judge_permission,
@@ -114,7 +114,7 @@ const RULES: &[Rule] = &[
 
 /// The verdict for a finished connection, or `None` for a healthy one (an orderly close with
 /// nothing abnormal in its process tree).
-pub fn judge(conn: &Connection, tree: &[Process], ctx: &Context) -> Option<Verdict> {
+pub fn judge(conn: &Connection, tree: &[Process], ctx: &Background) -> Option<Verdict> {
     let ended = Ended {
         conn,
         tree,
@@ -139,7 +139,7 @@ pub fn judge_stalled(
     ports: &[u16],
     queued: &[Connection],
     now_ns: u64,
-    ctx: &Context,
+    ctx: &Background,
 ) -> Option<Verdict> {
     let process = ctx.procs.get(listener)?;
     let mut waiting: Vec<&Connection> = ctx
@@ -187,7 +187,7 @@ fn outcome(conn: &Connection) -> Outcome {
 
 /// Processes of the connection killed by a signal that did not come from the connection's own
 /// sshd tree (sshd's monitor kills its children with SIGKILL as routine cleanup).
-pub(crate) fn unexplained_deaths(e: &Ended, ctx: &Context) -> Vec<Evidence> {
+pub(crate) fn unexplained_deaths(e: &Ended, ctx: &Background) -> Vec<Evidence> {
     let mut out = Vec::new();
     for p in e.tree {
         let Some(sig) = p.exit.and_then(|x| x.signal()) else {
@@ -219,7 +219,7 @@ const SHOWN_SURVIVED_SIGNALS: usize = 4;
 
 /// Signals from outside the connection's sshd tree that a process survived (handled, ignored
 /// or blocked): evidence, never a cause.
-fn survived_signals(e: &Ended, ctx: &Context) -> Vec<Evidence> {
+fn survived_signals(e: &Ended, ctx: &Background) -> Vec<Evidence> {
     e.tree
         .iter()
         .flat_map(|p| {
@@ -255,7 +255,7 @@ fn unexplained(e: &Ended, evidence: Vec<Evidence>) -> Finding {
     }
 }
 
-fn assemble(e: &Ended, finding: Finding, ctx: &Context) -> Verdict {
+fn assemble(e: &Ended, finding: Finding, ctx: &Background) -> Verdict {
     let conn = e.conn;
     let ts = conn.end_ts.unwrap_or(conn.first_ts);
     let mut evidence = connection_evidence(e, ctx);
@@ -306,7 +306,7 @@ fn assemble(e: &Ended, finding: Finding, ctx: &Context) -> Verdict {
 }
 
 /// The connection's sshd log messages, for the verdict (escaped by every output format).
-fn sshd_log(conn: &Connection, ctx: &Context) -> Vec<SshdLogEntry> {
+fn sshd_log(conn: &Connection, ctx: &Background) -> Vec<SshdLogEntry> {
     conn.sshd_log
         .iter()
         .map(|l| SshdLogEntry {
@@ -320,7 +320,10 @@ fn sshd_log(conn: &Connection, ctx: &Context) -> Vec<SshdLogEntry> {
 
 /// The container the connection's sshd runs in: the accepting listener's, else the one whose
 /// network namespace the connection is in. `None` on the host.
-fn container_of(conn: &Connection, ctx: &Context) -> Option<crate::enrich::container::Container> {
+fn container_of(
+    conn: &Connection,
+    ctx: &Background,
+) -> Option<crate::enrich::container::Container> {
     let listeners = &ctx.sshd.listeners;
     let listener = conn
         .listener_pid
@@ -341,7 +344,7 @@ fn container_of(conn: &Connection, ctx: &Context) -> Option<crate::enrich::conta
 }
 
 /// The connection's own kernel events: accept, resets, close.
-fn connection_evidence(e: &Ended, ctx: &Context) -> Vec<Evidence> {
+fn connection_evidence(e: &Ended, ctx: &Background) -> Vec<Evidence> {
     let conn = e.conn;
     let mut out = Vec::new();
     if let (Some(ts), Some(pid)) = (conn.accept_ts, conn.listener_pid) {
@@ -425,7 +428,7 @@ pub fn tcp_flags(flags: u8) -> String {
 }
 
 /// Evidence of a process's death.
-pub(crate) fn exit_evidence(p: &Process, ctx: &Context) -> Option<Evidence> {
+pub(crate) fn exit_evidence(p: &Process, ctx: &Background) -> Option<Evidence> {
     let exit = p.exit?;
     Some(Evidence::Exit {
         ts: ctx.clock.rfc3339(exit.ts_ns),
@@ -440,7 +443,7 @@ pub(crate) fn exit_evidence(p: &Process, ctx: &Context) -> Option<Evidence> {
 pub(crate) fn signal_evidence(
     p: &Process,
     s: &crate::trace::state::SignalInfo,
-    ctx: &Context,
+    ctx: &Background,
 ) -> Evidence {
     Evidence::Signal {
         ts: ctx.clock.rfc3339(s.ts_ns),
@@ -459,7 +462,7 @@ pub(crate) fn signal_evidence(
 }
 
 /// Evidence of a failed system call.
-pub(crate) fn syscall_evidence(p: &Process, e: &SyscallError, ctx: &Context) -> Evidence {
+pub(crate) fn syscall_evidence(p: &Process, e: &SyscallError, ctx: &Background) -> Evidence {
     Evidence::SyscallError {
         ts: ctx.clock.rfc3339(e.ts_ns),
         pid: p.pid,

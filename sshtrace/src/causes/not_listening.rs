@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 
 use serde_json::{json, Map, Value};
 
-use super::{exit_evidence, signal_evidence, Context, Ended, Finding};
+use super::{exit_evidence, signal_evidence, Background, Ended, Finding};
 use crate::{
     enrich::discovery::Listener,
     escape,
@@ -15,7 +15,7 @@ use crate::{
     verdict::{signal_name, Cause, Evidence, Outcome},
 };
 
-pub fn judge(e: &Ended, ctx: &Context) -> Option<Finding> {
+pub fn judge(e: &Ended, ctx: &Background) -> Option<Finding> {
     let reset = refusal_for_no_socket(e, ctx)?;
     let target = e.conn.tuple.local;
     let (live, dead) = live_and_exited_listeners(ctx);
@@ -49,7 +49,7 @@ pub fn judge(e: &Ended, ctx: &Context) -> Option<Finding> {
 }
 
 /// The first reset of a refused connection, when it answered a SYN for want of a socket.
-fn refusal_for_no_socket<'a>(e: &'a Ended, ctx: &Context) -> Option<&'a ResetSent> {
+fn refusal_for_no_socket<'a>(e: &'a Ended, ctx: &Background) -> Option<&'a ResetSent> {
     if e.outcome != Outcome::Refused {
         return None;
     }
@@ -68,7 +68,7 @@ fn refusal_for_no_socket<'a>(e: &'a Ended, ctx: &Context) -> Option<&'a ResetSen
 }
 
 /// The listeners still running, and those the kernel saw exit.
-fn live_and_exited_listeners<'a>(ctx: &'a Context) -> (Vec<&'a Listener>, Vec<&'a Listener>) {
+fn live_and_exited_listeners<'a>(ctx: &'a Background) -> (Vec<&'a Listener>, Vec<&'a Listener>) {
     // A listener the kernel saw exit is gone, whatever the last scan said (a refusal is
     // judged at once, and the scan may be from the instant before the exit).
     let exited = |pid: u32| ctx.procs.get(pid).is_some_and(|p| p.exit.is_some());
@@ -104,7 +104,7 @@ fn previous_listener(
     dead: &[&Listener],
     target: SocketAddr,
     pids: &[u32],
-    ctx: &Context,
+    ctx: &Background,
 ) -> Option<u32> {
     // A scan saw it listen, or (gone before any scan) the kernel saw its listen().
     dead.iter()
@@ -144,7 +144,7 @@ fn serves(addr: &SocketAddr, target: SocketAddr) -> bool {
 }
 
 /// How a listener that is gone ended, from its exit and the signals it got.
-fn listener_end(gone: u32, ctx: &Context, evidence: &mut Vec<Evidence>) -> (String, Value) {
+fn listener_end(gone: u32, ctx: &Background, evidence: &mut Vec<Evidence>) -> (String, Value) {
     let mut info = Map::new();
     info.insert("pid".into(), json!(gone));
     let Some(p) = ctx.procs.get(gone) else {

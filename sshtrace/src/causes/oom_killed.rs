@@ -2,13 +2,13 @@
 
 use serde_json::{json, Map};
 
-use super::{consequence, exit_evidence, Context, Ended, Finding};
+use super::{consequence, exit_evidence, Background, Ended, Finding};
 use crate::{
     escape,
     verdict::{Cause, Evidence},
 };
 
-pub fn judge(e: &Ended, ctx: &Context) -> Option<Finding> {
+pub fn judge(e: &Ended, ctx: &Background) -> Option<Finding> {
     let (p, oom) = e
         .tree
         .iter()

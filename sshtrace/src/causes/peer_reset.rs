@@ -3,10 +3,10 @@
 
 use serde_json::Map;
 
-use super::{Context, Ended, Finding};
+use super::{Background, Ended, Finding};
 use crate::verdict::{Cause, Outcome};
 
-pub fn judge(e: &Ended, _ctx: &Context) -> Option<Finding> {
+pub fn judge(e: &Ended, _ctx: &Background) -> Option<Finding> {
     if e.outcome != Outcome::ResetReceived {
         return None;
     }

@@ -5,14 +5,14 @@
 
 use serde_json::{json, Map};
 
-use super::{consequence, syscall_evidence, Context, Ended, Finding};
+use super::{consequence, syscall_evidence, Background, Ended, Finding};
 use crate::{
     kernel::syscalls::errno_name,
     trace::state::{Connection, Process, SyscallError, SETTLE_NS},
     verdict::Cause,
 };
 
-pub fn judge(e: &Ended, ctx: &Context) -> Option<Finding> {
+pub fn judge(e: &Ended, ctx: &Background) -> Option<Finding> {
     let until = e.end_ts() + SETTLE_NS;
     let in_tree = e.tree.iter().flat_map(|p| {
         p.syscall_errors
@@ -37,7 +37,7 @@ pub fn judge(e: &Ended, ctx: &Context) -> Option<Finding> {
     Some(finding(p, error, ctx, consequence(e.outcome)))
 }
 
-fn finding(p: &Process, error: &SyscallError, ctx: &Context, then: &str) -> Finding {
+fn finding(p: &Process, error: &SyscallError, ctx: &Background, then: &str) -> Finding {
     let limit = error.limit.clone().expect("filtered on limit");
     let mut details = Map::new();
     details.insert("limit".into(), json!(limit.limit));
@@ -113,7 +113,7 @@ pub fn stalled(
     waiting: &Connection,
     waiting_count: usize,
     now_ns: u64,
-    ctx: &Context,
+    ctx: &Background,
 ) -> Option<Finding> {
     let recent: Vec<&SyscallError> = listener
         .syscall_errors

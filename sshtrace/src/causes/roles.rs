@@ -10,10 +10,10 @@
 //! - user: the process that serves the authenticated user (the session's child forked after
 //!   the pre-authentication child ended), and anything it started that still runs sshd.
 
-use super::{Context, Ended};
+use super::{Background, Ended};
 use crate::{trace::state::Process, verdict::Role};
 
-pub fn role_of(pid: u32, e: &Ended, ctx: &Context) -> Role {
+pub fn role_of(pid: u32, e: &Ended, ctx: &Background) -> Role {
     if Some(pid) == e.conn.listener_pid || ctx.sshd.listeners.contains_key(&pid) {
         return Role::Listener;
     }

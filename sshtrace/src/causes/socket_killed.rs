@@ -11,10 +11,10 @@
 
 use serde_json::{json, Map};
 
-use super::{Context, Ended, Finding};
+use super::{Background, Ended, Finding};
 use crate::{escape, verdict::Cause};
 
-pub fn judge(e: &Ended, ctx: &Context) -> Option<Finding> {
+pub fn judge(e: &Ended, ctx: &Background) -> Option<Finding> {
     let reset = e.conn.resets_sent.first()?;
     let reason = reset.reason.map(|r| ctx.names.rst_reason(r))?;
     let actor = &reset.current;
@@ -49,7 +49,7 @@ pub fn judge(e: &Ended, ctx: &Context) -> Option<Finding> {
 }
 
 /// Whether an sshd listens, or listened, on `port`.
-fn sshd_port(port: u16, ctx: &Context) -> bool {
+fn sshd_port(port: u16, ctx: &Background) -> bool {
     ctx.sshd
         .listeners
         .values()
@@ -58,7 +58,7 @@ fn sshd_port(port: u16, ctx: &Context) -> bool {
 }
 
 /// sshd itself aborting sockets (a listener closing with connections queued) is not a kill.
-pub(super) fn is_sshd(pid: u32, e: &Ended, ctx: &Context) -> bool {
+pub(super) fn is_sshd(pid: u32, e: &Ended, ctx: &Background) -> bool {
     Some(pid) == e.conn.listener_pid
         || ctx.sshd.listeners.contains_key(&pid)
         || ctx.sshd.gone.iter().any(|l| l.pid == pid)

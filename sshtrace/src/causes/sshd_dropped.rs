@@ -4,14 +4,14 @@
 
 use serde_json::{json, Map};
 
-use super::{authenticated, consequence, Context, Ended, Finding};
+use super::{authenticated, consequence, Background, Ended, Finding};
 use crate::{
     trace::sshd_output::DropNote,
     trace::state::Closer,
     verdict::{Cause, Outcome},
 };
 
-pub fn judge(e: &Ended, ctx: &Context) -> Option<Finding> {
+pub fn judge(e: &Ended, ctx: &Background) -> Option<Finding> {
     if e.conn.listener_pid.is_none() {
         return dropped_from_queue(e, ctx);
     }
@@ -105,7 +105,7 @@ fn logged_reason(e: &Ended) -> Option<DropReason> {
 /// address, what such a penalty follows.
 fn penalty(
     e: &Ended,
-    ctx: &Context,
+    ctx: &Background,
     listener: u32,
     details: &mut Map<String, serde_json::Value>,
 ) -> (String, String) {
@@ -137,7 +137,7 @@ fn penalty(
 
 fn max_startups_drop(
     e: &Ended,
-    ctx: &Context,
+    ctx: &Background,
     listener: u32,
     reason: DropReason,
     details: &mut Map<String, serde_json::Value>,
@@ -184,7 +184,7 @@ fn max_startups_drop(
 
 /// MaxStartups as discovery read it from the listener's `-o` or configuration file: sshd's
 /// default when neither sets it, "unknown" when the file could not be read.
-fn max_startups(listener: u32, ctx: &Context) -> String {
+fn max_startups(listener: u32, ctx: &Background) -> String {
     match ctx.sshd.config_of(listener) {
         Some(c) => match (&c.max_startups, &c.unreadable) {
             (Some(value), _) => value.clone(),
@@ -199,7 +199,7 @@ const DEFAULT_MAX_STARTUPS: &str = "10:30:100 (default)";
 
 /// A connection never accepted, reset (TCP_STATE, from tcp_disconnect of the queued child) by
 /// the sshd that closed its listening socket.
-fn dropped_from_queue(e: &Ended, ctx: &Context) -> Option<Finding> {
+fn dropped_from_queue(e: &Ended, ctx: &Background) -> Option<Finding> {
     let reset = e.conn.resets_sent.first()?;
     let closer = reset.current.pid;
     if reset.reason.map(|r| ctx.names.rst_reason(r)).as_deref() != Some("TCP_STATE")
@@ -253,7 +253,7 @@ mod tests {
             ActiveLsms::from_list("", &|_| false),
         );
         let (conns, procs) = (ConnectionTable::default(), ProcessTable::default());
-        let ctx = Context {
+        let ctx = Background {
             names: &names,
             lsms: &lsms,
             conns: &conns,

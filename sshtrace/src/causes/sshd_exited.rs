@@ -4,7 +4,9 @@
 
 use serde_json::{json, Map};
 
-use super::{authenticated, consequence, exit_evidence, syscall_evidence, Context, Ended, Finding};
+use super::{
+    authenticated, consequence, exit_evidence, syscall_evidence, Background, Ended, Finding,
+};
 use crate::{
     kernel::syscalls::errno_name,
     verdict::{Cause, Outcome},
@@ -13,7 +15,7 @@ use crate::{
 /// How many of the process's last failed system calls the evidence shows.
 const SHOWN_FAILURES: usize = 5;
 
-pub fn judge(e: &Ended, ctx: &Context) -> Option<Finding> {
+pub fn judge(e: &Ended, ctx: &Background) -> Option<Finding> {
     if e.outcome != Outcome::ResetSent || authenticated(e.tree, e.conn.session_pid) {
         return None;
     }

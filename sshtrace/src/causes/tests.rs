@@ -206,7 +206,7 @@ impl Script {
         let settled = self
             .state
             .take_settled(self.ts + SETTLE_NS + crate::trace::state::FIREWALL_SETTLE_NS);
-        let ctx = Context {
+        let ctx = Background {
             names: &names,
             lsms: &lsms(),
             conns: &self.state.conns,
@@ -947,7 +947,7 @@ fn stalled_listener(in_kernel: bool) {
     let names = names();
     let clock = Clock::epoch();
     let sshd = Snapshot::default();
-    let ctx = Context {
+    let ctx = Background {
         names: &names,
         lsms: &lsms(),
         conns: &s.state.conns,

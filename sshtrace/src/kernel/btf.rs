@@ -40,13 +40,13 @@ enum Type {
     Other,
 }
 
-pub struct Btf {
+pub struct KernelBtf {
     /// Indexed by type id; id 0 is `void`.
     types: Vec<Type>,
     by_name: HashMap<String, Vec<u32>>,
 }
 
-impl Btf {
+impl KernelBtf {
     pub fn load() -> Result<Self> {
         let data = std::fs::read(VMLINUX).with_context(|| {
             format!("no kernel BTF: cannot read {VMLINUX} (CONFIG_DEBUG_INFO_BTF)")
@@ -322,7 +322,7 @@ mod tests {
 
     #[test]
     fn finds_members_through_anonymous_unions() {
-        let btf = Btf::parse(&sample()).unwrap();
+        let btf = KernelBtf::parse(&sample()).unwrap();
         assert_eq!(btf.member_offset("outer", "a"), Some(0));
         assert_eq!(btf.member_offset("outer", "b"), Some(4));
         assert_eq!(btf.member_offset("outer", "nope"), None);
@@ -330,7 +330,7 @@ mod tests {
 
     #[test]
     fn reads_signed_enums_by_name_or_member() {
-        let btf = Btf::parse(&sample()).unwrap();
+        let btf = KernelBtf::parse(&sample()).unwrap();
         let by_name = btf.enum_values(Some("e"), None).unwrap();
         assert_eq!(by_name, vec![("X".into(), 1), ("Y".into(), -2)]);
         assert_eq!(btf.enum_values(None, Some("Y")), Some(by_name));
@@ -338,6 +338,6 @@ mod tests {
 
     #[test]
     fn rejects_garbage() {
-        assert!(Btf::parse(b"not btf at all, clearly").is_err());
+        assert!(KernelBtf::parse(b"not btf at all, clearly").is_err());
     }
 }

@@ -9,9 +9,9 @@ use sshtrace_common::{
     SockStateLayout, StructLayout, SyscallLayout, ABSENT, PATH_SYSCALLS,
 };
 
-use super::{btf::Btf, tracefs::Format};
+use super::{btf::KernelBtf, tracefs::Format};
 
-pub fn discover(tracefs: &Path, btf: &Btf) -> Result<KernelLayout> {
+pub fn discover(tracefs: &Path, btf: &KernelBtf) -> Result<KernelLayout> {
     let mut layout = KernelLayout::ABSENT;
     // Tracepoint fields, then struct members from BTF; a missing required one fails start-up.
     tcp_reset_fields(tracefs, &mut layout)?;
@@ -175,7 +175,7 @@ fn oom_victim_fields(tracefs: &Path, oom: &mut OomLayout) -> Result<()> {
 }
 
 /// The offset of `strukt.name` in the kernel's BTF, as the probes' `u16`.
-fn member(btf: &Btf, strukt: &str, name: &str) -> Result<u16> {
+fn member(btf: &KernelBtf, strukt: &str, name: &str) -> Result<u16> {
     let offset = btf
         .member_offset(strukt, name)
         .with_context(|| format!("kernel BTF has no member {name} in struct {strukt}"))?;
@@ -184,7 +184,7 @@ fn member(btf: &Btf, strukt: &str, name: &str) -> Result<u16> {
 
 /// Fills each slot with its member's offset, or [`ABSENT`] where the kernel lacks it.
 fn optional_members<'a>(
-    btf: &Btf,
+    btf: &KernelBtf,
     members: impl IntoIterator<Item = (&'a mut u16, &'a str, &'a str)>,
 ) {
     for (slot, strukt, name) in members {
@@ -193,7 +193,7 @@ fn optional_members<'a>(
 }
 
 /// A task's thread group, exit code and resource limits.
-fn task_members(btf: &Btf, s: &mut StructLayout) -> Result<()> {
+fn task_members(btf: &KernelBtf, s: &mut StructLayout) -> Result<()> {
     s.task_tgid = member(btf, "task_struct", "tgid")?;
     s.task_exit_code = member(btf, "task_struct", "exit_code")?;
     s.task_signal = member(btf, "task_struct", "signal").unwrap_or(ABSENT);
@@ -202,7 +202,7 @@ fn task_members(btf: &Btf, s: &mut StructLayout) -> Result<()> {
 }
 
 /// A packet's headers, and the network namespace of a socket or a packet.
-fn packet_and_netns_members(btf: &Btf, s: &mut StructLayout) {
+fn packet_and_netns_members(btf: &KernelBtf, s: &mut StructLayout) {
     s.skb_head = member(btf, "sk_buff", "head").unwrap_or(ABSENT);
     s.skb_transport_header = member(btf, "sk_buff", "transport_header").unwrap_or(ABSENT);
     s.skb_network_header = member(btf, "sk_buff", "network_header").unwrap_or(ABSENT);
@@ -216,7 +216,7 @@ fn packet_and_netns_members(btf: &Btf, s: &mut StructLayout) {
 }
 
 /// Where `pt_regs` keeps the syscall number.
-fn regs_syscall_nr(btf: &Btf) -> u16 {
+fn regs_syscall_nr(btf: &KernelBtf) -> u16 {
     // The raw sys_exit tracepoint gives only the registers: x86-64 keeps the number in
     // orig_ax, arm64 in syscallno.
     member(btf, "pt_regs", "orig_ax")
@@ -225,7 +225,7 @@ fn regs_syscall_nr(btf: &Btf) -> u16 {
 }
 
 /// A socket's own fields, for the raw inet_sock_set_state tracepoint.
-fn socket_members(btf: &Btf, s: &mut StructLayout) {
+fn socket_members(btf: &KernelBtf, s: &mut StructLayout) {
     for (slot, name) in [
         (&mut s.skc_family, "skc_family"),
         (&mut s.skc_num, "skc_num"),
@@ -246,7 +246,7 @@ fn socket_members(btf: &Btf, s: &mut StructLayout) {
 }
 
 /// A failing task's credentials and root directory, for the permission (DAC) check.
-fn credential_members(btf: &Btf, s: &mut StructLayout) {
+fn credential_members(btf: &KernelBtf, s: &mut StructLayout) {
     optional_members(
         btf,
         [
@@ -270,7 +270,7 @@ fn credential_members(btf: &Btf, s: &mut StructLayout) {
 }
 
 /// From an accepted descriptor to its socket.
-fn socket_from_fd_members(btf: &Btf, s: &mut StructLayout) {
+fn socket_from_fd_members(btf: &KernelBtf, s: &mut StructLayout) {
     optional_members(
         btf,
         [
@@ -286,7 +286,7 @@ fn socket_from_fd_members(btf: &Btf, s: &mut StructLayout) {
 
 /// A task's executable and its owner and mode: an sshd is followed only from a root-owned
 /// program.
-fn executable_members(btf: &Btf, s: &mut StructLayout) {
+fn executable_members(btf: &KernelBtf, s: &mut StructLayout) {
     optional_members(
         btf,
         [
@@ -301,7 +301,7 @@ fn executable_members(btf: &Btf, s: &mut StructLayout) {
 
 /// A task's memory cgroup limit and usage, read in the kernel since /proc shows an exiting
 /// task's cgroup v1 path as "/".
-fn memory_cgroup_members(btf: &Btf, s: &mut StructLayout) {
+fn memory_cgroup_members(btf: &KernelBtf, s: &mut StructLayout) {
     optional_members(
         btf,
         [

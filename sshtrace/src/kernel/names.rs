@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 
-use super::btf::Btf;
+use super::btf::KernelBtf;
 
 #[derive(Clone, Debug, Default)]
 pub struct KernelNames {
@@ -13,7 +13,7 @@ pub struct KernelNames {
 }
 
 impl KernelNames {
-    pub fn from_btf(btf: &Btf) -> Self {
+    pub fn from_btf(btf: &KernelBtf) -> Self {
         let table = |name: Option<&str>, member: Option<&str>, prefix: &str| {
             btf.enum_values(name, member)
                 .unwrap_or_default()

@@ -15,9 +15,9 @@ use tokio::{
 use tokio::sync::mpsc::UnboundedReceiver;
 
 use crate::{
-    causes::{self, Context},
+    causes::{self, Background},
     cli::Network,
-    cli::TraceArgs as Cli,
+    cli::TraceArgs,
     clock::Clock,
     enrich::audit::{self, AuditDenial},
     enrich::discovery::{Discovery, Scope, Snapshot},
@@ -28,7 +28,7 @@ use crate::{
     kernel::lsm::ActiveLsms,
     kernel::plan::Plan,
     kernel::probes::{KernelFilters, LossCounters, Probes, SkippedRuns},
-    kernel::{btf::Btf, layout, names::KernelNames},
+    kernel::{btf::KernelBtf, layout, names::KernelNames},
     output::summary::Summary,
     output::{KernelLoss, NotKept, Outputs, Record, SinkSpec},
     trace::events::{self, Kind},
@@ -48,7 +48,7 @@ const STALL_REPORT_INTERVAL_NS: u64 = 10_000_000_000;
 const OUTPUT_GRACE: Duration = Duration::from_secs(1);
 
 pub async fn run(
-    cli: Cli,
+    cli: TraceArgs,
     outputs: Vec<SinkSpec>,
     tracefs: PathBuf,
     lsms: ActiveLsms,
@@ -117,7 +117,7 @@ pub async fn run(
 /// This kernel's tracepoint layouts, its names for states and reasons, and the plan they
 /// give; the parsed BTF is dropped once they are extracted (it is large).
 fn kernel_facts(tracefs: &std::path::Path) -> Result<(KernelLayout, KernelNames, Plan)> {
-    let btf = Btf::load()?;
+    let btf = KernelBtf::load()?;
     let layout = layout::discover(tracefs, &btf)?;
     let names = KernelNames::from_btf(&btf);
     let plan = Plan::new(&layout, &names, btf.has_type("landlock_request"));
@@ -125,7 +125,7 @@ fn kernel_facts(tracefs: &std::path::Path) -> Result<(KernelLayout, KernelNames,
 }
 
 /// The container runtimes' API sockets to ask for names: `--runtime-socket`, else the usual.
-fn runtime_sockets(cli: &Cli) -> Vec<PathBuf> {
+fn runtime_sockets(cli: &TraceArgs) -> Vec<PathBuf> {
     if cli.runtime_sockets.is_empty() {
         crate::enrich::runtime::DEFAULT_SOCKETS
             .iter()
@@ -138,7 +138,7 @@ fn runtime_sockets(cli: &Cli) -> Vec<PathBuf> {
 
 /// What the programs are told before load.
 fn kernel_settings(
-    cli: &Cli,
+    cli: &TraceArgs,
     layout: &KernelLayout,
     names: &KernelNames,
     plan: &Plan,
@@ -213,7 +213,7 @@ struct Parts {
 }
 
 impl Tracer {
-    fn new(parts: Parts, outputs: Vec<SinkSpec>, cli: &Cli) -> Self {
+    fn new(parts: Parts, outputs: Vec<SinkSpec>, cli: &TraceArgs) -> Self {
         let Parts {
             probes,
             names,
@@ -343,7 +343,7 @@ impl Tracer {
         &mut self,
         mut ring: AsyncFd<RingBuf<MapData>>,
         audit: &mut UnboundedReceiver<AuditDenial>,
-        cli: &Cli,
+        cli: &TraceArgs,
     ) -> Result<()> {
         let mut tick = interval(TICK);
         tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
@@ -497,7 +497,7 @@ impl Tracer {
             ..
         } = self;
         let mut judged = Vec::new();
-        let ctx = Context {
+        let ctx = Background {
             names,
             lsms,
             conns: &state.conns,
@@ -530,8 +530,8 @@ impl Tracer {
     }
 
     /// What the cause rules read.
-    fn context(&self) -> Context<'_> {
-        Context {
+    fn context(&self) -> Background<'_> {
+        Background {
             names: &self.names,
             lsms: &self.lsms,
             conns: &self.state.conns,

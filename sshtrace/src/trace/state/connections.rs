@@ -14,7 +14,7 @@ pub type ConnId = u64;
 
 /// A segment of the connection netfilter dropped.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Drop {
+pub struct DroppedSegment {
     pub ts_ns: u64,
     pub tcp_flags: u8,
     /// On its way to sshd (else from it).
@@ -61,7 +61,7 @@ pub struct Connection {
     /// Which side sent the first FIN of an orderly close.
     pub closed_first_by: Option<Closer>,
     /// Segments netfilter dropped: the first [`KEPT_DROPS`].
-    pub drops: Vec<Drop>,
+    pub drops: Vec<DroppedSegment>,
     /// Every segment netfilter dropped, those not kept and those the kernel only counted
     /// included.
     pub drops_total: u64,
@@ -153,7 +153,7 @@ impl Connection {
 
     /// A dropped segment, standing for `1 + suppressed` drops; past [`KEPT_DROPS`] only
     /// counted. Returns how many drops were not kept.
-    pub fn add_drop(&mut self, drop: Drop, suppressed: u32) -> u64 {
+    pub fn add_drop(&mut self, drop: DroppedSegment, suppressed: u32) -> u64 {
         self.drops_total += 1 + u64::from(suppressed);
         if self.drops.len() < KEPT_DROPS {
             self.drops.push(drop);

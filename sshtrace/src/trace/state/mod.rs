@@ -11,7 +11,8 @@ use crate::{
     trace::events::{Event, Kind, SockHistory},
 };
 pub use connections::{
-    Closer, ConnId, Connection, ConnectionTable, Drop, ListenerNote, LogLine, ResetSent, StrayReset,
+    Closer, ConnId, Connection, ConnectionTable, DroppedSegment, ListenerNote, LogLine, ResetSent,
+    StrayReset,
 };
 pub use processes::{ExitInfo, OomKill, Process, ProcessTable, SignalInfo, SyscallError};
 pub use recent::{Earlier, RecentVerdicts};

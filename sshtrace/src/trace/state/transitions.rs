@@ -1,8 +1,8 @@
 //! How each kind of event changes what sshtrace knows: one method per event kind.
 
 use super::{
-    apply_history, Closer, Drop, ExitInfo, OomKill, ResetSent, SignalInfo, State, StrayReset,
-    SyscallError, FIREWALL_SETTLE_NS,
+    apply_history, Closer, DroppedSegment, ExitInfo, OomKill, ResetSent, SignalInfo, State,
+    StrayReset, SyscallError, FIREWALL_SETTLE_NS,
 };
 use super::{ListenerNote, LogLine};
 use crate::{
@@ -167,7 +167,7 @@ impl State {
             return;
         };
         let c = self.conns.by_tuple_or_orphan(*conn, ts);
-        let drop = Drop {
+        let drop = DroppedSegment {
             ts_ns: ts,
             tcp_flags: *tcp_flags,
             inbound: *inbound,

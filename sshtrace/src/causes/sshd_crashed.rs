@@ -3,7 +3,7 @@
 
 use serde_json::{json, Map};
 
-use super::{consequence, exit_evidence, signal_evidence, Context, Ended, Finding};
+use super::{consequence, exit_evidence, signal_evidence, Background, Ended, Finding};
 use crate::{
     trace::state::{processes::SI_KERNEL, Process, SignalInfo},
     verdict::{signal_name, Cause},
@@ -26,7 +26,7 @@ fn crash_origin(p: &Process, sig: i32) -> Option<(&'static str, Option<&SignalIn
     }
 }
 
-pub fn judge(e: &Ended, ctx: &Context) -> Option<Finding> {
+pub fn judge(e: &Ended, ctx: &Background) -> Option<Finding> {
     let (p, sig, origin, signal) = e
         .tree
         .iter()

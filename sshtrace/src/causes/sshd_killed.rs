@@ -3,13 +3,13 @@
 
 use serde_json::{json, Map};
 
-use super::{consequence, exit_evidence, signal_evidence, Context, Ended, Finding};
+use super::{consequence, exit_evidence, signal_evidence, Background, Ended, Finding};
 use crate::{
     escape,
     verdict::{signal_name, Cause},
 };
 
-pub fn judge(e: &Ended, ctx: &Context) -> Option<Finding> {
+pub fn judge(e: &Ended, ctx: &Background) -> Option<Finding> {
     // Only the signal a process died of is a cause: handled, ignored or blocked ones are not,
     // and a fault it raised itself after them is a crash.
     let (victim, signal) = e
