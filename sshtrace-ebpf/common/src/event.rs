@@ -57,6 +57,7 @@ impl EventKind {
 /// probe ran: meaningful in process context only (resets raised in softirq name a random task).
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
+#[cfg_attr(feature = "user", derive(bytemuck::AnyBitPattern))]
 pub struct EventHeader {
     pub kind: u32,
     pub tid: u32,
@@ -70,6 +71,7 @@ pub struct EventHeader {
 /// A TCP 4-tuple seen from this host: `local` is this host's side (the sshd side).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
+#[cfg_attr(feature = "user", derive(bytemuck::AnyBitPattern))]
 pub struct Endpoints {
     /// AF_INET (2) or AF_INET6 (10).
     pub family: u16,
@@ -87,6 +89,7 @@ pub struct Endpoints {
 /// `tcp:tcp_send_reset`: this host's TCP stack sent a RST.
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
+#[cfg_attr(feature = "user", derive(bytemuck::AnyBitPattern))]
 pub struct SendResetEvent {
     pub header: EventHeader,
     /// 0 when no socket matched the segment (e.g. nothing listening).
@@ -108,6 +111,7 @@ pub const RESET_BURST_INTERVAL_NS: u64 = 100_000_000;
 /// `tcp:tcp_receive_reset`: a RST arrived for one of this host's sockets.
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
+#[cfg_attr(feature = "user", derive(bytemuck::AnyBitPattern))]
 pub struct ReceiveResetEvent {
     pub header: EventHeader,
     pub skaddr: u64,
@@ -122,6 +126,7 @@ pub struct ReceiveResetEvent {
 /// `sock:inet_sock_set_state` for TCP.
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
+#[cfg_attr(feature = "user", derive(bytemuck::AnyBitPattern))]
 pub struct SockStateEvent {
     pub header: EventHeader,
     pub skaddr: u64,
@@ -137,6 +142,7 @@ pub struct SockStateEvent {
 /// without claims, also when it is established).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
+#[cfg_attr(feature = "user", derive(bytemuck::AnyBitPattern))]
 pub struct SockHistory {
     /// SYN_RECV → ESTABLISHED (`bpf_ktime_get_ns`): the handshake's last ACK, which also
     /// created the full socket; 0 when not seen (e.g. before sshtrace started).
@@ -160,6 +166,7 @@ pub mod first_fin_by {
 /// `accept`/`accept4` returned in a tracked process (process context: the header's pid owns it).
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
+#[cfg_attr(feature = "user", derive(bytemuck::AnyBitPattern))]
 pub struct AcceptEvent {
     pub header: EventHeader,
     /// The new fd, or -errno.
@@ -184,6 +191,7 @@ pub struct AcceptEvent {
 /// A tracked process created a new process (threads are not reported). The header is the parent.
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
+#[cfg_attr(feature = "user", derive(bytemuck::AnyBitPattern))]
 pub struct ForkEvent {
     pub header: EventHeader,
     pub child_pid: u32,
@@ -194,6 +202,7 @@ pub struct ForkEvent {
 /// executed an sshd program. The header is the process after exec.
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
+#[cfg_attr(feature = "user", derive(bytemuck::AnyBitPattern))]
 pub struct ExecEvent {
     pub header: EventHeader,
     /// Non-zero: the process was not followed before; this exec of an sshd program made it so.
@@ -209,6 +218,7 @@ pub struct ExecEvent {
 /// A tracked process exited (its last thread). The header is the exiting process.
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
+#[cfg_attr(feature = "user", derive(bytemuck::AnyBitPattern))]
 pub struct ExitEvent {
     pub header: EventHeader,
     /// `task_struct.exit_code`: wait(2) status bits (signal in the low 7, 0x80 core, status << 8).
@@ -224,6 +234,7 @@ pub struct ExitEvent {
 /// The header is the sender as the kernel saw it (the task itself for faults).
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
+#[cfg_attr(feature = "user", derive(bytemuck::AnyBitPattern))]
 pub struct SignalEvent {
     pub header: EventHeader,
     pub target_pid: u32,
@@ -239,6 +250,7 @@ pub struct SignalEvent {
 /// error) within [`SYSCALL_ERROR_INTERVAL_NS`] are counted in the kernel, not sent one by one.
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
+#[cfg_attr(feature = "user", derive(bytemuck::AnyBitPattern))]
 pub struct SyscallErrorEvent {
     pub header: EventHeader,
     /// The architecture's syscall number.
@@ -266,6 +278,7 @@ pub const GROUPS_REPORTED: usize = 16;
 /// task may be gone by the time userspace asks whether the mode bits allowed the access.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
+#[cfg_attr(feature = "user", derive(bytemuck::AnyBitPattern))]
 pub struct TaskCreds {
     /// The subjective credentials' fs ids (`current->cred`).
     pub fsuid: u32,
@@ -292,6 +305,7 @@ pub const SYSCALL_ERROR_INTERVAL_NS: u64 = 100_000_000;
 /// `oom:mark_victim` for a tracked process. The header is the task that ran into the OOM.
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
+#[cfg_attr(feature = "user", derive(bytemuck::AnyBitPattern))]
 pub struct OomVictimEvent {
     pub header: EventHeader,
     pub pid: u32,
@@ -313,6 +327,7 @@ pub const UNKNOWN_U64: u64 = u64::MAX;
 /// NETFILTER_DROP; REJECT targets drop the segment too, after answering it).
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
+#[cfg_attr(feature = "user", derive(bytemuck::AnyBitPattern))]
 pub struct FirewallDropEvent {
     pub header: EventHeader,
     /// Flags of the dropped segment.
@@ -333,6 +348,7 @@ pub const TCLASS_LEN: usize = 32;
 /// audits in the context of the task whose access was checked).
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
+#[cfg_attr(feature = "user", derive(bytemuck::AnyBitPattern))]
 pub struct SelinuxAuditedEvent {
     pub header: EventHeader,
     pub requested: u32,
@@ -365,6 +381,7 @@ pub mod output_channel {
 /// client it drops.
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
+#[cfg_attr(feature = "user", derive(bytemuck::AnyBitPattern))]
 pub struct SshdOutputEvent {
     pub header: EventHeader,
     /// [`output_channel`].

@@ -398,10 +398,11 @@ fn kernel_creds(c: &wire::TaskCreds) -> KernelCreds {
     }
 }
 
-fn read<T: Copy>(bytes: &[u8]) -> Option<T> {
-    (bytes.len() >= size_of::<T>())
-        // SAFETY: length checked; T is a repr(C) integer-only wire type, any bytes are valid.
-        .then(|| unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<T>()) })
+/// A wire record from the start of `bytes`: any bit pattern is a valid value of the wire types
+/// (bytemuck's derive checks it), so only the length can be wrong.
+fn read<T: bytemuck::AnyBitPattern>(bytes: &[u8]) -> Option<T> {
+    let record = bytes.get(..size_of::<T>())?;
+    Some(bytemuck::pod_read_unaligned(record))
 }
 
 /// Bytes up to the first NUL, lossily decoded; escaping is the outputs' job.
