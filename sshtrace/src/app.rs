@@ -16,6 +16,7 @@ use clap::{CommandFactory, Parser};
 
 /// The command line's entry point.
 pub fn main() -> ExitCode {
+    log_library_warnings();
     let cli = Cli::parse();
     let result = match cli.command {
         None => trace(cli.trace).map(|()| ExitCode::SUCCESS),
@@ -83,4 +84,18 @@ fn trace(args: TraceArgs) -> Result<()> {
     // stopped reading must not hold up the exit (what it held is counted undelivered).
     runtime.shutdown_background();
     result
+}
+
+/// aya (loading, BTF, maps) reports through the `log` facade: its warnings and errors go to
+/// standard error like sshtrace's own lines, escaped, instead of being dropped for want of a
+/// logger. sshtrace's own lines stay `eprintln!`: they are its interface, without levels.
+fn log_library_warnings() {
+    use std::io::Write as _;
+    let _ = env_logger::Builder::new()
+        .filter_level(log::LevelFilter::Warn)
+        .format(|out, record| {
+            let message = crate::escape::text(&record.args().to_string());
+            writeln!(out, "sshtrace: {}: {message}", record.target())
+        })
+        .try_init();
 }
