@@ -89,36 +89,72 @@ fn file_max() -> LimitFacts {
 }
 
 /// EAGAIN from fork: a pids cgroup at its maximum, else RLIMIT_NPROC (never for root).
+/// A fork's EAGAIN: the pids cgroup when it is full, else a finite RLIMIT_NPROC (read by the
+/// kernel at the failure), else the pids cgroup's limit as it stands. A cgroup limit alone is
+/// not the cause: a container's pids.max of 2048 with 3 in use is not what stopped a user's
+/// fork at RLIMIT_NPROC 1.
 fn process_limit(pid: u32, kernel: Option<TaskRlimits>) -> LimitFacts {
-    if let Some(dir) = cgroup_dir(pid, "pids") {
-        let read = |f: &str| {
-            fs::read_to_string(dir.join(f))
-                .ok()
-                .map(|s| s.trim().to_owned())
-        };
-        let (max, current) = (read("pids.max"), read("pids.current"));
-        if max.as_deref().is_some_and(|m| m != "max") {
-            return LimitFacts {
-                limit: "pids",
-                value: max,
-                current,
-                source: dir.join("pids.max").display().to_string(),
-            };
-        }
+    let pids = pids_cgroup(pid);
+    if let Some(p) = pids.as_ref().filter(|p| p.full()) {
+        return p.facts();
     }
-    let (value, source) = match kernel {
-        Some(k) => (Some(rlimit_text(k.nproc)), FROM_KERNEL.to_owned()),
-        None => (
+    if let Some(k) = kernel.filter(|k| k.nproc != RLIM_INFINITY) {
+        return nproc(Some(rlimit_text(k.nproc)), FROM_KERNEL.to_owned());
+    }
+    if let Some(p) = pids {
+        return p.facts();
+    }
+    match kernel {
+        Some(k) => nproc(Some(rlimit_text(k.nproc)), FROM_KERNEL.to_owned()),
+        None => nproc(
             limit_line(pid, "Max processes"),
             format!("/proc/{pid}/limits"),
         ),
-    };
+    }
+}
+
+fn nproc(value: Option<String>, source: String) -> LimitFacts {
     LimitFacts {
         limit: "nproc",
         value,
         current: None,
         source,
     }
+}
+
+/// A pids cgroup with a numeric limit.
+struct PidsCgroup {
+    dir: std::path::PathBuf,
+    max: String,
+    current: Option<String>,
+}
+
+impl PidsCgroup {
+    fn full(&self) -> bool {
+        let (max, current) = (self.max.parse::<u64>(), self.current.as_deref());
+        matches!((max, current.map(str::parse::<u64>)), (Ok(m), Some(Ok(c))) if c >= m)
+    }
+
+    fn facts(&self) -> LimitFacts {
+        LimitFacts {
+            limit: "pids",
+            value: Some(self.max.clone()),
+            current: self.current.clone(),
+            source: self.dir.join("pids.max").display().to_string(),
+        }
+    }
+}
+
+fn pids_cgroup(pid: u32) -> Option<PidsCgroup> {
+    let dir = cgroup_dir(pid, "pids")?;
+    let read = |f: &str| {
+        fs::read_to_string(dir.join(f))
+            .ok()
+            .map(|s| s.trim().to_owned())
+    };
+    let max = read("pids.max").filter(|m| m != "max")?;
+    let current = read("pids.current");
+    Some(PidsCgroup { dir, max, current })
 }
 
 /// ENOMEM: RLIMIT_AS when one is set (mappings beyond it fail), else the memory cgroup.
