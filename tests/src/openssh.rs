@@ -9,8 +9,9 @@
 //! the host's ssh client) and the test's files at the same path (`-v DIR:DIR`: the same
 //! `sshd_config`, keys and preloaded fixtures, so paths in verdicts are the same). sshd runs as
 //! the container's process 1 with `-D -e`; its standard error reaches `sshd.log` through the
-//! attached `podman run`, so the log, "Server listening on" included, reads the same. Logins
-//! are root's: the host's test users do not exist in the image.
+//! attached `podman run`, so the log, "Server listening on" included, reads the same. The
+//! host's `/etc/passwd`, `group` and `shadow` are mounted read-only: a test's own user logs in
+//! as on the host.
 
 use std::{
     fs,
@@ -104,6 +105,10 @@ impl SshdContainer {
             if dir.exists() {
                 command.arg("-v").arg(format!("{0}:{0}", dir.display()));
             }
+        }
+        // The host's users, so that a test's own user can log in as on the host.
+        for file in ["/etc/passwd", "/etc/group", "/etc/shadow"] {
+            command.arg("-v").arg(format!("{file}:{file}:ro"));
         }
         for (key, value) in &files.env {
             command.arg("-e").arg(format!("{key}={value}"));

@@ -164,15 +164,10 @@ fn pids_cgroup_full_openssh_10() {
 /// A non-root login whose RLIMIT_NPROC (inherited from sshd) is already used up: the session
 /// process, running as the user, cannot fork the shell. Root is exempt from RLIMIT_NPROC, so
 /// only the user's processes fail.
-#[test]
-fn non_root_session_over_nproc() {
-    if !privileged("non_root_session_over_nproc") {
-        return;
-    }
-    let user = User::new("nproc");
-    let ep = Endpoint::new(63);
+fn non_root_session_over_nproc(openssh: OpenSsh, ep: Endpoint) {
+    let user = User::new(&format!("nproc{}", openssh.version().replace('.', "")));
     let tracer = Tracer::start(&["--port", &ep.port().to_string()]);
-    let sshd = Sshd::start("nproc", ep, SshdOptions::default());
+    let sshd = start(openssh, "nproc", ep);
     let out = run(Command::new("prlimit").args(["--nproc=1:1", "--pid", &sshd.pid().to_string()]));
     assert!(out.status.success());
 
@@ -187,6 +182,22 @@ fn non_root_session_over_nproc() {
     assert_eq!(v["details"]["errno"], "EAGAIN");
     assert_eq!(v["details"]["limit_value"], "1");
     assert_eq!(v["sshd"]["listener_pid"], sshd.pid());
+}
+
+#[test]
+fn non_root_session_over_nproc_openssh_9_2() {
+    if !privileged("non_root_session_over_nproc_openssh_9_2") {
+        return;
+    }
+    non_root_session_over_nproc(OpenSsh::V9_2Host, Endpoint::new(63));
+}
+
+#[test]
+fn non_root_session_over_nproc_openssh_10() {
+    if !privileged("non_root_session_over_nproc_openssh_10") {
+        return;
+    }
+    non_root_session_over_nproc(OpenSsh::V10Container, Endpoint::new(120));
 }
 
 /// RLIMIT_AS below what a freshly executed sshd maps: the per-connection sshd (9.2's `sshd -R`,

@@ -72,6 +72,7 @@ fn standard_error_that_nobody_keeps() {
     }
     let ep = Endpoint::new(210);
     let tracer = Tracer::start(&["--port", &ep.port().to_string()]);
+    let text = Tracer::start_text(&["--port", &ep.port().to_string(), "-v"]);
     let files = SshdFiles::write("log-stderr", ep, &SshdOptions::default());
     let sshd = Command::new("/usr/sbin/sshd")
         .args(["-D", "-e", "-f"])
@@ -87,6 +88,13 @@ fn standard_error_that_nobody_keeps() {
     });
     let v = kill_a_login(&files, ep, listener, &tracer);
     assert_login_logged(&v, "stderr");
+    // -v shows them under the verdict's line.
+    let shown = wait_for("the text view's sshd log", Duration::from_secs(10), || {
+        text.stdout_lines()
+            .into_iter()
+            .find(|l| l.starts_with("    sshd log: [") && l.contains("Accepted publickey for root"))
+    });
+    assert!(shown.contains("port "), "{shown}");
     stop(sshd, listener);
 }
 

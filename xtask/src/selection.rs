@@ -97,6 +97,7 @@ pub const SELECTION: &[Entry] = &[
                 "listener_stalled_on_accept_openssh_10",
                 "pids_cgroup_full_openssh_10",
                 "address_space_limit_openssh_10",
+                "non_root_session_over_nproc_openssh_10",
             ],
             "OpenSSH 10 runs in a Podman container: host only, as `containers` (Podman under TCG is minutes)",
         ),
