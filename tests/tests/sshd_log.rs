@@ -57,6 +57,22 @@ fn assert_login_logged(v: &Value, via: &str) {
     );
 }
 
+/// Starts `command` (an sshd whose output goes nowhere) and waits until it listens on `ep`;
+/// returns it with the listener's pid.
+fn start_listening(command: &mut Command, ep: Endpoint) -> (Child, u32) {
+    let sshd = command
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let listener = sshd.id();
+    wait_for("sshd to listen", Duration::from_secs(10), || {
+        listens(listener, ep.port()).then_some(())
+    });
+    (sshd, listener)
+}
+
 fn stop(mut sshd: Child, listener: u32) {
     for pid in process_tree(listener) {
         kill(pid, libc::SIGKILL);
@@ -74,18 +90,9 @@ fn standard_error_that_nobody_keeps() {
     let tracer = Tracer::start(&["--port", &ep.port().to_string()]);
     let text = Tracer::start_text(&["--port", &ep.port().to_string(), "-v"]);
     let files = SshdFiles::write("log-stderr", ep, &SshdOptions::default());
-    let sshd = Command::new("/usr/sbin/sshd")
-        .args(["-D", "-e", "-f"])
-        .arg(files.config())
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let listener = sshd.id();
-    wait_for("sshd to listen", Duration::from_secs(10), || {
-        listens(listener, ep.port()).then_some(())
-    });
+    let mut sshd = Command::new("/usr/sbin/sshd");
+    sshd.args(["-D", "-e", "-f"]).arg(files.config());
+    let (sshd, listener) = start_listening(&mut sshd, ep);
     let v = kill_a_login(&files, ep, listener, &tracer);
     assert_login_logged(&v, "stderr");
     // -v shows them under the verdict's line.
@@ -120,17 +127,9 @@ fn syslog_datagrams_to_a_reader_that_keeps_nothing() {
         sock = socket.display(),
         config = files.config().display()
     );
-    let sshd = Command::new("unshare")
-        .args(["-m", "--propagation", "private", "sh", "-c", &script])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let listener = sshd.id();
-    wait_for("sshd to listen", Duration::from_secs(10), || {
-        listens(listener, ep.port()).then_some(())
-    });
+    let mut sshd = Command::new("unshare");
+    sshd.args(["-m", "--propagation", "private", "sh", "-c", &script]);
+    let (sshd, listener) = start_listening(&mut sshd, ep);
     let v = kill_a_login(&files, ep, listener, &tracer);
     assert_login_logged(&v, "syslog");
     stop(sshd, listener);

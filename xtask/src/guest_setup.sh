@@ -11,23 +11,24 @@ mount -t tmpfs tmpfs /dev/shm
 # Tests write much to /tmp: a tmpfs, not the overlay over 9p (runs from a workspace under
 # /tmp with /tmp left on the overlay stalled the guest). What the run needs below /tmp (the
 # workspace, the target directory) is carried over onto the tmpfs by bind mounts.
-i=0
-while IFS= read -r dir; do
-    [ -n "$dir" ] || continue
-    mkdir -p "/run/vm-keep/$i" && mount --bind "$dir" "/run/vm-keep/$i"
-    i=$((i + 1))
-done <<CARRIED_END
+# carry keep|restore: bind each carried directory to /run/vm-keep/N, or back.
+carry() {
+    i=0
+    while IFS= read -r dir; do
+        [ -n "$dir" ] || continue
+        if [ "$1" = keep ]; then
+            mkdir -p "/run/vm-keep/$i" && mount --bind "$dir" "/run/vm-keep/$i"
+        else
+            mkdir -p "$dir" && mount --bind "/run/vm-keep/$i" "$dir"
+        fi
+        i=$((i + 1))
+    done <<CARRIED_END
 $CARRIED
 CARRIED_END
+}
+carry keep
 mount -t tmpfs tmpfs /tmp
-i=0
-while IFS= read -r dir; do
-    [ -n "$dir" ] || continue
-    mkdir -p "$dir" && mount --bind "/run/vm-keep/$i" "$dir"
-    i=$((i + 1))
-done <<CARRIED_END
-$CARRIED
-CARRIED_END
+carry restore
 mount -t cgroup2 cgroup2 /sys/fs/cgroup
 mount -t bpf bpf /sys/fs/bpf
 # Container storage cannot sit on the overlay root.

@@ -11,7 +11,7 @@ use aya_ebpf::{
 };
 use sshtrace_common::{counter, pid_flags, AcceptEvent, ExecEvent, ExitEvent, ForkEvent, ABSENT};
 
-use super::{field, member, sock_state::claim_accepted};
+use super::{field, member, sock_state::claim_accepted, socket::tcp_socket_on};
 use crate::{
     maps::{count, follow_sshd_execs, pid_tracked, track_port, TRACKED_PIDS},
     record::submit,
@@ -107,7 +107,6 @@ fn try_exec(ctx: &TracePointContext) -> Result<(), i32> {
 
 const S_IFMT: u16 = 0o170000;
 const S_IFREG: u16 = 0o100000;
-const S_IFSOCK: u16 = 0o140000;
 
 /// The current task's comm (after exec, the program's file name) as two little-endian words:
 /// compared as integers, it needs no memcmp, which older verifiers refuse as a subprogram.
@@ -178,7 +177,7 @@ fn executable() -> Executable {
 /// the first connection of a socket-activated sshd is followed like an accepted one.
 #[inline(always)]
 fn claim_inherited_connection() {
-    let Some(sk) = socket_on_fd0() else {
+    let Some(sk) = tcp_socket_on(0) else {
         return;
     };
     let Some(history) = claim_accepted(sk) else {
@@ -194,27 +193,6 @@ fn claim_inherited_connection() {
         unsafe { core::ptr::copy_nonoverlapping(history, &mut e.history, 1) };
     });
 }
-
-/// The `struct sock` of a TCP socket on the current task's descriptor 0.
-#[inline(always)]
-fn socket_on_fd0() -> Option<u64> {
-    let s = layout!(structs);
-    let task = unsafe { bpf_get_current_task() } as *const u8;
-    let files: *const u8 = member(task, s.task_files)?;
-    let fdt: *const u8 = member(files, s.files_fdt)?;
-    let fds: *const u8 = member(fdt, s.fdtable_fd)?;
-    let file: *const u8 = member(fds, 0)?;
-    let inode: *const u8 = member(file, s.file_inode)?;
-    if member::<u16>(inode, s.inode_mode)? & S_IFMT != S_IFSOCK {
-        return None;
-    }
-    let socket: *const u8 = member(file, s.file_private_data)?;
-    let sk: u64 = member(socket, s.socket_sk)?;
-    let protocol: u16 = member(sk as *const u8, s.sk_protocol)?;
-    (protocol == IPPROTO_TCP).then_some(sk)
-}
-
-const IPPROTO_TCP: u16 = 6;
 
 #[tracepoint]
 pub fn sched_process_exit(ctx: TracePointContext) -> u32 {

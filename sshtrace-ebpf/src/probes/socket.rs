@@ -2,7 +2,7 @@
 //! `bpf_probe_read_kernel` (any program), or as plain loads where the verifier types the
 //! socket (tp_btf), which costs no helper call.
 
-use aya_ebpf::helpers::bpf_skc_to_tcp_sock;
+use aya_ebpf::helpers::{bpf_get_current_task, bpf_skc_to_tcp_sock};
 use sshtrace_common::{Endpoints, ABSENT};
 
 use super::member;
@@ -120,3 +120,29 @@ pub fn sock_endpoints<S: SockFields>(
         .unwrap_or(0);
     Ok(())
 }
+
+/// The `struct sock` of a TCP socket on the current task's descriptor `fd`, else `None`.
+#[inline(always)]
+pub(super) fn tcp_socket_on(fd: u64) -> Option<u64> {
+    let s = layout!(structs);
+    let task = unsafe { bpf_get_current_task() } as *const u8;
+    let files: *const u8 = member(task, s.task_files)?;
+    let fdt: *const u8 = member(files, s.files_fdt)?;
+    let max_fds: u32 = member(fdt, s.fdtable_max_fds)?;
+    if fd >= max_fds as u64 {
+        return None;
+    }
+    let fds: *const u8 = member(fdt, s.fdtable_fd)?;
+    let file: *const u8 = member(fds.wrapping_add(fd as usize * 8), 0)?;
+    let inode: *const u8 = member(file, s.file_inode)?;
+    if member::<u16>(inode, s.inode_mode)? & S_IFMT != S_IFSOCK {
+        return None;
+    }
+    let socket: *const u8 = member(file, s.file_private_data)?;
+    let sk: u64 = member(socket, s.socket_sk)?;
+    let protocol: u16 = member(sk as *const u8, s.sk_protocol)?;
+    (protocol == IPPROTO_TCP).then_some(sk)
+}
+
+const S_IFMT: u16 = 0o170000;
+const S_IFSOCK: u16 = 0o140000;

@@ -5,13 +5,13 @@
 //! only these: a session's traffic is never copied.
 
 use aya_ebpf::{
-    helpers::{bpf_get_current_pid_tgid, bpf_get_current_task, bpf_probe_read_user, generated},
+    helpers::{bpf_get_current_pid_tgid, bpf_probe_read_user, generated},
     macros::tracepoint,
     programs::TracePointContext,
 };
 use sshtrace_common::{output_channel, pid_flags, SshdOutputEvent, OUTPUT_LEN};
 
-use super::{field, member};
+use super::{field, socket::tcp_socket_on};
 use crate::{maps::tracked_flags, record::submit};
 
 const STDERR_FILENO: u64 = 2;
@@ -94,30 +94,3 @@ fn copy_user(buf: u64, len: u64, data: &mut [u8; OUTPUT_LEN]) -> u32 {
         0
     }
 }
-
-/// The `struct sock` of a TCP socket on the current task's descriptor `fd`, else `None`.
-#[inline(always)]
-fn tcp_socket_on(fd: u64) -> Option<u64> {
-    let s = layout!(structs);
-    let task = unsafe { bpf_get_current_task() } as *const u8;
-    let files: *const u8 = member(task, s.task_files)?;
-    let fdt: *const u8 = member(files, s.files_fdt)?;
-    let max_fds: u32 = member(fdt, s.fdtable_max_fds)?;
-    if fd >= max_fds as u64 {
-        return None;
-    }
-    let fds: *const u8 = member(fdt, s.fdtable_fd)?;
-    let file: *const u8 = member(fds.wrapping_add(fd as usize * 8), 0)?;
-    let inode: *const u8 = member(file, s.file_inode)?;
-    if member::<u16>(inode, s.inode_mode)? & S_IFMT != S_IFSOCK {
-        return None;
-    }
-    let socket: *const u8 = member(file, s.file_private_data)?;
-    let sk: u64 = member(socket, s.socket_sk)?;
-    let protocol: u16 = member(sk as *const u8, s.sk_protocol)?;
-    (protocol == IPPROTO_TCP).then_some(sk)
-}
-
-const S_IFMT: u16 = 0o170000;
-const S_IFSOCK: u16 = 0o140000;
-const IPPROTO_TCP: u16 = 6;
