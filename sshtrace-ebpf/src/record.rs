@@ -1,56 +1,23 @@
 //! Writing records into the ring buffer, counting what could not be written.
 
 use aya_ebpf::helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns};
-use sshtrace_common::{counter, EventHeader, EventKind};
+use sshtrace_common::{counter, WireRecord};
 
 use aya_ebpf::bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP};
 
 use crate::maps::{count, stopped, EVENTS};
 
-/// A record type that begins with an [`EventHeader`].
-pub trait Record: 'static {
-    const KIND: EventKind;
-    fn header(&mut self) -> &mut EventHeader;
-}
-
-macro_rules! records {
-    ($($ty:ident => $kind:ident),* $(,)?) => {$(
-        impl Record for sshtrace_common::$ty {
-            const KIND: EventKind = EventKind::$kind;
-            fn header(&mut self) -> &mut EventHeader {
-                &mut self.header
-            }
-        }
-    )*};
-}
-
-records! {
-    SendResetEvent => SendReset,
-    ReceiveResetEvent => ReceiveReset,
-    SockStateEvent => SockState,
-    AcceptEvent => Accept,
-    ForkEvent => Fork,
-    ExecEvent => Exec,
-    ExitEvent => Exit,
-    SignalEvent => Signal,
-    SyscallErrorEvent => SyscallError,
-    OomVictimEvent => OomVictim,
-    FirewallDropEvent => FirewallDrop,
-    SelinuxAuditedEvent => SelinuxAudited,
-    SshdOutputEvent => SshdOutput,
-}
-
 /// Submits a record and wakes userspace at once: for process records, whose facts userspace
 /// reads from /proc while the process still exists.
 #[inline(always)]
-pub fn submit<T: Record>(fill: impl FnOnce(&mut T)) {
+pub fn submit<T: WireRecord>(fill: impl FnOnce(&mut T)) {
     submit_with(true, fill)
 }
 
 /// Submits a high-volume record (TCP state changes, resets) without waking userspace unless a
 /// backlog builds up: it drains on a 100 ms tick anyway.
 #[inline(always)]
-pub fn submit_batched<T: Record>(fill: impl FnOnce(&mut T)) {
+pub fn submit_batched<T: WireRecord>(fill: impl FnOnce(&mut T)) {
     submit_with(false, fill)
 }
 
@@ -58,7 +25,7 @@ pub fn submit_batched<T: Record>(fill: impl FnOnce(&mut T)) {
 /// rest and submits it. Every record is counted as produced; one the full ring buffer has no
 /// room for is counted as lost too, never ignored (produced = read + lost).
 #[inline(always)]
-fn submit_with<T: Record>(wake_now: bool, fill: impl FnOnce(&mut T)) {
+fn submit_with<T: WireRecord>(wake_now: bool, fill: impl FnOnce(&mut T)) {
     if stopped() {
         return;
     }

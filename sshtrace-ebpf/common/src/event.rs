@@ -14,43 +14,54 @@ pub const REASON_UNKNOWN: u32 = u32::MAX;
 /// names it `NO_SOCKET`, as 6.10+ kernels name theirs.
 pub const REASON_NO_SOCKET_DROP: u32 = u32::MAX - 1;
 
-#[repr(u32)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum EventKind {
-    SendReset = 1,
-    ReceiveReset = 2,
-    SockState = 3,
-    Accept = 4,
-    Fork = 5,
-    Exec = 6,
-    Exit = 7,
-    Signal = 8,
-    SyscallError = 9,
-    OomVictim = 10,
-    FirewallDrop = 11,
-    SelinuxAudited = 12,
-    SshdOutput = 13,
+/// Every record kind, listed once with its number and its wire type: this defines
+/// [`EventKind`], its decoding from a header, and the [`WireRecord`] each wire type is.
+macro_rules! event_kinds {
+    ($($kind:ident = $number:literal => $wire:ident,)*) => {
+        #[repr(u32)]
+        #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+        pub enum EventKind {
+            $($kind = $number,)*
+        }
+
+        impl EventKind {
+            pub fn from_u32(kind: u32) -> Option<Self> {
+                match kind {
+                    $($number => Some(Self::$kind),)*
+                    _ => None,
+                }
+            }
+        }
+
+        $(impl WireRecord for $wire {
+            const KIND: EventKind = EventKind::$kind;
+            fn header(&mut self) -> &mut EventHeader {
+                &mut self.header
+            }
+        })*
+    };
 }
 
-impl EventKind {
-    pub fn from_u32(kind: u32) -> Option<Self> {
-        Some(match kind {
-            1 => Self::SendReset,
-            2 => Self::ReceiveReset,
-            3 => Self::SockState,
-            4 => Self::Accept,
-            5 => Self::Fork,
-            6 => Self::Exec,
-            7 => Self::Exit,
-            8 => Self::Signal,
-            9 => Self::SyscallError,
-            10 => Self::OomVictim,
-            11 => Self::FirewallDrop,
-            12 => Self::SelinuxAudited,
-            13 => Self::SshdOutput,
-            _ => return None,
-        })
-    }
+event_kinds! {
+    SendReset = 1 => SendResetEvent,
+    ReceiveReset = 2 => ReceiveResetEvent,
+    SockState = 3 => SockStateEvent,
+    Accept = 4 => AcceptEvent,
+    Fork = 5 => ForkEvent,
+    Exec = 6 => ExecEvent,
+    Exit = 7 => ExitEvent,
+    Signal = 8 => SignalEvent,
+    SyscallError = 9 => SyscallErrorEvent,
+    OomVictim = 10 => OomVictimEvent,
+    FirewallDrop = 11 => FirewallDropEvent,
+    SelinuxAudited = 12 => SelinuxAuditedEvent,
+    SshdOutput = 13 => SshdOutputEvent,
+}
+
+/// A record type of the ring: it begins with an [`EventHeader`] of its [`EventKind`].
+pub trait WireRecord: Copy + 'static {
+    const KIND: EventKind;
+    fn header(&mut self) -> &mut EventHeader;
 }
 
 /// Common to every record. `pid`/`tid`/`comm` describe the task that was current when the
