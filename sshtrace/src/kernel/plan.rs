@@ -136,7 +136,7 @@ impl Plan {
     }
 
     /// The full report: program types, hooks attached or skipped, then every kind of evidence.
-    pub fn report(
+    pub fn probe_report(
         &self,
         release: &str,
         program_types: &[(&str, String)],
@@ -364,7 +364,7 @@ mod tests {
         plan.socket_states_through(SockStateWay::Classic);
         assert_eq!(plan.no_socket_resets, NoSocketResets::Unavailable);
         assert!(plan.wants_refusal_kprobes());
-        let report = plan.report(
+        let report = plan.probe_report(
             "5.10.0",
             &[],
             &["tracepoint tcp:tcp_send_reset".into()],
@@ -376,7 +376,7 @@ mod tests {
         plan.refusals_by_kprobe();
         assert_eq!(plan.missing().count(), 3);
         assert!(plan
-            .report("5.10.0", &[], &[], &[])
+            .probe_report("5.10.0", &[], &[], &[])
             .contains("refused connections): kprobe tcp_v4_send_reset"));
     }
 
@@ -390,7 +390,7 @@ mod tests {
         );
         plan.socket_states_through(SockStateWay::Btf);
         assert!(plan
-            .report("6.18.0", &[], &[], &[])
+            .probe_report("6.18.0", &[], &[], &[])
             .contains("socket state changes (every connection's life): tp_btf inet_sock_set_state (socket fields as plain loads)"));
     }
 }

@@ -99,7 +99,7 @@ pub async fn run(
         lsms,
     };
     let mut tracer = Tracer::new(parts, outputs, &cli);
-    // Tracking starts before the report: whoever waits for it may connect at once.
+    // Tracking starts before the start-up lines: whoever waits for it may connect at once.
     tracer.rediscover()?;
     release_freed_memory();
     let (audit_tx, mut audit_rx) = tokio::sync::mpsc::unbounded_channel();
@@ -165,7 +165,7 @@ fn print_probe_report(plan: &Plan, probes: &Probes) {
     let _ = write!(
         std::io::stdout(),
         "{}",
-        plan.report(
+        plan.probe_report(
             &kernel_release(),
             &crate::kernel::probes::program_types(),
             &probes.attached_labels(),
@@ -240,7 +240,7 @@ impl Tracer {
             stopped: None,
             counters: probes.counters,
             skipped_runs: probes.skipped_runs,
-            report: Report {
+            publisher: Publisher {
                 outputs: Outputs::start(outputs, host.clone(), clock),
                 summary: Summary::default(),
                 verdicts: 0,
@@ -275,7 +275,7 @@ struct Tracer {
     programs: Option<Attached>,
     /// Once stopped: detached after sshtrace's exit.
     stopped: Option<Stopped>,
-    report: Report,
+    publisher: Publisher,
     clock: Clock,
     host: String,
     stats: Stats,
@@ -291,7 +291,7 @@ struct Tracer {
 }
 
 /// Where verdicts go: the outputs and the summary, as the user asked to see them.
-struct Report {
+struct Publisher {
     outputs: Outputs,
     summary: Summary,
     view: View,
@@ -299,7 +299,7 @@ struct Report {
     verdicts: u64,
 }
 
-impl Report {
+impl Publisher {
     /// Publishes a verdict that passes `--client` and `--cause`.
     fn emit(&mut self, verdict: crate::verdict::Verdict) {
         let client_ok = self.view.clients.is_empty()
@@ -351,7 +351,7 @@ impl Tracer {
         let mut sigterm = signal(SignalKind::terminate())?;
         // SIGHUP reopens the file outputs (logrotate's convention) and does nothing else.
         let mut sighup = signal(SignalKind::hangup())?;
-        let mut stdout_closed = self.report.outputs.stdout_closed();
+        let mut stdout_closed = self.publisher.outputs.stdout_closed();
         let deadline = cli.duration.map(|d| Instant::now() + d);
         let mut ticks: u64 = 0;
         loop {
@@ -377,9 +377,9 @@ impl Tracer {
                         self.rediscover()?;
                     }
                     if ticks.is_multiple_of(LOSS_CHECK_EVERY_TICKS) {
-                        self.report_status();
-                        self.report_stalls();
-                        self.report_loss();
+                        self.redraw_status();
+                        self.judge_stalled_listeners();
+                        self.warn_of_losses();
                         self.state.prune(Clock::monotonic_now_ns());
                     }
                     if ticks.is_multiple_of(TRIM_EVERY_TICKS) {
@@ -389,11 +389,11 @@ impl Tracer {
                 Some(denial) = audit.recv() => self.apply_audit(denial),
                 _ = sigint.recv() => break,
                 _ = sigterm.recv() => break,
-                _ = sighup.recv() => self.report.outputs.reopen(),
+                _ = sighup.recv() => self.publisher.outputs.reopen(),
                 // Its reader is gone (`sshtrace | head -1`): stop, as a Unix filter does.
                 _ = stdout_closed.wait_for(|&closed| closed) => break,
             }
-            let counted_out = cli.count.is_some_and(|n| self.report.verdicts >= n);
+            let counted_out = cli.count.is_some_and(|n| self.publisher.verdicts >= n);
             if counted_out || deadline.is_some_and(|d| Instant::now() >= d) {
                 break;
             }
@@ -493,7 +493,7 @@ impl Tracer {
             discovery,
             clock,
             host,
-            report,
+            publisher,
             ..
         } = self;
         let mut judged = Vec::new();
@@ -511,7 +511,7 @@ impl Tracer {
             if let Some(mut verdict) = causes::judge(conn, tree, &ctx) {
                 judged.push((conn.tuple.remote.ip(), conn.end_ts, verdict.cause));
                 name_container(&mut verdict, container_names);
-                report.emit(verdict);
+                publisher.emit(verdict);
             }
         }
         // What the listener refused or the network dropped is no penalty's cause.
@@ -545,7 +545,7 @@ impl Tracer {
 
     /// Listeners failing to accept while connections wait: at most one verdict per listener
     /// every [`STALL_REPORT_INTERVAL_NS`].
-    fn report_stalls(&mut self) {
+    fn judge_stalled_listeners(&mut self) {
         let now = Clock::monotonic_now_ns();
         let ctx = self.context();
         let mut verdicts = Vec::new();
@@ -587,12 +587,12 @@ impl Tracer {
         for (pid, mut verdict) in verdicts {
             self.stalls_reported.insert(pid, now);
             name_container(&mut verdict, &self.container_names);
-            self.report.emit(verdict);
+            self.publisher.emit(verdict);
         }
     }
 
     /// Kernel events per second, verdicts and losses, redrawn in place on a terminal.
-    fn report_status(&mut self) {
+    fn redraw_status(&mut self) {
         let (produced, _) = self.counters.read();
         let rate = produced.saturating_sub(self.stats.produced_at_last_status);
         self.stats.produced_at_last_status = produced;
@@ -601,9 +601,9 @@ impl Tracer {
             0 => String::new(),
             n => format!(" · {n} program runs skipped"),
         };
-        self.report.outputs.status(format!(
+        self.publisher.outputs.status(format!(
             "[{rate} kernel events/s · {} verdicts · {} events lost{skipped} · {} connections followed]",
-            self.report.verdicts,
+            self.publisher.verdicts,
             loss.lost,
             self.state.conns.len()
         ));
@@ -640,7 +640,7 @@ impl Tracer {
             return Ok(());
         };
         apply_discovery(&mut self.filters, snapshot)?;
-        report_tracking(snapshot);
+        print_tracking(snapshot);
         // Ask the runtimes now, so that names are known before a verdict needs them.
         for c in snapshot
             .listeners
@@ -653,7 +653,7 @@ impl Tracer {
     }
 
     /// Lost records and skipped program runs are never silent: each increase is reported once.
-    fn report_loss(&mut self) {
+    fn warn_of_losses(&mut self) {
         let now = self.kernel_loss();
         let before = self.stats.loss_reported;
         if now.lost > before.lost {
@@ -678,36 +678,36 @@ impl Tracer {
         }
         if now != before {
             self.stats.loss_reported = now;
-            self.report.outputs.kernel_lost(now);
+            self.publisher.outputs.kernel_lost(now);
         }
     }
 
     async fn finish(mut self) {
-        self.report_loss();
+        self.warn_of_losses();
         // The programs are stopped: these counts stand still.
-        self.report
+        self.publisher
             .summary
             .set_held_back_refusals(self.bursts.held_back_refusals());
-        self.report
+        self.publisher
             .summary
             .set_late_resets(self.state.late_resets_after_verdict);
         let not_kept = self.not_kept(self.bursts.held_back_drops());
-        self.report.summary.set_not_kept(not_kept);
+        self.publisher.summary.set_not_kept(not_kept);
         let (produced, _) = self.counters.read();
         let loss = self.kernel_loss();
-        self.report.outputs.status(String::new());
-        let stdout_closed = self.report.outputs.is_stdout_closed();
-        for line in self.report.outputs.finish(OUTPUT_GRACE).await {
+        self.publisher.outputs.status(String::new());
+        let stdout_closed = self.publisher.outputs.is_stdout_closed();
+        for line in self.publisher.outputs.finish(OUTPUT_GRACE).await {
             eprintln!("sshtrace: {line}");
         }
         // After the outputs: the summary is the last thing printed, on standard error when
         // standard output's reader is gone.
-        let v = &self.report.view;
+        let v = &self.publisher.view;
         let on_stdout = (v.summary_only || v.stdout_is_output) && !stdout_closed && {
             let summary = if v.json {
-                format!("{}\n", self.report.summary.render_json(&self.host, loss))
+                format!("{}\n", self.publisher.summary.render_json(&self.host, loss))
             } else {
-                self.report.summary.render_text(loss)
+                self.publisher.summary.render_text(loss)
             };
             let mut out = std::io::stdout().lock();
             out.write_all(summary.as_bytes())
@@ -715,14 +715,14 @@ impl Tracer {
                 .is_ok()
         };
         if !on_stdout {
-            eprint!("{}", self.report.summary.render_text(loss));
+            eprint!("{}", self.publisher.summary.render_text(loss));
         }
         // Nothing lost silently: every record the programs produced was read here or counted
         // as lost by them (produced = read + lost), and the program runs the kernel skipped
         // are counted by the kernel.
         eprintln!(
             "sshtrace: {} verdicts; {produced} kernel events, {} read, {} lost, {} undecodable, {} program runs skipped",
-            self.report.verdicts, self.stats.read, loss.lost, self.stats.undecodable, loss.skipped_runs
+            self.publisher.verdicts, self.stats.read, loss.lost, self.stats.undecodable, loss.skipped_runs
         );
         eprintln!("sshtrace: not kept (counted): {not_kept}");
         if let Some(stopped) = self.stopped.take() {
@@ -797,7 +797,7 @@ fn apply_discovery(filters: &mut KernelFilters, snapshot: &Snapshot) -> Result<(
     Ok(())
 }
 
-fn report_tracking(snapshot: &Snapshot) {
+fn print_tracking(snapshot: &Snapshot) {
     eprintln!("{}", tracking_line(snapshot));
 }
 
