@@ -54,6 +54,29 @@ fn tuple() -> ConnTuple {
     }
 }
 
+/// The stack's reset of a segment nothing listened for, with the segment's flags.
+fn refused(seg_flags: Option<u8>) -> Kind {
+    Kind::SendReset {
+        skaddr: 0,
+        state: 0,
+        reason: Some(NO_SOCKET),
+        seg_flags,
+        repeated: 0,
+        conn: tuple(),
+    }
+}
+
+/// The listener the connections' sshd had, on `addrs`.
+fn listener_on(addrs: &[&str]) -> crate::enrich::discovery::Listener {
+    crate::enrich::discovery::Listener {
+        pid: LISTENER,
+        netns: None,
+        container: None,
+        exe: "/usr/sbin/sshd".into(),
+        addrs: addrs.iter().map(|a| a.parse().unwrap()).collect(),
+    }
+}
+
 fn task(pid: u32, comm: &str) -> Task {
     Task {
         pid,
@@ -381,25 +404,10 @@ const SI_KERNEL_CODE: i32 = 0x80;
 #[test]
 fn refused_syn_is_not_listening_with_where_sshd_listens() {
     let mut s = Script::new();
-    s.softirq(Kind::SendReset {
-        skaddr: 0,
-        state: 0,
-        reason: Some(NO_SOCKET),
-        seg_flags: Some(0x02),
-        repeated: 0,
-        conn: tuple(),
-    });
+    s.softirq(refused(Some(0x02)));
     let mut sshd = Snapshot::default();
-    sshd.listeners.insert(
-        LISTENER,
-        crate::enrich::discovery::Listener {
-            pid: LISTENER,
-            netns: None,
-            container: None,
-            exe: "/usr/sbin/sshd".into(),
-            addrs: vec!["127.0.0.3:2222".parse().unwrap()],
-        },
-    );
+    sshd.listeners
+        .insert(LISTENER, listener_on(&["127.0.0.3:2222"]));
     let v = s.verdicts(&sshd).remove(0);
     assert_eq!(
         (v.cause, v.outcome),
@@ -413,28 +421,14 @@ fn refused_syn_is_not_listening_with_where_sshd_listens() {
 #[test]
 fn refused_segment_that_is_not_a_syn_is_unknown() {
     let mut s = Script::new();
-    s.softirq(Kind::SendReset {
-        skaddr: 0,
-        state: 0,
-        reason: Some(NO_SOCKET),
-        seg_flags: Some(0x10),
-        repeated: 0,
-        conn: tuple(),
-    });
+    s.softirq(refused(Some(0x10)));
     assert_eq!(one(&mut s).cause, Cause::Unknown);
 }
 
 #[test]
 fn refused_with_unreadable_flags_is_unknown() {
     let mut s = Script::new();
-    s.softirq(Kind::SendReset {
-        skaddr: 0,
-        state: 0,
-        reason: Some(NO_SOCKET),
-        seg_flags: None,
-        repeated: 0,
-        conn: tuple(),
-    });
+    s.softirq(refused(None));
     assert_eq!(one(&mut s).cause, Cause::Unknown);
 }
 
@@ -445,14 +439,7 @@ fn late_segment_after_close_joins_the_closed_connection() {
         .exit(PREAUTH, 0)
         .fin_close()
         .exit(SESSION, 0)
-        .softirq(Kind::SendReset {
-            skaddr: 0,
-            state: 0,
-            reason: Some(NO_SOCKET),
-            seg_flags: Some(0x10),
-            repeated: 0,
-            conn: tuple(),
-        });
+        .softirq(refused(Some(0x10)));
     // Joined to the healthy connection, whose reset now makes it abnormal but unexplained.
     let v = s.verdicts(&Snapshot::default());
     assert_eq!(v.len(), 1);
@@ -476,22 +463,9 @@ fn refused_after_the_listener_died_names_its_exit() {
     let mut s = Script::new();
     s.signal(task(55, "kill"), LISTENER, 9, 0)
         .exit(LISTENER, 9)
-        .softirq(Kind::SendReset {
-            skaddr: 0,
-            state: 0,
-            reason: Some(NO_SOCKET),
-            seg_flags: Some(0x02),
-            repeated: 0,
-            conn: tuple(),
-        });
+        .softirq(refused(Some(0x02)));
     let mut sshd = Snapshot::default();
-    sshd.gone.push(crate::enrich::discovery::Listener {
-        pid: LISTENER,
-        netns: None,
-        container: None,
-        exe: "/usr/sbin/sshd".into(),
-        addrs: vec!["0.0.0.0:2222".parse().unwrap()],
-    });
+    sshd.gone.push(listener_on(&["0.0.0.0:2222"]));
     let v = s.verdicts(&sshd).remove(0);
     assert_eq!(v.cause, Cause::NotListening);
     assert_eq!(v.details["sshd_running"], false);
@@ -713,13 +687,7 @@ fn tcp_state_reset_by_the_listener_is_a_drop_not_a_kill() {
         },
     );
     let mut sshd = Snapshot::default();
-    sshd.gone.push(crate::enrich::discovery::Listener {
-        pid: LISTENER,
-        netns: None,
-        container: None,
-        exe: "/usr/sbin/sshd".into(),
-        addrs: vec![],
-    });
+    sshd.gone.push(listener_on(&[]));
     let v = s.verdicts(&sshd).remove(0);
     assert_eq!(v.cause, Cause::SshdDropped);
     assert_eq!(v.details["queued"], true);
@@ -763,13 +731,7 @@ fn another_program_closing_its_listener_is_not_a_socket_kill() {
 fn ss_k_of_sshds_listener_is_a_socket_kill_of_its_queued_connections() {
     let mut s = flushed_from_queue_by(task(900, "ss"));
     let mut sshd = Snapshot::default();
-    sshd.gone.push(crate::enrich::discovery::Listener {
-        pid: LISTENER,
-        netns: None,
-        container: None,
-        exe: "/usr/sbin/sshd".into(),
-        addrs: vec![tuple().local],
-    });
+    sshd.gone.push(listener_on(&[&tuple().local.to_string()]));
     let v = s.verdicts(&sshd).remove(0);
     assert_eq!(v.cause, Cause::SocketKilled);
     assert_eq!(v.details["actor_comm"], "ss");
@@ -1400,25 +1362,10 @@ fn a_listener_the_kernel_saw_exit_is_gone_whatever_the_last_scan_said() {
     let mut s = Script::new();
     s.signal(task(55, "kill"), LISTENER, 9, 0)
         .exit(LISTENER, 9)
-        .softirq(Kind::SendReset {
-            skaddr: 0,
-            state: 0,
-            reason: Some(NO_SOCKET),
-            seg_flags: Some(0x02),
-            repeated: 0,
-            conn: tuple(),
-        });
+        .softirq(refused(Some(0x02)));
     let mut sshd = Snapshot::default();
-    sshd.listeners.insert(
-        LISTENER,
-        crate::enrich::discovery::Listener {
-            pid: LISTENER,
-            netns: None,
-            container: None,
-            exe: "/usr/sbin/sshd".into(),
-            addrs: vec!["0.0.0.0:2222".parse().unwrap()],
-        },
-    );
+    sshd.listeners
+        .insert(LISTENER, listener_on(&["0.0.0.0:2222"]));
     let v = s.verdicts(&sshd).remove(0);
     assert_eq!(v.details["sshd_running"], false, "{}", v.summary);
     assert_eq!(v.details["previous_listener"]["pid"], LISTENER);
