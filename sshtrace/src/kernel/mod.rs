@@ -9,6 +9,7 @@ pub mod layout;
 pub mod lsm;
 pub mod mounts;
 pub mod names;
+pub mod netlink;
 pub mod plan;
 pub mod probes;
 pub mod sockdiag;
