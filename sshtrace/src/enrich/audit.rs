@@ -2,24 +2,35 @@
 //! AppArmor) and Landlock access records, joined to the pid that was denied. Read-only: the
 //! audit configuration is never changed; where auditing is off, no record comes and the
 //! other evidence (failed syscalls, the active-LSM set) decides.
+//!
+//! The sockets are netlink-sys's, the headers netlink-packet-core's and the audit status
+//! netlink-packet-audit's type; a record's text is sshtrace's own to parse.
 
-use std::{collections::BTreeMap, collections::HashMap, os::fd::FromRawFd, os::fd::OwnedFd};
+use std::{
+    borrow::Cow,
+    collections::{BTreeMap, HashMap},
+    io::ErrorKind,
+    time::Duration,
+};
 
-use anyhow::{bail, Result};
+use anyhow::{Context, Result};
+use netlink_packet_audit::{
+    StatusMessageBuffer, AUDIT_AVC, AUDIT_EOE, AUDIT_GET, AUDIT_NLGRP_READLOG, AUDIT_SYSCALL,
+};
+use netlink_packet_core::{NetlinkBuffer, NLM_F_REQUEST};
+use netlink_sys::{protocols::NETLINK_AUDIT, Socket, SocketAddr};
 use tokio::sync::mpsc::UnboundedSender;
 
-use crate::kernel::syscalls::syscall_name;
+use crate::kernel::{netlink, syscalls::syscall_name};
 
-const NETLINK_AUDIT: i32 = 9;
-/// AUDIT_NLGRP_READLOG, as a group bit.
-const READLOG_GROUP: u32 = 1;
-const AUDIT_GET: u16 = 1000;
-const AUDIT_SYSCALL: u16 = 1300;
-const AUDIT_EOE: u16 = 1320;
-const AUDIT_AVC: u16 = 1400;
+/// Landlock's records (Linux 6.15), which netlink-packet-audit does not name.
 const AUDIT_LANDLOCK_ACCESS: u16 = 1423;
 const AUDIT_LANDLOCK_DOMAIN: u16 = 1424;
-const NLMSG_HDRLEN: usize = 16;
+/// What one multicast `recv` reads; a record is at most 8970 bytes (MAX_AUDIT_MESSAGE_LENGTH).
+const RECORD_BUF: usize = 65536;
+/// What the status answer is read into, and how long it is waited for.
+const STATUS_BUF: usize = 512;
+const STATUS_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// One denial, as the LSM reported it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -40,31 +51,11 @@ pub struct AuditDenial {
 
 /// Whether the listener runs, and whether the kernel audits at all.
 pub fn start(tx: UnboundedSender<AuditDenial>) -> Result<String> {
-    // SAFETY: creating and binding a netlink socket with valid arguments.
-    let fd = unsafe {
-        let fd = libc::socket(
-            libc::AF_NETLINK,
-            libc::SOCK_RAW | libc::SOCK_CLOEXEC,
-            NETLINK_AUDIT,
-        );
-        if fd < 0 {
-            bail!("audit netlink socket: {}", std::io::Error::last_os_error());
-        }
-        let fd = OwnedFd::from_raw_fd(fd);
-        let mut addr: libc::sockaddr_nl = std::mem::zeroed();
-        addr.nl_family = libc::AF_NETLINK as u16;
-        addr.nl_groups = READLOG_GROUP;
-        let len = std::mem::size_of::<libc::sockaddr_nl>() as u32;
-        if libc::bind(
-            std::os::fd::AsRawFd::as_raw_fd(&fd),
-            (&addr as *const libc::sockaddr_nl).cast(),
-            len,
-        ) != 0
-        {
-            bail!("audit multicast group: {}", std::io::Error::last_os_error());
-        }
-        fd
-    };
+    let mut socket = Socket::new(NETLINK_AUDIT).context("audit netlink socket")?;
+    // Binding to the group (a bit mask of groups) only reads; it needs CAP_AUDIT_READ.
+    socket
+        .bind(&SocketAddr::new(0, 1 << (AUDIT_NLGRP_READLOG - 1)))
+        .context("audit multicast group")?;
     let enabled = match audit_enabled() {
         Some(true) => "listening",
         Some(false) => "listening, but auditing is disabled on this host: LSMs send no records",
@@ -72,40 +63,26 @@ pub fn start(tx: UnboundedSender<AuditDenial>) -> Result<String> {
     };
     std::thread::Builder::new()
         .name("audit".into())
-        .spawn(move || read_loop(fd, tx))?;
+        .spawn(move || read_loop(&socket, &tx))?;
     Ok(enabled.into())
 }
 
-fn read_loop(fd: OwnedFd, tx: UnboundedSender<AuditDenial>) {
+fn read_loop(socket: &Socket, tx: &UnboundedSender<AuditDenial>) {
     // The socket is bound: reading it needs no privilege.
     if let Err(e) = crate::privileges::keep_only(&[]) {
         eprintln!("sshtrace: warning: the audit reader keeps every capability: {e:#}");
     }
     let mut groups = Groups::default();
-    let mut buf = vec![0u8; 65536];
+    let mut buf = vec![0u8; RECORD_BUF];
     loop {
-        // SAFETY: reading into an owned buffer of the given length.
-        let n = unsafe {
-            libc::recv(
-                std::os::fd::AsRawFd::as_raw_fd(&fd),
-                buf.as_mut_ptr().cast(),
-                buf.len(),
-                0,
-            )
+        let n = match socket.recv(&mut &mut buf[..], 0) {
+            Ok(n) => n,
+            Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+            Err(_) => return,
         };
-        if n <= 0 {
-            if std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted {
-                continue;
-            }
-            return;
-        }
-        let msg = &buf[..n as usize];
-        if msg.len() < NLMSG_HDRLEN {
+        let Some((kind, text)) = record(&buf[..n]) else {
             continue;
-        }
-        let len = (u32::from_ne_bytes(msg[0..4].try_into().unwrap()) as usize).min(msg.len());
-        let kind = u16::from_ne_bytes(msg[4..6].try_into().unwrap());
-        let text = String::from_utf8_lossy(&msg[NLMSG_HDRLEN.min(len)..len]);
+        };
         for denial in groups.add(kind, text.trim_end_matches('\0')) {
             if tx.send(denial).is_err() {
                 return;
@@ -114,57 +91,36 @@ fn read_loop(fd: OwnedFd, tx: UnboundedSender<AuditDenial>) {
     }
 }
 
-/// AUDIT_GET on a unicast socket (needs CAP_AUDIT_CONTROL; read-only).
+/// One multicast datagram → (record type, text). The text is decoded lossily, not with the
+/// strict UTF-8 of netlink-packet-audit's `AuditMessage`: the kernel prints a few values raw
+/// (an SELinux context of an unmapped label), and such a record must still count.
+fn record(datagram: &[u8]) -> Option<(u16, Cow<'_, str>)> {
+    let frame = NetlinkBuffer::new_checked(datagram).ok()?;
+    Some((
+        frame.message_type(),
+        String::from_utf8_lossy(frame.payload()),
+    ))
+}
+
+/// AUDIT_GET on a unicast socket (needs CAP_AUDIT_CONTROL; read-only). The answer is waited
+/// for one second at most.
 fn audit_enabled() -> Option<bool> {
-    // SAFETY: a netlink request/response with buffers we own.
-    unsafe {
-        let fd = libc::socket(
-            libc::AF_NETLINK,
-            libc::SOCK_RAW | libc::SOCK_CLOEXEC,
-            NETLINK_AUDIT,
-        );
-        if fd < 0 {
-            return None;
-        }
-        let fd = OwnedFd::from_raw_fd(fd);
-        let raw = std::os::fd::AsRawFd::as_raw_fd(&fd);
-        let mut req = [0u8; NLMSG_HDRLEN];
-        req[0..4].copy_from_slice(&(NLMSG_HDRLEN as u32).to_ne_bytes());
-        req[4..6].copy_from_slice(&AUDIT_GET.to_ne_bytes());
-        req[6..8].copy_from_slice(&(libc::NLM_F_REQUEST as u16).to_ne_bytes());
-        let mut addr: libc::sockaddr_nl = std::mem::zeroed();
-        addr.nl_family = libc::AF_NETLINK as u16;
-        let len = std::mem::size_of::<libc::sockaddr_nl>() as u32;
-        if libc::sendto(
-            raw,
-            req.as_ptr().cast(),
-            req.len(),
-            0,
-            (&addr as *const libc::sockaddr_nl).cast(),
-            len,
-        ) < 0
-        {
-            return None;
-        }
-        let tv = libc::timeval {
-            tv_sec: 1,
-            tv_usec: 0,
-        };
-        libc::setsockopt(
-            raw,
-            libc::SOL_SOCKET,
-            libc::SO_RCVTIMEO,
-            (&tv as *const libc::timeval).cast(),
-            std::mem::size_of::<libc::timeval>() as u32,
-        );
-        let mut buf = [0u8; 512];
-        let n = libc::recv(raw, buf.as_mut_ptr().cast(), buf.len(), 0);
-        // struct audit_status: mask, enabled, … after the header.
-        if n < (NLMSG_HDRLEN + 8) as isize || u16::from_ne_bytes([buf[4], buf[5]]) != AUDIT_GET {
-            return None;
-        }
-        Some(u32::from_ne_bytes(buf[NLMSG_HDRLEN + 4..NLMSG_HDRLEN + 8].try_into().unwrap()) != 0)
+    let socket = Socket::new(NETLINK_AUDIT).ok()?;
+    socket2::SockRef::from(&socket)
+        .set_read_timeout(Some(STATUS_TIMEOUT))
+        .ok()?;
+    let request = netlink::request(AUDIT_GET, NLM_F_REQUEST, None);
+    socket.send_to(&request, &SocketAddr::new(0, 0), 0).ok()?;
+    let mut buf = [0u8; STATUS_BUF];
+    let n = socket.recv(&mut &mut buf[..], 0).ok()?;
+    // The answer is an AUDIT_GET message carrying `struct audit_status`; a refusal
+    // (no CAP_AUDIT_CONTROL) is an NLMSG_ERROR.
+    let frame = NetlinkBuffer::new_checked(&buf[..n]).ok()?;
+    if frame.message_type() != AUDIT_GET {
+        return None;
     }
+    let status = StatusMessageBuffer::new_checked(frame.payload()).ok()?;
+    Some(status.enabled() != 0)
 }
 
 /// Records of one audit event share its serial; the event ends with an EOE record.
@@ -358,6 +314,40 @@ mod tests {
     fn feed(lines: &[(u16, &str)]) -> Vec<AuditDenial> {
         let mut g = Groups::default();
         lines.iter().flat_map(|(k, t)| g.add(*k, t)).collect()
+    }
+
+    /// A multicast datagram as the kernel frames it: header, text, a trailing NUL.
+    fn datagram(kind: u16, text: &str) -> Vec<u8> {
+        use netlink_packet_audit::AuditMessage;
+        use netlink_packet_core::{NetlinkHeader, NetlinkMessage};
+        let payload = AuditMessage::Other((kind, format!("{text}\0")));
+        let mut message = NetlinkMessage::new(NetlinkHeader::default(), payload.into());
+        message.finalize();
+        let mut bytes = vec![0; message.buffer_len()];
+        message.serialize(&mut bytes);
+        bytes
+    }
+
+    #[test]
+    fn a_datagram_gives_its_type_and_text() {
+        let text = r#"audit(1700000000.002:10): apparmor="DENIED" pid=77"#;
+        let bytes = datagram(AUDIT_AVC, text);
+        let (kind, got) = record(&bytes).unwrap();
+        assert_eq!((kind, got.trim_end_matches('\0')), (AUDIT_AVC, text));
+        // A datagram shorter than its header says, or than a header, gives nothing.
+        assert!(record(&bytes[..bytes.len() - 1]).is_none());
+        assert!(record(&bytes[..8]).is_none());
+    }
+
+    #[test]
+    fn text_that_is_not_utf8_still_counts() {
+        let text = "audit(1700000000.001:9): avc:  denied  { read } for  pid=4412 tcontext=x";
+        let mut bytes = datagram(AUDIT_AVC, text);
+        let at = bytes.len() - 2;
+        bytes[at] = 0xff;
+        let (_, got) = record(&bytes).unwrap();
+        assert!(got.starts_with("audit(1700000000.001:9): avc:  denied"));
+        assert!(got.contains('\u{fffd}'));
     }
 
     /// As this kernel (6.18) emits them for a Landlock-restricted open.

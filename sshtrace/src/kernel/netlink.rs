@@ -1,9 +1,10 @@
-//! Netlink requests as bytes, for `kernel/sockdiag.rs`. The socket is netlink-sys's and the
-//! header and payload netlink-packet crates' types, so nothing is laid out here.
+//! Netlink requests as bytes, for the two netlink users: `kernel/sockdiag.rs` and
+//! `enrich/audit.rs`. The sockets are netlink-sys's and the headers and payloads the
+//! netlink-packet crates' types, so nothing is laid out here.
 //!
 //! The header and the payload are emitted as they are, not through the crates' message
-//! enum (`SockDiagMessage`): that would link in every variant's code (unix sockets' too),
-//! which is most of what the crates would add to the binary.
+//! enums (`SockDiagMessage`, `AuditMessage`): those would link in every variant's code
+//! (audit rules, unix sockets), which is most of what the crates would add to the binary.
 
 use netlink_packet_core::{Emitable, NetlinkHeader};
 
