@@ -3,6 +3,12 @@
 
 use std::{fs, path::PathBuf, process::Command, thread, time::Duration};
 
+use netlink_packet_audit::{AuditMessage, StatusMessage};
+use netlink_packet_core::{
+    NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_REQUEST,
+};
+use netlink_sys::{protocols::NETLINK_AUDIT, Socket, SocketAddr};
+
 use crate::run;
 
 /// A cgroup v1 (or v2) directory of one controller, e.g. `pids` or `memory`.
@@ -233,68 +239,47 @@ pub struct AuditOn {
     was_enabled: bool,
 }
 
-const NETLINK_AUDIT: i32 = 9;
-const AUDIT_GET: u16 = 1000;
-const AUDIT_SET: u16 = 1001;
+/// `AUDIT_STATUS_ENABLED`: the `mask` bit that says `enabled` is to be set.
 const AUDIT_STATUS_ENABLED: u32 = 1;
 
-/// Sends one audit netlink request and returns the first reply.
-fn audit_request(kind: u16, flags: i32, payload: &[u8]) -> Vec<u8> {
-    // SAFETY: a netlink request/response with buffers we own.
-    unsafe {
-        let fd = libc::socket(
-            libc::AF_NETLINK,
-            libc::SOCK_RAW | libc::SOCK_CLOEXEC,
-            NETLINK_AUDIT,
-        );
-        assert!(fd >= 0, "audit netlink socket");
-        let mut msg = Vec::with_capacity(16 + payload.len());
-        msg.extend(((16 + payload.len()) as u32).to_ne_bytes());
-        msg.extend(kind.to_ne_bytes());
-        msg.extend(((libc::NLM_F_REQUEST | flags) as u16).to_ne_bytes());
-        msg.extend(1u32.to_ne_bytes());
-        msg.extend(0u32.to_ne_bytes());
-        msg.extend(payload);
-        let mut addr: libc::sockaddr_nl = std::mem::zeroed();
-        addr.nl_family = libc::AF_NETLINK as u16;
-        let sent = libc::sendto(
-            fd,
-            msg.as_ptr().cast(),
-            msg.len(),
-            0,
-            (&addr as *const libc::sockaddr_nl).cast(),
-            std::mem::size_of::<libc::sockaddr_nl>() as u32,
-        );
-        assert!(
-            sent > 0,
-            "audit request: {}",
-            std::io::Error::last_os_error()
-        );
-        let mut buf = vec![0u8; 1024];
-        let n = libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), 0);
-        libc::close(fd);
-        buf.truncate(n.max(0) as usize);
-        buf
+/// Sends one audit netlink request (netlink-sys's socket, netlink-packet-audit's message)
+/// and returns the first reply.
+fn audit_request(flags: u16, message: AuditMessage) -> NetlinkPayload<AuditMessage> {
+    let socket = Socket::new(NETLINK_AUDIT).expect("audit netlink socket");
+    let mut header = NetlinkHeader::default();
+    header.flags = NLM_F_REQUEST | flags;
+    header.sequence_number = 1;
+    let mut request = NetlinkMessage::new(header, NetlinkPayload::InnerMessage(message));
+    request.finalize();
+    let mut bytes = vec![0; request.buffer_len()];
+    request.serialize(&mut bytes);
+    if let Err(e) = socket.send_to(&bytes, &SocketAddr::new(0, 0), 0) {
+        panic!("audit request: {e}");
     }
+    let mut buf = vec![0u8; 1024];
+    let n = socket.recv(&mut &mut buf[..], 0).expect("audit reply");
+    NetlinkMessage::<AuditMessage>::deserialize(&buf[..n])
+        .expect("audit reply decodes")
+        .payload
 }
 
 fn audit_enabled() -> bool {
-    let reply = audit_request(AUDIT_GET, 0, &[]);
-    assert!(
-        reply.len() >= 24 && u16::from_ne_bytes([reply[4], reply[5]]) == AUDIT_GET,
-        "no audit status reply"
-    );
-    // struct audit_status after the header: mask, enabled, …
-    u32::from_ne_bytes(reply[20..24].try_into().unwrap()) != 0
+    match audit_request(0, AuditMessage::GetStatus(None)) {
+        NetlinkPayload::InnerMessage(AuditMessage::GetStatus(Some(status))) => status.enabled != 0,
+        other => panic!("no audit status reply: {other:?}"),
+    }
 }
 
 fn set_audit(enabled: bool) {
-    let mut status = [0u8; 40];
-    status[0..4].copy_from_slice(&AUDIT_STATUS_ENABLED.to_ne_bytes());
-    status[4..8].copy_from_slice(&(enabled as u32).to_ne_bytes());
-    let reply = audit_request(AUDIT_SET, libc::NLM_F_ACK, &status);
-    let error = i32::from_ne_bytes(reply[16..20].try_into().unwrap());
-    assert_eq!(error, 0, "AUDIT_SET enabled={enabled}");
+    let mut status = StatusMessage::new();
+    status.mask = AUDIT_STATUS_ENABLED;
+    status.enabled = enabled.into();
+    match audit_request(NLM_F_ACK, AuditMessage::SetStatus(status)) {
+        NetlinkPayload::Error(ack) => {
+            assert_eq!(ack.code, None, "AUDIT_SET enabled={enabled}: {ack}");
+        }
+        other => panic!("AUDIT_SET enabled={enabled}: no acknowledgement: {other:?}"),
+    }
 }
 
 impl AuditOn {
