@@ -90,10 +90,11 @@ pub fn tcp_send_reset(ctx: TracePointContext) -> u32 {
 
 fn try_send_reset(ctx: &TracePointContext) -> Result<(), i32> {
     let l = layout!(send_reset);
-    let mut endpoints = read_endpoints(ctx, &l.addr)?;
-    if !port_tracked(endpoints.local_port) {
+    // The port alone first: this runs for every reset on the host.
+    if !port_tracked(local_port(ctx, &l.addr)?) {
         return Ok(());
     }
+    let mut endpoints = read_endpoints(ctx, &l.addr)?;
     let skaddr: u64 = field(ctx, l.skaddr)?;
     let state: i32 = field(ctx, l.state).unwrap_or(-1);
     let mut seg_flags = SEG_FLAGS_UNKNOWN;
@@ -197,18 +198,18 @@ pub fn tcp_receive_reset(ctx: TracePointContext) -> u32 {
 
 fn try_receive_reset(ctx: &TracePointContext) -> Result<(), i32> {
     let l = layout!(receive_reset);
-    let endpoints = read_endpoints(ctx, &l.addr)?;
     // A client of a tracked port on this host (its peer's port is tracked) is reported too:
-    // the reset a firewall sends reaches the client, not sshd.
-    let client_side = if port_tracked(endpoints.local_port) {
+    // the reset a firewall sends reaches the client, not sshd. The ports alone first: this
+    // runs for every reset on the host.
+    let client_side = if port_tracked(local_port(ctx, &l.addr)?) {
         0
-    } else if port_tracked(endpoints.remote_port) {
+    } else if port_tracked(remote_port(ctx, &l.addr)?) {
         1
     } else {
         return Ok(());
     };
+    let mut endpoints = read_endpoints(ctx, &l.addr)?;
     let skaddr: u64 = field(ctx, l.skaddr)?;
-    let mut endpoints = endpoints;
     endpoints.netns = sk_netns(skaddr);
     if !netns_tracked(endpoints.netns) {
         return Ok(());
@@ -243,6 +244,16 @@ pub(super) fn local_port(ctx: &TracePointContext, l: &AddrLayout) -> Result<u16,
         // sockaddr_in{,6}: the big-endian port follows the 2-byte family in both.
         addr_style::SOCKADDR => Ok(u16::from_be(field(ctx, l.saddr + 2)?)),
         addr_style::SPLIT => field(ctx, l.sport),
+        _ => Err(-1),
+    }
+}
+
+/// The remote port alone, in whichever style this kernel's record uses.
+#[inline(always)]
+fn remote_port(ctx: &TracePointContext, l: &AddrLayout) -> Result<u16, i32> {
+    match l.style {
+        addr_style::SOCKADDR => Ok(u16::from_be(field(ctx, l.daddr + 2)?)),
+        addr_style::SPLIT => field(ctx, l.dport),
         _ => Err(-1),
     }
 }
