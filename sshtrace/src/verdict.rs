@@ -193,7 +193,7 @@ pub enum Evidence {
         sshd_pids: Vec<u32>,
         addresses: Vec<String>,
     },
-    /// `raw_syscalls:sys_exit` with an error, for a tracked process.
+    /// A `sys_exit_*` of `FAILURE_SYSCALLS` with an error, for a tracked process.
     SyscallError {
         ts: String,
         pid: u32,

@@ -21,6 +21,57 @@ pub const PATH_SYSCALLS: [&str; 11] = [
     "sys_enter_execve",
 ];
 
+/// `syscalls:sys_exit_*` tracepoints whose failures (in a followed process) are reported: the
+/// calls sshd's failures involve — descriptors, processes, credentials, paths, sockets and
+/// memory. One exit per call, not `raw_syscalls:sys_exit`: a program on every syscall of the
+/// host costs every process tens of nanoseconds a call, while an exit tracepoint that is not
+/// attached costs a call nothing once syscall tracing is on. Reads and writes are left out:
+/// their failures on a connection (EPIPE, ECONNRESET) are what the TCP hooks already explain.
+/// Not every architecture has all of them. accept and accept4 are not here: their own exit
+/// programs report their failures.
+pub const FAILURE_SYSCALLS: [&str; 40] = [
+    "sys_exit_clone",
+    "sys_exit_clone3",
+    "sys_exit_fork",
+    "sys_exit_vfork",
+    "sys_exit_execve",
+    "sys_exit_execveat",
+    "sys_exit_open",
+    "sys_exit_openat",
+    "sys_exit_openat2",
+    "sys_exit_newstat",
+    "sys_exit_newlstat",
+    "sys_exit_newfstatat",
+    "sys_exit_statx",
+    "sys_exit_access",
+    "sys_exit_faccessat",
+    "sys_exit_faccessat2",
+    "sys_exit_socket",
+    "sys_exit_socketpair",
+    "sys_exit_pipe",
+    "sys_exit_pipe2",
+    "sys_exit_dup",
+    "sys_exit_dup2",
+    "sys_exit_dup3",
+    "sys_exit_bind",
+    "sys_exit_listen",
+    "sys_exit_connect",
+    "sys_exit_setuid",
+    "sys_exit_setgid",
+    "sys_exit_setreuid",
+    "sys_exit_setregid",
+    "sys_exit_setresuid",
+    "sys_exit_setresgid",
+    "sys_exit_setgroups",
+    "sys_exit_setsid",
+    "sys_exit_chroot",
+    "sys_exit_chdir",
+    "sys_exit_mmap",
+    "sys_exit_brk",
+    "sys_exit_setrlimit",
+    "sys_exit_prlimit64",
+];
+
 /// How a tracepoint records a connection's addresses.
 pub mod addr_style {
     /// Not recorded.
@@ -109,16 +160,12 @@ pub struct SyscallLayout {
     pub accept_fd: u16,
     /// `sys_exit_*`: the return value.
     pub ret: u16,
-    /// `raw_syscalls:sys_exit`: the syscall number and return value.
-    pub raw_exit_id: u16,
-    pub raw_exit_ret: u16,
+    /// `sys_exit_*`: the syscall number.
+    pub exit_nr: u16,
     /// The `filename` argument of each of [`PATH_SYSCALLS`], in that order.
     pub path_arg: [u16; PATH_SYSCALLS.len()],
     /// `__syscall_nr` of the `sys_enter_*` records.
     pub enter_nr: u16,
-    /// Where `struct pt_regs` keeps the syscall number (`orig_ax` on x86-64, `syscallno` on
-    /// arm64): the raw `sys_exit` tracepoint passes only the registers and the return value.
-    pub regs_syscall_nr: u16,
     /// `sys_enter_write`'s `fd`, `buf` and `count`; `sys_enter_sendto`'s `fd`, `buff`, `len`.
     pub write_fd: u16,
     pub write_buf: u16,
@@ -126,6 +173,13 @@ pub struct SyscallLayout {
     pub sendto_fd: u16,
     pub sendto_buf: u16,
     pub sendto_len: u16,
+    /// Where the task's saved registers (`struct pt_regs`) keep the syscall number and its
+    /// first three arguments: `tp_btf sock_send_length` reads the call it happens in there.
+    pub regs_nr: u16,
+    pub regs_args: [u16; 3],
+    /// The numbers of write(2) and sendto(2) on this architecture (not offsets).
+    pub write_nr: u16,
+    pub sendto_nr: u16,
 }
 
 #[repr(C)]
@@ -350,17 +404,19 @@ impl KernelLayout {
             accept_peer: ABSENT,
             accept_fd: ABSENT,
             ret: ABSENT,
-            raw_exit_id: ABSENT,
-            raw_exit_ret: ABSENT,
+            exit_nr: ABSENT,
             path_arg: [ABSENT; PATH_SYSCALLS.len()],
             enter_nr: ABSENT,
-            regs_syscall_nr: ABSENT,
             write_fd: ABSENT,
             write_buf: ABSENT,
             write_count: ABSENT,
             sendto_fd: ABSENT,
             sendto_buf: ABSENT,
             sendto_len: ABSENT,
+            regs_nr: ABSENT,
+            regs_args: [ABSENT; 3],
+            write_nr: ABSENT,
+            sendto_nr: ABSENT,
         },
         oom: OomLayout {
             pid: ABSENT,

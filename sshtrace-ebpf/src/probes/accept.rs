@@ -1,6 +1,7 @@
-//! Successful `accept`/`accept4` in tracked processes. The peer address is read at exit, in the accepting
-//! process, so each accepted connection gets its owner from process context. The accepted
-//! socket is followed from the new fd, and its connection claimed (see `sock_state`).
+//! `accept`/`accept4` in tracked processes: the failed ones reported as any failed syscall, the
+//! successful ones here. The peer address is read at exit, in the accepting process, so each
+//! accepted connection gets its owner from process context. The accepted socket is followed
+//! from the new fd, and its connection claimed (see `sock_state`).
 
 use aya_ebpf::{
     helpers::{bpf_get_current_pid_tgid, bpf_get_current_task, bpf_probe_read_user_buf},
@@ -9,7 +10,7 @@ use aya_ebpf::{
 };
 use sshtrace_common::{AcceptEvent, SOCKADDR_LEN};
 
-use super::{field, member, sock_state::claim_accepted};
+use super::{field, member, sock_state::claim_accepted, syscalls::syscall_failed};
 use crate::{
     maps::{claim_on_accept, owns_listeners, pid_tracked, track_port, ACCEPT_ARGS},
     record::submit,
@@ -59,9 +60,11 @@ fn try_exit(ctx: &TracePointContext) -> Result<(), i32> {
     };
     let _ = ACCEPT_ARGS.remove(pid_tgid);
     let ret: i64 = field(ctx, layout!(syscall.ret))?;
-    // Failures are reported, rate-limited, by the syscall-error probe.
+    // Failures are reported, rate-limited, as any failed syscall (here, not by a second
+    // program on this exit: every accept on the host would run both).
     if ret < 0 {
-        return Ok(());
+        let nr = field::<i32>(ctx, layout!(syscall.exit_nr))?;
+        return syscall_failed(ret, || Ok(i64::from(nr)));
     }
     let skaddr = accepted_socket(ret as u32).unwrap_or(0);
     // Claim the connection: from now on its close is reported, and this record reports it.

@@ -124,6 +124,15 @@ pub fn sock_endpoints<S: SockFields>(
 /// The `struct sock` of a TCP socket on the current task's descriptor `fd`, else `None`.
 #[inline(always)]
 pub(super) fn tcp_socket_on(fd: u64) -> Option<u64> {
+    let sk = socket_on(fd)?;
+    let protocol: u16 = member(sk as *const u8, layout!(structs.sk_protocol))?;
+    (protocol == IPPROTO_TCP).then_some(sk)
+}
+
+/// The `struct sock` of a socket of any kind on the current task's descriptor `fd`, else
+/// `None`.
+#[inline(always)]
+pub(super) fn socket_on(fd: u64) -> Option<u64> {
     let s = layout!(structs);
     let task = unsafe { bpf_get_current_task() } as *const u8;
     let files: *const u8 = member(task, s.task_files)?;
@@ -139,9 +148,7 @@ pub(super) fn tcp_socket_on(fd: u64) -> Option<u64> {
         return None;
     }
     let socket: *const u8 = member(file, s.file_private_data)?;
-    let sk: u64 = member(socket, s.socket_sk)?;
-    let protocol: u16 = member(sk as *const u8, s.sk_protocol)?;
-    (protocol == IPPROTO_TCP).then_some(sk)
+    member(socket, s.socket_sk)
 }
 
 const S_IFMT: u16 = 0o170000;

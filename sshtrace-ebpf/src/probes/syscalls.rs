@@ -7,9 +7,9 @@ use aya_ebpf::{
         bpf_get_current_pid_tgid, bpf_get_current_task, bpf_ktime_get_ns, bpf_probe_read_kernel,
         bpf_probe_read_user_str_bytes,
     },
-    macros::{map, raw_tracepoint, tracepoint},
+    macros::{map, tracepoint},
     maps::{LruHashMap, LruPerCpuHashMap},
-    programs::{RawTracePointContext, TracePointContext},
+    programs::TracePointContext,
 };
 use sshtrace_common::{
     SyscallErrorEvent, TaskCreds, ABSENT, GROUPS_REPORTED, RLIMITS_REPORTED,
@@ -87,36 +87,21 @@ const EACCES: i64 = 13;
 const KERNEL_RESTART_MIN: i64 = 512;
 const KERNEL_RESTART_MAX: i64 = 516;
 
-/// The classic tracepoint `raw_syscalls:sys_exit`: used where the raw one cannot be (the
-/// syscall number's place in `pt_regs` is unknown).
+/// The exit of each of `FAILURE_SYSCALLS`: one program attached to every one of them, so that
+/// only those calls pay for it (every `sys_exit_*` record has the same layout).
 #[tracepoint]
-pub fn sys_exit(ctx: TracePointContext) -> u32 {
+pub fn sys_exit_failed(ctx: TracePointContext) -> u32 {
     let l = layout!(syscall);
-    if let Ok(ret) = field::<i64>(&ctx, l.raw_exit_ret) {
-        let _ = syscall_exit(ret, || field(&ctx, l.raw_exit_id));
+    if let Ok(ret) = field::<i64>(&ctx, l.ret) {
+        let _ = syscall_failed(ret, || field::<i32>(&ctx, l.exit_nr).map(i64::from));
     }
     0
 }
 
-/// The raw tracepoint `sys_exit` (`struct pt_regs *regs, long ret`): the same event without
-/// the classic tracepoint's record being assembled first, on every system call of the host.
-#[raw_tracepoint(tracepoint = "sys_exit")]
-pub fn raw_sys_exit(ctx: RawTracePointContext) -> u32 {
-    let ret: i64 = ctx.arg(1);
-    let _ = syscall_exit(ret, || {
-        let regs: *const u8 = ctx.arg(0);
-        let at = layout!(syscall.regs_syscall_nr);
-        if at == ABSENT {
-            return Err(-1);
-        }
-        unsafe { bpf_probe_read_kernel(regs.wrapping_add(at as usize).cast()) }
-    });
-    0
-}
-
+/// A syscall's return in the current task: reported when it is an error of a followed process.
 #[inline(always)]
-fn syscall_exit(ret: i64, nr: impl FnOnce() -> Result<i64, i32>) -> Result<(), i32> {
-    // The cheap test first: this runs for every system call on the host.
+pub(super) fn syscall_failed(ret: i64, nr: impl FnOnce() -> Result<i64, i32>) -> Result<(), i32> {
+    // The cheap test first: this runs for every call of these syscalls on the host.
     if !(-MAX_ERRNO..0).contains(&ret) || (-KERNEL_RESTART_MAX..=-KERNEL_RESTART_MIN).contains(&ret)
     {
         return Ok(());

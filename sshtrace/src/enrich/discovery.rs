@@ -720,6 +720,39 @@ fn config_file(args: &[String]) -> PathBuf {
         .unwrap_or_else(|| DEFAULT_CONFIG.into())
 }
 
+/// Whether sshd `pid` logs to its standard error (`-e`, or `-d`) and that is not a socket (a
+/// pipe, a file, a terminal, /dev/null): the writes the socket-send hook cannot see.
+pub fn logs_to_a_pipe_or_file(pid: u32) -> bool {
+    let dir = PathBuf::from("/proc").join(pid.to_string());
+    logs_to_stderr(&cmdline(&dir))
+        && fs::read_link(dir.join("fd/2"))
+            .is_ok_and(|target| !target.to_string_lossy().starts_with("socket:"))
+}
+
+/// `-e` or `-d` among sshd's options, alone or combined (`-De`); an option that takes a value
+/// (`-f file`, `-ofoo`) ends its group and may take the next argument.
+fn logs_to_stderr(args: &[String]) -> bool {
+    const WITH_VALUE: &str = "CcEfghkopu";
+    let mut rest = args.iter().skip(1);
+    while let Some(arg) = rest.next() {
+        let Some(letters) = arg.strip_prefix('-').filter(|l| !l.is_empty() && *l != "-") else {
+            return false;
+        };
+        for (i, letter) in letters.char_indices() {
+            if letter == 'e' || letter == 'd' {
+                return true;
+            }
+            if WITH_VALUE.contains(letter) {
+                if i + 1 == letters.len() {
+                    rest.next();
+                }
+                break;
+            }
+        }
+    }
+    false
+}
+
 /// The configuration file a running sshd reads, inside its own root (containers differ).
 pub fn config_location_of(pid: u32) -> Option<Location> {
     let dir = PathBuf::from("/proc").join(pid.to_string());
@@ -730,6 +763,29 @@ pub fn config_location_of(pid: u32) -> Option<Location> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn logging_to_stderr_is_read_from_the_options() {
+        let args = |line: &str| -> Vec<String> { line.split(' ').map(str::to_owned).collect() };
+        for yes in [
+            "sshd -D -e",
+            "sshd -De -f x",
+            "sshd -f /e -d",
+            "sshd -o LogLevel=e -e",
+        ] {
+            assert!(logs_to_stderr(&args(yes)), "{yes}");
+        }
+        for no in [
+            "sshd -D",
+            "sshd -f -e",
+            "sshd -E /var/log/e",
+            "sshd -oe",
+            "sshd",
+            "sshd x -e",
+        ] {
+            assert!(!logs_to_stderr(&args(no)), "{no}");
+        }
+    }
 
     #[test]
     fn parses_listening_sockets_v4_and_v6() {

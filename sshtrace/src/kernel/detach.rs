@@ -13,20 +13,40 @@ use aya::{
     Ebpf,
 };
 
+use super::hooks::Hook;
+
 /// The attached programs and the switch that stops them.
 pub struct Attached {
     /// Keeps programs and links alive: dropping it detaches everything, slowly.
     programs: Ebpf,
     stop: Array<MapData, u32>,
+    /// A hook loaded but attached only when needed (see `hooks::STDERR_WRITES`).
+    later: Option<Hook>,
 }
 
 impl Attached {
-    pub fn new(mut programs: Ebpf) -> Result<Self> {
+    pub fn new(mut programs: Ebpf, later: Option<Hook>) -> Result<Self> {
         let map = programs.take_map("STOP").context("no map STOP")?;
         Ok(Self {
             stop: Array::try_from(map)?,
             programs,
+            later,
         })
+    }
+
+    /// Whether a hook waits to be attached when needed.
+    pub fn holds_a_later_hook(&self) -> bool {
+        self.later.is_some()
+    }
+
+    /// Attaches the hook kept for later, once; returns its label.
+    pub fn attach_later_hook(&mut self) -> Result<String> {
+        let hook = self.later.take().context("no hook waits")?;
+        let program = self
+            .programs
+            .program_mut(hook.program)
+            .context("no such program")?;
+        super::probes::attach_loaded(program, &hook)
     }
 
     /// Stops the programs from recording or counting anything more, and returns once no run

@@ -2,7 +2,7 @@
 //! attaches, whether sshtrace can run without it, and the [`HookId`] the loader, the plan and
 //! the tracer name it by (never by its text).
 
-use sshtrace_common::PATH_SYSCALLS;
+use sshtrace_common::{FAILURE_SYSCALLS, PATH_SYSCALLS};
 
 /// What a hook is for, for the code that asks whether it attached.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -16,12 +16,16 @@ pub enum HookId {
     Accept,
     OomVictim,
     KfreeSkb,
-    SyscallExit,
+    /// A failed call of one of `FAILURE_SYSCALLS`.
+    FailedSyscall,
     /// The path argument of a failed open, stat, access or exec.
     PathArgument,
     SelinuxAudited,
     /// What sshd writes: its log, a dropped client's note.
-    SshdOutput,
+    SshdOutput(OutputWay),
+    /// A followed sshd's standard error when it is a pipe or a file: attached while one logs
+    /// there, beside [`OutputWay::SocketSends`].
+    SshdStderr,
     /// `tcp_v4_send_reset`/`tcp_v6_send_reset` without a socket: refusals on old kernels.
     RefusalKprobe,
     SocketStates(SockStateWay),
@@ -71,6 +75,52 @@ impl SockStateWay {
         }
     }
 }
+
+/// The ways to see what sshd writes, best first.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OutputWay {
+    /// tp_btf `sock_send_length`: socket sends only; a standard error that is a pipe or a file
+    /// needs [`STDERR_WRITES`] beside it.
+    SocketSends,
+    /// `sys_enter_write` and `sys_enter_sendto`: every write(2) and sendto(2) on the host.
+    Syscalls,
+}
+
+impl OutputWay {
+    /// How `--probe-report` names it.
+    pub const fn description(self) -> &'static str {
+        match self {
+            Self::SocketSends => {
+                "tp_btf sock_send_length (socket sends only; a standard error that is a pipe or \
+                 a file through sys_enter_write, attached while a followed sshd logs there)"
+            }
+            Self::Syscalls => {
+                "tracepoints syscalls:sys_enter_write and sys_enter_sendto (every write on the \
+                 host runs a program)"
+            }
+        }
+    }
+
+    /// Its hooks, all to attach.
+    pub fn hooks(self) -> Vec<Hook> {
+        let id = HookId::SshdOutput(self);
+        match self {
+            Self::SocketSends => vec![Hook {
+                program: "tp_btf_sock_send_length",
+                ..required(id, Attach::BtfTracePoint("sock_send_length")).optional()
+            }],
+            Self::Syscalls => ["sys_enter_write", "sys_enter_sendto"]
+                .map(|name| tracepoint(id, "syscalls", name).optional())
+                .to_vec(),
+        }
+    }
+}
+
+/// A followed sshd's standard error when it is a pipe or a file (see [`OutputWay`]).
+pub const STDERR_WRITES: Hook = Hook {
+    program: "sys_enter_write_stderr",
+    ..tracepoint(HookId::SshdStderr, "syscalls", "sys_enter_write").optional()
+};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Attach {
@@ -155,29 +205,23 @@ const REQUIRED: &[Hook] = &[
 /// Kernel functions that send a reset without a socket: the last way to see refusals.
 const REFUSAL_KPROBES: [&str; 2] = ["tcp_v4_send_reset", "tcp_v6_send_reset"];
 
-/// Failed syscalls: the raw tracepoint where the syscall number's place in the registers is
-/// known (cheaper: no record is assembled), else the classic one.
-pub fn syscall_exit(raw: bool) -> Hook {
-    if raw {
-        Hook {
-            program: "raw_sys_exit",
-            ..required(HookId::SyscallExit, Attach::RawTracePoint("sys_exit"))
-        }
-    } else {
-        tracepoint(HookId::SyscallExit, "raw_syscalls", "sys_exit")
-    }
+/// Failed syscalls: one program on the exit of each syscall that matters (optional: not every
+/// architecture has them all).
+fn failed_syscalls() -> impl Iterator<Item = Hook> {
+    FAILURE_SYSCALLS.iter().map(|name| Hook {
+        program: "sys_exit_failed",
+        ..tracepoint(HookId::FailedSyscall, "syscalls", name).optional()
+    })
 }
 
-/// Every hook attached one by one (socket states are attached apart: the first way that
-/// loads): the required ones, failed syscalls, then the optional ones, the refusal kprobes
-/// only when wanted.
-pub fn all(syscall_exit: Hook, refusal_kprobes: bool) -> Vec<Hook> {
+/// Every hook attached one by one (socket states and sshd's output are attached apart: the
+/// first way that loads): the required ones, failed syscalls, then the optional ones, the
+/// refusal kprobes only when wanted.
+pub fn all(refusal_kprobes: bool) -> Vec<Hook> {
     let paths = PATH_SYSCALLS
         .iter()
         .map(|name| tracepoint(HookId::PathArgument, "syscalls", name).optional());
     let selinux = tracepoint(HookId::SelinuxAudited, "avc", "selinux_audited").optional();
-    let sshd_output = ["sys_enter_write", "sys_enter_sendto"]
-        .map(|name| tracepoint(HookId::SshdOutput, "syscalls", name).optional());
     let kprobes = REFUSAL_KPROBES
         .iter()
         .filter(|_| refusal_kprobes)
@@ -188,10 +232,9 @@ pub fn all(syscall_exit: Hook, refusal_kprobes: bool) -> Vec<Hook> {
     REQUIRED
         .iter()
         .copied()
-        .chain([syscall_exit])
+        .chain(failed_syscalls())
         .chain(paths)
         .chain([selinux])
-        .chain(sshd_output)
         .chain(kprobes)
         .collect()
 }
@@ -206,8 +249,13 @@ mod tests {
             SockStateWay::Btf.hook().label(),
             "tp_btf inet_sock_set_state"
         );
-        assert_eq!(syscall_exit(true).label(), "raw_tracepoint sys_exit");
-        let kprobe = all(syscall_exit(false), true)
+        let hooks = all(true);
+        let clone = hooks
+            .iter()
+            .find(|h| h.id == HookId::FailedSyscall && h.label().ends_with("_clone"))
+            .unwrap();
+        assert_eq!(clone.label(), "tracepoint syscalls:sys_exit_clone");
+        let kprobe = hooks
             .into_iter()
             .find(|h| h.id == HookId::RefusalKprobe)
             .unwrap();
@@ -216,12 +264,13 @@ mod tests {
     }
 
     #[test]
-    fn every_program_attaches_once() {
-        let hooks = all(syscall_exit(true), true);
+    fn every_program_attaches_once_but_the_failed_syscalls_one() {
+        let hooks = all(true);
         for (i, h) in hooks.iter().enumerate() {
             assert!(!h.program.is_empty(), "{h:?}");
             assert!(
-                hooks[i + 1..].iter().all(|o| o.program != h.program),
+                h.id == HookId::FailedSyscall
+                    || hooks[i + 1..].iter().all(|o| o.program != h.program),
                 "{h:?}"
             );
         }

@@ -25,12 +25,12 @@ pub fn discover(tracefs: &Path, btf: &KernelBtf) -> Result<KernelLayout> {
 
     task_members(btf, &mut layout.structs)?;
     packet_and_netns_members(btf, &mut layout.structs);
-    layout.syscall.regs_syscall_nr = regs_syscall_nr(btf);
     socket_members(btf, &mut layout.structs);
     credential_members(btf, &mut layout.structs);
     socket_from_fd_members(btf, &mut layout.structs);
     executable_members(btf, &mut layout.structs);
     memory_cgroup_members(btf, &mut layout.structs);
+    saved_syscall_registers(btf, &mut layout.syscall);
     Ok(layout)
 }
 
@@ -83,7 +83,7 @@ fn process_fields(tracefs: &Path, layout: &mut KernelLayout) -> Result<()> {
     Ok(())
 }
 
-/// accept, the raw syscall exit, and the path argument of the syscalls that take one.
+/// accept, the syscall exits, and the path argument of the syscalls that take one.
 fn syscall_fields(tracefs: &Path, syscall: &mut SyscallLayout) -> Result<()> {
     let load = |name: &str| Format::load(tracefs, "syscalls", name);
     // accept and accept4 share their argument layout; both are attached.
@@ -92,10 +92,9 @@ fn syscall_fields(tracefs: &Path, syscall: &mut SyscallLayout) -> Result<()> {
     syscall.accept_peer = enter.require(tp, "upeer_sockaddr")?;
     syscall.accept_fd = enter.require(tp, "fd")?;
     let exit = load("sys_exit_accept4")?;
+    // Every sys_exit_* record has this layout: the failure program reads them all with it.
     syscall.ret = exit.require("syscalls:sys_exit_accept4", "ret")?;
-    let raw = Format::load(tracefs, "raw_syscalls", "sys_exit")?;
-    syscall.raw_exit_id = raw.require("raw_syscalls:sys_exit", "id")?;
-    syscall.raw_exit_ret = raw.require("raw_syscalls:sys_exit", "ret")?;
+    syscall.exit_nr = exit.require("syscalls:sys_exit_accept4", "__syscall_nr")?;
     let openat = load("sys_enter_openat")?;
     syscall.enter_nr = openat.require("syscalls:sys_enter_openat", "__syscall_nr")?;
     // Not every architecture has open(2) or stat(2); openat2(2) came in 5.6.
@@ -123,6 +122,31 @@ fn sshd_write_fields(tracefs: &Path, l: &mut SyscallLayout) {
             f.offset("buff").unwrap_or(ABSENT),
             f.offset("len").unwrap_or(ABSENT),
         );
+    }
+}
+
+/// The syscall a socket send happens in, from the task's saved registers: x86-64 keeps the
+/// number in `orig_ax` and the arguments in `di`, `si`, `dx`; arm64 in `syscallno` and
+/// `regs[0..3]`. Any one unknown leaves sshd's output to the syscall tracepoints.
+fn saved_syscall_registers(btf: &KernelBtf, l: &mut SyscallLayout) {
+    let x86 = ["orig_ax", "di", "si", "dx"].map(|m| member(btf, "pt_regs", m).ok());
+    let found = if let [Some(nr), Some(a0), Some(a1), Some(a2)] = x86 {
+        Some((nr, [a0, a1, a2]))
+    } else {
+        // arm64: `regs` is the first member of a union at the start of `pt_regs`.
+        let regs = member(btf, "pt_regs", "regs").or_else(|_| member(btf, "user_pt_regs", "regs"));
+        match (member(btf, "pt_regs", "syscallno"), regs) {
+            (Ok(nr), Ok(r)) => Some((nr, [r, r + 8, r + 16])),
+            _ => None,
+        }
+    };
+    let numbers = (
+        super::syscalls::number_of("write"),
+        super::syscalls::number_of("sendto"),
+    );
+    if let (Some((nr, args)), (Some(write), Some(sendto))) = (found, numbers) {
+        (l.regs_nr, l.regs_args) = (nr, args);
+        (l.write_nr, l.sendto_nr) = (write, sendto);
     }
 }
 
@@ -213,15 +237,6 @@ fn packet_and_netns_members(btf: &KernelBtf, s: &mut StructLayout) {
     s.net_inum = ns_inum.unwrap_or(ABSENT);
     s.skb_dev = member(btf, "sk_buff", "dev").unwrap_or(ABSENT);
     s.dev_net = member(btf, "net_device", "nd_net").unwrap_or(ABSENT);
-}
-
-/// Where `pt_regs` keeps the syscall number.
-fn regs_syscall_nr(btf: &KernelBtf) -> u16 {
-    // The raw sys_exit tracepoint gives only the registers: x86-64 keeps the number in
-    // orig_ax, arm64 in syscallno.
-    member(btf, "pt_regs", "orig_ax")
-        .or_else(|_| member(btf, "pt_regs", "syscallno"))
-        .unwrap_or(ABSENT)
 }
 
 /// A socket's own fields, for the raw inet_sock_set_state tracepoint.

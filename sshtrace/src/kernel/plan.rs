@@ -8,7 +8,10 @@ use std::fmt::Write as _;
 
 use sshtrace_common::{KernelLayout, ABSENT};
 
-use crate::{kernel::hooks::SockStateWay, kernel::names::KernelNames};
+use crate::{
+    kernel::hooks::{OutputWay, SockStateWay},
+    kernel::names::KernelNames,
+};
 
 const LANDLOCK_AUDIT: &str = "Landlock audit records (6.15+), when auditing is on";
 const LSM_BY_ELIMINATION: &str =
@@ -18,6 +21,10 @@ const SOCK_STATE_WAYS: &[&str] = &[
     SockStateWay::Btf.description(),
     SockStateWay::Raw.description(),
     SockStateWay::Classic.description(),
+];
+const OUTPUT_WAYS: &[&str] = &[
+    OutputWay::SocketSends.description(),
+    OutputWay::Syscalls.description(),
 ];
 
 /// How resets sent without a socket (a connection to a port nothing listens on) are seen.
@@ -47,6 +54,7 @@ impl NoSocketResets {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Need {
     SocketStates,
+    SshdOutput,
     NoSocketResets,
     ResetReasons,
     FirewallDrops,
@@ -92,6 +100,7 @@ impl Plan {
         let netfilter = drop_reasons && names.drop_reason_value("NETFILTER_DROP").is_some();
         let capabilities = vec![
             socket_states(),
+            sshd_output(),
             refusals(no_socket_resets),
             reset_reasons(layout),
             firewall_drops(netfilter),
@@ -121,6 +130,11 @@ impl Plan {
     /// The way socket states are seen, the hook that attached for them.
     pub fn socket_states_through(&mut self, way: SockStateWay) {
         self.capability(Need::SocketStates).source = Some(way.description().into());
+    }
+
+    /// The way sshd's output is seen, the hooks that attached for it.
+    pub fn sshd_output_through(&mut self, way: OutputWay) {
+        self.capability(Need::SshdOutput).source = Some(way.description().into());
     }
 
     fn capability(&mut self, need: Need) -> &mut Capability {
@@ -201,6 +215,18 @@ fn socket_states() -> Capability {
         source: None,
         ways: SOCK_STATE_WAYS,
         without: "sshtrace cannot start",
+    }
+}
+
+fn sshd_output() -> Capability {
+    Capability {
+        need: Need::SshdOutput,
+        evidence: "what sshd writes (its log, a dropped client's note)",
+        // Known once attached: see `sshd_output_through`.
+        source: None,
+        ways: OUTPUT_WAYS,
+        without: "verdicts carry no sshd_log, and a drop's reason (MaxStartups or a \
+                  PerSourcePenalties penalty) is told only by sshd_config's figures",
     }
 }
 

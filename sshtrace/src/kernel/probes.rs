@@ -15,7 +15,7 @@ use sshtrace_common::{
 
 use crate::{
     kernel::detach::Attached,
-    kernel::hooks::{self, Attach, Hook, HookId, SockStateWay},
+    kernel::hooks::{self, Attach, Hook, HookId, OutputWay, SockStateWay},
 };
 
 /// The object built by `build.rs` from `sshtrace-ebpf`.
@@ -52,6 +52,14 @@ impl Probes {
         })
     }
 
+    /// How sshd's output is seen: the way that attached.
+    pub fn sshd_output_way(&self) -> Option<OutputWay> {
+        self.attached.iter().find_map(|(id, _)| match id {
+            HookId::SshdOutput(way) => Some(*way),
+            _ => None,
+        })
+    }
+
     /// The attached hooks' names, for start-up and `--probe-report`.
     pub fn attached_labels(&self) -> Vec<String> {
         self.attached
@@ -77,6 +85,7 @@ impl Probes {
             .load(OBJECT)
             .context("cannot load the eBPF programs")?;
         let (attached, skipped) = attach_all(&mut ebpf, &kernel_btf, &layout, refusal_kprobes)?;
+        let stderr_writes = prepare_stderr_writes(&mut ebpf, &kernel_btf, &attached);
         let mut take = |name: &str| {
             ebpf.take_map(name)
                 .with_context(|| format!("no map {name}"))
@@ -100,7 +109,7 @@ impl Probes {
                 .collect(),
         );
         Ok(Self {
-            programs: Attached::new(ebpf)?,
+            programs: Attached::new(ebpf, stderr_writes)?,
             skipped_runs,
             attached,
             skipped,
@@ -127,18 +136,17 @@ fn attach_all(
         .split(',')
         .map(str::to_owned)
         .collect();
-    // The raw tracepoints for the two hottest hooks: cheaper, no record is assembled
-    // before the program runs (half the cost of tracing a connection storm). The classic
-    // ones where BTF does not locate the fields, or with SSHTRACE_RAW_TRACEPOINTS=0.
+    // The raw tracepoint for socket states, the hottest hook, where tp_btf does not load:
+    // cheaper, no record is assembled before the program runs. The classic one where BTF
+    // does not locate the fields, or with SSHTRACE_RAW_TRACEPOINTS=0.
     let raw = std::env::var_os("SSHTRACE_RAW_TRACEPOINTS").is_none_or(|v| v != "0");
-    let hooks = hooks::all(
-        hooks::syscall_exit(raw && layout.syscall.regs_syscall_nr != sshtrace_common::ABSENT),
-        refusal_kprobes,
-    );
+    let hooks = hooks::all(refusal_kprobes);
     let sock_state_ways = sock_state_ways(raw && layout.structs.sock_tuple_known());
+    let output_ways = output_ways(layout);
     let first_choices: Vec<Hook> = hooks
         .iter()
         .chain(&sock_state_ways[..1])
+        .chain(&output_ways[0])
         .filter(|h| !debug_skip.iter().any(|p| p == h.program))
         .copied()
         .collect();
@@ -156,7 +164,57 @@ fn attach_all(
             Err(err) => return Err(err),
         }
     }
+    attached.extend(attach_output(
+        ebpf,
+        btf,
+        &output_ways,
+        &debug_skip,
+        &mut skipped,
+    ));
     Ok((attached, skipped))
+}
+
+/// The ways to see sshd's output this kernel may have, best first: socket sends where the
+/// saved registers' layout is known, else the syscalls.
+fn output_ways(layout: &KernelLayout) -> Vec<Vec<Hook>> {
+    let s = &layout.syscall;
+    let registers_known = [s.regs_nr, s.write_nr, s.sendto_nr]
+        .into_iter()
+        .chain(s.regs_args)
+        .all(|at| at != sshtrace_common::ABSENT);
+    [OutputWay::SocketSends, OutputWay::Syscalls]
+        .into_iter()
+        .filter(|way| registers_known || *way == OutputWay::Syscalls)
+        .map(OutputWay::hooks)
+        .collect()
+}
+
+/// Attaches the first way to see sshd's output whose hooks all attach (the ones before it
+/// noted in `skipped`); none at all leaves that evidence out, reported.
+fn attach_output(
+    ebpf: &mut Ebpf,
+    btf: &Btf,
+    ways: &[Vec<Hook>],
+    debug_skip: &[String],
+    skipped: &mut Vec<String>,
+) -> Vec<(HookId, String)> {
+    for way in ways {
+        let mut attached = Vec::new();
+        for hook in way {
+            if debug_skip.iter().any(|p| p == hook.program) {
+                skipped.push(format!("{} (SSHTRACE_DEBUG_SKIP)", hook.program));
+                continue;
+            }
+            match attach(ebpf, btf, hook) {
+                Ok(label) => attached.push((hook.id, label)),
+                Err(err) => skipped.push(format!("{} ({err:#})", hook.program)),
+            }
+        }
+        if !attached.is_empty() {
+            return attached;
+        }
+    }
+    Vec::new()
 }
 
 /// Optional hooks that did not attach, each with why.
@@ -198,6 +256,22 @@ fn attach_first(
     )
 }
 
+/// With sshd's output seen through socket sends, the hook for a standard error that is a pipe
+/// or a file is loaded now (verified while start-up has time) and attached only once a
+/// followed sshd logs there: until then write(2) costs the host nothing.
+fn prepare_stderr_writes(
+    ebpf: &mut Ebpf,
+    btf: &Btf,
+    attached: &[(HookId, String)],
+) -> Option<Hook> {
+    let by_sockets = attached
+        .iter()
+        .any(|(id, _)| *id == HookId::SshdOutput(OutputWay::SocketSends));
+    let hook = hooks::STDERR_WRITES;
+    let program = ebpf.program_mut(hook.program)?;
+    (by_sockets && load(program, btf, hook.attach).is_ok()).then_some(hook)
+}
+
 /// Loads (where the parallel verification did not) and attaches one hook; returns its label.
 fn attach(ebpf: &mut Ebpf, btf: &Btf, hook: &Hook) -> Result<String> {
     let name = hook.program;
@@ -207,6 +281,11 @@ fn attach(ebpf: &mut Ebpf, btf: &Btf, hook: &Hook) -> Result<String> {
     if program.fd().is_err() {
         load(program, btf, hook.attach).with_context(|| format!("cannot load {name}"))?;
     }
+    attach_loaded(program, hook)
+}
+
+/// Attaches a loaded program where `hook` says; returns its label.
+pub(super) fn attach_loaded(program: &mut Program, hook: &Hook) -> Result<String> {
     match hook.attach {
         Attach::TracePoint(category, tp) => {
             let p: &mut TracePoint = program.try_into()?;

@@ -139,6 +139,14 @@ pub fn syscall_name(nr: i32) -> String {
         .unwrap_or_else(|| format!("syscall {nr}"))
 }
 
+/// The number of the system call `name` on this architecture, where the table has it.
+pub fn number_of(name: &str) -> Option<u16> {
+    SYSCALLS
+        .iter()
+        .find(|(_, n)| *n == name)
+        .and_then(|(nr, _)| u16::try_from(*nr).ok())
+}
+
 /// Process-creating system calls: EAGAIN there means a process limit.
 pub fn creates_process(name: &str) -> bool {
     matches!(name, "clone" | "clone3" | "fork" | "vfork")

@@ -74,6 +74,9 @@ pub async fn run(
     if let Some(way) = probes.socket_states_way() {
         plan.socket_states_through(way);
     }
+    if let Some(way) = probes.sshd_output_way() {
+        plan.sshd_output_through(way);
+    }
     if cli.probe_report {
         print_probe_report(&plan, &probes);
         return Ok(());
@@ -435,11 +438,35 @@ impl Tracer {
             Kind::Exec {
                 began_tracking: true,
                 ..
-            } => self.scan_due = true,
+            } => {
+                self.scan_due = true;
+                self.watch_standard_error(event.task.pid);
+            }
             Kind::Accept {
                 claimed: Some(a), ..
             } => self.discovery.learn_port(a.conn.local.port()),
             _ => {}
+        }
+    }
+
+    /// The first followed sshd that logs to a pipe or a file gets the hook that reads its
+    /// standard error (until then write(2) costs the host nothing; see `OutputWay`).
+    fn watch_standard_error(&mut self, pid: u32) {
+        let Some(programs) = self.programs.as_mut().filter(|p| p.holds_a_later_hook()) else {
+            return;
+        };
+        if !crate::enrich::discovery::logs_to_a_pipe_or_file(pid) {
+            return;
+        }
+        match programs.attach_later_hook() {
+            Ok(label) => eprintln!(
+                "sshtrace: sshd (pid {pid}) logs to a pipe or a file: its standard error is read \
+                 through {label} from now on"
+            ),
+            Err(err) => eprintln!(
+                "sshtrace: warning: cannot attach the hook for sshd's standard error: {err:#}; \
+                 sshd_log leaves out what pid {pid} writes there"
+            ),
         }
     }
 
@@ -641,6 +668,11 @@ impl Tracer {
         };
         apply_discovery(&mut self.filters, snapshot)?;
         print_tracking(snapshot);
+        let listeners: Vec<u32> = snapshot.listeners.keys().copied().collect();
+        for pid in listeners {
+            self.watch_standard_error(pid);
+        }
+        let snapshot = self.discovery.current();
         // Ask the runtimes now, so that names are known before a verdict needs them.
         for c in snapshot
             .listeners
