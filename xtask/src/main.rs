@@ -39,13 +39,13 @@ enum Task {
     /// Measure sshtrace against no tracing, bpftrace and tcpdump (not part of the tests).
     Bench {
         /// Seconds per measurement.
-        #[arg(long, default_value_t = 5)]
+        #[arg(long, default_value_t = 3)]
         seconds: u64,
-        /// Seconds of the long reset storm for the memory measurement.
-        #[arg(long, default_value_t = 60)]
+        /// Seconds of each of the four storms of the memory measurement.
+        #[arg(long, default_value_t = 4)]
         storm_seconds: u64,
-        /// Rounds of the connection storm (each measures every tracer once).
-        #[arg(long, default_value_t = 5)]
+        /// Rounds of each side-by-side comparison (each measures every tracer once).
+        #[arg(long, default_value_t = 9)]
         rounds: usize,
     },
     /// Set up, check formatting and lints, build and run every test: unit tests and the

@@ -2,7 +2,7 @@
 //! addresses and ports (never any other address), from many threads so that every CPU is busy.
 
 use std::{
-    io::Read,
+    io::{Read, Write},
     net::{SocketAddr, TcpListener, TcpStream},
     sync::{
         atomic::{AtomicBool, AtomicU64, Ordering},
@@ -14,8 +14,11 @@ use std::{
 
 use anyhow::Result;
 
-/// Orderly connections: the server accepts and closes, clients read its FIN.
+/// Orderly connections: the server accepts and closes, clients read its FIN. sshtrace tracks
+/// this port in every measurement.
 pub const ORDERLY: &str = "127.0.0.77:22777";
+/// The same storm on a port sshtrace does not track: what every other service pays.
+pub const UNTRACKED: &str = "127.0.0.77:22781";
 /// Nothing listens here: every connection is refused with a RST.
 pub const CLOSED: &str = "127.0.0.77:22778";
 /// The server accepts and aborts (SO_LINGER 0): a RST on every accepted socket.
@@ -35,11 +38,34 @@ pub fn num_cpus() -> usize {
 /// instead of the cost of tracing.
 const CLIENTS_PER_CPU: usize = 8;
 
-/// Connections completed in `d` against [`ORDERLY`]. The server closes first; reading its FIN
+/// What runs while a tracer is measured.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Workload {
+    /// Orderly connections to the tracked port.
+    TrackedStorm,
+    /// Orderly connections to a port sshtrace does not track.
+    UntrackedStorm,
+    /// One-byte writes and reads on a pipe, one process per CPU, none of them sshd: the
+    /// syscall hooks' cost to the rest of the host.
+    SmallSyscalls,
+}
+
+impl Workload {
+    /// Units done in `d`.
+    pub fn run(self, d: Duration) -> Result<u64> {
+        match self {
+            Self::TrackedStorm => orderly(ORDERLY, d),
+            Self::UntrackedStorm => orderly(UNTRACKED, d),
+            Self::SmallSyscalls => Ok(small_syscalls(d)),
+        }
+    }
+}
+
+/// Connections completed in `d` against `addr`. The server closes first; reading its FIN
 /// before closing leaves no TIME_WAIT on the client's ports, so every round starts equal.
-pub fn orderly(d: Duration) -> Result<u64> {
+pub fn orderly(addr: &'static str, d: Duration) -> Result<u64> {
     with_server(
-        ORDERLY,
+        addr,
         d,
         |_| {},
         |stream| {
@@ -101,6 +127,20 @@ fn with_server(
     let _ = TcpStream::connect(target);
     let _ = server.join();
     Ok(count)
+}
+
+/// One-byte write+read pairs done in `d` on a pipe per thread, one thread per CPU.
+pub fn small_syscalls(d: Duration) -> u64 {
+    thread_local! {
+        static PIPE: (std::io::PipeReader, std::io::PipeWriter) =
+            std::io::pipe().expect("a pipe");
+    }
+    clients(num_cpus(), d, || {
+        PIPE.with(|(reader, writer)| {
+            let mut byte = [0u8; 1];
+            (&*writer).write_all(b"x").is_ok() && (&*reader).read_exact(&mut byte).is_ok()
+        })
+    })
 }
 
 /// `n` threads calling `attempt` in a loop for `d`; the number of attempts that counted.

@@ -155,10 +155,15 @@ const BPFTRACE_SCRIPT: &str = "tracepoint:tcp:tcp_send_reset { @resets[args->rea
      tracepoint:sock:inet_sock_set_state /args->sport == 22777 || args->dport == 22777/ { @states[args->newstate] = count(); } \
      tracepoint:sched:sched_process_exit { @exits = count(); }";
 
-/// bpftrace prints "Attaching N probes..." before it attaches: ready a moment later.
+/// bpftrace with the script equivalent to sshtrace's default mode.
 pub fn bpftrace() -> Result<(Tracer, Duration)> {
+    bpftrace_with(BPFTRACE_SCRIPT)
+}
+
+/// bpftrace prints "Attaching N probes..." before it attaches: ready a moment later.
+pub fn bpftrace_with(script: &str) -> Result<(Tracer, Duration)> {
     let mut c = Command::new("bpftrace");
-    c.args(["-e", BPFTRACE_SCRIPT]);
+    c.args(["-e", script]);
     let started = start_ready(c, "Attaching")?;
     thread::sleep(Duration::from_millis(500));
     Ok(started)
