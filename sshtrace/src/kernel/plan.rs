@@ -378,6 +378,7 @@ mod tests {
             false,
         );
         plan.socket_states_through(SockStateWay::Raw);
+        plan.sshd_output_through(OutputWay::Syscalls);
         assert_eq!(plan.no_socket_resets, NoSocketResets::DroppedSegment(2));
         let missing: Vec<&str> = plan.missing().map(|c| c.evidence).collect();
         assert_eq!(missing, ["why the stack sent a reset (enum sk_rst_reason)"]);
@@ -388,6 +389,7 @@ mod tests {
     fn without_drop_reasons_refusals_and_firewall_are_unavailable() {
         let mut plan = Plan::new(&KernelLayout::ABSENT, &names(&[]), false);
         plan.socket_states_through(SockStateWay::Classic);
+        plan.sshd_output_through(OutputWay::Syscalls);
         assert_eq!(plan.no_socket_resets, NoSocketResets::Unavailable);
         assert!(plan.wants_refusal_kprobes());
         let report = plan.probe_report(
@@ -418,5 +420,12 @@ mod tests {
         assert!(plan
             .probe_report("6.18.0", &[], &[], &[])
             .contains("socket state changes (every connection's life): tp_btf inet_sock_set_state (socket fields as plain loads)"));
+        assert_eq!(
+            plan.missing().next().map(|c| c.evidence),
+            Some("what sshd writes (its log, a dropped client's note)"),
+            "unknown until attached"
+        );
+        plan.sshd_output_through(OutputWay::SocketSends);
+        assert!(plan.missing().all(|c| c.need != Need::SshdOutput));
     }
 }
