@@ -10,6 +10,7 @@ use std::{
     borrow::Cow,
     collections::{BTreeMap, HashMap},
     io::ErrorKind,
+    sync::atomic::{AtomicU64, Ordering},
     time::Duration,
 };
 
@@ -67,6 +68,15 @@ pub fn start(tx: UnboundedSender<AuditDenial>) -> Result<String> {
     Ok(enabled.into())
 }
 
+/// Records the kernel could not queue for the reader (its socket buffer was full in an audit
+/// storm, ENOBUFS): counted, and the reader reads on.
+static RECORDS_LOST: AtomicU64 = AtomicU64::new(0);
+
+/// How many audit records were lost to a full socket buffer since start-up.
+pub fn records_lost() -> u64 {
+    RECORDS_LOST.load(Ordering::Relaxed)
+}
+
 fn read_loop(socket: &Socket, tx: &UnboundedSender<AuditDenial>) {
     // The socket is bound: reading it needs no privilege.
     if let Err(e) = crate::privileges::keep_only(&[]) {
@@ -78,7 +88,14 @@ fn read_loop(socket: &Socket, tx: &UnboundedSender<AuditDenial>) {
         let n = match socket.recv(&mut &mut buf[..], 0) {
             Ok(n) => n,
             Err(e) if e.kind() == ErrorKind::Interrupted => continue,
-            Err(_) => return,
+            Err(e) if e.raw_os_error() == Some(libc::ENOBUFS) => {
+                RECORDS_LOST.fetch_add(1, Ordering::Relaxed);
+                continue;
+            }
+            Err(e) => {
+                eprintln!("sshtrace: warning: the audit reader stops: {e}; LSM denials are judged without audit records from now on");
+                return;
+            }
         };
         let Some((kind, text)) = record(&buf[..n]) else {
             continue;

@@ -31,13 +31,15 @@ pub struct NotKept {
     /// the kernel counted after the last record for their client when sshtrace stopped.
     pub firewall_drops: u64,
     pub firewall_drops_held_back: u64,
+    /// Audit records the kernel could not queue for sshtrace (its buffer full in a storm).
+    pub audit_records_lost: u64,
 }
 
 impl std::fmt::Display for NotKept {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "{} connections evicted, {} processes and {} network namespaces untracked (map full), {} signals, {} LSM denials, {} firewall drops beyond those kept, {} firewall drops held back, {} storm counters evicted",
+            "{} connections evicted, {} processes and {} network namespaces untracked (map full), {} signals, {} LSM denials, {} firewall drops beyond those kept, {} firewall drops held back, {} storm counters evicted, {} audit records lost",
             self.connections_evicted,
             self.untracked_processes,
             self.untracked_network_namespaces,
@@ -45,7 +47,8 @@ impl std::fmt::Display for NotKept {
             self.lsm_denials,
             self.firewall_drops,
             self.firewall_drops_held_back,
-            self.storm_counters_evicted
+            self.storm_counters_evicted,
+            self.audit_records_lost
         )
     }
 }

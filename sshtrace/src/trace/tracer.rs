@@ -649,6 +649,7 @@ impl Tracer {
             lsm_denials: n.lsm_denials,
             firewall_drops: n.drops,
             firewall_drops_held_back: held_back_drops,
+            audit_records_lost: audit::records_lost(),
         }
     }
 
