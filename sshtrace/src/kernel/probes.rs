@@ -339,25 +339,24 @@ fn verify_in_parallel(ebpf: &mut Ebpf, btf: &Btf, hooks: &[Hook]) {
     });
 }
 
-/// The kernel's BTF as aya reads it, parsed on threads of their own while the rest of
-/// start-up runs (tens of milliseconds each): the loader parses its own copy when it is
-/// made, and attaching tp_btf programs needs another.
-pub struct BtfParses {
-    loader: std::thread::JoinHandle<EbpfLoader<'static>>,
-    btf: std::thread::JoinHandle<Result<Btf, aya::BtfError>>,
-}
+/// The kernel's BTF as aya reads it, parsed on a thread of its own while the rest of start-up
+/// runs (tens of milliseconds): for attaching tp_btf programs. The loader parses its own copy
+/// when it is made, for CO-RE relocations this object has none of (its offsets come from
+/// `LAYOUT`): that copy is dropped before the other is parsed, so that start-up holds one
+/// parse of aya's at a time (three at once made most of its peak memory).
+pub struct BtfParses(std::thread::JoinHandle<(EbpfLoader<'static>, Result<Btf, aya::BtfError>)>);
 
 impl BtfParses {
     pub fn start() -> Self {
-        Self {
-            loader: std::thread::spawn(EbpfLoader::new),
-            btf: std::thread::spawn(Btf::from_sys_fs),
-        }
+        Self(std::thread::spawn(|| {
+            let mut loader = EbpfLoader::new();
+            loader.btf(None);
+            (loader, Btf::from_sys_fs())
+        }))
     }
 
     fn join(self) -> Result<(EbpfLoader<'static>, Btf)> {
-        let loader = self.loader.join().expect("the BTF parse panicked");
-        let btf = self.btf.join().expect("the BTF parse panicked");
+        let (loader, btf) = self.0.join().expect("the BTF parse panicked");
         Ok((loader, btf.context("cannot read the kernel's BTF")?))
     }
 }
