@@ -2,37 +2,31 @@
 //! mount namespace of sshtrace's own, so nothing is left behind on the host, not even after
 //! `kill -9`. Must run before any thread exists: unshare(CLONE_NEWNS) refuses threaded callers.
 
-use std::{ffi::CString, path::Path};
+use std::path::Path;
 
 use anyhow::{bail, Result};
+use rustix::{
+    mount::{MountFlags, MountPropagationFlags},
+    thread::UnshareFlags,
+};
 
 /// Set once this process has its own mount namespace.
 static PRIVATE: std::sync::OnceLock<()> = std::sync::OnceLock::new();
-
-fn errno() -> std::io::Error {
-    std::io::Error::last_os_error()
-}
 
 fn enter_private_namespace() -> Result<()> {
     if PRIVATE.get().is_some() {
         return Ok(());
     }
-    // SAFETY: plain syscalls with valid, NUL-terminated arguments.
-    unsafe {
-        if libc::unshare(libc::CLONE_NEWNS) != 0 {
-            bail!("cannot make a private mount namespace: {}", errno());
-        }
-        let root = CString::new("/").unwrap();
-        if libc::mount(
-            std::ptr::null(),
-            root.as_ptr(),
-            std::ptr::null(),
-            libc::MS_REC | libc::MS_PRIVATE,
-            std::ptr::null(),
-        ) != 0
-        {
-            bail!("cannot make the mount namespace private: {}", errno());
-        }
+    // SAFETY: only a new mount namespace; the descriptor table stays shared (unsharing it,
+    // `UnshareFlags::FILES`, is what makes rustix call this unsafe).
+    if let Err(e) = unsafe { rustix::thread::unshare_unsafe(UnshareFlags::NEWNS) } {
+        bail!("cannot make a private mount namespace: {e}");
+    }
+    if let Err(e) = rustix::mount::mount_change(
+        "/",
+        MountPropagationFlags::REC | MountPropagationFlags::PRIVATE,
+    ) {
+        bail!("cannot make the mount namespace private: {e}");
     }
     let _ = PRIVATE.set(());
     Ok(())
@@ -44,20 +38,8 @@ pub fn mount_private(fstype: &str, dir: &Path) -> Result<()> {
         bail!("{} does not exist", dir.display());
     }
     enter_private_namespace()?;
-    let fs = CString::new(fstype).unwrap();
-    let target = CString::new(dir.as_os_str().as_encoded_bytes()).unwrap();
-    // SAFETY: valid, NUL-terminated arguments.
-    if unsafe {
-        libc::mount(
-            fs.as_ptr(),
-            target.as_ptr(),
-            fs.as_ptr(),
-            0,
-            std::ptr::null(),
-        )
-    } != 0
-    {
-        bail!("mounting {fstype} on {} failed: {}", dir.display(), errno());
+    if let Err(e) = rustix::mount::mount(fstype, dir, fstype, MountFlags::empty(), None) {
+        bail!("mounting {fstype} on {} failed: {e}", dir.display());
     }
     Ok(())
 }
