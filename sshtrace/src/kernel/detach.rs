@@ -7,11 +7,15 @@
 //! told to stop through a map, sshtrace waits one grace period for the runs already under way,
 //! and the detach itself is left to a child process that outlives sshtrace by that second.
 
+use std::os::fd::{IntoRawFd, OwnedFd};
+
 use anyhow::{Context, Result};
 use aya::{
     maps::{Array, MapData},
     Ebpf,
 };
+
+use rustix::{io::Errno, pipe::PipeFlags, thread::MembarrierCommand};
 
 use super::hooks::Hook;
 
@@ -82,60 +86,53 @@ impl Stopped {
 /// Every BPF program runs inside an RCU read-side section: `membarrier(GLOBAL)` is a
 /// `synchronize_rcu()`, after which no run that began before the switch is still going.
 fn wait_for_running_programs() -> bool {
-    // SAFETY: no pointer arguments.
-    let ret = unsafe {
-        libc::syscall(
-            libc::SYS_membarrier,
-            libc::MEMBARRIER_CMD_GLOBAL,
-            0_u32,
-            0_i32,
-        )
-    };
-    ret == 0
+    rustix::thread::membarrier(MembarrierCommand::Global).is_ok()
 }
 
 /// Forks a child that keeps a copy of every descriptor until sshtrace exits: it closes its
 /// standard streams (a pipeline's reader must see the end at sshtrace's exit), waits for the
 /// end of a pipe whose write end only sshtrace holds, and exits.
 fn hand_over_to_child() -> std::io::Result<()> {
-    let mut ends = [0; 2];
-    // SAFETY: `ends` has room for the two descriptors.
-    if unsafe { libc::pipe2(ends.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    let [read_end, write_end] = ends;
+    let (read_end, write_end) = rustix::pipe::pipe_with(PipeFlags::CLOEXEC)?;
+    // fork stays glibc's: it runs the atfork handlers and resets what glibc keeps per process
+    // (its locks, the cached thread id), which the child's calls rely on. rustix's only fork
+    // is in its experimental `runtime` module, for processes without a libc.
     // SAFETY: the child only makes async-signal-safe calls and never returns.
     match unsafe { libc::fork() } {
         -1 => Err(std::io::Error::last_os_error()),
         // SAFETY: in the child, which runs only this.
         0 => unsafe { wait_for_parent_then_exit(read_end, write_end) },
         _ => {
-            // The write end stays open until sshtrace's exit closes it.
-            // SAFETY: our own descriptor.
-            unsafe { libc::close(read_end) };
+            // The write end stays open until sshtrace's exit closes it: that is the child's
+            // signal.
+            let _ = write_end.into_raw_fd();
+            drop(read_end);
             Ok(())
         }
     }
 }
 
-/// The child: async-signal-safe calls only (the parent has other threads).
+/// The child: async-signal-safe calls only (the parent has other threads). rustix's calls
+/// here are system calls and nothing else (no allocation, no lock); the signal dispositions
+/// and `_exit` are glibc's, rustix having them only in its experimental `runtime` module.
 ///
 /// # Safety
 /// Only in the child of a fork, with the two ends of the pipe.
-unsafe fn wait_for_parent_then_exit(read_end: i32, write_end: i32) -> ! {
-    // SAFETY: plain system calls on our own descriptors and a static name.
+unsafe fn wait_for_parent_then_exit(read_end: OwnedFd, write_end: OwnedFd) -> ! {
+    // SAFETY: default dispositions, and the child's own standard streams, which nothing in
+    // the child uses again.
     unsafe {
         libc::signal(libc::SIGTERM, libc::SIG_DFL);
         libc::signal(libc::SIGINT, libc::SIG_DFL);
         libc::signal(libc::SIGHUP, libc::SIG_DFL);
-        libc::prctl(libc::PR_SET_NAME, c"sshtrace-detach".as_ptr());
-        for fd in [0, 1, 2, write_end] {
-            libc::close(fd);
+        for fd in [0, 1, 2] {
+            rustix::io::close(fd);
         }
-        let mut byte = 0_u8;
-        while libc::read(read_end, (&raw mut byte).cast(), 1) < 0
-            && *libc::__errno_location() == libc::EINTR
-        {}
-        libc::_exit(0)
     }
+    let _ = rustix::thread::set_name(c"sshtrace-detach");
+    drop(write_end);
+    let mut byte = [0_u8];
+    while rustix::io::read(&read_end, &mut byte) == Err(Errno::INTR) {}
+    // SAFETY: ends the child without running the parent's exit handlers.
+    unsafe { libc::_exit(0) }
 }
