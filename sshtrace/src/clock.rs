@@ -1,25 +1,22 @@
 //! Turning the probes' CLOCK_MONOTONIC timestamps into wall-clock RFC 3339 times.
 
+use rustix::time::ClockId;
+
 /// The offset between CLOCK_REALTIME and CLOCK_MONOTONIC, taken once at start-up.
 #[derive(Clone, Copy, Debug)]
 pub struct Clock {
     realtime_minus_monotonic_ns: i128,
 }
 
-fn now(clock: libc::clockid_t) -> i128 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: valid clock id and out-pointer.
-    unsafe { libc::clock_gettime(clock, &mut ts) };
-    ts.tv_sec as i128 * 1_000_000_000 + ts.tv_nsec as i128
+fn now(clock: ClockId) -> i128 {
+    let ts = rustix::time::clock_gettime(clock);
+    i128::from(ts.tv_sec) * 1_000_000_000 + i128::from(ts.tv_nsec)
 }
 
 impl Clock {
     pub fn new() -> Self {
         Self {
-            realtime_minus_monotonic_ns: now(libc::CLOCK_REALTIME) - now(libc::CLOCK_MONOTONIC),
+            realtime_minus_monotonic_ns: now(ClockId::Realtime) - now(ClockId::Monotonic),
         }
     }
 
@@ -33,7 +30,7 @@ impl Clock {
 
     /// CLOCK_MONOTONIC now, in the probes' time base.
     pub fn monotonic_now_ns() -> u64 {
-        now(libc::CLOCK_MONOTONIC) as u64
+        now(ClockId::Monotonic) as u64
     }
 
     /// The probes' time base for a wall-clock time (audit records carry wall-clock times).
