@@ -12,19 +12,21 @@ use std::{
     ffi::{CStr, CString},
     fs::File,
     io::{self, Write},
-    os::{
-        fd::{AsRawFd, FromRawFd},
-        unix::{
-            ffi::OsStrExt,
-            fs::{FileExt, MetadataExt, OpenOptionsExt},
-        },
+    os::unix::{
+        ffi::OsStrExt,
+        fs::{FileExt, MetadataExt, OpenOptionsExt},
     },
     path::{Path, PathBuf},
 };
 
+use rustix::{
+    fs::{AtFlags, Mode, OFlags},
+    io::Errno,
+};
+
 /// Mode of a file sshtrace creates (the umask may take more away): verdicts name users and
 /// addresses, not for every local user to read.
-const MODE: libc::mode_t = 0o640;
+const MODE: Mode = Mode::from_raw_mode(0o640);
 
 pub struct FileOut {
     /// The directory, opened once per open of the file: rotation and reopening go through it.
@@ -47,7 +49,7 @@ impl FileOut {
         let name = CString::new(name.as_bytes()).map_err(|_| invalid("NUL in the file name"))?;
         let dir = std::fs::OpenOptions::new()
             .read(true)
-            .custom_flags(libc::O_DIRECTORY)
+            .custom_flags(OFlags::DIRECTORY.bits() as i32)
             .open(dir_path)?;
         let (file, broken_tail) = open_at(&dir, &name, path)?;
         Ok(Self {
@@ -123,15 +125,16 @@ impl FileOut {
                 name.extend_from_slice(format!(".{n}").as_bytes());
                 CString::new(name).expect("no NUL")
             };
+            let dir = &self.dir;
             if keep == 0 {
-                unlink_at(&self.dir, &self.name)?;
+                rustix::fs::unlinkat(dir, &self.name, AtFlags::empty())?;
             } else {
-                let _ = unlink_at(&self.dir, &numbered(keep));
+                let _ = rustix::fs::unlinkat(dir, numbered(keep), AtFlags::empty());
                 for n in (1..keep).rev() {
                     // Absent ones are skipped.
-                    let _ = rename_at(&self.dir, &numbered(n), &numbered(n + 1));
+                    let _ = rustix::fs::renameat(dir, numbered(n), dir, numbered(n + 1));
                 }
-                rename_at(&self.dir, &self.name, &numbered(1))?;
+                rustix::fs::renameat(dir, &self.name, dir, numbered(1))?;
             }
         }
         let (file, broken_tail) = open_at(&self.dir, &self.name, &self.path)?;
@@ -146,58 +149,32 @@ impl FileOut {
         let Ok(open) = self.file.metadata() else {
             return false;
         };
-        // SAFETY: an all-zero `stat` is a valid value for fstatat to fill.
-        let mut st: libc::stat = unsafe { std::mem::zeroed() };
-        // SAFETY: valid descriptor, NUL-terminated name and a `stat` to write into.
-        let rc = unsafe {
-            libc::fstatat(
-                self.dir.as_raw_fd(),
-                self.name.as_ptr(),
-                &mut st,
-                libc::AT_SYMLINK_NOFOLLOW,
-            )
-        };
-        rc == 0 && st.st_dev == open.dev() && st.st_ino == open.ino()
+        rustix::fs::statat(&self.dir, &self.name, AtFlags::SYMLINK_NOFOLLOW)
+            .is_ok_and(|st| st.st_dev == open.dev() && st.st_ino == open.ino())
     }
 }
 
 /// Opens (creating) `name` in `dir` for appending; see the module's description. Returns the
 /// file and whether it ends with part of a line (checked when it may be read).
 fn open_at(dir: &File, name: &CStr, path: &Path) -> io::Result<(File, bool)> {
-    let flags = libc::O_APPEND
-        | libc::O_CREAT
-        | libc::O_NOFOLLOW
-        | libc::O_CLOEXEC
-        | libc::O_NONBLOCK
-        | libc::O_NOCTTY;
-    let open = |access: libc::c_int| {
-        // SAFETY: valid descriptor and NUL-terminated name; the mode is a plain integer.
-        let fd = unsafe {
-            libc::openat(
-                dir.as_raw_fd(),
-                name.as_ptr(),
-                flags | access,
-                libc::c_uint::from(MODE),
-            )
-        };
-        if fd < 0 {
-            Err(io::Error::last_os_error())
-        } else {
-            // SAFETY: a descriptor just opened, owned by nobody else.
-            Ok(unsafe { File::from_raw_fd(fd) })
-        }
-    };
+    let flags = OFlags::APPEND
+        | OFlags::CREATE
+        | OFlags::NOFOLLOW
+        | OFlags::CLOEXEC
+        | OFlags::NONBLOCK
+        | OFlags::NOCTTY;
+    let open = |access: OFlags| rustix::fs::openat(dir, name, flags | access, MODE).map(File::from);
     // Read-write where allowed, to see whether the file ends a line.
-    let (file, readable) = match open(libc::O_RDWR) {
+    let (file, readable) = match open(OFlags::RDWR) {
         Ok(f) => (f, true),
-        Err(e) if e.raw_os_error() == Some(libc::EACCES) => (open(libc::O_WRONLY)?, false),
-        Err(e) if e.raw_os_error() == Some(libc::ELOOP) => {
+        Err(Errno::ACCESS) => (open(OFlags::WRONLY)?, false),
+        Err(Errno::LOOP) => {
             return Err(io::Error::other(format!(
                 "{} is a symbolic link; not followed",
                 path.display()
             )))
         }
-        Err(e) => return Err(e),
+        Err(e) => return Err(e.into()),
     };
     let meta = file.metadata()?;
     if !meta.file_type().is_file() {
@@ -207,33 +184,13 @@ fn open_at(dir: &File, name: &CStr, path: &Path) -> io::Result<(File, bool)> {
         )));
     }
     // Back to blocking writes (O_NONBLOCK only kept a FIFO's open from waiting).
-    // SAFETY: fcntl on a descriptor this function owns.
-    unsafe { libc::fcntl(file.as_raw_fd(), libc::F_SETFL, libc::O_APPEND) };
+    let _ = rustix::fs::fcntl_setfl(&file, OFlags::APPEND);
     let mut last = [0u8];
     let broken_tail = readable
         && meta.len() > 0
         && file.read_at(&mut last, meta.len() - 1).ok() == Some(1)
         && last[0] != b'\n';
     Ok((file, broken_tail))
-}
-
-fn rename_at(dir: &File, from: &CStr, to: &CStr) -> io::Result<()> {
-    let fd = dir.as_raw_fd();
-    // SAFETY: valid descriptor and NUL-terminated names.
-    if unsafe { libc::renameat(fd, from.as_ptr(), fd, to.as_ptr()) } == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
-    }
-}
-
-fn unlink_at(dir: &File, name: &CStr) -> io::Result<()> {
-    // SAFETY: valid descriptor and NUL-terminated name.
-    if unsafe { libc::unlinkat(dir.as_raw_fd(), name.as_ptr(), 0) } == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
-    }
 }
 
 #[cfg(test)]
@@ -264,9 +221,14 @@ mod tests {
         assert!(err.contains("is a symbolic link"), "{err}");
 
         let fifo = dir.join("fifo.jsonl");
-        let c = CString::new(fifo.as_os_str().as_bytes()).unwrap();
-        // SAFETY: NUL-terminated path.
-        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        rustix::fs::mknodat(
+            rustix::fs::CWD,
+            &fifo,
+            rustix::fs::FileType::Fifo,
+            Mode::from_raw_mode(0o600),
+            0,
+        )
+        .unwrap();
         let err = FileOut::open(&fifo).err().unwrap().to_string();
         assert!(err.contains("not a regular file"), "{err}");
         std::fs::remove_dir_all(&dir).unwrap();
