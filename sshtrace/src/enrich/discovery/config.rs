@@ -11,7 +11,7 @@ use std::{
     fs::{File, Metadata},
     io::{self, Read},
     os::{
-        fd::{AsRawFd, FromRawFd, OwnedFd},
+        fd::{AsRawFd, OwnedFd},
         unix::{
             ffi::OsStrExt,
             fs::{FileTypeExt, MetadataExt, OpenOptionsExt},
@@ -23,6 +23,11 @@ use std::{
         Arc, Condvar, Mutex,
     },
     time::{Duration, Instant},
+};
+
+use rustix::{
+    fs::{Mode, OFlags, ResolveFlags, CWD},
+    io::Errno,
 };
 
 /// A configuration file larger than this is not read ("too large").
@@ -78,7 +83,7 @@ pub fn open(location: &Location) -> Result<(File, Metadata), String> {
     // Reopened through the descriptor: the very file examined, whatever the path says now.
     let file = File::options()
         .read(true)
-        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+        .custom_flags((OFlags::NONBLOCK | OFlags::NOCTTY).bits() as i32)
         .open(format!("/proc/self/fd/{}", path_only.as_raw_fd()))
         .map_err(|e| format!("cannot open it: {e}"))?;
     let reopened = file
@@ -141,7 +146,7 @@ fn kind(meta: &Metadata) -> &'static str {
 /// RESOLVE_IN_ROOT (absolute symlinks stay inside it) and no magic links (/proc/self/…);
 /// where openat2 is refused (a seccomp filter), at least the last component is no symlink.
 fn open_path(location: &Location) -> io::Result<OwnedFd> {
-    let flags = libc::O_PATH | libc::O_CLOEXEC;
+    let flags = OFlags::PATH | OFlags::CLOEXEC;
     let Some(root) = &location.root else {
         return open_raw(&location.path, flags);
     };
@@ -150,13 +155,13 @@ fn open_path(location: &Location) -> io::Result<OwnedFd> {
         .strip_prefix("/")
         .unwrap_or(&location.path)
         .to_owned();
-    let dir = open_raw(root, flags | libc::O_DIRECTORY)?;
-    let resolve = libc::RESOLVE_IN_ROOT | libc::RESOLVE_NO_MAGICLINKS;
-    match openat2(&dir, &inside, flags, resolve) {
-        Err(e) if matches!(e.raw_os_error(), Some(libc::ENOSYS | libc::EPERM)) => {
-            open_raw(&root.join(inside), flags | libc::O_NOFOLLOW)
+    let dir = open_raw(root, flags | OFlags::DIRECTORY)?;
+    let resolve = ResolveFlags::IN_ROOT | ResolveFlags::NO_MAGICLINKS;
+    match rustix::fs::openat2(&dir, c_path(&inside)?, flags, Mode::empty(), resolve) {
+        Err(Errno::NOSYS | Errno::PERM) => {
+            open_raw(&root.join(inside), flags | OFlags::NOFOLLOW)
         }
-        result => result,
+        result => Ok(result?),
     }
 }
 
@@ -164,39 +169,9 @@ fn c_path(path: &Path) -> io::Result<CString> {
     CString::new(path.as_os_str().as_bytes()).map_err(|_| io::ErrorKind::InvalidInput.into())
 }
 
-fn open_raw(path: &Path, flags: i32) -> io::Result<OwnedFd> {
-    let path = c_path(path)?;
-    // SAFETY: a NUL-terminated path; the descriptor returned is ours alone.
-    let fd = unsafe { libc::open(path.as_ptr(), flags) };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: fd was just opened and is owned by nothing else.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
-}
-
-fn openat2(dir: &OwnedFd, path: &Path, flags: i32, resolve: u64) -> io::Result<OwnedFd> {
-    let path = c_path(path)?;
-    // SAFETY: open_how is plain data; zero is valid for every field.
-    let mut how: libc::open_how = unsafe { std::mem::zeroed() };
-    how.flags = flags as u64;
-    how.resolve = resolve;
-    // SAFETY: openat2 with a valid directory descriptor, a NUL-terminated path and an open_how
-    // of the size passed.
-    let fd = unsafe {
-        libc::syscall(
-            libc::SYS_openat2,
-            dir.as_raw_fd(),
-            path.as_ptr(),
-            &how as *const libc::open_how,
-            std::mem::size_of::<libc::open_how>(),
-        )
-    };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: fd was just opened and is owned by nothing else.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+/// `open` as glibc makes it: openat relative to the working directory.
+fn open_raw(path: &Path, flags: OFlags) -> io::Result<OwnedFd> {
+    Ok(rustix::fs::openat(CWD, c_path(path)?, flags, Mode::empty())?)
 }
 
 /// What sshtrace uses of a configuration file, from its global section (before any `Match`).
@@ -428,9 +403,14 @@ mod tests {
     fn a_fifo_is_refused_without_blocking() {
         let dir = scratch("cfg-fifo");
         let fifo = dir.join("fifo");
-        let c = c_path(&fifo).unwrap();
-        // SAFETY: a NUL-terminated path.
-        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        rustix::fs::mknodat(
+            CWD,
+            &fifo,
+            rustix::fs::FileType::Fifo,
+            Mode::from_raw_mode(0o600),
+            0,
+        )
+        .unwrap();
         let err = read(&Location::own(&fifo)).unwrap_err();
         assert_eq!(err, "not a regular file (a FIFO)");
         std::fs::remove_dir_all(dir).unwrap();
