@@ -18,6 +18,10 @@ use std::{
 };
 
 use anyhow::{bail, Result};
+use rustix::{
+    fs::{AtFlags, FileType, StatxFlags, CWD},
+    thread::LinkNameSpaceType,
+};
 
 use crate::{enrich::container::Container, escape, kernel::sockdiag, trace::events::unmap};
 use config::{FileFacts, Location, ReadKey, Reads};
@@ -469,29 +473,14 @@ fn is_sshd_exe(exe: &str) -> bool {
 /// attributes as cached (AT_STATX_DONT_SYNC): a FUSE or NFS server is not asked, so one that
 /// never answers cannot hold the scan.
 fn trusted_executable(dir: &Path) -> Result<(), String> {
-    let path = std::ffi::CString::new(std::os::unix::ffi::OsStrExt::as_bytes(
-        dir.join("exe").as_os_str(),
-    ))
-    .map_err(|_| "its executable: a path with NUL".to_owned())?;
-    // SAFETY: statx is plain data; zero is valid for every field.
-    let mut stx: libc::statx = unsafe { std::mem::zeroed() };
-    // SAFETY: a NUL-terminated path and a statx buffer of ours.
-    let rc = unsafe {
-        libc::statx(
-            libc::AT_FDCWD,
-            path.as_ptr(),
-            libc::AT_STATX_DONT_SYNC,
-            libc::STATX_TYPE | libc::STATX_UID,
-            &mut stx,
-        )
-    };
-    if rc != 0 {
-        return Err(format!(
-            "its executable: {}",
-            std::io::Error::last_os_error()
-        ));
-    }
-    if u32::from(stx.stx_mode) & libc::S_IFMT != libc::S_IFREG {
+    let stx = rustix::fs::statx(
+        CWD,
+        dir.join("exe"),
+        AtFlags::STATX_DONT_SYNC,
+        StatxFlags::TYPE | StatxFlags::UID,
+    )
+    .map_err(|e| format!("its executable: {e}"))?;
+    if FileType::from_raw_mode(stx.stx_mode.into()) != FileType::RegularFile {
         return Err("its executable is not a regular file".into());
     }
     if stx.stx_uid != 0 {
@@ -605,10 +594,12 @@ fn listening_sockets(proc_root: &Path) -> HashMap<u64, SocketAddr> {
 fn in_netns_of(dir: &Path) -> Option<Vec<(u64, SocketAddr)>> {
     let ns = fs::File::open(dir.join("ns/net")).ok()?;
     std::thread::spawn(move || {
-        // SAFETY: setns on a namespace file we opened; this thread ends right after.
-        if unsafe { libc::setns(std::os::fd::AsRawFd::as_raw_fd(&ns), libc::CLONE_NEWNET) } != 0 {
-            return None;
-        }
+        // This thread alone enters the namespace, and ends right after.
+        rustix::thread::move_into_link_name_space(
+            std::os::fd::AsFd::as_fd(&ns),
+            Some(LinkNameSpaceType::Network),
+        )
+        .ok()?;
         sockdiag::listening().ok()
     })
     .join()
