@@ -158,9 +158,7 @@ fn open_path(location: &Location) -> io::Result<OwnedFd> {
     let dir = open_raw(root, flags | OFlags::DIRECTORY)?;
     let resolve = ResolveFlags::IN_ROOT | ResolveFlags::NO_MAGICLINKS;
     match rustix::fs::openat2(&dir, c_path(&inside)?, flags, Mode::empty(), resolve) {
-        Err(Errno::NOSYS | Errno::PERM) => {
-            open_raw(&root.join(inside), flags | OFlags::NOFOLLOW)
-        }
+        Err(Errno::NOSYS | Errno::PERM) => open_raw(&root.join(inside), flags | OFlags::NOFOLLOW),
         result => Ok(result?),
     }
 }
@@ -171,7 +169,12 @@ fn c_path(path: &Path) -> io::Result<CString> {
 
 /// `open` as glibc makes it: openat relative to the working directory.
 fn open_raw(path: &Path, flags: OFlags) -> io::Result<OwnedFd> {
-    Ok(rustix::fs::openat(CWD, c_path(path)?, flags, Mode::empty())?)
+    Ok(rustix::fs::openat(
+        CWD,
+        c_path(path)?,
+        flags,
+        Mode::empty(),
+    )?)
 }
 
 /// What sshtrace uses of a configuration file, from its global section (before any `Match`).
