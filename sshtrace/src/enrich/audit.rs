@@ -20,6 +20,7 @@ use netlink_packet_audit::{
 };
 use netlink_packet_core::{NetlinkBuffer, NLM_F_REQUEST};
 use netlink_sys::{protocols::NETLINK_AUDIT, Socket, SocketAddr};
+use rustix::io::Errno;
 use tokio::sync::mpsc::UnboundedSender;
 
 use crate::kernel::{netlink, syscalls::syscall_name};
@@ -88,7 +89,7 @@ fn read_loop(socket: &Socket, tx: &UnboundedSender<AuditDenial>) {
         let n = match socket.recv(&mut &mut buf[..], 0) {
             Ok(n) => n,
             Err(e) if e.kind() == ErrorKind::Interrupted => continue,
-            Err(e) if e.raw_os_error() == Some(libc::ENOBUFS) => {
+            Err(e) if Errno::from_io_error(&e) == Some(Errno::NOBUFS) => {
                 RECORDS_LOST.fetch_add(1, Ordering::Relaxed);
                 continue;
             }

@@ -21,6 +21,10 @@ use std::{
 };
 
 use bytes::BytesMut;
+use rustix::{
+    event::{PollFd, PollFlags},
+    io::Errno,
+};
 use tokio::{
     io::AsyncWriteExt,
     net::{TcpStream, UdpSocket, UnixDatagram, UnixStream},
@@ -263,15 +267,15 @@ async fn send(conn: &mut Connection, transport: &Transport, bytes: BytesMut) -> 
 /// descriptor is closed): nothing written there can be read again.
 fn reader_gone(err: &io::Error) -> bool {
     matches!(
-        err.raw_os_error(),
-        Some(libc::EPIPE | libc::ECONNRESET | libc::ENOTCONN | libc::EBADF)
+        Errno::from_io_error(err),
+        Some(Errno::PIPE | Errno::CONNRESET | Errno::NOTCONN | Errno::BADF)
     ) || err.kind() == io::ErrorKind::BrokenPipe
 }
 
 /// A datagram output's record larger than a datagram may be: it will never fit.
 fn too_big(transport: &Transport, err: &io::Error) -> bool {
     matches!(transport, Transport::Udp(_) | Transport::UnixDatagram(_))
-        && err.raw_os_error() == Some(libc::EMSGSIZE)
+        && Errno::from_io_error(err) == Some(Errno::MSGSIZE)
 }
 
 /// Tells `closed` when standard output's reader goes away, even while nothing is written: a
@@ -280,18 +284,14 @@ fn too_big(transport: &Transport, err: &io::Error) -> bool {
 /// stdout output's task, after sshtrace dropped its capabilities, which the thread inherits.
 fn watch_stdout(closed: Arc<watch::Sender<bool>>) {
     let watch = move || loop {
-        let mut fd = libc::pollfd {
-            fd: libc::STDOUT_FILENO,
-            events: 0,
-            revents: 0,
-        };
-        // SAFETY: one valid pollfd.
-        let n = unsafe { libc::poll(&mut fd, 1, -1) };
-        if n < 0 && io::Error::last_os_error().kind() == io::ErrorKind::Interrupted {
-            continue;
-        }
-        if n > 0 && fd.revents & (libc::POLLERR | libc::POLLHUP) != 0 {
-            closed.send_replace(true);
+        let stdout = io::stdout();
+        let mut fds = [PollFd::new(&stdout, PollFlags::empty())];
+        match rustix::event::poll(&mut fds, None) {
+            Err(Errno::INTR) => continue,
+            Ok(n) if n > 0 && fds[0].revents().intersects(PollFlags::ERR | PollFlags::HUP) => {
+                closed.send_replace(true);
+            }
+            _ => {}
         }
         return;
     };
@@ -774,11 +774,11 @@ mod tests {
 
     #[test]
     fn only_datagram_outputs_drop_oversized_records() {
-        let err = io::Error::from_raw_os_error(libc::EMSGSIZE);
+        let err = io::Error::from(Errno::MSGSIZE);
         assert!(too_big(&Transport::Udp("h:1".into()), &err));
         assert!(too_big(&Transport::UnixDatagram("/x".into()), &err));
         assert!(!too_big(&Transport::Tcp("h:1".into()), &err));
-        assert!(reader_gone(&io::Error::from_raw_os_error(libc::EPIPE)));
-        assert!(!reader_gone(&io::Error::from_raw_os_error(libc::ENOSPC)));
+        assert!(reader_gone(&io::Error::from(Errno::PIPE)));
+        assert!(!reader_gone(&io::Error::from(Errno::NOSPC)));
     }
 }
