@@ -7,8 +7,7 @@ use anyhow::{bail, Result};
 use crate::kernel::btf::VMLINUX;
 
 pub fn check() -> Result<()> {
-    // SAFETY: geteuid cannot fail.
-    if unsafe { libc::geteuid() } != 0 {
+    if !rustix::process::geteuid().is_root() {
         bail!("sshtrace must run as root (it loads eBPF programs): run it with sudo");
     }
     if !Path::new(VMLINUX).exists() {

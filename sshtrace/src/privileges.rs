@@ -43,9 +43,6 @@ pub fn keep_only(keep: &[Capability]) -> Result<()> {
     let keep: CapsHashSet = keep.intersection(&held).copied().collect();
     caps::set(None, CapSet::Effective, &keep).context("cannot set the effective set")?;
     caps::set(None, CapSet::Permitted, &keep).context("cannot set the permitted set")?;
-    // SAFETY: prctl(PR_SET_NO_NEW_PRIVS) takes plain integers and affects only this thread.
-    if unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } != 0 {
-        return Err(std::io::Error::last_os_error()).context("cannot set no_new_privs");
-    }
-    Ok(())
+    // This thread's, like its capabilities (threads it starts inherit it).
+    rustix::thread::set_no_new_privs(true).context("cannot set no_new_privs")
 }
