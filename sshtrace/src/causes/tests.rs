@@ -612,8 +612,7 @@ fn oom_kill_of_the_session() {
     assert_eq!(v.details["anon_rss_kb"], 200_000);
     assert!(v.summary.contains("anon-rss 195 MiB"), "{}", v.summary);
     // The victim's own cgroup, read by the kernel as it exited (96 MiB of 4 KiB pages).
-    // SAFETY: sysconf reads a constant.
-    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) } as u64;
+    let page = rustix::param::page_size() as u64;
     assert_eq!(v.details["memcg"]["value"], (24_576 * page).to_string());
 }
 

@@ -224,10 +224,13 @@ mod tests {
     #[test]
     fn kernel_device_numbers_in_stat_encoding() {
         // 8:1 (sda1) and 259:65536 (a large minor) as stat(2) reports them.
-        assert_eq!(KernelCreds::user_dev(8 << 20 | 1), libc::makedev(8, 1));
+        assert_eq!(
+            KernelCreds::user_dev(8 << 20 | 1),
+            rustix::fs::makedev(8, 1)
+        );
         assert_eq!(
             KernelCreds::user_dev(259 << 20 | 65536),
-            libc::makedev(259, 65536)
+            rustix::fs::makedev(259, 65536)
         );
     }
 

@@ -214,8 +214,7 @@ pub fn memory_cgroup(pid: u32) -> LimitFacts {
 /// A memory cgroup's limit and usage as the kernel read them from a task (pages), in bytes
 /// as cgroupfs shows them; no limit is "max".
 pub fn memory_cgroup_read_in_kernel(max_pages: u64, usage_pages: u64) -> LimitFacts {
-    // SAFETY: sysconf has no preconditions.
-    let page = u64::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap_or(4096);
+    let page = rustix::param::page_size() as u64;
     // PAGE_COUNTER_MAX: the kernel's "no limit", LONG_MAX in bytes rounded to pages.
     let unlimited = max_pages >= i64::MAX as u64 / page;
     LimitFacts {
