@@ -12,6 +12,8 @@ use std::{
     path::PathBuf,
 };
 
+use rustix::fs::OFlags;
+
 use super::{sshd_binary, Check, Status, Target};
 use crate::enrich::discovery::{
     config::{self, Location},
@@ -127,7 +129,7 @@ fn read_facts(file: File) -> Result<BinaryFacts, String> {
 fn running_facts(pid: u32) -> Result<BinaryFacts, String> {
     let file = File::options()
         .read(true)
-        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+        .custom_flags((OFlags::NONBLOCK | OFlags::NOCTTY).bits() as i32)
         .open(format!("/proc/{pid}/exe"))
         .map_err(|e| format!("cannot open /proc/{pid}/exe: {e}"))?;
     let meta = file.metadata().map_err(|e| e.to_string())?;

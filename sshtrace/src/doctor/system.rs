@@ -1,6 +1,6 @@
 //! Disk space where sshd writes, and which LSMs are enforcing.
 
-use std::{ffi::CString, fs};
+use std::fs;
 
 use super::{Check, Status};
 use crate::kernel::lsm::ActiveLsms;
@@ -15,15 +15,9 @@ pub fn checks() -> Vec<Check> {
 }
 
 fn disk(path: &str) -> Option<Check> {
-    let c = CString::new(path).ok()?;
-    // SAFETY: plain-old-data, all zeros is a valid value.
-    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
-    // SAFETY: statvfs fills the struct we pass, from a NUL-terminated path.
-    if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
-        return None;
-    }
-    let total = st.f_blocks as u64 * st.f_frsize as u64;
-    let free = st.f_bavail as u64 * st.f_frsize as u64;
+    let st = rustix::fs::statvfs(path).ok()?;
+    let total = st.f_blocks * st.f_frsize;
+    let free = st.f_bavail * st.f_frsize;
     if total == 0 {
         return None;
     }
