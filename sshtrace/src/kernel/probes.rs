@@ -155,7 +155,7 @@ fn attach_all(
     let mut attached = vec![attach_first(ebpf, btf, &sock_state_ways, &mut skipped)?];
     for hook in hooks {
         if debug_skip.iter().any(|p| p == hook.program) {
-            skipped.push(format!("{} (SSHTRACE_DEBUG_SKIP)", hook.program));
+            skipped.push(format!("{} (SSHTRACE_DEBUG_SKIP)", hook.label()));
             continue;
         }
         match attach(ebpf, btf, &hook) {
@@ -202,7 +202,7 @@ fn attach_output(
         let mut attached = Vec::new();
         for hook in way {
             if debug_skip.iter().any(|p| p == hook.program) {
-                skipped.push(format!("{} (SSHTRACE_DEBUG_SKIP)", hook.program));
+                skipped.push(format!("{} (SSHTRACE_DEBUG_SKIP)", hook.label()));
                 continue;
             }
             match attach(ebpf, btf, hook) {

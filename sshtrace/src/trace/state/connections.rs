@@ -174,7 +174,14 @@ impl Connection {
             {
                 last.repeated += 1 + reset.repeated;
             }
-            _ => self.resets_sent.push(reset),
+            _ => {
+                // Most connections see one reset: room for one, not the four a first push
+                // makes (in a storm of aborted connections, every one waits its settle time).
+                if self.resets_sent.capacity() == 0 {
+                    self.resets_sent.reserve_exact(1);
+                }
+                self.resets_sent.push(reset);
+            }
         }
     }
 }
