@@ -226,9 +226,10 @@ impl Script {
     fn verdicts(&mut self, sshd: &Snapshot) -> Vec<Verdict> {
         let names = names();
         let clock = Clock::epoch();
-        let settled = self
-            .state
-            .take_settled(self.ts + SETTLE_NS + crate::trace::state::FIREWALL_SETTLE_NS);
+        let settled = self.state.take_settled(
+            self.ts + SETTLE_NS + crate::trace::state::FIREWALL_SETTLE_NS,
+            usize::MAX,
+        );
         let ctx = Background {
             names: &names,
             lsms: &lsms(),

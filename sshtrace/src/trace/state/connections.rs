@@ -352,7 +352,7 @@ impl ConnectionTable {
     }
 
     /// Removes and returns the connections that ended at or before `cutoff_ns`.
-    pub fn take_ended_before(&mut self, cutoff_ns: u64) -> Vec<Connection> {
+    pub fn take_ended_before(&mut self, cutoff_ns: u64, limit: usize) -> Vec<Connection> {
         let ids: Vec<ConnId> = self
             .conns
             .values()
@@ -361,6 +361,7 @@ impl ConnectionTable {
                     .is_some_and(|t| c.settle_at_once || t + c.extra_settle_ns <= cutoff_ns)
             })
             .map(|c| c.id)
+            .take(limit)
             .collect();
         let taken: Vec<Connection> = ids.into_iter().filter_map(|id| self.remove(id)).collect();
         for c in taken.iter().filter(|c| c.skaddr != 0) {

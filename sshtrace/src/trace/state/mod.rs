@@ -124,10 +124,10 @@ impl State {
 
     /// Connections whose settle time has passed at `now_ns`, removed from the table together
     /// with the exited processes that belonged only to them.
-    pub fn take_settled(&mut self, now_ns: u64) -> Vec<(Connection, Vec<Process>)> {
+    pub fn take_settled(&mut self, now_ns: u64, limit: usize) -> Vec<(Connection, Vec<Process>)> {
         self.refusals_waiting = false;
         self.conns
-            .take_ended_before(now_ns.saturating_sub(SETTLE_NS))
+            .take_ended_before(now_ns.saturating_sub(SETTLE_NS), limit)
             .into_iter()
             .map(|c| {
                 let tree = self.procs.detach_connection(c.id);
