@@ -19,7 +19,7 @@ use sshtrace_tests::{
     kill,
     openssh::{SSHD_AUTH, SSHD_SESSION},
     privileged, process_tree, run,
-    sshd::{in_netns, read_until_closed},
+    sshd::in_netns,
     sshtrace_bin, wait_for, Endpoint, NetNs, OpenSsh, Sshd, SshdFiles, SshdOptions, User,
 };
 
@@ -264,20 +264,26 @@ fn nofile_short_of_max_startups() {
         evidence(nofile).contains("past ~4 pending connections"),
         "{nofile}"
     );
-    // Four unauthenticated connections get sshd's banner; the fifth is closed without one.
+    // Four unauthenticated connections get sshd's banner, then one is closed without one.
+    // One fewer is accepted too: under a loaded CI the listener once had one descriptor
+    // more than counted here (zero headroom in the arithmetic, seen once in ~20 runs).
     let addr = format!("{}:{}", sshd.endpoint.addr(), sshd.endpoint.port());
-    let pending: Vec<TcpStream> = (0..4)
-        .map(|_| {
-            let mut stream = TcpStream::connect(&addr).unwrap();
-            assert!(banner(&mut stream).starts_with("SSH-2.0-"));
-            stream
-        })
-        .collect();
-    let mut fifth = TcpStream::connect(&addr).unwrap();
-    let answer = read_until_closed(&mut fifth).unwrap_or_default();
+    let mut pending = Vec::new();
+    let mut refused = None;
+    for _ in 0..6 {
+        let mut stream = TcpStream::connect(&addr).unwrap();
+        let first = banner(&mut stream);
+        if !first.starts_with("SSH-2.0-") {
+            refused = Some(first);
+            break;
+        }
+        pending.push(stream);
+    }
     assert!(
-        !String::from_utf8_lossy(&answer).contains("SSH-"),
-        "the fifth connection got a banner"
+        refused.is_some() && (3..=4).contains(&pending.len()),
+        "doctor predicted 4 pending connections; {} got a banner, then {refused:?}: {}",
+        pending.len(),
+        sshd.log()
     );
     assert!(sshd.log().contains("Too many open files"), "{}", sshd.log());
     drop(pending);
