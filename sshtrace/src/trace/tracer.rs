@@ -39,6 +39,15 @@ const TICK: Duration = Duration::from_millis(100);
 /// Records read from the ring at a time before the loop turns to what else is due.
 const DRAIN_BUDGET: usize = 4096;
 const DISCOVERY_EVERY_TICKS: u64 = 5;
+/// What the listener refused or the network dropped is no penalty's cause.
+fn penalizable(cause: crate::verdict::Cause) -> bool {
+    use crate::verdict::Cause;
+    !matches!(
+        cause,
+        Cause::SshdDropped | Cause::NotListening | Cause::Firewall
+    )
+}
+
 /// Settled connections judged per batch (see `emit_settled`).
 const SETTLED_BATCH: usize = 512;
 const LOSS_CHECK_EVERY_TICKS: u64 = 10;
@@ -525,47 +534,23 @@ impl Tracer {
             self.rediscover()?;
         }
         // One verdict at a time, from judgement to the outputs: a storm's settled connections
-        // never become a batch of verdicts held at once.
-        let Tracer {
-            state,
-            names,
-            lsms,
-            container_names,
-            discovery,
-            clock,
-            host,
-            publisher,
-            ..
-        } = self;
-        let mut judged = Vec::new();
-        let ctx = Background {
-            names,
-            lsms,
-            conns: &state.conns,
-            sshd: discovery.current(),
-            procs: &state.procs,
-            recent: &state.recent,
-            clock,
-            host,
-        };
+        // never become a batch of verdicts held at once. Each verdict is noted for its source
+        // before the next connection is judged: a penalty's drop settles in the same batch as
+        // the crash that caused it, and must find it.
         for (conn, tree) in settled {
-            if let Some(mut verdict) = causes::judge(conn, tree, &ctx) {
-                judged.push((conn.tuple.remote.ip(), conn.end_ts, verdict.cause));
-                name_container(&mut verdict, container_names);
-                publisher.emit(verdict);
+            let Some(mut verdict) = causes::judge(conn, tree, &self.context()) else {
+                continue;
+            };
+            if penalizable(verdict.cause) {
+                let ts_ns = conn.end_ts.unwrap_or_default();
+                let earlier = Earlier {
+                    ts_ns,
+                    cause: verdict.cause,
+                };
+                self.state.recent.note(conn.tuple.remote.ip(), earlier);
             }
-        }
-        // What the listener refused or the network dropped is no penalty's cause.
-        let penalizable = |c: &crate::verdict::Cause| {
-            use crate::verdict::Cause;
-            !matches!(
-                c,
-                Cause::SshdDropped | Cause::NotListening | Cause::Firewall
-            )
-        };
-        for (source, end, cause) in judged.into_iter().filter(|j| penalizable(&j.2)) {
-            let ts_ns = end.unwrap_or_default();
-            state.recent.note(source, Earlier { ts_ns, cause });
+            name_container(&mut verdict, &self.container_names);
+            self.publisher.emit(verdict);
         }
         Ok(())
     }
