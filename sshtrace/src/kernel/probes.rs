@@ -130,12 +130,7 @@ fn attach_all(
     layout: &KernelLayout,
     refusal_kprobes: bool,
 ) -> Result<(Vec<(HookId, String)>, Skipped)> {
-    // For measuring what each hook costs (cargo xtask bench): hooks not to attach.
-    let debug_skip: Vec<String> = std::env::var("SSHTRACE_DEBUG_SKIP")
-        .unwrap_or_default()
-        .split(',')
-        .map(str::to_owned)
-        .collect();
+    let debug_skip = DebugSkip::from_env();
     // The raw tracepoint for socket states, the hottest hook, where tp_btf does not load:
     // cheaper, no record is assembled before the program runs. The classic one where BTF
     // does not locate the fields, or with SSHTRACE_RAW_TRACEPOINTS=0.
@@ -147,15 +142,14 @@ fn attach_all(
         .iter()
         .chain(&sock_state_ways[..1])
         .chain(&output_ways[0])
-        .filter(|h| !debug_skip.iter().any(|p| p == h.program))
+        .filter(|h| !debug_skip.names(h))
         .copied()
         .collect();
     verify_in_parallel(ebpf, btf, &first_choices);
     let mut skipped = Vec::new();
     let mut attached = vec![attach_first(ebpf, btf, &sock_state_ways, &mut skipped)?];
     for hook in hooks {
-        if debug_skip.iter().any(|p| p == hook.program) {
-            skipped.push(format!("{} (SSHTRACE_DEBUG_SKIP)", hook.label()));
+        if debug_skip.leaves_out(&hook, &mut skipped) {
             continue;
         }
         match attach(ebpf, btf, &hook) {
@@ -195,14 +189,13 @@ fn attach_output(
     ebpf: &mut Ebpf,
     btf: &Btf,
     ways: &[Vec<Hook>],
-    debug_skip: &[String],
+    debug_skip: &DebugSkip,
     skipped: &mut Vec<String>,
 ) -> Vec<(HookId, String)> {
     for way in ways {
         let mut attached = Vec::new();
         for hook in way {
-            if debug_skip.iter().any(|p| p == hook.program) {
-                skipped.push(format!("{} (SSHTRACE_DEBUG_SKIP)", hook.label()));
+            if debug_skip.leaves_out(hook, skipped) {
                 continue;
             }
             match attach(ebpf, btf, hook) {
@@ -219,6 +212,30 @@ fn attach_output(
 
 /// Optional hooks that did not attach, each with why.
 type Skipped = Vec<String>;
+
+/// The programs `SSHTRACE_DEBUG_SKIP` names: left out, for measuring what each hook costs
+/// (`cargo xtask bench`).
+struct DebugSkip(Vec<String>);
+
+impl DebugSkip {
+    fn from_env() -> Self {
+        let names = std::env::var("SSHTRACE_DEBUG_SKIP").unwrap_or_default();
+        Self(names.split(',').map(str::to_owned).collect())
+    }
+
+    fn names(&self, hook: &Hook) -> bool {
+        self.0.iter().any(|p| p == hook.program)
+    }
+
+    /// Whether `hook` is left out; one that is, is noted in `skipped`.
+    fn leaves_out(&self, hook: &Hook, skipped: &mut Skipped) -> bool {
+        let named = self.names(hook);
+        if named {
+            skipped.push(format!("{} (SSHTRACE_DEBUG_SKIP)", hook.label()));
+        }
+        named
+    }
+}
 
 /// Socket states, the hottest hook (every state change on the host): tp_btf, whose socket
 /// reads are plain loads, else the raw tracepoint (a helper call per read), both where BTF
