@@ -47,6 +47,9 @@ enum Task {
         /// Rounds of each side-by-side comparison (each measures every tracer once).
         #[arg(long, default_value_t = 9)]
         rounds: usize,
+        /// Only the memory measurement (four storms back to back).
+        #[arg(long)]
+        memory_only: bool,
     },
     /// Set up, check formatting and lints, build and run every test: unit tests and the
     /// real-sshd integration suite on this kernel, then the kernel-dependent integration tests
@@ -113,6 +116,7 @@ fn run(task: Task) -> Result<()> {
             seconds,
             storm_seconds,
             rounds,
+            memory_only,
         } => {
             setup::run()?;
             let binary = build(true)?;
@@ -120,6 +124,7 @@ fn run(task: Task) -> Result<()> {
                 seconds,
                 storm_seconds,
                 rounds: rounds.max(1),
+                memory_only,
             };
             bench::run(&binary, &options)
         }
