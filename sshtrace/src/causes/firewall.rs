@@ -12,7 +12,7 @@ use crate::{
 };
 
 pub fn judge(e: &Ended, _ctx: &Background) -> Option<Finding> {
-    let drops = &e.conn.drops;
+    let drops = &e.conn.drops();
     let first = drops.first()?;
     // An orderly close despite a stray drop is not the firewall's doing.
     if e.conn.skaddr != 0 && e.outcome == Outcome::Closed {
@@ -24,7 +24,7 @@ pub fn judge(e: &Ended, _ctx: &Background) -> Option<Finding> {
         .count()
         > 1;
     // A reset a local client received is the REJECT's only if this host's TCP sent none.
-    let rejected = !e.conn.client_resets.is_empty() && e.conn.resets_sent.is_empty();
+    let rejected = !e.conn.client_resets().is_empty() && e.conn.resets_sent.is_empty();
     let action = if rejected {
         "REJECT"
     } else if retransmitted {
@@ -46,7 +46,7 @@ pub fn judge(e: &Ended, _ctx: &Background) -> Option<Finding> {
     };
     let mut details = Map::new();
     details.insert("action".into(), json!(action));
-    details.insert("dropped_segments".into(), json!(e.conn.drops_total));
+    details.insert("dropped_segments".into(), json!(e.conn.drops_total()));
     details.insert(
         "first_dropped_flags".into(),
         json!(tcp_flags(first.tcp_flags)),
@@ -62,7 +62,7 @@ pub fn judge(e: &Ended, _ctx: &Background) -> Option<Finding> {
         evidence: Vec::new(),
         summary: format!(
             "this host's firewall (netfilter) dropped {what} — {} segment(s); {answer}",
-            e.conn.drops_total
+            e.conn.drops_total()
         ),
         hint: format!(
             "find the rule: `iptables -S; ip6tables -S; nft list ruleset` and look for REJECT/DROP \

@@ -163,7 +163,7 @@ pub fn judge_stalled(
 
 fn outcome(conn: &Connection) -> Outcome {
     let sent = conn.resets_sent.first().map(|r| r.ts_ns);
-    let received = conn.resets_received.first().copied();
+    let received = conn.resets_received().first().copied();
     match (sent, received) {
         (Some(s), r) if r.is_none_or(|r| s <= r) => {
             if conn.skaddr == 0 {
@@ -174,8 +174,8 @@ fn outcome(conn: &Connection) -> Outcome {
         }
         (_, Some(_)) => Outcome::ResetReceived,
         // Only a firewall saw it: it never reached a socket.
-        _ if conn.skaddr == 0 && !conn.drops.is_empty() => {
-            if conn.client_resets.is_empty() {
+        _ if conn.skaddr == 0 && !conn.drops().is_empty() => {
+            if conn.client_resets().is_empty() {
                 Outcome::Dropped
             } else {
                 Outcome::Refused
@@ -264,8 +264,8 @@ fn assemble(e: &Ended, finding: Finding, ctx: &Background) -> Verdict {
     // In time order (RFC 3339 strings of one length sort as times), undated facts last.
     evidence.sort_by(|a, b| (a.ts().is_none(), a.ts()).cmp(&(b.ts().is_none(), b.ts())));
     let mut details = finding.details;
-    if conn.sshd_log_not_kept > 0 {
-        details.insert("sshd_log_not_kept".into(), conn.sshd_log_not_kept.into());
+    if conn.sshd_log_not_kept() > 0 {
+        details.insert("sshd_log_not_kept".into(), conn.sshd_log_not_kept().into());
     }
     let sshd_pid = finding.pid.or(conn.session_pid).or(conn.listener_pid);
     let sshd = sshd_pid.map(|pid| {
@@ -307,8 +307,7 @@ fn assemble(e: &Ended, finding: Finding, ctx: &Background) -> Verdict {
 
 /// The connection's sshd log messages, for the verdict (escaped by every output format).
 fn sshd_log(conn: &Connection, ctx: &Background) -> Vec<SshdLogEntry> {
-    conn.sshd_log
-        .iter()
+    conn.sshd_log()
         .map(|l| SshdLogEntry {
             ts: ctx.clock.rfc3339(l.ts_ns),
             pid: l.pid,
@@ -353,7 +352,7 @@ fn connection_evidence(e: &Ended, ctx: &Background) -> Vec<Evidence> {
             pid,
         });
     }
-    if let Some(n) = &conn.listener_note {
+    if let Some(n) = &conn.listener_note() {
         out.push(Evidence::ListenerWrote {
             ts: ctx.clock.rfc3339(n.ts_ns),
             pid: n.pid,
@@ -378,7 +377,7 @@ fn connection_evidence(e: &Ended, ctx: &Background) -> Vec<Evidence> {
             repeated: if conn.skaddr == 0 { 0 } else { r.repeated },
         });
     }
-    for &ts in &conn.resets_received {
+    for &ts in conn.resets_received() {
         out.push(Evidence::TcpReceiveReset {
             ts: ctx.clock.rfc3339(ts),
         });
@@ -388,14 +387,14 @@ fn connection_evidence(e: &Ended, ctx: &Background) -> Vec<Evidence> {
             ts: ctx.clock.rfc3339(ts),
         });
     }
-    for d in &conn.drops {
+    for d in conn.drops() {
         out.push(Evidence::FirewallDrop {
             ts: ctx.clock.rfc3339(d.ts_ns),
             direction: if d.inbound { "inbound" } else { "outbound" },
             tcp_flags: tcp_flags(d.tcp_flags),
         });
     }
-    for &ts in &conn.client_resets {
+    for &ts in conn.client_resets() {
         out.push(Evidence::ClientReceivedReset {
             ts: ctx.clock.rfc3339(ts),
         });

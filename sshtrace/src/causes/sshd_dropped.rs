@@ -66,7 +66,7 @@ impl DropReason {
 }
 
 fn drop_reason(e: &Ended) -> DropReason {
-    let Some(note) = e.conn.listener_note.as_ref().and_then(|n| n.note) else {
+    let Some(note) = e.conn.listener_note().as_ref().and_then(|n| n.note) else {
         return DropReason::Unknown;
     };
     if let Some(logged) = logged_reason(e) {
@@ -85,8 +85,7 @@ fn drop_reason(e: &Ended) -> DropReason {
 fn logged_reason(e: &Ended) -> Option<DropReason> {
     let line = e
         .conn
-        .sshd_log
-        .iter()
+        .sshd_log()
         .rev()
         .find(|l| l.message.starts_with("drop connection #"))?;
     let why = line.message.to_ascii_lowercase();
@@ -152,7 +151,7 @@ fn max_startups_drop(
     let max_startups = max_startups(listener, ctx);
     details.insert("unauthenticated_connections".into(), json!(unauthenticated));
     details.insert("max_startups".into(), json!(max_startups));
-    let said = match &e.conn.listener_note {
+    let said = match &e.conn.listener_note() {
         Some(n) => format!("wrote '{}' and closed it", crate::escape::text(&n.text)),
         None => "closed it without starting a session".to_owned(),
     };

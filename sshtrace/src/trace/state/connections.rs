@@ -56,17 +56,9 @@ pub struct Connection {
     /// The process the listener forked for it.
     pub session_pid: Option<u32>,
     pub resets_sent: Vec<ResetSent>,
-    pub resets_received: Vec<u64>,
     pub closed_ts: Option<u64>,
     /// Which side sent the first FIN of an orderly close.
     pub closed_first_by: Option<Closer>,
-    /// Segments netfilter dropped: the first [`KEPT_DROPS`].
-    pub drops: Vec<DroppedSegment>,
-    /// Every segment netfilter dropped, those not kept and those the kernel only counted
-    /// included.
-    pub drops_total: u64,
-    /// Resets a client on this host received for this connection.
-    pub client_resets: Vec<u64>,
     /// Waited on top of `SETTLE_NS` before judging.
     pub extra_settle_ns: u64,
     /// Judged as soon as it has ended: a refused connection attempt, which no later event
@@ -74,12 +66,28 @@ pub struct Connection {
     pub settle_at_once: bool,
     /// When it first ended (reset or close); verdicts are judged after the settle time.
     pub end_ts: Option<u64>,
+    /// Evidence most connections never have, allocated with the first piece: in a storm
+    /// thousands of connections wait out their settle time, each as small as it can be.
+    extras: Option<Box<Extras>>,
+}
+
+/// The rarer evidence of a connection.
+#[derive(Clone, Debug, Default, PartialEq)]
+struct Extras {
+    resets_received: Vec<u64>,
+    /// Segments netfilter dropped: the first [`KEPT_DROPS`].
+    drops: Vec<DroppedSegment>,
+    /// Every segment netfilter dropped, those not kept and those the kernel only counted
+    /// included.
+    drops_total: u64,
+    /// Resets a client on this host received for this connection.
+    client_resets: Vec<u64>,
     /// The latest log messages its sshd processes wrote (at most [`KEPT_LOG_LINES`]).
-    pub sshd_log: VecDeque<LogLine>,
+    sshd_log: VecDeque<LogLine>,
     /// Log messages older than those kept.
-    pub sshd_log_not_kept: u64,
+    sshd_log_not_kept: u64,
     /// What the listener wrote on it before closing it, as the kernel copied it.
-    pub listener_note: Option<ListenerNote>,
+    listener_note: Option<ListenerNote>,
 }
 
 /// How many of a connection's sshd log messages are kept: the last ones say why it ended.
@@ -115,27 +123,74 @@ impl Connection {
             listener_pid: None,
             session_pid: None,
             resets_sent: Vec::new(),
-            resets_received: Vec::new(),
             closed_ts: None,
             closed_first_by: None,
-            drops: Vec::new(),
-            drops_total: 0,
-            client_resets: Vec::new(),
             extra_settle_ns: 0,
             settle_at_once: false,
             end_ts: None,
-            sshd_log: VecDeque::new(),
-            sshd_log_not_kept: 0,
-            listener_note: None,
+            extras: None,
         }
+    }
+
+    fn extras_mut(&mut self) -> &mut Extras {
+        self.extras.get_or_insert_with(Box::default)
+    }
+
+    /// Resets received for the connection, when.
+    pub fn resets_received(&self) -> &[u64] {
+        self.extras.as_ref().map_or(&[], |x| &x.resets_received)
+    }
+
+    /// Segments netfilter dropped: the first [`KEPT_DROPS`].
+    pub fn drops(&self) -> &[DroppedSegment] {
+        self.extras.as_ref().map_or(&[], |x| &x.drops)
+    }
+
+    /// Every segment netfilter dropped, those not kept included.
+    pub fn drops_total(&self) -> u64 {
+        self.extras.as_ref().map_or(0, |x| x.drops_total)
+    }
+
+    /// Resets a client on this host received for this connection, when.
+    pub fn client_resets(&self) -> &[u64] {
+        self.extras.as_ref().map_or(&[], |x| &x.client_resets)
+    }
+
+    /// The latest log messages its sshd processes wrote, oldest first.
+    pub fn sshd_log(&self) -> impl DoubleEndedIterator<Item = &LogLine> {
+        self.extras.iter().flat_map(|x| x.sshd_log.iter())
+    }
+
+    /// Log messages older than those kept.
+    pub fn sshd_log_not_kept(&self) -> u64 {
+        self.extras.as_ref().map_or(0, |x| x.sshd_log_not_kept)
+    }
+
+    /// What the listener wrote on it before closing it.
+    pub fn listener_note(&self) -> Option<&ListenerNote> {
+        self.extras.as_ref()?.listener_note.as_ref()
+    }
+
+    pub fn add_received_reset(&mut self, ts: u64) {
+        self.extras_mut().resets_received.push(ts);
+    }
+
+    pub fn add_client_reset(&mut self, ts: u64) {
+        self.extras_mut().client_resets.push(ts);
+    }
+
+    /// Keeps the first note the listener wrote on the connection.
+    pub fn note_listener(&mut self, note: impl FnOnce() -> ListenerNote) {
+        self.extras_mut().listener_note.get_or_insert_with(note);
     }
 
     /// Keeps the latest [`KEPT_LOG_LINES`] messages, counting the older ones let go.
     pub fn add_log_line(&mut self, line: LogLine) {
-        self.sshd_log.push_back(line);
-        if self.sshd_log.len() > KEPT_LOG_LINES {
-            self.sshd_log.pop_front();
-            self.sshd_log_not_kept += 1;
+        let x = self.extras_mut();
+        x.sshd_log.push_back(line);
+        if x.sshd_log.len() > KEPT_LOG_LINES {
+            x.sshd_log.pop_front();
+            x.sshd_log_not_kept += 1;
         }
     }
 
@@ -154,9 +209,10 @@ impl Connection {
     /// A dropped segment, standing for `1 + suppressed` drops; past [`KEPT_DROPS`] only
     /// counted. Returns how many drops were not kept.
     pub fn add_drop(&mut self, drop: DroppedSegment, suppressed: u32) -> u64 {
-        self.drops_total += 1 + u64::from(suppressed);
-        if self.drops.len() < KEPT_DROPS {
-            self.drops.push(drop);
+        let x = self.extras_mut();
+        x.drops_total += 1 + u64::from(suppressed);
+        if x.drops.len() < KEPT_DROPS {
+            x.drops.push(drop);
             u64::from(suppressed)
         } else {
             1 + u64::from(suppressed)
@@ -212,7 +268,9 @@ pub enum StrayReset {
 
 #[derive(Default)]
 pub struct ConnectionTable {
-    conns: BTreeMap<ConnId, Connection>,
+    /// Boxed: ids only grow, so the tree's nodes split at their end and stay half full; half
+    /// full of pointers, not of connections.
+    conns: BTreeMap<ConnId, Box<Connection>>,
     by_skaddr: HashMap<u64, ConnId>,
     /// The newest connection of each address pair (network namespaces aside): resets and
     /// drops without a socket find theirs in constant time, even in a storm.
@@ -293,13 +351,13 @@ impl ConnectionTable {
 
     fn newest(&self, tuple: ConnTuple) -> Option<&Connection> {
         let id = self.by_addrs.get(&(tuple.local, tuple.remote))?;
-        self.conns.get(id)
+        self.conns.get(id).map(Box::as_ref)
     }
 
     /// The newest connection with these addresses, in whichever network namespace.
     pub fn by_tuple_mut(&mut self, tuple: ConnTuple) -> Option<&mut Connection> {
         let id = *self.by_addrs.get(&(tuple.local, tuple.remote))?;
-        self.conns.get_mut(&id)
+        self.conns.get_mut(&id).map(Box::as_mut)
     }
 
     /// The newest connection with this 4-tuple that has not been judged, else a new one
@@ -323,14 +381,14 @@ impl ConnectionTable {
 
     /// Connections that are established and waiting in a listener's queue (never accepted).
     pub fn waiting(&self) -> impl Iterator<Item = &Connection> {
-        self.conns.values().filter(|c| {
+        self.conns.values().map(Box::as_ref).filter(|c| {
             c.established_ts.is_some() && c.listener_pid.is_none() && c.end_ts.is_none()
         })
     }
 
     /// Open connections `listener` accepted at or before `at_ns` and that had not ended then.
     pub fn open_of_listener(&self, listener: u32, at_ns: u64) -> impl Iterator<Item = &Connection> {
-        self.conns.values().filter(move |c| {
+        self.conns.values().map(Box::as_ref).filter(move |c| {
             c.listener_pid == Some(listener)
                 && c.accept_ts.is_some_and(|t| t <= at_ns)
                 && c.end_ts.is_none_or(|t| t > at_ns)
@@ -340,11 +398,14 @@ impl ConnectionTable {
     /// The connection of `skaddr` that has not ended yet.
     pub fn live_by_skaddr(&mut self, skaddr: u64) -> Option<&mut Connection> {
         let id = *self.by_skaddr.get(&skaddr)?;
-        self.conns.get_mut(&id).filter(|c| c.end_ts.is_none())
+        self.conns
+            .get_mut(&id)
+            .map(Box::as_mut)
+            .filter(|c| c.end_ts.is_none())
     }
 
     pub fn get_mut(&mut self, id: ConnId) -> Option<&mut Connection> {
-        self.conns.get_mut(&id)
+        self.conns.get_mut(&id).map(Box::as_mut)
     }
 
     pub fn len(&self) -> usize {
@@ -389,7 +450,7 @@ impl ConnectionTable {
         self.next_id += 1;
         let id = self.next_id;
         self.conns
-            .insert(id, Connection::new(id, skaddr, tuple, ts));
+            .insert(id, Box::new(Connection::new(id, skaddr, tuple, ts)));
         self.by_addrs.insert((tuple.local, tuple.remote), id);
         while self.conns.len() > MAX_CONNECTIONS {
             let oldest = *self.conns.keys().next().expect("not empty");
@@ -408,6 +469,6 @@ impl ConnectionTable {
         if self.by_addrs.get(&addrs) == Some(&id) {
             self.by_addrs.remove(&addrs);
         }
-        Some(c)
+        Some(*c)
     }
 }

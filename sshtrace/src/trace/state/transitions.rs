@@ -126,7 +126,7 @@ impl State {
         };
         let id = self.conns.by_skaddr_or_open(*skaddr, *conn, ts);
         let c = self.conns.get_mut(id).expect("just looked up");
-        c.resets_received.push(ts);
+        c.add_received_reset(ts);
         c.end(ts);
     }
 
@@ -150,7 +150,7 @@ impl State {
             netns: 0,
         };
         if let Some(c) = self.conns.by_tuple_mut(server_view) {
-            c.client_resets.push(ts);
+            c.add_client_reset(ts);
         }
     }
 
@@ -378,7 +378,7 @@ impl State {
         let (ts, pid) = (event.ts_ns, event.task.pid);
         if output.channel == OutputChannel::ClientSocket {
             if let Some(c) = self.conns.live_by_skaddr(output.skaddr) {
-                c.listener_note.get_or_insert(ListenerNote {
+                c.note_listener(|| ListenerNote {
                     ts_ns: ts,
                     pid,
                     text: output.message(),
