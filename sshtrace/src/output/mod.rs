@@ -88,9 +88,8 @@ impl Outputs {
     }
 
     pub fn publish(&self, record: Record) {
-        let record = Arc::new(record);
         for sink in &self.sinks {
-            sink.push(record.clone());
+            sink.push(&record);
         }
     }
 

@@ -20,7 +20,7 @@ use std::{
     time::Duration,
 };
 
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 use rustix::{
     event::{PollFd, PollFlags},
     io::Errno,
@@ -67,7 +67,9 @@ pub struct Counters {
 pub struct Shared {
     pub spec: SinkSpec,
     pub counters: Counters,
-    queue: Mutex<VecDeque<Arc<Record>>>,
+    /// Records encoded for this output when pushed: a rendered line is a fraction of the
+    /// record it came from, and a full queue of them must stay small.
+    queue: Mutex<VecDeque<Bytes>>,
     wake: Notify,
     /// The terminal's status line, and whether it must be redrawn.
     status: Mutex<String>,
@@ -108,7 +110,7 @@ impl Shared {
     }
 
     /// Bytes that put `record` above the status line: clear it, write, draw it again.
-    fn framed(&self, record: BytesMut) -> BytesMut {
+    fn framed(&self, record: Bytes) -> Bytes {
         if !self.spec.status_line {
             return record;
         }
@@ -116,18 +118,18 @@ impl Shared {
         let mut out = BytesMut::from(CLEAR_LINE);
         out.extend_from_slice(&record);
         out.extend_from_slice(status.as_bytes());
-        out
+        out.freeze()
     }
 
     /// Never blocks: a full queue drops the record and counts it.
-    pub fn push(&self, record: Arc<Record>) {
+    pub fn push(&self, record: &Record) {
         self.counters.produced.fetch_add(1, Relaxed);
         let mut queue = self.queue.lock().expect("queue lock");
         if queue.len() >= self.spec.queue {
             self.counters.dropped.fetch_add(1, Relaxed);
             self.counters.unreported.fetch_add(1, Relaxed);
         } else {
-            queue.push_back(record);
+            queue.push_back(encode(record, &self.spec.encoding).freeze());
         }
         drop(queue);
         self.wake.notify_one();
@@ -137,7 +139,7 @@ impl Shared {
         self.queue.lock().expect("queue lock").len()
     }
 
-    fn front(&self) -> Option<Arc<Record>> {
+    fn front(&self) -> Option<Bytes> {
         self.queue.lock().expect("queue lock").front().cloned()
     }
 
@@ -223,7 +225,7 @@ fn peer_closed(stream_try_read: io::Result<usize>) -> bool {
         || matches!(&stream_try_read, Err(e) if e.kind() != io::ErrorKind::WouldBlock)
 }
 
-async fn send(conn: &mut Connection, transport: &Transport, bytes: BytesMut) -> io::Result<()> {
+async fn send(conn: &mut Connection, transport: &Transport, bytes: Bytes) -> io::Result<()> {
     let gone = || io::Error::from(io::ErrorKind::BrokenPipe);
     let mut probe = [0u8; 64];
     match conn {
@@ -526,7 +528,7 @@ impl OutputWriter {
         let status = self.shared.status.lock().expect("status lock").clone();
         let mut bytes = BytesMut::from(CLEAR_LINE);
         bytes.extend_from_slice(status.as_bytes());
-        if let Err(err) = send(c, &self.shared.spec.transport, bytes).await {
+        if let Err(err) = send(c, &self.shared.spec.transport, bytes.freeze()).await {
             if self.is_stdout && reader_gone(&err) {
                 self.stdout_closed.send_replace(true);
                 return ControlFlow::Break(Interrupt::EndTask);
@@ -613,7 +615,7 @@ impl OutputWriter {
             },
         ));
         let c = self.conn.as_mut().expect("connected above");
-        let sent = send(c, &spec.transport, encode(&record, &spec.encoding)).await;
+        let sent = send(c, &spec.transport, encode(&record, &spec.encoding).freeze()).await;
         if sent.is_ok() || sent.as_ref().is_err_and(|e| too_big(&spec.transport, e)) {
             shared.counters.unreported.fetch_sub(unreported, Relaxed);
         }
@@ -622,16 +624,11 @@ impl OutputWriter {
 
     /// Sends the record at the front of the queue; it leaves the queue once sent, or once it
     /// can never be.
-    async fn send_record(&mut self, record: Arc<Record>) -> io::Result<()> {
+    async fn send_record(&mut self, record: Bytes) -> io::Result<()> {
         let shared = &self.shared;
         let spec = &shared.spec;
         let c = self.conn.as_mut().expect("connected above");
-        let sent = send(
-            c,
-            &spec.transport,
-            shared.framed(encode(&record, &spec.encoding)),
-        )
-        .await;
+        let sent = send(c, &spec.transport, shared.framed(record)).await;
         match &sent {
             Ok(()) => {
                 shared.pop_front();
@@ -725,18 +722,18 @@ mod tests {
             not_kept: Default::default(),
         });
         let record = |sink: String| {
-            Arc::new(Record::Loss(LossRecord::new(
+            Record::Loss(LossRecord::new(
                 "2026-01-01T00:00:00.000000000Z".into(),
                 "h".into(),
                 Some(sink),
                 0,
                 0,
                 Default::default(),
-            )))
+            ))
         };
         // Past any unix datagram socket's send buffer.
-        shared.push(record("x".repeat(4 << 20)));
-        shared.push(record("small".into()));
+        shared.push(&record("x".repeat(4 << 20)));
+        shared.push(&record("small".into()));
         let (stop, stopped) = watch::channel(false);
         let task = tokio::spawn(run(
             shared.clone(),
