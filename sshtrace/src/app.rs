@@ -6,6 +6,7 @@ use crate::{
     cli::{Cli, Color, Command, TraceArgs},
     doctor,
     kernel::{lsm::ActiveLsms, tracefs},
+    metrics::{self, Metrics},
     output::{SinkSpec, StdoutView},
     preflight,
     trace::tracer,
@@ -47,6 +48,11 @@ fn trace(args: TraceArgs) -> Result<()> {
             bail!("--cause {cause}: unknown cause (see docs/events.md for the list)");
         }
     }
+    let metrics_address = args
+        .metrics
+        .as_deref()
+        .map(metrics::parse_address)
+        .transpose()?;
     let terminal = std::io::stdout().is_terminal();
     let no_color = std::env::var_os("NO_COLOR").is_some_and(|v| !v.is_empty());
     let view = StdoutView {
@@ -73,13 +79,15 @@ fn trace(args: TraceArgs) -> Result<()> {
             .collect::<Result<Vec<_>>>()?
     };
     preflight::check()?;
+    let metrics_listener = metrics_address.map(metrics::bind).transpose()?;
     // Before any thread exists: mounting tracefs or securityfs may need a private namespace.
     let tracefs = tracefs::ensure_mounted()?;
     let lsms = ActiveLsms::discover();
+    let metrics = metrics_listener.map(Metrics::start).transpose()?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    let result = runtime.block_on(tracer::run(args, outputs, tracefs, lsms));
+    let result = runtime.block_on(tracer::run(args, outputs, tracefs, lsms, metrics));
     // Not waiting for the blocking threads: a write to a stalled disk or to a reader that
     // stopped reading must not hold up the exit (what it held is counted undelivered).
     runtime.shutdown_background();

@@ -18,7 +18,9 @@ Examples:
     sudo sshtrace --port 2222
   For a log collector or a script:
     sudo sshtrace --json | tee verdicts.jsonl
-    sudo sshtrace -o syslog+tcp://127.0.0.1:514 -o tcp://127.0.0.1:9000 -o -";
+    sudo sshtrace -o syslog+tcp://127.0.0.1:514 -o tcp://127.0.0.1:9000 -o -
+  For Prometheus (scrape http://127.0.0.1:9640/metrics):
+    sudo sshtrace --metrics 127.0.0.1:9640 -o journald";
 
 #[derive(Debug, Parser)]
 #[command(
@@ -91,6 +93,13 @@ pub struct TraceArgs {
     /// `?max_size=10M&keep=5` (file rotation).
     #[arg(long = "output", short = 'o', value_name = "URL")]
     pub outputs: Vec<String>,
+
+    /// Serve Prometheus metrics at http://ADDR:PORT/metrics, e.g. 127.0.0.1:9640: verdicts by
+    /// cause, port and container (at most 256 series, the rest counted in `_other`), kernel
+    /// events read and lost, each output's records (docs/metrics.md). Listen where tenants
+    /// cannot connect.
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub metrics: Option<String>,
 
     /// Trace this TCP port whether or not anything listens on it (repeatable). Without it,
     /// the ports of every running sshd and of its configuration are traced.

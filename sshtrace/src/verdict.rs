@@ -299,6 +299,19 @@ pub struct Verdict {
     pub hint: String,
 }
 
+impl Verdict {
+    /// The connections this verdict stands for: a refusal the kernel aggregated counts as
+    /// the attempts it was (`details.repeated` more), in the summary and in the metrics alike.
+    pub fn connections(&self) -> u64 {
+        let repeated = self
+            .details
+            .get("repeated")
+            .and_then(Value::as_u64)
+            .unwrap_or(0);
+        1 + repeated
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct SshdLogEntry {
     pub ts: String,

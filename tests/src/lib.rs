@@ -9,6 +9,7 @@ pub mod hostile;
 pub mod kernel;
 pub mod openssh;
 pub mod podman;
+pub mod prometheus;
 pub mod sandbox;
 pub mod segment;
 pub mod socket_activation;

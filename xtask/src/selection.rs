@@ -208,6 +208,11 @@ pub const SELECTION: &[Entry] = &[
         "container identity from cgroup paths and the runtime's API; Podman under TCG takes 4-5 min",
     ),
     entry(
+        "metrics",
+        Guest::HostOnly,
+        "--metrics counts published verdicts in userspace; the verdicts themselves are proved in sshd_crashed and sshd_killed",
+    ),
+    entry(
         "penalties",
         Guest::HostOnly,
         "OpenSSH 10's PerSourcePenalties and MaxStartups drops, in a Podman container: the listener's close, as in sshd_dropped",

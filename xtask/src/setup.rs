@@ -34,6 +34,9 @@ const DEBIAN_PACKAGES: &[(&str, &str)] = &[
     ("containernetworking-plugins", "/usr/lib/cni/bridge"),
     ("netavark", "/usr/lib/podman/netavark"),
     ("aardvark-dns", "/usr/lib/podman/aardvark-dns"),
+    // A real Prometheus scraping --metrics, and promtool for the alerting rules
+    // (tests/tests/metrics.rs).
+    ("prometheus", "/usr/bin/prometheus"),
     // Other kernels for `vm-test`: QEMU, a static busybox for the initramfs, depmod.
     ("qemu-system-x86", "/usr/bin/qemu-system-x86_64"),
     ("busybox-static", "/bin/busybox"),

@@ -24,6 +24,14 @@ pub use url::{SinkSpec, StdoutView};
 
 use crate::clock::Clock;
 
+/// What one output was offered, delivered and dropped so far (its sink's own counters).
+pub struct OutputCounts {
+    pub name: String,
+    pub produced: u64,
+    pub delivered: u64,
+    pub dropped: u64,
+}
+
 pub struct Outputs {
     sinks: Vec<Arc<Shared>>,
     tasks: Vec<JoinHandle<()>>,
@@ -91,6 +99,19 @@ impl Outputs {
         for sink in &self.sinks {
             sink.push(&record);
         }
+    }
+
+    /// Each output's counts as they stand.
+    pub fn counts(&self) -> Vec<OutputCounts> {
+        self.sinks
+            .iter()
+            .map(|s| OutputCounts {
+                name: s.spec.name.clone(),
+                produced: s.counters.produced.load(Relaxed),
+                delivered: s.counters.delivered.load(Relaxed),
+                dropped: s.counters.dropped.load(Relaxed),
+            })
+            .collect()
     }
 
     /// The status line of terminal outputs.

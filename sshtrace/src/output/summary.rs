@@ -91,12 +91,7 @@ impl Summary {
     pub fn add(&mut self, v: &Verdict) {
         let s = self.causes.entry(v.cause.as_str().to_owned()).or_default();
         // Refusals the kernel aggregated count as the connections they were.
-        let repeated = v
-            .details
-            .get("repeated")
-            .and_then(serde_json::Value::as_u64)
-            .unwrap_or(0);
-        s.count += 1 + repeated;
+        s.count += v.connections();
         if s.first.is_empty() {
             s.first = v.ts.clone();
         }

@@ -29,6 +29,7 @@ use crate::{
     kernel::plan::Plan,
     kernel::probes::{KernelFilters, LossCounters, Probes, SkippedRuns},
     kernel::{btf::KernelBtf, layout, names::KernelNames},
+    metrics::{Metrics, Totals},
     output::summary::Summary,
     output::{KernelLoss, NotKept, Outputs, Record, SinkSpec},
     trace::events::{self, Kind},
@@ -63,6 +64,7 @@ pub async fn run(
     outputs: Vec<SinkSpec>,
     tracefs: PathBuf,
     lsms: ActiveLsms,
+    metrics: Option<Metrics>,
 ) -> Result<()> {
     map_large_allocations();
     // aya's own parses of the kernel's BTF start once this one is dropped: each holds the
@@ -115,7 +117,7 @@ pub async fn run(
         container_names,
         lsms,
     };
-    let mut tracer = Tracer::new(parts, outputs, &cli);
+    let mut tracer = Tracer::new(parts, outputs, metrics, &cli);
     // Tracking starts before the start-up lines: whoever waits for it may connect at once.
     tracer.rediscover()?;
     release_freed_memory();
@@ -230,7 +232,12 @@ struct Parts {
 }
 
 impl Tracer {
-    fn new(parts: Parts, outputs: Vec<SinkSpec>, cli: &TraceArgs) -> Self {
+    fn new(
+        parts: Parts,
+        outputs: Vec<SinkSpec>,
+        metrics: Option<Metrics>,
+        cli: &TraceArgs,
+    ) -> Self {
         let Parts {
             probes,
             names,
@@ -260,6 +267,7 @@ impl Tracer {
             publisher: Publisher {
                 outputs: Outputs::start(outputs, host.clone(), clock),
                 summary: Summary::default(),
+                metrics,
                 verdicts: 0,
                 view: View {
                     json: cli.json,
@@ -307,10 +315,12 @@ struct Tracer {
     scan_due: bool,
 }
 
-/// Where verdicts go: the outputs and the summary, as the user asked to see them.
+/// Where verdicts go: the outputs, the summary and the metrics, as the user asked to see them.
 struct Publisher {
     outputs: Outputs,
     summary: Summary,
+    /// `--metrics`.
+    metrics: Option<Metrics>,
     view: View,
     /// Verdicts published.
     verdicts: u64,
@@ -332,6 +342,9 @@ impl Publisher {
         }
         self.verdicts += 1;
         self.summary.add(&verdict);
+        if let Some(metrics) = &mut self.metrics {
+            metrics.count_verdict(&verdict);
+        }
         self.outputs.publish(Record::Verdict(Box::new(verdict)));
     }
 }
@@ -397,6 +410,7 @@ impl Tracer {
                         self.redraw_status();
                         self.judge_stalled_listeners();
                         self.warn_of_losses();
+                        self.mirror_metrics();
                         self.state.prune(Clock::monotonic_now_ns());
                     }
                     if ticks.is_multiple_of(TRIM_EVERY_TICKS) {
@@ -658,6 +672,21 @@ impl Tracer {
             lost: self.counters.read().1,
             skipped_runs: self.skipped_runs.read(),
         }
+    }
+
+    /// The totals kept here, as they stand, for the metrics (when served).
+    fn mirror_metrics(&self) {
+        let Some(metrics) = &self.publisher.metrics else {
+            return;
+        };
+        metrics.mirror(&Totals {
+            kernel_events_read: self.stats.read,
+            kernel_events_undecodable: self.stats.undecodable,
+            loss: self.kernel_loss(),
+            listeners: self.discovery.current().listeners.len(),
+            connections_followed: self.state.conns.len(),
+            outputs: self.publisher.outputs.counts(),
+        });
     }
 
     fn rediscover(&mut self) -> Result<()> {
