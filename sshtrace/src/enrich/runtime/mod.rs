@@ -307,17 +307,11 @@ impl<'a> Asker<'a> {
         let values: Vec<String> = refused
             .iter()
             .map(|r| {
-                let value: String = r.value.chars().take(64).collect();
-                let cut = if value.len() < r.value.len() {
-                    "…"
-                } else {
-                    ""
-                };
-                format!(
-                    "{} {}{cut}",
-                    r.what,
-                    crate::escape::text(&format!("{value:?}"))
-                )
+                let mut value: String = r.value.chars().take(64).collect();
+                if value.len() < r.value.len() {
+                    value.push('…');
+                }
+                format!("{} {}", r.what, crate::escape::text(&format!("{value:?}")))
             })
             .collect();
         eprintln!(
