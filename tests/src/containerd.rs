@@ -14,12 +14,15 @@ use std::{
 };
 
 use crate::{
-    host_dirs::{cgroups_named, unmount_beneath, HostDirs},
+    host_dirs::{cgroups_named, places, unmount_beneath, HostDirs, Places},
     kill, listens, run, wait_for,
 };
 
 /// containerd's namespace for Kubernetes (the CRI plugin's).
 pub const K8S_NAMESPACE: &str = "k8s.io";
+
+/// Where containerd makes directories whatever its configuration says.
+static FIXED_PLACES: Places = places();
 
 pub struct Containerd {
     pub socket: PathBuf,
@@ -48,9 +51,11 @@ impl Containerd {
             socket.display()
         );
         fs::write(dir.join("config.toml"), config).unwrap();
-        let mut host = vec![PathBuf::from("/run/containerd"), "/run/containerd/s".into()];
-        host.extend(cgroups_named(K8S_NAMESPACE));
-        let host_dirs = HostDirs::absent(host);
+        let host_dirs = HostDirs::absent(&FIXED_PLACES, || {
+            let mut dirs = vec![PathBuf::from("/run/containerd"), "/run/containerd/s".into()];
+            dirs.extend(cgroups_named(K8S_NAMESPACE));
+            dirs
+        });
         let log = fs::File::create(dir.join("containerd.log")).unwrap();
         let child = Command::new("containerd")
             .arg("--config")

@@ -17,12 +17,15 @@ use std::{
 
 use crate::{
     containerd::Containerd,
-    host_dirs::{cgroups_named, unmount_beneath, HostDirs},
+    host_dirs::{cgroups_named, places, unmount_beneath, HostDirs, Places},
     kill, listens, run, wait_for,
 };
 
 /// Debian's client, which speaks dockerd's API version (another on the PATH may not).
 const DOCKER: &str = "/usr/bin/docker";
+
+/// Where dockerd makes directories whatever it is told.
+static FIXED_PLACES: Places = places();
 
 pub struct DockerEngine {
     /// The Engine API socket sshtrace asks.
@@ -48,9 +51,11 @@ impl DockerEngine {
         let key = serde_json::json!({"deprecated-key-path": dir.join("key.json")});
         fs::write(dir.join("daemon.json"), key.to_string()).unwrap();
         let socket = dir.join("docker.sock");
-        let mut host = vec![PathBuf::from("/run/docker"), "/run/docker/plugins".into()];
-        host.extend(cgroups_named("docker"));
-        let host_dirs = HostDirs::absent(host);
+        let host_dirs = HostDirs::absent(&FIXED_PLACES, || {
+            let mut dirs = vec![PathBuf::from("/run/docker"), "/run/docker/plugins".into()];
+            dirs.extend(cgroups_named("docker"));
+            dirs
+        });
         let log = fs::File::create(dir.join("dockerd.log")).unwrap();
         let at = |sub: &str| dir.join(sub).into_os_string();
         let child = Command::new("dockerd")

@@ -1,27 +1,47 @@
 //! Directories a daemon under test makes at fixed places on the host, which it cannot be told
 //! to make elsewhere (containerd's `/run/containerd/s` for its shims' sockets, a runtime's
-//! parent cgroup): removed when the guard drops, only those that were absent when it was
-//! made, and only once empty (`rmdir`), so that nothing another user of them holds is lost.
+//! parent cgroup): removed when the last guard of their kind drops, only those that were
+//! absent when the first was made, and only once empty (`rmdir`), so that nothing another
+//! user of them holds is lost. Two daemons of a kind in one test process (tests run in
+//! parallel) share the places: the first notes them, the last removes them.
 
-use std::{fs, path::PathBuf};
+use std::{fs, path::PathBuf, sync::Mutex};
+
+/// How many guards of a kind are alive, and the directories the first found absent.
+pub type Places = Mutex<(usize, Vec<PathBuf>)>;
+
+/// The places of a kind, e.g. `static CONTAINERD: Places = host_dirs::places();`.
+pub const fn places() -> Places {
+    Mutex::new((0, Vec::new()))
+}
 
 pub struct HostDirs {
-    made: Vec<PathBuf>,
+    places: &'static Places,
 }
 
 impl HostDirs {
-    /// Notes which of `paths` do not exist yet; give parents before their children.
-    pub fn absent(paths: impl IntoIterator<Item = PathBuf>) -> Self {
-        Self {
-            made: paths.into_iter().filter(|p| !p.exists()).collect(),
+    /// Joins the guards of `places`; the first notes which of `paths()` do not exist yet
+    /// (parents before their children).
+    pub fn absent(places: &'static Places, paths: impl FnOnce() -> Vec<PathBuf>) -> Self {
+        let mut shared = places
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if shared.0 == 0 {
+            shared.1 = paths().into_iter().filter(|p| !p.exists()).collect();
         }
+        shared.0 += 1;
+        Self { places }
     }
 }
 
 impl Drop for HostDirs {
     fn drop(&mut self) {
-        for dir in self.made.iter().rev() {
-            let _ = fs::remove_dir(dir);
+        let mut shared = (self.places.lock()).unwrap_or_else(std::sync::PoisonError::into_inner);
+        shared.0 -= 1;
+        if shared.0 == 0 {
+            for dir in shared.1.drain(..).rev() {
+                let _ = fs::remove_dir(dir);
+            }
         }
     }
 }
