@@ -135,6 +135,11 @@ pub struct TraceArgs {
     #[arg(long = "runtime-socket", value_name = "PATH")]
     pub runtime_sockets: Vec<std::path::PathBuf>,
 
+    /// containerd's API socket, for the Kubernetes names its CRI plugin's labels carry
+    /// (repeatable; default: /run/containerd/containerd.sock).
+    #[arg(long = "containerd-socket", value_name = "PATH")]
+    pub containerd_sockets: Vec<std::path::PathBuf>,
+
     /// Report resets on every TCP port, not only sshd's ("is it really SSH?").
     #[arg(long)]
     pub all_tcp: bool,

@@ -5,6 +5,9 @@
 //! removed when its guard drops, also when the test fails.
 
 pub mod collectors;
+pub mod containerd;
+pub mod docker;
+pub mod host_dirs;
 pub mod hostile;
 pub mod kernel;
 pub mod openssh;

@@ -1,7 +1,8 @@
 //! A real container runtime: rootful Podman with the settings this machine needs
 //! (shared/CONTAINERS.md), sshd images built locally (debootstrap + podman import, the tarball
-//! cached: Debian 12's OpenSSH 9.2 and Debian 13's 10.0), containers that are removed on drop,
-//! and the Docker-compatible API socket sshtrace asks for names.
+//! cached: Debian 12's OpenSSH 9.2 and Debian 13's 10.0) and saved for the other runtimes
+//! (`podman save`: Docker Engine and containerd load that archive), containers that are
+//! removed on drop, and the Docker-compatible API socket sshtrace asks for names.
 
 use std::{
     fs,
@@ -58,6 +59,7 @@ pub struct Image {
     /// The Debian suite debootstrap installs.
     suite: &'static str,
     imported: OnceLock<()>,
+    archived: OnceLock<PathBuf>,
 }
 
 /// Debian 12 (bookworm): OpenSSH 9.2, the host's own version.
@@ -65,6 +67,7 @@ pub static BOOKWORM: Image = Image {
     name: IMAGE,
     suite: "bookworm",
     imported: OnceLock::new(),
+    archived: OnceLock::new(),
 };
 
 /// Debian 13 (trixie): OpenSSH 10.0 — `sshd`, `sshd-session` and `sshd-auth`.
@@ -72,6 +75,7 @@ pub static TRIXIE: Image = Image {
     name: "localhost/sshtrace-sshbox-trixie:latest",
     suite: "trixie",
     imported: OnceLock::new(),
+    archived: OnceLock::new(),
 };
 
 impl Image {
@@ -104,6 +108,40 @@ impl Image {
             );
             podman_ok(&["import", tarball.to_str().unwrap(), self.name]);
         });
+    }
+}
+
+impl Image {
+    /// The image as an archive in `docker save`'s format (from `podman save`), for Docker
+    /// Engine's `docker load` and containerd's `ctr images import`: no registry is reachable.
+    /// Saved once per test process, cached in [`cache_dir`] as `sshbox-SUITE.docker-archive.tar`
+    /// (renamed into place whole; saved again when the root file system tarball is newer).
+    pub fn archive(&self) -> PathBuf {
+        self.archived
+            .get_or_init(|| {
+                self.ensure();
+                let dir = cache_dir();
+                let archive = dir.join(format!("sshbox-{}.docker-archive.tar", self.suite));
+                let modified =
+                    |p: &std::path::Path| fs::metadata(p).and_then(|m| m.modified()).ok();
+                let rootfs = dir.join(format!("sshbox-{}.tar", self.suite));
+                if modified(&archive).is_some() && modified(&archive) >= modified(&rootfs) {
+                    return archive;
+                }
+                let partial = archive.with_extension(format!("partial.{}", std::process::id()));
+                let _ = fs::remove_file(&partial);
+                podman_ok(&[
+                    "save",
+                    "--format",
+                    "docker-archive",
+                    "-o",
+                    partial.to_str().unwrap(),
+                    self.name,
+                ]);
+                fs::rename(&partial, &archive).unwrap();
+                archive
+            })
+            .clone()
     }
 }
 

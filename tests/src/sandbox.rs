@@ -122,6 +122,20 @@ impl NetNs {
         ns
     }
 
+    /// Names the network namespace process `pid` is in (a container's), so that `ip netns
+    /// exec` can run in it; only the name goes on drop.
+    pub fn attach(name: &str, pid: u32) -> Self {
+        let name = format!("sshtrace-{name}-{}", std::process::id());
+        let _ = run(Command::new("ip").args(["netns", "del", &name]));
+        let out = run(Command::new("ip").args(["netns", "attach", &name, &pid.to_string()]));
+        assert!(
+            out.status.success(),
+            "ip netns attach: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Self { name }
+    }
+
     /// Runs a command inside the namespace and asserts it succeeded.
     pub fn exec(&self, args: &[&str]) -> String {
         let out = run(Command::new("ip")

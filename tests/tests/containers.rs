@@ -1,16 +1,23 @@
-//! sshd in real Podman containers — on the default bridge, on the host network, and in a
-//! network namespace the test made — with a real ssh client from the host (or the namespace):
-//! verdicts name the container (id, and name through the API socket), and `--container`
-//! provably excludes the others.
+//! sshd in real containers of each runtime, with a real ssh client from the host (or a
+//! namespace): Podman — on the default bridge, on the host network, and in a network namespace
+//! the test made — with names through its Docker-compatible API and `--container` provably
+//! excluding the others; Docker Engine (dockerd on its own data, names through its API socket);
+//! containerd with the labels Kubernetes' CRI plugin sets (pod, namespace and container names
+//! through containerd's own API, and hostile labels refused). And the DaemonSet manifest mounts
+//! the sockets it names.
 
 use std::{os::unix::fs::PermissionsExt, path::PathBuf, time::Duration};
 
 use serde_json::Value;
 use sshtrace_tests::{
-    podman::{ApiService, Container},
-    privileged, run,
+    children,
+    containerd::{Containerd, CtrContainer, K8S_NAMESPACE},
+    docker::{docker_chains, DockerContainer, DockerEngine},
+    kill,
+    podman::{ApiService, Container, BOOKWORM, IMAGE},
+    privileged, process_tree, run,
     sshd::ssh_client,
-    sshtrace_bin, Endpoint, NetNs, Tracer,
+    sshtrace_bin, wait_for, Endpoint, NetNs, Tracer,
 };
 
 /// A key pair whose public half the containers accept; a second key they do not.
@@ -41,6 +48,10 @@ impl Keys {
 
     fn authorized(&self) -> PathBuf {
         self.dir.join("authorized_keys")
+    }
+
+    fn accepted(&self) -> PathBuf {
+        self.dir.join("accepted")
     }
 
     /// An ssh login with the refused key: a real client, a real `closed_preauth` verdict.
@@ -244,4 +255,264 @@ fn sshtrace_in_a_privileged_container() {
         serde_json::from_slice(out.stdout.split(|&b| b == b'\n').next().unwrap()).unwrap();
     assert_eq!(verdict["cause"], "not_listening", "{verdict}");
     assert_eq!(verdict["conn"]["local_port"], ep.port());
+}
+
+/// Logs in with the accepted key from `netns` to 127.0.0.1:`port` and, once the session's
+/// command runs, kills the per-connection sshd (the child of the container's sshd `listener`)
+/// from the host; returns the verdict.
+fn session_killed(tracer: &Tracer, keys: &Keys, netns: &str, listener: u32, port: u16) -> Value {
+    let mut client = ssh_client(
+        Some(netns),
+        "root",
+        "127.0.0.1",
+        port,
+        &keys.accepted(),
+        "sleep 60",
+    )
+    .stdout(std::process::Stdio::null())
+    .spawn()
+    .expect("ssh");
+    let session = wait_for("the session's command", Duration::from_secs(30), || {
+        let session = *children(listener).first()?;
+        process_tree(session)
+            .iter()
+            .any(|&p| {
+                std::fs::read_to_string(format!("/proc/{p}/comm"))
+                    .is_ok_and(|c| c.trim() == "sleep")
+            })
+            .then_some(session)
+    });
+    kill(session, libc::SIGKILL);
+    let _ = client.wait();
+    let v = tracer.verdict_for(port, |v| v["cause"] == "sshd_killed");
+    assert_eq!(v["sshd"]["pid"], session, "{v}");
+    assert_eq!(v["details"]["signal"], "SIGKILL", "{v}");
+    v
+}
+
+fn netns_of(pid: u32) -> u64 {
+    let link = std::fs::read_link(format!("/proc/{pid}/ns/net")).unwrap();
+    link.to_str()
+        .unwrap()
+        .trim_start_matches("net:[")
+        .trim_end_matches(']')
+        .parse()
+        .unwrap()
+}
+
+/// Docker Engine: sshtrace runs first, then the container starts (its own network namespace)
+/// and its session is killed; the verdict names the container through dockerd's API socket,
+/// and its namespace. dockerd adds no iptables chain (it was told not to: nothing to clean).
+#[test]
+fn docker_engine_container_is_named() {
+    if !privileged("docker_engine_container_is_named") {
+        return;
+    }
+    let chains_before = docker_chains();
+    let keys = Keys::new("docker");
+    let engine = DockerEngine::start("named");
+    engine.load(&BOOKWORM.archive());
+    let port = Endpoint::new(194).port();
+    let socket = engine.socket.display().to_string();
+    let tracer = Tracer::start(&["--runtime-socket", &socket, "--port", &port.to_string()]);
+    let c = DockerContainer::run(&engine, "docker", IMAGE, &keys.authorized(), port);
+    let ns = NetNs::attach("docker", c.pid);
+
+    let v = session_killed(&tracer, &keys, &ns.name, c.pid, port);
+    let container = &v["container"];
+    assert_eq!(container["id"], c.id.as_str(), "{v}");
+    assert_eq!(container["name"], c.name.as_str(), "{v}");
+    assert_eq!(container["runtime"], "docker", "{v}");
+    assert_eq!(container["cgroup_path"], format!("/docker/{}", c.id), "{v}");
+    assert_eq!(container["netns"], netns_of(c.pid), "{v}");
+    assert_eq!(v["conn"]["netns"], netns_of(c.pid), "{v}");
+    assert_eq!(v["conn"]["local_addr"], "127.0.0.1", "{v}");
+    assert_eq!(
+        docker_chains(),
+        chains_before,
+        "dockerd made iptables chains"
+    );
+}
+
+/// A pod's labels as Kubernetes' CRI plugin sets them on its containers.
+const POD_UID: &str = "7f1c2d3e-4b5a-6978-8a9b-0c1d2e3f4a5b";
+const POD_LABELS: &[(&str, &str)] = &[
+    ("io.kubernetes.pod.name", "sshd-jump-0"),
+    ("io.kubernetes.pod.namespace", "bastion"),
+    ("io.kubernetes.pod.uid", POD_UID),
+    ("io.kubernetes.container.name", "sshd"),
+    ("io.cri-containerd.kind", "container"),
+];
+
+/// containerd: sshtrace runs first, then two containers start in namespaces the test made —
+/// one labelled as the CRI plugin labels a pod's container, whose session is killed: the
+/// verdict carries the pod's name, namespace and uid and the container's name from
+/// containerd's API, and the container's namespace; one whose labels a tenant crafted (an
+/// escape sequence, a newline, 4000 bytes), refused: no name repeated, and a note on
+/// standard error that holds them escaped and cut short.
+#[test]
+fn containerd_pod_container_is_named() {
+    if !privileged("containerd_pod_container_is_named") {
+        return;
+    }
+    let keys = Keys::new("containerd");
+    let containerd = Containerd::start("pod");
+    containerd.import(K8S_NAMESPACE, &BOOKWORM.archive());
+    let (pod_ep, evil_ep) = (Endpoint::new(195), Endpoint::new(196));
+    let socket = containerd.socket.display().to_string();
+    let tracer = Tracer::start(&[
+        "--containerd-socket",
+        &socket,
+        "--port",
+        &pod_ep.port().to_string(),
+        "--port",
+        &evil_ep.port().to_string(),
+    ]);
+    let pod_ns = NetNs::new("pod");
+    let pod = CtrContainer::run(
+        &containerd,
+        K8S_NAMESPACE,
+        IMAGE,
+        POD_LABELS,
+        &pod_ns.name,
+        &keys.authorized(),
+        pod_ep.port(),
+    );
+    let long = "a".repeat(4000);
+    let evil_ns = NetNs::new("evil");
+    let evil = CtrContainer::run(
+        &containerd,
+        K8S_NAMESPACE,
+        IMAGE,
+        &[
+            ("io.kubernetes.pod.name", "evil\x1b]0;owned\x07-pod"),
+            ("io.kubernetes.pod.namespace", "ns\nInjected: yes"),
+            ("io.kubernetes.container.name", &long),
+        ],
+        &evil_ns.name,
+        &keys.authorized(),
+        evil_ep.port(),
+    );
+
+    let v = session_killed(&tracer, &keys, &pod_ns.name, pod.pid, pod_ep.port());
+    let container = &v["container"];
+    assert_eq!(container["id"], pod.id.as_str(), "{v}");
+    assert_eq!(container["name"], "sshd", "{v}");
+    assert_eq!(container["runtime"], "containerd", "{v}");
+    assert_eq!(container["pod"]["name"], "sshd-jump-0", "{v}");
+    assert_eq!(container["pod"]["namespace"], "bastion", "{v}");
+    assert_eq!(container["pod"]["uid"], POD_UID, "{v}");
+    assert_eq!(
+        container["cgroup_path"],
+        format!("/k8s.io/{}", pod.id),
+        "{v}"
+    );
+    assert_eq!(container["netns"], netns_of(pod.pid), "{v}");
+    assert_eq!(v["conn"]["netns"], netns_of(pod.pid), "{v}");
+
+    keys.refused_login(Some(&evil_ns.name), "127.0.0.1", evil_ep.port());
+    let v = tracer.verdict_for(evil_ep.port(), |v| v["cause"] == "closed_preauth");
+    let container = &v["container"];
+    assert_eq!(container["id"], evil.id.as_str(), "{v}");
+    assert_eq!(container["runtime"], "containerd", "{v}");
+    assert_eq!(container["name"], Value::Null, "{v}");
+    assert_eq!(container["pod"], Value::Null, "{v}");
+    let note = tracer.wait_stderr("the refused labels' note", |l| {
+        l.contains(&evil.id[..12]) && l.contains("not shown")
+    });
+    for shown in [
+        "io.kubernetes.pod.name \"evil\\u{1b}]0;owned\\u{7}-pod\"",
+        "io.kubernetes.pod.namespace \"ns\\nInjected: yes\"",
+        &format!("io.kubernetes.container.name \"{}…\"", "a".repeat(64)),
+    ] {
+        assert!(note.contains(shown), "{shown} not in {note}");
+    }
+    for line in tracer.stderr_lines().iter().chain(&tracer.stdout_lines()) {
+        assert!(
+            !line.contains(['\x1b', '\x07']) && !line.starts_with("Injected"),
+            "a raw label reached an output: {line:?}"
+        );
+    }
+}
+
+/// The DaemonSet manifest parses as YAML (Debian's PyYAML), and every runtime socket its
+/// arguments name is inside a volume mounted at the host's own path, so that sshtrace inside
+/// sees the node's sockets: containerd's among them, and the kubelet's pod directories.
+#[test]
+fn daemonset_manifest_mounts_the_runtime_sockets() {
+    let manifest = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../deploy/kubernetes-daemonset.yaml");
+    let out = run(std::process::Command::new("/usr/bin/python3")
+        .args([
+            "-c",
+            "import json, sys, yaml; print(json.dumps(yaml.safe_load(open(sys.argv[1]))))",
+        ])
+        .arg(&manifest));
+    assert!(
+        out.status.success(),
+        "{} does not parse (python3-yaml): {}",
+        manifest.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let ds: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(ds["kind"], "DaemonSet");
+    let spec = &ds["spec"]["template"]["spec"];
+    assert_eq!(spec["hostPID"], true);
+    let host_paths: std::collections::HashMap<&str, &str> = spec["volumes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|v| Some((v["name"].as_str()?, v["hostPath"]["path"].as_str()?)))
+        .collect();
+    let sshtrace = &spec["containers"][0];
+    // Each mount and the host path it shows, at the same path inside.
+    let mounts: Vec<(&str, &Value)> = sshtrace["volumeMounts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| {
+            let name = m["name"].as_str().unwrap();
+            let host = host_paths
+                .get(name)
+                .unwrap_or_else(|| panic!("volumeMount {name} has no hostPath volume"));
+            assert_eq!(m["mountPath"], *host, "{name} is not at the host's path");
+            (*host, m)
+        })
+        .collect();
+    let mounted = |path: &str| {
+        mounts
+            .iter()
+            .find(|(host, _)| std::path::Path::new(path).starts_with(host))
+            .map(|(_, m)| *m)
+    };
+    let args: Vec<&str> = sshtrace["args"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap())
+        .collect();
+    let sockets: Vec<&str> = args
+        .windows(2)
+        .filter(|w| matches!(w[0], "--containerd-socket" | "--runtime-socket"))
+        .map(|w| w[1])
+        .collect();
+    assert!(
+        sockets.contains(&"/run/containerd/containerd.sock"),
+        "containerd's socket is not named: {args:?}"
+    );
+    for socket in sockets {
+        let mount = mounted(socket).unwrap_or_else(|| panic!("{socket} is not mounted"));
+        // A runtime mounts containers' root file systems under its directory: a private copy
+        // of the mount would keep them mounted after the runtime unmounted them.
+        assert_eq!(mount["mountPropagation"], "HostToContainer", "{socket}");
+    }
+    assert!(
+        mounted("/var/log/pods").is_some(),
+        "the pod logs are not mounted"
+    );
+    let help = run(std::process::Command::new(sshtrace_bin()).arg("--help"));
+    let help = String::from_utf8_lossy(&help.stdout);
+    for flag in args.iter().filter(|a| a.starts_with("--")) {
+        assert!(help.contains(flag), "sshtrace has no {flag}");
+    }
 }

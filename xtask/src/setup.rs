@@ -37,6 +37,14 @@ const DEBIAN_PACKAGES: &[(&str, &str)] = &[
     // A real Prometheus scraping --metrics, and promtool for the alerting rules
     // (tests/tests/metrics.rs).
     ("prometheus", "/usr/bin/prometheus"),
+    // The other runtimes the container tests drive, each on data of its own in a temporary
+    // directory (tests/src/docker.rs, tests/src/containerd.rs); the manifest test's YAML parser.
+    ("docker.io", "/usr/sbin/dockerd"),
+    ("containerd", "/usr/bin/containerd"),
+    (
+        "python3-yaml",
+        "/usr/lib/python3/dist-packages/yaml/__init__.py",
+    ),
     // Other kernels for `vm-test`: QEMU, a static busybox for the initramfs, depmod.
     ("qemu-system-x86", "/usr/bin/qemu-system-x86_64"),
     ("busybox-static", "/bin/busybox"),

@@ -1,6 +1,6 @@
 //! Which container a process runs in, from its cgroup path: the naming schemes of Docker
-//! (systemd and cgroupfs drivers), containerd/CRI, CRI-O, Podman, LXC, systemd-nspawn and
-//! Kubernetes pod slices.
+//! (systemd and cgroupfs drivers), containerd (CRI, and `ctr`'s `/<namespace>/<id>`), CRI-O,
+//! Podman, LXC, systemd-nspawn and Kubernetes pod slices.
 
 use serde::Serialize;
 
@@ -11,9 +11,10 @@ pub struct Container {
     /// cgroup holds no plain name).
     pub id: String,
     pub name: Option<String>,
-    /// `docker`, `podman`, `containerd`, `cri-o`, `lxc`, `systemd-nspawn`.
+    /// `docker`, `podman`, `containerd`, `cri-o`, `lxc`, `systemd-nspawn`, or [`UNKNOWN_RUNTIME`]
+    /// until a runtime's API claims the id.
     pub runtime: &'static str,
-    /// Kubernetes pod, when the path is a kubepods one.
+    /// Kubernetes pod, when the path is a kubepods one or the runtime's labels name one.
     pub pod: Option<Pod>,
     pub cgroup_path: String,
     /// Network namespace inode.
@@ -22,7 +23,8 @@ pub struct Container {
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct Pod {
-    pub uid: String,
+    /// From the cgroup path, else the runtime's label; null when neither has it.
+    pub uid: Option<String>,
     pub namespace: Option<String>,
     pub name: Option<String>,
 }
@@ -30,6 +32,13 @@ pub struct Pod {
 fn is_id(s: &str) -> bool {
     s.len() == 64 && s.bytes().all(|b| b.is_ascii_hexdigit())
 }
+
+/// A runtime id under a parent no runtime is known by (e.g. `ctr`'s `/<namespace>/<id>` with
+/// a namespace of its user's choosing): the runtime whose API knows the id may say.
+pub const UNKNOWN_RUNTIME: &str = "unknown";
+
+/// containerd's namespace for Kubernetes (the CRI plugin's).
+pub const CRI_NAMESPACE: &str = "k8s.io";
 
 /// The longest LXC or nspawn name repeated as it is.
 pub const MAX_NAME: usize = 64;
@@ -86,8 +95,10 @@ pub fn from_cgroup_path(path: &str) -> Option<Container> {
             let runtime = match segments[i - 1] {
                 "docker" => "docker",
                 "libpod_parent" => "podman",
+                // `ctr run` with cgroupfs: /<containerd namespace>/<id>.
+                CRI_NAMESPACE => "containerd",
                 p if p.starts_with("pod") || p.starts_with("kubepods") => "containerd",
-                _ => "unknown",
+                _ => UNKNOWN_RUNTIME,
             };
             Some((runtime, seg.to_owned(), None))
         } else if let Some(name) = seg.strip_prefix("machine-").map(unescape) {
@@ -105,7 +116,7 @@ pub fn from_cgroup_path(path: &str) -> Option<Container> {
                 name,
                 runtime,
                 pod: pod_uid.clone().map(|uid| Pod {
-                    uid,
+                    uid: Some(uid),
                     ..Pod::default()
                 }),
                 cgroup_path: path.to_owned(),
@@ -160,7 +171,7 @@ mod tests {
     fn check(path: &str, runtime: &str, id: &str, pod: Option<&str>) {
         let c = from_cgroup_path(path).unwrap_or_else(|| panic!("no container in {path}"));
         assert_eq!((c.runtime, c.id.as_str()), (runtime, id), "{path}");
-        assert_eq!(c.pod.map(|p| p.uid), pod.map(str::to_owned), "{path}");
+        assert_eq!(c.pod.and_then(|p| p.uid), pod.map(str::to_owned), "{path}");
     }
 
     #[test]
@@ -225,6 +236,14 @@ mod tests {
             "/kubepods.slice/kubepods-pod{under}.slice/crio-conmon-{ID}.scope"
         ))
         .is_none());
+    }
+
+    /// `ctr run` with cgroupfs puts a container in `/<namespace>/<id>`: Kubernetes' namespace
+    /// is containerd's; another is a runtime's only once its API says so.
+    #[test]
+    fn containerd_namespaces() {
+        check(&format!("/k8s.io/{ID}"), "containerd", ID, None);
+        check(&format!("/default/{ID}"), UNKNOWN_RUNTIME, ID, None);
     }
 
     #[test]

@@ -22,7 +22,7 @@ use crate::{
     enrich::audit::{self, AuditDenial},
     enrich::discovery::{Discovery, Scope, Snapshot},
     enrich::names::name_container,
-    enrich::runtime::ContainerNames,
+    enrich::runtime::{ContainerNames, Sockets},
     escape,
     kernel::detach::{Attached, Stopped},
     kernel::lsm::ActiveLsms,
@@ -143,16 +143,17 @@ fn kernel_facts(tracefs: &std::path::Path) -> Result<(KernelLayout, KernelNames,
     Ok((layout, names, plan))
 }
 
-/// The container runtimes' API sockets to ask for names: `--runtime-socket`, else the usual.
-fn runtime_sockets(cli: &TraceArgs) -> Vec<PathBuf> {
-    if cli.runtime_sockets.is_empty() {
-        crate::enrich::runtime::DEFAULT_SOCKETS
-            .iter()
-            .map(Into::into)
-            .collect()
-    } else {
-        cli.runtime_sockets.clone()
+/// Where to ask for container names: `--runtime-socket` and `--containerd-socket`, each
+/// else the usual.
+fn runtime_sockets(cli: &TraceArgs) -> Sockets {
+    let mut sockets = Sockets::default();
+    if !cli.runtime_sockets.is_empty() {
+        sockets.docker_api.clone_from(&cli.runtime_sockets);
     }
+    if !cli.containerd_sockets.is_empty() {
+        sockets.containerd.clone_from(&cli.containerd_sockets);
+    }
+    sockets
 }
 
 /// What the programs are told before load.
@@ -708,7 +709,7 @@ impl Tracer {
             .values()
             .filter_map(|l| l.container.as_ref())
         {
-            let _ = self.container_names.get(&c.id);
+            let _ = self.container_names.get(c);
         }
         Ok(())
     }
@@ -818,7 +819,7 @@ fn resolve_containers(
             .filter(|c| {
                 c.id == *want
                     || (want.len() >= 4 && c.id.starts_with(want.as_str()))
-                    || names.resolve_now(&c.id).as_deref() == Some(want.as_str())
+                    || names.resolve_now(c).and_then(|n| n.name).as_deref() == Some(want.as_str())
             })
             .collect();
         match matches.as_slice() {
