@@ -6,6 +6,7 @@
 
 pub mod collectors;
 pub mod hostile;
+pub mod journald;
 pub mod kernel;
 pub mod openssh;
 pub mod podman;
