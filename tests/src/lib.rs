@@ -4,6 +4,7 @@
 //! real `ssh` client, and the real sshtrace binary with its eBPF programs. Everything a test starts is stopped and
 //! removed when its guard drops, also when the test fails.
 
+pub mod booted;
 pub mod collectors;
 pub mod hostile;
 pub mod journald;

@@ -208,6 +208,16 @@ pub const SELECTION: &[Entry] = &[
         "container identity from cgroup paths and the runtime's API; Podman under TCG takes 4-5 min",
     ),
     entry(
+        "journald",
+        Guest::HostOnly,
+        "the journald output to a real journald: formatting and delivery, in userspace",
+    ),
+    entry(
+        "package",
+        Guest::HostOnly,
+        "the static binary, the .deb and its systemd unit in Podman containers booted with systemd",
+    ),
+    entry(
         "penalties",
         Guest::HostOnly,
         "OpenSSH 10's PerSourcePenalties and MaxStartups drops, in a Podman container: the listener's close, as in sshd_dropped",

@@ -1,0 +1,300 @@
+//! The Debian package `cargo xtask dist` makes (`SSHTRACE_DEB`, which `cargo xtask test` sets
+//! after running dist; else the newest in target/dist/): its binary is static (it runs in a
+//! root file system that holds nothing else), its unit passes `systemd-analyze verify` and
+//! keeps its exposure low, and on Debian 12 and 13, booted with systemd in Podman, it
+//! installs, runs (`--version`, `--probe-report`), and its service starts inside the unit's
+//! sandbox, sends a real verdict to the journal, stops cleanly, and is purged.
+
+use std::{
+    fs,
+    path::{Path, PathBuf},
+    process::Command,
+    time::Duration,
+};
+
+use serde_json::Value;
+use sshtrace_tests::{
+    booted::{BootableImage, Booted, BOOKWORM_SYSTEMD, TRIXIE_SYSTEMD},
+    loud, privileged, run, sshtrace_bin, wait_for,
+};
+
+/// What the package installs, besides its maintainer scripts.
+const FILES: &[&str] = &[
+    "/usr/sbin/sshtrace",
+    "/usr/share/man/man8/sshtrace.8.gz",
+    "/usr/share/bash-completion/completions/sshtrace",
+    "/usr/share/zsh/vendor-completions/_sshtrace",
+    "/usr/share/fish/vendor_completions.d/sshtrace.fish",
+    "/usr/lib/systemd/system/sshtrace.service",
+];
+
+/// The package under test.
+fn deb() -> PathBuf {
+    if let Some(deb) = std::env::var_os("SSHTRACE_DEB") {
+        return PathBuf::from(deb);
+    }
+    // target/release/sshtrace → target/dist/
+    let dist = sshtrace_bin()
+        .parent()
+        .and_then(Path::parent)
+        .expect("the binary lives in target/<profile>/")
+        .join("dist");
+    let newest = fs::read_dir(&dist).ok().and_then(|entries| {
+        entries
+            .filter_map(Result::ok)
+            .filter(|e| e.file_name().to_string_lossy().ends_with(".deb"))
+            .max_by_key(|e| e.metadata().and_then(|m| m.modified()).ok())
+            .map(|e| e.path())
+    });
+    let deb = newest.unwrap_or_else(|| {
+        panic!(
+            "no .deb in {}: run `cargo xtask dist` first (`cargo xtask test` does)",
+            dist.display()
+        )
+    });
+    loud(&format!(
+        "package test: {} (SSHTRACE_DEB unset)",
+        deb.display()
+    ));
+    deb
+}
+
+/// A temporary directory holding the package's files (`dpkg-deb -x`), removed on drop.
+struct Unpacked(PathBuf);
+
+impl Unpacked {
+    fn new(name: &str) -> Self {
+        let dir =
+            std::env::temp_dir().join(format!("sshtrace-package-{name}-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        let out = run(Command::new("dpkg-deb").arg("-x").arg(deb()).arg(&dir));
+        assert!(
+            out.status.success(),
+            "dpkg-deb -x: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Self(dir)
+    }
+}
+
+impl Drop for Unpacked {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.0);
+    }
+}
+
+#[test]
+fn binary_runs_in_a_root_with_no_library_at_all() {
+    if !privileged("binary_runs_in_a_root_with_no_library_at_all") {
+        return;
+    }
+    let root = Unpacked::new("static");
+    let mut files = Vec::new();
+    let mut dirs = vec![root.0.clone()];
+    while let Some(dir) = dirs.pop() {
+        for entry in fs::read_dir(dir).unwrap().map(Result::unwrap) {
+            if entry.file_type().unwrap().is_dir() {
+                dirs.push(entry.path());
+            } else {
+                files.push(entry.path().strip_prefix(&root.0).unwrap().to_path_buf());
+            }
+        }
+    }
+    files.sort();
+    let expected: Vec<PathBuf> = FILES
+        .iter()
+        .map(|f| Path::new(&f[1..]).to_path_buf())
+        .collect();
+    let mut expected_sorted = expected.clone();
+    expected_sorted.sort();
+    assert_eq!(
+        files, expected_sorted,
+        "the package holds these files and no other"
+    );
+    // No loader, no libc: only the kernel starts it.
+    let out = run(Command::new("chroot")
+        .arg(&root.0)
+        .args(["/usr/sbin/sshtrace", "--version"]));
+    assert!(
+        out.status.success(),
+        "chroot: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with("sshtrace "));
+}
+
+#[test]
+fn unit_passes_systemd_analyze_verify_and_security() {
+    let root = Unpacked::new("unit");
+    // The units it depends on (sysinit.target, …) from the host's systemd, under the same root.
+    let units = root.0.join("usr/lib/systemd/system");
+    let out = run(Command::new("cp")
+        .args(["-a", "-n", "/lib/systemd/system/."])
+        .arg(&units));
+    assert!(
+        out.status.success(),
+        "cp: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // verify runs `man` for Documentation=, on the host: MANPATH points it at the package's.
+    let out = run(Command::new("systemd-analyze")
+        .arg("verify")
+        .arg(format!("--root={}", root.0.display()))
+        .arg("sshtrace.service")
+        .env("MANPATH", root.0.join("usr/share/man")));
+    assert!(
+        out.status.success() && out.stderr.is_empty() && out.stdout.is_empty(),
+        "systemd-analyze verify: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The unit's sandbox, scored offline: a regression above 4.0 (of 10) fails.
+    let out = run(Command::new("systemd-analyze")
+        .args(["security", "--offline=yes", "--threshold=40", "--no-pager"])
+        .arg(format!("--root={}", root.0.display()))
+        .arg("sshtrace.service"));
+    let report = String::from_utf8_lossy(&out.stdout);
+    let overall = report
+        .lines()
+        .find(|l| l.contains("Overall exposure level"))
+        .unwrap_or_default();
+    assert!(
+        out.status.success(),
+        "systemd-analyze security: {report}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    loud(&format!("sshtrace.service: {}", overall.trim()));
+}
+
+#[test]
+fn installs_and_runs_as_a_service_on_debian_12() {
+    if privileged("installs_and_runs_as_a_service_on_debian_12") {
+        installs_and_runs_as_a_service(&BOOKWORM_SYSTEMD, "package-12");
+    }
+}
+
+#[test]
+fn installs_and_runs_as_a_service_on_debian_13() {
+    if privileged("installs_and_runs_as_a_service_on_debian_13") {
+        installs_and_runs_as_a_service(&TRIXIE_SYSTEMD, "package-13");
+    }
+}
+
+fn installs_and_runs_as_a_service(image: &BootableImage, name: &str) {
+    let deb = deb();
+    let host = Booted::start(image, name, &[(&deb, "/mnt/sshtrace.deb")]);
+    host.exec_ok(&["dpkg", "--install", "/mnt/sshtrace.deb"]);
+    let listed = host.exec_ok(&["dpkg", "--listfiles", "sshtrace"]);
+    for file in FILES {
+        assert!(
+            listed.lines().any(|l| l == *file),
+            "{file} not installed: {listed}"
+        );
+    }
+    assert!(host
+        .exec_ok(&["sshtrace", "--version"])
+        .starts_with("sshtrace "));
+    let page = host.exec_ok(&["sh", "-c", "zcat /usr/share/man/man8/sshtrace.8.gz"]);
+    assert!(page.contains(".TH sshtrace 8"), "{page}");
+    let completion = host.exec_ok(&[
+        "bash",
+        "-c",
+        ". /usr/share/bash-completion/completions/sshtrace && complete -p sshtrace",
+    ]);
+    assert!(completion.contains("sshtrace"), "{completion}");
+    let report = host.exec_ok(&["sshtrace", "--probe-report"]);
+    assert!(report.contains("hooks attached ("), "{report}");
+
+    // Installed, not started: the administrator enables it.
+    let state = |what: &str| {
+        String::from_utf8_lossy(&host.exec(&["systemctl", what, "sshtrace.service"]).stdout)
+            .trim()
+            .to_owned()
+    };
+    assert_eq!(
+        (state("is-enabled"), state("is-active")),
+        ("disabled".into(), "inactive".into())
+    );
+
+    // sshd listens, sshtrace starts and finds it; then sshd stops and a client is refused.
+    host.exec_ok(&["systemctl", "start", "ssh.service"]);
+    host.exec_ok(&["systemctl", "start", "sshtrace.service"]);
+    wait_for(
+        "sshtrace.service to attach",
+        Duration::from_secs(30),
+        || {
+            host.exec_ok(&[
+                "journalctl",
+                "--unit=sshtrace",
+                "--output=cat",
+                "--no-pager",
+            ])
+            .contains("sshtrace: attached")
+            .then_some(())
+        },
+    );
+    let pid = host.exec_ok(&[
+        "systemctl",
+        "show",
+        "--property=MainPID",
+        "--value",
+        "sshtrace",
+    ]);
+    let status = host.exec_ok(&["cat", &format!("/proc/{}/status", pid.trim())]);
+    // Attached, it keeps CAP_BPF, CAP_SYS_ADMIN, CAP_SYS_PTRACE and CAP_DAC_READ_SEARCH
+    // alone, which it can only do with the unit's CAP_SETPCAP.
+    let kept = [39, 21, 19, 2]
+        .iter()
+        .fold(0u64, |mask, cap| mask | 1 << cap);
+    let effective = format!("CapEff:\t{kept:016x}");
+    for sandboxed in ["NoNewPrivs:\t1", "Seccomp:\t2", &effective] {
+        assert!(status.contains(sandboxed), "{sandboxed}: {status}");
+    }
+    host.exec_ok(&["systemctl", "stop", "ssh.service"]);
+    let refused = host.exec(&["bash", "-c", "exec 3<>/dev/tcp/127.0.0.1/22"]);
+    assert!(!refused.status.success(), "port 22 still accepts");
+
+    let entry = wait_for(
+        "the verdict in the journal",
+        Duration::from_secs(15),
+        || {
+            let out = host.exec_ok(&[
+                "journalctl",
+                "--output=json",
+                "--no-pager",
+                "SSHTRACE_CAUSE=not_listening",
+            ]);
+            out.lines()
+                .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+                .find(|e| e["SSHTRACE_LOCAL"] == "127.0.0.1:22")
+        },
+    );
+    assert_eq!(entry["_SYSTEMD_UNIT"], "sshtrace.service", "{entry:#}");
+    assert_eq!(entry["PRIORITY"], "4");
+
+    host.exec_ok(&["systemctl", "stop", "sshtrace.service"]);
+    let result = host.exec_ok(&[
+        "systemctl",
+        "show",
+        "--property=Result",
+        "--value",
+        "sshtrace",
+    ]);
+    assert_eq!(result.trim(), "success");
+    let log = host.exec_ok(&[
+        "journalctl",
+        "--unit=sshtrace",
+        "--output=cat",
+        "--no-pager",
+    ]);
+    assert!(
+        log.contains("sshtrace: output journald: 1 produced, 1 delivered, 0 dropped"),
+        "{log}"
+    );
+
+    host.exec_ok(&["dpkg", "--purge", "sshtrace"]);
+    assert!(!host
+        .exec(&["test", "-e", "/usr/sbin/sshtrace"])
+        .status
+        .success());
+}
