@@ -18,57 +18,94 @@ use crate::{kill, run, wait_for};
 const JOURNALD: &str = "/lib/systemd/systemd-journald";
 
 /// Volatile storage (the host's /var/log/journal exists and must stay untouched), no kernel
-/// log read or written, nothing forwarded, no rate limit on the test's records.
+/// log read or written, nothing forwarded, no rate limit on the test's records. The shell
+/// then stays as the namespace's holder, so that journald can stop and start again in it.
 const SETUP: &str = r#"set -e
 mount -t tmpfs -o mode=0755 tmpfs /run/systemd
 mount -t tmpfs -o mode=0755 tmpfs /run/log
 mkdir -p /run/systemd/journal /run/systemd/journald.conf.d
-cat > /run/systemd/journald.conf.d/99-sshtrace-test.conf <<EOF
-[Journal]
-Storage=volatile
-ReadKMsg=no
-ForwardToSyslog=no
-ForwardToKMsg=no
-ForwardToConsole=no
-ForwardToWall=no
-RateLimitIntervalSec=0
-EOF
-exec "$0""#;
+printf '%s\n' '[Journal]' Storage=volatile ReadKMsg=no ForwardToSyslog=no ForwardToKMsg=no \
+    ForwardToConsole=no ForwardToWall=no RateLimitIntervalSec=0 \
+    > /run/systemd/journald.conf.d/99-sshtrace-test.conf
+touch /run/systemd/journal/.ready
+exec sleep infinity"#;
 
 pub struct Journald {
-    child: Child,
+    /// The process that holds the namespace.
+    holder: Child,
+    journald: Option<Child>,
 }
 
 impl Journald {
-    /// Starts journald and waits until its native socket exists.
+    /// Makes the namespace, starts journald in it and waits until its socket exists.
     pub fn start() -> Self {
         assert!(
             Path::new(JOURNALD).exists(),
             "{JOURNALD} is missing: install the systemd package (cargo xtask setup does)"
         );
-        let mut child = Command::new("unshare")
+        let holder = Command::new("unshare")
             .args(["--mount", "--propagation", "private", "sh", "-c", SETUP])
-            .arg(JOURNALD)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .spawn()
             .expect("unshare");
-        let socket = PathBuf::from(format!(
-            "/proc/{}/root/run/systemd/journal/socket",
-            child.id()
-        ));
+        let mut journald = Self {
+            holder,
+            journald: None,
+        };
+        let ready = journald.path("/run/systemd/journal/.ready");
+        wait_for("the namespace", Duration::from_secs(10), || {
+            if let Ok(Some(status)) = journald.holder.try_wait() {
+                panic!("the namespace's set-up failed: {status}");
+            }
+            ready.exists().then_some(())
+        });
+        journald.start_journald();
+        journald
+    }
+
+    /// A path inside the namespace, as the host reaches it.
+    fn path(&self, path: &str) -> PathBuf {
+        PathBuf::from(format!("/proc/{}/root{path}", self.holder.id()))
+    }
+
+    fn start_journald(&mut self) {
+        // A stopped journald leaves its socket behind: wait for the new one.
+        let socket = self.path("/run/systemd/journal/socket");
+        let _ = std::fs::remove_file(&socket);
+        let mut child = Command::new("nsenter")
+            .arg(format!("--mount={}", self.mount_namespace().display()))
+            .args(["--", JOURNALD])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("nsenter journald");
         wait_for("journald's socket", Duration::from_secs(10), || {
             if let Ok(Some(status)) = child.try_wait() {
-                panic!("journald (or its namespace's set-up) exited: {status}");
+                panic!("journald exited: {status}");
             }
             socket.exists().then_some(())
         });
-        Self { child }
+        self.journald = Some(child);
+    }
+
+    /// Stops journald (SIGTERM, as systemd does) and waits for it to exit.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.journald.take() {
+            kill(child.id(), libc::SIGTERM);
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts journald again in the same namespace after [`Self::stop`], as an upgrade does.
+    pub fn start_again(&mut self) {
+        assert!(self.journald.is_none(), "journald is running");
+        self.start_journald();
     }
 
     /// Its mount namespace, for `nsenter --mount=`.
     pub fn mount_namespace(&self) -> PathBuf {
-        PathBuf::from(format!("/proc/{}/ns/mnt", self.child.id()))
+        PathBuf::from(format!("/proc/{}/ns/mnt", self.holder.id()))
     }
 
     /// Every entry `SYSLOG_IDENTIFIER=identifier` sent, as `journalctl -o json` gives them
@@ -93,7 +130,8 @@ impl Journald {
 
 impl Drop for Journald {
     fn drop(&mut self) {
-        kill(self.child.id(), libc::SIGTERM);
-        let _ = self.child.wait();
+        self.stop();
+        let _ = self.holder.kill();
+        let _ = self.holder.wait();
     }
 }

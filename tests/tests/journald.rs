@@ -4,7 +4,7 @@
 //! refused key, a crash, and a kill by a process whose name holds a newline, an escape
 //! sequence, a quote, a backslash and a byte that is not UTF-8. Read back with
 //! `journalctl -o json`: every field against the verdict sshtrace printed, the escaping, and
-//! each cause's priority.
+//! each cause's priority. And journald restarted under a running sshtrace: nothing lost.
 
 use std::{ffi::OsStr, net::TcpStream, os::unix::ffi::OsStrExt, process::Command, time::Duration};
 
@@ -27,6 +27,8 @@ fn verdicts_reach_a_real_journald_escaped_with_their_cause_s_priority() {
     if !privileged("verdicts_reach_a_real_journald_escaped_with_their_cause_s_priority") {
         return;
     }
+    // sshtrace follows every sshd it finds: one test's sshd would add to the other's journal.
+    let _alone = sshtrace_tests::alone();
     let journald = Journald::start();
     let (ep, crash, closed) = (Endpoint::new(252), Endpoint::new(253), Endpoint::new(254));
     let ports = [ep, crash, closed].map(|e| e.port().to_string());
@@ -138,4 +140,63 @@ fn assert_fields_match(entry: &Value, verdict: &Value, pid: u32) {
             .unwrap_or_else(|| panic!("{field} is not one UTF-8 text: {value}"));
         assert!(!text.chars().any(char::is_control), "{field}: {text:?}");
     }
+}
+
+/// journald stopped and started again, as an upgrade of systemd does: the verdict judged
+/// while it was away is sent once it is back, and none is lost.
+#[test]
+fn a_journald_restart_loses_no_verdict() {
+    if !privileged("a_journald_restart_loses_no_verdict") {
+        return;
+    }
+    let _alone = sshtrace_tests::alone();
+    let mut journald = Journald::start();
+    let closed = Endpoint::new(255);
+    let port = closed.port().to_string();
+    let mut tracer = Tracer::start_in_mount_namespace(
+        &journald.mount_namespace(),
+        &["--port", &port, "-o", "-", "-o", "journald"],
+    );
+    refuse(&tracer, closed, 1);
+    entries_at_least(&journald, 1);
+    journald.stop();
+    refuse(&tracer, closed, 2);
+    journald.start_again();
+    refuse(&tracer, closed, 3);
+    let entries = entries_at_least(&journald, 3);
+    assert_eq!(entries.len(), 3, "{entries:#?}");
+    for verdict in tracer.verdicts(closed.port()) {
+        entry_of(&entries, &verdict);
+    }
+    assert!(tracer.stop().success());
+    assert!(
+        tracer
+            .stderr_lines()
+            .iter()
+            .any(|l| l == "sshtrace: output journald: 3 produced, 3 delivered, 0 dropped, 0 undelivered at exit"),
+        "{:#?}",
+        tracer.stderr_lines()
+    );
+}
+
+/// A connection refused on `closed`'s port: the `n`th verdict there, waited for on stdout.
+fn refuse(tracer: &Tracer, closed: Endpoint, n: usize) {
+    assert!(TcpStream::connect((closed.addr().as_str(), closed.port())).is_err());
+    wait_for(
+        &format!("verdict {n} on stdout"),
+        Duration::from_secs(10),
+        || (tracer.verdicts(closed.port()).len() == n).then_some(()),
+    );
+}
+
+/// The journal's sshtrace entries, once there are `n` at least.
+fn entries_at_least(journald: &Journald, n: usize) -> Vec<Value> {
+    wait_for(
+        &format!("{n} entries in the journal"),
+        Duration::from_secs(15),
+        || {
+            let entries = journald.entries("sshtrace");
+            (entries.len() >= n).then_some(entries)
+        },
+    )
 }
