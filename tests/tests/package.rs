@@ -1,9 +1,10 @@
 //! The Debian package `cargo xtask dist` makes (`SSHTRACE_DEB`, which `cargo xtask test` sets
 //! after running dist; else the newest in target/dist/): its binary is static (it runs in a
-//! root file system that holds nothing else), its unit passes `systemd-analyze verify` and
-//! keeps its exposure low, and on Debian 12 and 13, booted with systemd in Podman, it
-//! installs, runs (`--version`, `--probe-report`), and its service starts inside the unit's
-//! sandbox, sends a real verdict to the journal, stops cleanly, and is purged.
+//! root file system that holds nothing else), its unit passes `systemd-analyze verify` (the
+//! man page it names included) and keeps its exposure low, and on Debian 12 and 13, booted
+//! with systemd in Podman, it installs, their systemd reads its unit without a warning, it
+//! runs (`--version`, `--probe-report`), and its service starts inside the unit's sandbox,
+//! sends a real verdict to the journal, stops cleanly, and is purged.
 
 use std::{
     fs,
@@ -77,6 +78,24 @@ impl Unpacked {
     }
 }
 
+impl Unpacked {
+    /// Every file, as an absolute path once installed.
+    fn files(&self) -> Vec<PathBuf> {
+        let mut files = Vec::new();
+        let mut dirs = vec![self.0.clone()];
+        while let Some(dir) = dirs.pop() {
+            for entry in fs::read_dir(dir).unwrap().map(Result::unwrap) {
+                if entry.file_type().unwrap().is_dir() {
+                    dirs.push(entry.path());
+                } else {
+                    files.push(Path::new("/").join(entry.path().strip_prefix(&self.0).unwrap()));
+                }
+            }
+        }
+        files
+    }
+}
+
 impl Drop for Unpacked {
     fn drop(&mut self) {
         let _ = fs::remove_dir_all(&self.0);
@@ -89,26 +108,12 @@ fn binary_runs_in_a_root_with_no_library_at_all() {
         return;
     }
     let root = Unpacked::new("static");
-    let mut files = Vec::new();
-    let mut dirs = vec![root.0.clone()];
-    while let Some(dir) = dirs.pop() {
-        for entry in fs::read_dir(dir).unwrap().map(Result::unwrap) {
-            if entry.file_type().unwrap().is_dir() {
-                dirs.push(entry.path());
-            } else {
-                files.push(entry.path().strip_prefix(&root.0).unwrap().to_path_buf());
-            }
-        }
-    }
+    let mut files = root.files();
     files.sort();
-    let expected: Vec<PathBuf> = FILES
-        .iter()
-        .map(|f| Path::new(&f[1..]).to_path_buf())
-        .collect();
-    let mut expected_sorted = expected.clone();
-    expected_sorted.sort();
+    let mut expected: Vec<PathBuf> = FILES.iter().map(PathBuf::from).collect();
+    expected.sort();
     assert_eq!(
-        files, expected_sorted,
+        files, expected,
         "the package holds these files and no other"
     );
     // No loader, no libc: only the kernel starts it.
@@ -200,8 +205,25 @@ fn installs_and_runs_as_a_service_on_debian_13() {
 }
 
 fn installs_and_runs_as_a_service(image: &BootableImage, name: &str) {
-    let deb = deb();
-    let host = Booted::start(image, name, &[(&deb, "/mnt/sshtrace.deb")]);
+    let host = Booted::start(image, name, &[(&deb(), "/mnt/sshtrace.deb")]);
+    installs(&host);
+    assert!(host
+        .exec_ok(&["sshtrace", "--version"])
+        .starts_with("sshtrace "));
+    let report = host.exec_ok(&["sshtrace", "--probe-report"]);
+    assert!(report.contains("hooks attached ("), "{report}");
+    service_judges_a_refusal(&host);
+    host.exec_ok(&["dpkg", "--purge", "sshtrace"]);
+    assert!(!host
+        .exec(&["test", "-e", "/usr/sbin/sshtrace"])
+        .status
+        .success());
+}
+
+/// `dpkg --install`: every file in place, the man page and the bash completion readable, the
+/// unit read by this Debian's systemd as by the host's (which checks the man page), and the
+/// service installed but not started: the administrator enables it.
+fn installs(host: &Booted) {
     host.exec_ok(&["dpkg", "--install", "/mnt/sshtrace.deb"]);
     let listed = host.exec_ok(&["dpkg", "--listfiles", "sshtrace"]);
     for file in FILES {
@@ -210,9 +232,6 @@ fn installs_and_runs_as_a_service(image: &BootableImage, name: &str) {
             "{file} not installed: {listed}"
         );
     }
-    assert!(host
-        .exec_ok(&["sshtrace", "--version"])
-        .starts_with("sshtrace "));
     let page = host.exec_ok(&["sh", "-c", "zcat /usr/share/man/man8/sshtrace.8.gz"]);
     assert!(page.contains(".TH sshtrace 8"), "{page}");
     let completion = host.exec_ok(&[
@@ -221,10 +240,12 @@ fn installs_and_runs_as_a_service(image: &BootableImage, name: &str) {
         ". /usr/share/bash-completion/completions/sshtrace && complete -p sshtrace",
     ]);
     assert!(completion.contains("sshtrace"), "{completion}");
-    let report = host.exec_ok(&["sshtrace", "--probe-report"]);
-    assert!(report.contains("hooks attached ("), "{report}");
-
-    // Installed, not started: the administrator enables it.
+    let verify = host.exec(&["systemd-analyze", "verify", "--man=no", "sshtrace.service"]);
+    assert!(
+        verify.status.success() && verify.stderr.is_empty(),
+        "systemd-analyze verify: {}",
+        String::from_utf8_lossy(&verify.stderr)
+    );
     let state = |what: &str| {
         String::from_utf8_lossy(&host.exec(&["systemctl", what, "sshtrace.service"]).stdout)
             .trim()
@@ -234,48 +255,26 @@ fn installs_and_runs_as_a_service(image: &BootableImage, name: &str) {
         (state("is-enabled"), state("is-active")),
         ("disabled".into(), "inactive".into())
     );
+}
 
-    // sshd listens, sshtrace starts and finds it; then sshd stops and a client is refused.
+/// The service as the unit runs it: sshd listens, sshtrace starts (sandboxed) and finds it;
+/// sshd stops and a client is refused; the verdict is in the journal; sshtrace stops cleanly
+/// with everything delivered.
+fn service_judges_a_refusal(host: &Booted) {
     host.exec_ok(&["systemctl", "start", "ssh.service"]);
     host.exec_ok(&["systemctl", "start", "sshtrace.service"]);
     wait_for(
         "sshtrace.service to attach",
         Duration::from_secs(30),
-        || {
-            host.exec_ok(&[
-                "journalctl",
-                "--unit=sshtrace",
-                "--output=cat",
-                "--no-pager",
-            ])
-            .contains("sshtrace: attached")
-            .then_some(())
-        },
+        || unit_log(host).contains("sshtrace: attached").then_some(()),
     );
-    let pid = host.exec_ok(&[
-        "systemctl",
-        "show",
-        "--property=MainPID",
-        "--value",
-        "sshtrace",
-    ]);
-    let status = host.exec_ok(&["cat", &format!("/proc/{}/status", pid.trim())]);
-    // Attached, it keeps CAP_BPF, CAP_SYS_ADMIN, CAP_SYS_PTRACE and CAP_DAC_READ_SEARCH
-    // alone, which it can only do with the unit's CAP_SETPCAP.
-    let kept = [39, 21, 19, 2]
-        .iter()
-        .fold(0u64, |mask, cap| mask | 1 << cap);
-    let effective = format!("CapEff:\t{kept:016x}");
-    for sandboxed in ["NoNewPrivs:\t1", "Seccomp:\t2", &effective] {
-        assert!(status.contains(sandboxed), "{sandboxed}: {status}");
-    }
+    assert_sandboxed(host);
     host.exec_ok(&["systemctl", "stop", "ssh.service"]);
-    // The kernel follows port 22 in every network namespace, the other Debian's container's
-    // too: this container's refusal is the one in its own.
-    let netns = netns_of(&host);
+    let netns = netns_of(host);
     let refused = host.exec(&["bash", "-c", "exec 3<>/dev/tcp/127.0.0.1/22"]);
     assert!(!refused.status.success(), "port 22 still accepts");
-
+    // The kernel follows port 22 in every network namespace, the other Debian's container's
+    // too: this container's refusal is the one in its own.
     let entry = wait_for(
         "the verdict in the journal",
         Duration::from_secs(15),
@@ -309,12 +308,7 @@ fn installs_and_runs_as_a_service(image: &BootableImage, name: &str) {
         "sshtrace",
     ]);
     assert_eq!(result.trim(), "success");
-    let log = host.exec_ok(&[
-        "journalctl",
-        "--unit=sshtrace",
-        "--output=cat",
-        "--no-pager",
-    ]);
+    let log = unit_log(host);
     let delivery = log
         .lines()
         .find_map(|l| l.strip_prefix("sshtrace: output journald: "))
@@ -327,12 +321,37 @@ fn installs_and_runs_as_a_service(image: &BootableImage, name: &str) {
         counts[0] >= 1 && counts[0] == counts[1],
         "not all delivered: {delivery}"
     );
+}
 
-    host.exec_ok(&["dpkg", "--purge", "sshtrace"]);
-    assert!(!host
-        .exec(&["test", "-e", "/usr/sbin/sshtrace"])
-        .status
-        .success());
+/// The running service has no new privileges, a system call filter, and once attached keeps
+/// CAP_BPF, CAP_SYS_ADMIN, CAP_SYS_PTRACE and CAP_DAC_READ_SEARCH alone (which it can only
+/// do with the unit's CAP_SETPCAP).
+fn assert_sandboxed(host: &Booted) {
+    let pid = host.exec_ok(&[
+        "systemctl",
+        "show",
+        "--property=MainPID",
+        "--value",
+        "sshtrace",
+    ]);
+    let status = host.exec_ok(&["cat", &format!("/proc/{}/status", pid.trim())]);
+    let kept = [39, 21, 19, 2]
+        .iter()
+        .fold(0u64, |mask, cap| mask | 1 << cap);
+    let effective = format!("CapEff:\t{kept:016x}");
+    for sandboxed in ["NoNewPrivs:\t1", "Seccomp:\t2", &effective] {
+        assert!(status.contains(sandboxed), "{sandboxed}: {status}");
+    }
+}
+
+/// What the unit logged: systemd's lines and sshtrace's standard output and error.
+fn unit_log(host: &Booted) -> String {
+    host.exec_ok(&[
+        "journalctl",
+        "--unit=sshtrace",
+        "--output=cat",
+        "--no-pager",
+    ])
 }
 
 /// The inode of the container's network namespace, as verdicts give it (`conn.netns`).
