@@ -262,11 +262,30 @@ fn installs(host: &Booted) {
 /// with everything delivered.
 fn service_judges_a_refusal(host: &Booted) {
     host.exec_ok(&["systemctl", "start", "ssh.service"]);
+    // A second sshd in a network namespace of its own, which the sandbox must not hide:
+    // sshtrace lists its listener from inside that namespace (setns, which the unit's
+    // RestrictNamespaces= allows), or else from its /proc/PID/net/tcp.
+    host.exec_ok(&[
+        "systemd-run",
+        "--unit=sshd-netns",
+        "--property=PrivateNetwork=yes",
+        "--property=Type=notify",
+        "/usr/sbin/sshd",
+        "-D",
+        "-p",
+        "2222",
+    ]);
     host.exec_ok(&["systemctl", "start", "sshtrace.service"]);
     wait_for(
         "sshtrace.service to attach",
         Duration::from_secs(30),
         || unit_log(host).contains("sshtrace: attached").then_some(()),
+    );
+    let log = unit_log(host);
+    assert!(
+        log.lines()
+            .any(|l| l.starts_with("sshtrace: tracking ports [22, 2222]")),
+        "{log}"
     );
     assert_sandboxed(host);
     host.exec_ok(&["systemctl", "stop", "ssh.service"]);
