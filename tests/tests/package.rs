@@ -213,11 +213,15 @@ fn installs_and_runs_as_a_service(image: &BootableImage, name: &str) {
     let report = host.exec_ok(&["sshtrace", "--probe-report"]);
     assert!(report.contains("hooks attached ("), "{report}");
     service_judges_a_refusal(&host);
+    // Purged: its files gone, and the enablement upgrade_restarts_it made forgotten.
     host.exec_ok(&["dpkg", "--purge", "sshtrace"]);
-    assert!(!host
-        .exec(&["test", "-e", "/usr/sbin/sshtrace"])
-        .status
-        .success());
+    for gone in [
+        "/usr/sbin/sshtrace",
+        "/etc/systemd/system/multi-user.target.wants/sshtrace.service",
+    ] {
+        let test = format!("test -e {gone} || test -L {gone}");
+        assert!(!host.exec(&["sh", "-c", &test]).status.success(), "{gone}");
+    }
 }
 
 /// `dpkg --install`: every file in place, the man page and the bash completion readable, the
@@ -318,42 +322,58 @@ fn service_judges_a_refusal(host: &Booted) {
     assert_eq!(entry["_SYSTEMD_UNIT"], "sshtrace.service", "{entry:#}");
     assert_eq!(entry["PRIORITY"], "4");
 
+    upgrade_restarts_it(host);
     host.exec_ok(&["systemctl", "stop", "sshtrace.service"]);
-    let result = host.exec_ok(&[
+    assert_eq!(show(host, "Result"), "success");
+    // Each run's exit line: everything it produced reached the journal.
+    let log = unit_log(host);
+    let runs: Vec<&str> = log
+        .lines()
+        .filter_map(|l| l.strip_prefix("sshtrace: output journald: "))
+        .collect();
+    assert_eq!(runs.len(), 2, "{log}");
+    for delivery in runs {
+        let counts: Vec<u64> = delivery
+            .split(", ")
+            .map(|part| part.split(' ').next().unwrap().parse().unwrap())
+            .collect();
+        assert_eq!(counts[0], counts[1], "not all delivered: {delivery}");
+    }
+}
+
+/// The package installed again over a running, enabled sshtrace (an upgrade): the service
+/// runs on the new binary.
+fn upgrade_restarts_it(host: &Booted) {
+    host.exec_ok(&["systemctl", "enable", "sshtrace.service"]);
+    let before = show(host, "MainPID");
+    host.exec_ok(&["dpkg", "--install", "/mnt/sshtrace.deb"]);
+    let after = show(host, "MainPID");
+    assert!(
+        after != before && after != "0",
+        "MainPID {before} → {after}"
+    );
+    assert_eq!(show(host, "ActiveState"), "active");
+}
+
+/// A property of sshtrace.service.
+fn show(host: &Booted, property: &str) -> String {
+    host.exec_ok(&[
         "systemctl",
         "show",
-        "--property=Result",
+        &format!("--property={property}"),
         "--value",
-        "sshtrace",
-    ]);
-    assert_eq!(result.trim(), "success");
-    let log = unit_log(host);
-    let delivery = log
-        .lines()
-        .find_map(|l| l.strip_prefix("sshtrace: output journald: "))
-        .unwrap_or_else(|| panic!("no exit line for the journald output: {log}"));
-    let counts: Vec<u64> = delivery
-        .split(", ")
-        .map(|part| part.split(' ').next().unwrap().parse().unwrap())
-        .collect();
-    assert!(
-        counts[0] >= 1 && counts[0] == counts[1],
-        "not all delivered: {delivery}"
-    );
+        "sshtrace.service",
+    ])
+    .trim()
+    .to_owned()
 }
 
 /// The running service has no new privileges, a system call filter, and once attached keeps
 /// CAP_BPF, CAP_SYS_ADMIN, CAP_SYS_PTRACE and CAP_DAC_READ_SEARCH alone (which it can only
 /// do with the unit's CAP_SETPCAP).
 fn assert_sandboxed(host: &Booted) {
-    let pid = host.exec_ok(&[
-        "systemctl",
-        "show",
-        "--property=MainPID",
-        "--value",
-        "sshtrace",
-    ]);
-    let status = host.exec_ok(&["cat", &format!("/proc/{}/status", pid.trim())]);
+    let pid = show(host, "MainPID");
+    let status = host.exec_ok(&["cat", &format!("/proc/{pid}/status")]);
     let kept = [39, 21, 19, 2]
         .iter()
         .fold(0u64, |mask, cap| mask | 1 << cap);
