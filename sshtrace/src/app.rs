@@ -31,7 +31,10 @@ pub fn main() -> ExitCode {
             );
             Ok(ExitCode::SUCCESS)
         }
+        // Section 8: an administrator's command (it runs as root; the package puts it in
+        // /usr/sbin).
         Some(Command::Man) => clap_mangen::Man::new(Cli::command())
+            .section("8")
             .render(&mut std::io::stdout())
             .map(|()| ExitCode::SUCCESS)
             .map_err(Into::into),

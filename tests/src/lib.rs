@@ -4,11 +4,13 @@
 //! real `ssh` client, and the real sshtrace binary with its eBPF programs. Everything a test starts is stopped and
 //! removed when its guard drops, also when the test fails.
 
+pub mod booted;
 pub mod collectors;
 pub mod containerd;
 pub mod docker;
 pub mod host_dirs;
 pub mod hostile;
+pub mod journald;
 pub mod kernel;
 pub mod openssh;
 pub mod podman;

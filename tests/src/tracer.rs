@@ -31,10 +31,28 @@ impl Tracer {
         Self::spawn(false, args)
     }
 
+    /// Starts `sshtrace --json ARGS` inside the mount namespace `ns` (`/proc/PID/ns/mnt`):
+    /// nsenter enters it and executes sshtrace in its own place, so [`Self::pid`] is
+    /// sshtrace's.
+    pub fn start_in_mount_namespace(ns: &std::path::Path, args: &[&str]) -> Self {
+        let mut command = Command::new("nsenter");
+        command
+            .arg(format!("--mount={}", ns.display()))
+            .arg("--")
+            .arg(sshtrace_bin())
+            .arg("--json")
+            .args(args);
+        Self::spawn_command(command, true)
+    }
+
     fn spawn(json: bool, args: &[&str]) -> Self {
-        let mut child = Command::new(sshtrace_bin())
-            .args(json.then_some("--json"))
-            .args(args)
+        let mut command = Command::new(sshtrace_bin());
+        command.args(json.then_some("--json")).args(args);
+        Self::spawn_command(command, json)
+    }
+
+    fn spawn_command(mut command: Command, json: bool) -> Self {
+        let mut child = command
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())

@@ -241,7 +241,7 @@ fn completions_and_man_page_come_from_the_cli() {
     let out = run(Command::new(sshtrace_bin()).arg("man"));
     let page = String::from_utf8_lossy(&out.stdout);
     assert!(
-        page.contains(".TH sshtrace 1") && page.contains("\\-\\-container"),
+        page.contains(".TH sshtrace 8") && page.contains("\\-\\-container"),
         "{page}"
     );
 }

@@ -2,6 +2,7 @@
 
 mod bench;
 mod cmd;
+mod dist;
 mod selection;
 mod setup;
 mod vm;
@@ -36,6 +37,8 @@ enum Task {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+    /// Build the static binary and the Debian package (with the systemd unit) in target/dist/.
+    Dist,
     /// Measure sshtrace against no tracing, bpftrace and tcpdump (not part of the tests).
     Bench {
         /// Seconds per measurement.
@@ -107,6 +110,10 @@ fn run(task: Task) -> Result<()> {
             args,
         } => vm_test(&kernel, accel, memory, kernel_dependent_only, args),
         Task::Setup => setup::run(),
+        Task::Dist => {
+            setup::run()?;
+            dist::run().map(drop)
+        }
         Task::Run { release, args } => {
             setup::run()?;
             let binary = build(release)?;
@@ -142,7 +149,8 @@ fn vm_test(
 ) -> Result<()> {
     vm::check_series(kernel)?;
     setup::run()?;
-    let binary = build(true)?;
+    // The package test finds the package beside the binary (target/dist/).
+    let binary = dist::run()?.binary;
     let tests = build_integration_tests()?;
     let fetched = vm::fetch_kernel(kernel)?;
     let options = vm::Options {
@@ -162,19 +170,22 @@ fn test(no_vm: bool, args: Vec<String>) -> Result<()> {
     // The VM's kernel package downloads (network) while everything builds (CPU); it is
     // waited for before the host's tests start, so that they run undisturbed.
     let kernel = (!no_vm).then(|| std::thread::spawn(|| vm::fetch_kernel(CI_VM_KERNEL)));
-    let built = build(true).and_then(|binary| Ok((binary, build_integration_tests()?)));
+    // One build serves both: the tests run the static binary the package ships, and the
+    // package test (tests/tests/package.rs) installs the package.
+    let built = dist::run().and_then(|dist| Ok((dist, build_integration_tests()?)));
     let kernel = kernel.map(|k| {
         k.join()
             .unwrap_or_else(|_| Err(anyhow!("fetching the VM's kernel panicked")))
     });
-    let (binary, tests) = built?;
+    let (dist::Dist { binary, deb }, tests) = built?;
     // The same selection as the build above: cargo finds everything up to date.
     let host = cmd::run(
         cmd::cargo()
             .args(host_test_selection())
             .args(["--no-fail-fast", "--"])
             .args(&args)
-            .env("SSHTRACE_BIN", &binary),
+            .env("SSHTRACE_BIN", &binary)
+            .env("SSHTRACE_DEB", &deb),
         "run the test suite",
     );
     let Some(kernel) = kernel else {

@@ -213,6 +213,16 @@ pub const SELECTION: &[Entry] = &[
         "--metrics counts published verdicts in userspace; the verdicts themselves are proved in sshd_crashed and sshd_killed",
     ),
     entry(
+        "journald",
+        Guest::HostOnly,
+        "the journald output to a real journald: formatting and delivery, in userspace",
+    ),
+    entry(
+        "package",
+        Guest::HostOnly,
+        "the static binary, the .deb and its systemd unit in Podman containers booted with systemd",
+    ),
+    entry(
         "penalties",
         Guest::HostOnly,
         "OpenSSH 10's PerSourcePenalties and MaxStartups drops, in a Podman container: the listener's close, as in sshd_dropped",

@@ -22,8 +22,11 @@ const DEBIAN_PACKAGES: &[(&str, &str)] = &[
     ("util-linux", "/usr/bin/prlimit"),
     ("gcc", "/usr/bin/gcc"),
     ("rsyslog", "/usr/sbin/rsyslogd"),
-    // Socket activation the way systemd does it (tests/tests/no_blind_window.rs).
+    // Socket activation the way systemd does it (tests/tests/no_blind_window.rs); a real
+    // journald (journald.rs); `systemd-analyze verify` of the unit (package.rs), which runs
+    // `man` for its Documentation=.
     ("systemd", "/usr/bin/systemd-socket-activate"),
+    ("man-db", "/usr/bin/man"),
     // A real container runtime for the container tests (shared/CONTAINERS.md).
     ("podman", "/usr/bin/podman"),
     ("runc", "/usr/sbin/runc"),

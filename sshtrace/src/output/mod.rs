@@ -6,6 +6,7 @@ pub mod file;
 pub mod journald;
 pub mod json;
 pub mod record;
+pub mod severity;
 pub mod sink;
 pub mod summary;
 pub mod syslog;

@@ -7,17 +7,17 @@ use std::fmt::Write;
 
 use bytes::BytesMut;
 
-use super::Record;
+use super::{severity, Record};
 use crate::escape;
 
 /// RFC 5612's documentation enterprise number: sshtrace has no private one.
 const SD_ID: &str = "sshtrace@32473";
-/// facility daemon (3); severity warning (4) for verdicts, notice (5) for loss reports.
-const PRI_VERDICT: u8 = 3 * 8 + 4;
-const PRI_LOSS: u8 = 3 * 8 + 5;
+/// Facility daemon (3); the severity is the record's (`severity.rs`).
+const FACILITY: u8 = 3;
 
 pub fn render(record: &Record, pid: u32, octet_counting: bool) -> BytesMut {
-    let (pri, ts, host, msgid, params, msg) = match record {
+    let pri = FACILITY * 8 + severity::of(record);
+    let (ts, host, msgid, params, msg) = match record {
         Record::Verdict(v) => {
             let mut params = vec![
                 ("cause", v.cause.as_str().to_owned()),
@@ -48,14 +48,7 @@ pub fn render(record: &Record, pid: u32, octet_counting: bool) -> BytesMut {
                 };
                 params.push((key.as_str(), value));
             }
-            (
-                PRI_VERDICT,
-                &v.ts,
-                &v.host,
-                v.cause.as_str(),
-                params,
-                v.summary.clone(),
-            )
+            (&v.ts, &v.host, v.cause.as_str(), params, v.summary.clone())
         }
         Record::Loss(l) => {
             let mut params = vec![
@@ -67,7 +60,7 @@ pub fn render(record: &Record, pid: u32, octet_counting: bool) -> BytesMut {
             if let Some(sink) = &l.sink {
                 params.push(("sink", sink.clone()));
             }
-            (PRI_LOSS, &l.ts, &l.host, "loss", params, l.summary())
+            (&l.ts, &l.host, "loss", params, l.summary())
         }
     };
     let mut line = String::with_capacity(512);
