@@ -20,30 +20,26 @@ const KIND_DATASEC: u32 = 15;
 const KIND_DECL_TAG: u32 = 17;
 const KIND_ENUM64: u32 = 19;
 
-#[derive(Clone, Debug)]
-struct Member {
-    name: String,
-    type_id: u32,
-    bit_offset: u32,
-}
-
-#[derive(Clone, Debug)]
-enum Type {
-    Composite {
-        name: String,
-        members: Vec<Member>,
-    },
-    Enum {
-        name: String,
-        values: Vec<(String, i64)>,
-    },
-    Other,
-}
-
+/// The kernel's BTF, read in place: the file's bytes and where each type starts. Names are
+/// compared where they lie in the string section, never copied, so that this parse of the
+/// whole file (start-up's first) costs the file and a few bytes a type.
 pub struct KernelBtf {
-    /// Indexed by type id; id 0 is `void`.
-    types: Vec<Type>,
-    by_name: HashMap<String, Vec<u32>>,
+    data: Vec<u8>,
+    strings: Range<usize>,
+    /// Where each type's 12-byte header starts, by type id (id 0 is `void`: none).
+    headers: Vec<u32>,
+    /// Named structs, unions and enums by name; a name can have several types.
+    by_name: HashMap<Box<str>, Vec<u32>>,
+}
+
+/// A type's header, as far as sshtrace reads it.
+struct Header {
+    name_off: u32,
+    kind: u32,
+    vlen: usize,
+    kind_flag: bool,
+    /// Where its members or constants start.
+    body: usize,
 }
 
 impl KernelBtf {
@@ -51,20 +47,39 @@ impl KernelBtf {
         let data = std::fs::read(VMLINUX).with_context(|| {
             format!("no kernel BTF: cannot read {VMLINUX} (CONFIG_DEBUG_INFO_BTF)")
         })?;
-        Self::parse(&data).with_context(|| format!("cannot parse {VMLINUX}"))
+        Self::parse_owned(data).with_context(|| format!("cannot parse {VMLINUX}"))
     }
 
+    #[cfg(test)]
     pub fn parse(data: &[u8]) -> Result<Self> {
-        let (blob, type_section) = Blob::open(data)?;
-        let mut types = vec![Type::Other];
+        Self::parse_owned(data.to_vec())
+    }
+
+    fn parse_owned(data: Vec<u8>) -> Result<Self> {
+        let (strings, type_section) = sections(&data)?;
+        let mut btf = Self {
+            data,
+            strings,
+            headers: vec![0],
+            by_name: HashMap::new(),
+        };
         let mut at = type_section.start;
         while at < type_section.end {
-            let (ty, next) = blob.type_at(at)?;
-            types.push(ty);
-            at = next;
+            let h = btf.header(at)?;
+            let id = btf.headers.len() as u32;
+            btf.headers.push(u32::try_from(at)?);
+            let named = matches!(h.kind, KIND_STRUCT | KIND_UNION | KIND_ENUM | KIND_ENUM64);
+            let name = btf.name(h.name_off);
+            if named && !name.is_empty() {
+                let name: Box<str> = String::from_utf8_lossy(name).into();
+                btf.by_name.entry(name).or_default().push(id);
+            }
+            at = h.body + body_len(h.kind, h.vlen);
+            if at > type_section.end {
+                bail!("type {id} runs past the type section");
+            }
         }
-        let by_name = index_by_name(&types);
-        Ok(Self { types, by_name })
+        Ok(btf)
     }
 
     /// The constants of `enum name`, or of the anonymous enum that has a constant `member`
@@ -74,14 +89,24 @@ impl KernelBtf {
         name: Option<&str>,
         member: Option<&str>,
     ) -> Option<Vec<(String, i64)>> {
-        self.types.iter().find_map(|ty| match ty {
-            Type::Enum { name: n, values } => {
-                let name_matches = name.is_none_or(|want| n == want);
-                let member_matches =
-                    member.is_none_or(|want| values.iter().any(|(v, _)| v == want));
-                (name_matches && member_matches).then(|| values.clone())
+        (1..self.headers.len()).find_map(|id| {
+            let h = self.type_header(id as u32)?;
+            if !matches!(h.kind, KIND_ENUM | KIND_ENUM64) {
+                return None;
             }
-            _ => None,
+            let values = self.enum_constants(&h).ok()?;
+            let name_matches = name.is_none_or(|want| self.name(h.name_off) == want.as_bytes());
+            let member_matches = member.is_none_or(|want| {
+                values
+                    .iter()
+                    .any(|&(off, _)| self.name(off) == want.as_bytes())
+            });
+            (name_matches && member_matches).then(|| {
+                values
+                    .into_iter()
+                    .map(|(off, v)| (String::from_utf8_lossy(self.name(off)).into_owned(), v))
+                    .collect()
+            })
         })
     }
 
@@ -99,148 +124,124 @@ impl KernelBtf {
     /// The offset in bits: a member that does not start on a byte is a bitfield.
     pub fn member_bit_offset(&self, name: &str, member: &str) -> Option<u32> {
         let ids = self.by_name.get(name)?;
-        ids.iter().find_map(|&id| self.find_member(id, member, 0))
+        ids.iter()
+            .find_map(|&id| self.find_member(id, member.as_bytes(), 0))
     }
 
-    fn find_member(&self, id: u32, member: &str, base_bits: u32) -> Option<u32> {
-        let Type::Composite { members, .. } = self.types.get(id as usize)? else {
+    fn find_member(&self, id: u32, member: &[u8], base_bits: u32) -> Option<u32> {
+        let h = self.type_header(id)?;
+        if !matches!(h.kind, KIND_STRUCT | KIND_UNION) {
             return None;
-        };
-        if let Some(m) = members.iter().find(|m| m.name == member) {
+        }
+        let members: Vec<Member> = (0..h.vlen)
+            .map(|i| self.member(&h, i))
+            .collect::<Result<_>>()
+            .ok()?;
+        if let Some(m) = members.iter().find(|m| self.name(m.name_off) == member) {
             return Some(base_bits + m.bit_offset);
         }
         members
             .iter()
-            .filter(|m| m.name.is_empty())
+            .filter(|m| m.name_off == 0 || self.name(m.name_off).is_empty())
             .find_map(|m| self.find_member(m.type_id, member, base_bits + m.bit_offset))
     }
-}
 
-/// Named structs, unions and enums by name; a name can have several types.
-fn index_by_name(types: &[Type]) -> HashMap<String, Vec<u32>> {
-    let mut by_name: HashMap<String, Vec<u32>> = HashMap::new();
-    for (id, ty) in types.iter().enumerate() {
-        if let Type::Composite { name, .. } | Type::Enum { name, .. } = ty {
-            if !name.is_empty() {
-                by_name.entry(name.clone()).or_default().push(id as u32);
-            }
-        }
-    }
-    by_name
-}
-
-/// A BTF blob being read: little-endian numbers, each bounds-checked, and its string section.
-struct Blob<'a> {
-    data: &'a [u8],
-    strings: &'a [u8],
-}
-
-impl<'a> Blob<'a> {
-    /// Checks the header and returns the blob with the byte range of its type section.
-    fn open(data: &'a [u8]) -> Result<(Self, Range<usize>)> {
-        let blob = Blob { data, strings: &[] };
-        if blob.u16_at(0)? != MAGIC {
-            bail!("not little-endian BTF (bad magic)");
-        }
-        let hdr_len = blob.u32_at(4)? as usize;
-        let type_start = hdr_len + blob.u32_at(8)? as usize;
-        let type_end = type_start + blob.u32_at(12)? as usize;
-        let str_start = hdr_len + blob.u32_at(16)? as usize;
-        let str_end = str_start + blob.u32_at(20)? as usize;
-        let strings = data
-            .get(str_start..str_end)
-            .context("string section out of bounds")?;
-        Ok((Blob { data, strings }, type_start..type_end))
+    fn type_header(&self, id: u32) -> Option<Header> {
+        let at = *self.headers.get(id as usize).filter(|_| id != 0)?;
+        self.header(at as usize).ok()
     }
 
-    fn u16_at(&self, o: usize) -> Result<u16> {
-        Ok(u16::from_le_bytes(
-            self.data.get(o..o + 2).context("truncated")?.try_into()?,
-        ))
-    }
-
-    fn u32_at(&self, o: usize) -> Result<u32> {
-        Ok(u32::from_le_bytes(
-            self.data.get(o..o + 4).context("truncated")?.try_into()?,
-        ))
-    }
-
-    fn name(&self, off: u32) -> String {
-        let rest = self.strings.get(off as usize..).unwrap_or_default();
-        let end = rest.iter().position(|&b| b == 0).unwrap_or(rest.len());
-        String::from_utf8_lossy(&rest[..end]).into_owned()
-    }
-
-    /// The type whose 12-byte header is at `at`, and where the next one starts.
-    fn type_at(&self, at: usize) -> Result<(Type, usize)> {
-        let name_off = self.u32_at(at)?;
-        let info = self.u32_at(at + 4)?;
-        let vlen = (info & 0xffff) as usize;
-        let kind = (info >> 24) & 0x1f;
-        let kind_flag = info >> 31 == 1;
-        let at = at + 12;
-        Ok(match kind {
-            KIND_STRUCT | KIND_UNION => {
-                let members = self.members(at, vlen, kind_flag)?;
-                let name = self.name(name_off);
-                (Type::Composite { name, members }, at + vlen * 12)
-            }
-            KIND_ENUM | KIND_ENUM64 => {
-                let values = self.enum_values(at, vlen, kind, kind_flag)?;
-                let name = self.name(name_off);
-                (
-                    Type::Enum { name, values },
-                    at + vlen * enum_entry_len(kind),
-                )
-            }
-            _ => (Type::Other, at + trailing_len(kind, vlen)),
+    fn header(&self, at: usize) -> Result<Header> {
+        let info = u32_at(&self.data, at + 4)?;
+        Ok(Header {
+            name_off: u32_at(&self.data, at)?,
+            kind: (info >> 24) & 0x1f,
+            vlen: (info & 0xffff) as usize,
+            kind_flag: info >> 31 == 1,
+            body: at + 12,
         })
     }
 
-    /// The `vlen` members of a struct or union, 12 bytes each.
-    fn members(&self, at: usize, vlen: usize, kind_flag: bool) -> Result<Vec<Member>> {
-        let mut members = Vec::with_capacity(vlen);
-        for i in 0..vlen {
-            let m = at + i * 12;
-            let offset = self.u32_at(m + 8)?;
-            members.push(Member {
-                name: self.name(self.u32_at(m)?),
-                type_id: self.u32_at(m + 4)?,
-                // With kind_flag the high 8 bits are a bitfield size.
-                bit_offset: if kind_flag {
-                    offset & 0xff_ffff
-                } else {
-                    offset
-                },
-            });
-        }
-        Ok(members)
+    /// The `i`th member of a struct or union, 12 bytes each.
+    fn member(&self, h: &Header, i: usize) -> Result<Member> {
+        let m = h.body + i * 12;
+        let offset = u32_at(&self.data, m + 8)?;
+        Ok(Member {
+            name_off: u32_at(&self.data, m)?,
+            type_id: u32_at(&self.data, m + 4)?,
+            // With kind_flag the high 8 bits are a bitfield size.
+            bit_offset: if h.kind_flag {
+                offset & 0xff_ffff
+            } else {
+                offset
+            },
+        })
     }
 
-    /// The `vlen` constants of an enum (8 bytes each) or enum64 (12 bytes each).
-    fn enum_values(
-        &self,
-        at: usize,
-        vlen: usize,
-        kind: u32,
-        kind_flag: bool,
-    ) -> Result<Vec<(String, i64)>> {
-        let mut values = Vec::with_capacity(vlen);
-        for i in 0..vlen {
-            let m = at + i * enum_entry_len(kind);
-            let lo = self.u32_at(m + 4)?;
-            let value = if kind == KIND_ENUM {
-                if kind_flag {
+    /// The constants of an enum (8 bytes each) or enum64 (12 bytes each): name offsets and
+    /// values.
+    fn enum_constants(&self, h: &Header) -> Result<Vec<(u32, i64)>> {
+        let mut values = Vec::with_capacity(h.vlen);
+        for i in 0..h.vlen {
+            let m = h.body + i * enum_entry_len(h.kind);
+            let lo = u32_at(&self.data, m + 4)?;
+            let value = if h.kind == KIND_ENUM {
+                if h.kind_flag {
                     lo as i32 as i64
                 } else {
                     lo as i64
                 }
             } else {
-                ((self.u32_at(m + 8)? as i64) << 32) | lo as i64
+                ((u32_at(&self.data, m + 8)? as i64) << 32) | lo as i64
             };
-            values.push((self.name(self.u32_at(m)?), value));
+            values.push((u32_at(&self.data, m)?, value));
         }
         Ok(values)
+    }
+
+    /// The NUL-terminated name at `off` in the string section (empty when out of bounds).
+    fn name(&self, off: u32) -> &[u8] {
+        let strings = &self.data[self.strings.clone()];
+        let rest = strings.get(off as usize..).unwrap_or_default();
+        let end = rest.iter().position(|&b| b == 0).unwrap_or(rest.len());
+        &rest[..end]
+    }
+}
+
+struct Member {
+    name_off: u32,
+    type_id: u32,
+    bit_offset: u32,
+}
+
+/// Checks the header; the byte ranges of the string and type sections.
+fn sections(data: &[u8]) -> Result<(Range<usize>, Range<usize>)> {
+    if data.get(0..2) != Some(&MAGIC.to_le_bytes()[..]) {
+        bail!("not little-endian BTF (bad magic)");
+    }
+    let hdr_len = u32_at(data, 4)? as usize;
+    let type_start = hdr_len + u32_at(data, 8)? as usize;
+    let type_end = type_start + u32_at(data, 12)? as usize;
+    let str_start = hdr_len + u32_at(data, 16)? as usize;
+    let str_end = str_start + u32_at(data, 20)? as usize;
+    if data.len() < str_end || data.len() < type_end {
+        bail!("a section runs past the end");
+    }
+    Ok((str_start..str_end, type_start..type_end))
+}
+
+fn u32_at(data: &[u8], o: usize) -> Result<u32> {
+    Ok(u32::from_le_bytes(
+        data.get(o..o + 4).context("truncated")?.try_into()?,
+    ))
+}
+
+/// The bytes after a type's header: its members, constants or other trailing data.
+fn body_len(kind: u32, vlen: usize) -> usize {
+    match kind {
+        KIND_STRUCT | KIND_UNION => vlen * 12,
+        KIND_ENUM | KIND_ENUM64 => vlen * enum_entry_len(kind),
+        _ => trailing_len(kind, vlen),
     }
 }
 
