@@ -15,7 +15,7 @@ use std::{
 
 use crate::{
     host_dirs::{cgroups_named, places, unmount_beneath, HostDirs, Places},
-    kill, listens, run, wait_for,
+    kill, run, wait_for,
 };
 
 /// containerd's namespace for Kubernetes (the CRI plugin's).
@@ -208,11 +208,7 @@ impl<'a> CtrContainer<'a> {
         container.pid = wait_for("the container's task", Duration::from_secs(30), || {
             container.task_pid()
         });
-        wait_for(
-            "sshd in the container to listen",
-            Duration::from_secs(30),
-            || listens(container.pid, port).then_some(()),
-        );
+        crate::wait_until_listening(container.pid, port);
         container
     }
 

@@ -18,7 +18,7 @@ use std::{
 use crate::{
     containerd::Containerd,
     host_dirs::{cgroups_named, places, unmount_beneath, HostDirs, Places},
-    kill, listens, run, wait_for,
+    kill, run, wait_for,
 };
 
 /// Debian's client, which speaks dockerd's API version (another on the PATH may not).
@@ -215,11 +215,7 @@ impl<'a> DockerContainer<'a> {
             name,
             id,
         };
-        wait_for(
-            "sshd in the container to listen",
-            Duration::from_secs(30),
-            || listens(c.pid, port.parse().unwrap()).then_some(()),
-        );
+        crate::wait_until_listening(c.pid, port.parse().unwrap());
         c
     }
 }

@@ -187,6 +187,27 @@ pub fn listens(pid: u32, port: u16) -> bool {
     })
 }
 
+/// Waits until a process in `pid`'s network namespace listens on `port` (an sshd just started
+/// in a container), for at most 30 s.
+pub fn wait_until_listening(pid: u32, port: u16) {
+    wait_for(
+        "sshd in the container to listen",
+        Duration::from_secs(30),
+        || listens(pid, port).then_some(()),
+    );
+}
+
+/// The inode of `pid`'s network namespace, as verdicts give it (`conn.netns`).
+pub fn netns_of(pid: u32) -> u64 {
+    let link = std::fs::read_link(format!("/proc/{pid}/ns/net")).unwrap();
+    link.to_str()
+        .unwrap()
+        .trim_start_matches("net:[")
+        .trim_end_matches(']')
+        .parse()
+        .unwrap()
+}
+
 /// `pid` and all its descendants, deepest first.
 pub fn process_tree(pid: u32) -> Vec<u32> {
     let mut out = Vec::new();

@@ -12,7 +12,7 @@ use std::{
     time::Duration,
 };
 
-use crate::{listens, run, wait_for};
+use crate::{run, wait_for};
 
 pub const IMAGE: &str = "localhost/sshtrace-sshbox:latest";
 
@@ -190,11 +190,7 @@ impl Container {
         };
         // Read from the container's own /proc, not `podman logs`: a podman process per poll
         // costs seconds of CPU under emulation (vm-test) and starves the container.
-        wait_for(
-            "sshd in the container to listen",
-            Duration::from_secs(30),
-            || listens(c.pid, port.parse().unwrap()).then_some(()),
-        );
+        crate::wait_until_listening(c.pid, port.parse().unwrap());
         c
     }
 
@@ -209,13 +205,7 @@ impl Container {
     }
 
     pub fn netns(&self) -> u64 {
-        let link = fs::read_link(format!("/proc/{}/ns/net", self.pid)).unwrap();
-        link.to_str()
-            .unwrap()
-            .trim_start_matches("net:[")
-            .trim_end_matches(']')
-            .parse()
-            .unwrap()
+        crate::netns_of(self.pid)
     }
 }
 

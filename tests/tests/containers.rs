@@ -290,16 +290,6 @@ fn session_killed(tracer: &Tracer, keys: &Keys, netns: &str, listener: u32, port
     v
 }
 
-fn netns_of(pid: u32) -> u64 {
-    let link = std::fs::read_link(format!("/proc/{pid}/ns/net")).unwrap();
-    link.to_str()
-        .unwrap()
-        .trim_start_matches("net:[")
-        .trim_end_matches(']')
-        .parse()
-        .unwrap()
-}
-
 /// Docker Engine: sshtrace runs first, then the container starts (its own network namespace)
 /// and its session is killed; the verdict names the container through dockerd's API socket,
 /// and its namespace. dockerd adds no iptables chain (it was told not to: nothing to clean).
@@ -324,8 +314,8 @@ fn docker_engine_container_is_named() {
     assert_eq!(container["name"], c.name.as_str(), "{v}");
     assert_eq!(container["runtime"], "docker", "{v}");
     assert_eq!(container["cgroup_path"], format!("/docker/{}", c.id), "{v}");
-    assert_eq!(container["netns"], netns_of(c.pid), "{v}");
-    assert_eq!(v["conn"]["netns"], netns_of(c.pid), "{v}");
+    assert_eq!(container["netns"], sshtrace_tests::netns_of(c.pid), "{v}");
+    assert_eq!(v["conn"]["netns"], sshtrace_tests::netns_of(c.pid), "{v}");
     assert_eq!(v["conn"]["local_addr"], "127.0.0.1", "{v}");
     assert_eq!(
         docker_chains(),
@@ -407,8 +397,8 @@ fn containerd_pod_container_is_named() {
         format!("/k8s.io/{}", pod.id),
         "{v}"
     );
-    assert_eq!(container["netns"], netns_of(pod.pid), "{v}");
-    assert_eq!(v["conn"]["netns"], netns_of(pod.pid), "{v}");
+    assert_eq!(container["netns"], sshtrace_tests::netns_of(pod.pid), "{v}");
+    assert_eq!(v["conn"]["netns"], sshtrace_tests::netns_of(pod.pid), "{v}");
 
     keys.refused_login(Some(&evil_ns.name), "127.0.0.1", evil_ep.port());
     let v = tracer.verdict_for(evil_ep.port(), |v| v["cause"] == "closed_preauth");
