@@ -73,27 +73,32 @@ impl Journald {
         // A stopped journald leaves its socket behind: wait for the new one.
         let socket = self.path("/run/systemd/journal/socket");
         let _ = std::fs::remove_file(&socket);
-        let mut child = Command::new("nsenter")
+        let child = Command::new("nsenter")
             .arg(format!("--mount={}", self.mount_namespace().display()))
             .args(["--", JOURNALD])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .spawn()
             .expect("nsenter journald");
+        // Held before waiting: a journald that never gets ready is still stopped on drop.
+        let child = self.journald.insert(child);
         wait_for("journald's socket", Duration::from_secs(10), || {
             if let Ok(Some(status)) = child.try_wait() {
                 panic!("journald exited: {status}");
             }
             socket.exists().then_some(())
         });
-        self.journald = Some(child);
     }
 
-    /// Stops journald (SIGTERM, as systemd does) and waits for it to exit.
+    /// Stops journald (SIGTERM, as systemd does) and waits for it to exit; killed if it has
+    /// not within 10 s.
     pub fn stop(&mut self) {
         if let Some(mut child) = self.journald.take() {
             kill(child.id(), libc::SIGTERM);
-            let _ = child.wait();
+            if !wait_for_exit(&mut child, Duration::from_secs(10)) {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
         }
     }
 
@@ -134,4 +139,16 @@ impl Drop for Journald {
         let _ = self.holder.kill();
         let _ = self.holder.wait();
     }
+}
+
+/// Whether `child` exited within `timeout`.
+fn wait_for_exit(child: &mut std::process::Child, timeout: Duration) -> bool {
+    let deadline = std::time::Instant::now() + timeout;
+    while std::time::Instant::now() < deadline {
+        if matches!(child.try_wait(), Ok(Some(_))) {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    false
 }
