@@ -10,8 +10,8 @@ use std::{ffi::OsStr, net::TcpStream, os::unix::ffi::OsStrExt, process::Command,
 
 use serde_json::Value;
 use sshtrace_tests::{
-    hostile, journald::Journald, privileged, sshd::build_program, wait_for, Endpoint, Sshd,
-    SshdOptions, Tracer,
+    journald::Journald, privileged, sshd::build_program, wait_for, Endpoint, Sshd, SshdOptions,
+    Tracer,
 };
 
 /// A process name (comm: 15 bytes at most) with a newline, ESC [2J (clear the screen), 0xff
@@ -58,7 +58,19 @@ fn verdicts_reach_a_real_journald_escaped_with_their_cause_s_priority() {
         .unwrap();
     assert!(killed.success());
     let _ = client.wait();
-    hostile::crash_is_still_judged(&tracer, "journald-crash", crash);
+    let crashing = Sshd::start(
+        "journald-crash",
+        crash,
+        SshdOptions {
+            env: vec![("SSHTRACE_TEST_CRASH".into(), "preauth".into())],
+            preload: Some("crash_preload.c"),
+            ..Default::default()
+        },
+    );
+    assert!(
+        !crashing.ssh("true").status.success(),
+        "the crash fixture did not fire"
+    );
 
     let expected = [
         (closed, "not_listening", "4"),
