@@ -208,6 +208,22 @@ pub fn netns_of(pid: u32) -> u64 {
         .unwrap()
 }
 
+/// Waits until a login running `sleep` has its session under the sshd `listener`: returns the
+/// per-connection sshd (the listener's child).
+pub fn wait_for_session(listener: u32) -> u32 {
+    // Generous: a session under emulation (cargo xtask vm-test) takes seconds to start.
+    wait_for("the session's shell", Duration::from_secs(30), || {
+        let session = *children(listener).first()?;
+        process_tree(session)
+            .iter()
+            .any(|&p| {
+                std::fs::read_to_string(format!("/proc/{p}/comm"))
+                    .is_ok_and(|c| c.trim() == "sleep")
+            })
+            .then_some(session)
+    })
+}
+
 /// `pid` and all its descendants, deepest first.
 pub fn process_tree(pid: u32) -> Vec<u32> {
     let mut out = Vec::new();

@@ -265,16 +265,7 @@ impl Sshd {
     /// Waits until a login running `sleep` has its session: returns the per-connection sshd
     /// (the listener's child).
     pub fn wait_for_session(&self) -> u32 {
-        // Generous: a session under emulation (cargo xtask vm-test) takes seconds to start.
-        wait_for("the session's shell", Duration::from_secs(30), || {
-            let session = *crate::children(self.pid()).first()?;
-            crate::process_tree(session)
-                .iter()
-                .any(|&p| {
-                    fs::read_to_string(format!("/proc/{p}/comm")).is_ok_and(|c| c.trim() == "sleep")
-                })
-                .then_some(session)
-        })
+        crate::wait_for_session(self.pid())
     }
 
     /// Stops the listener and everything it started (nothing when it is already stopped: its

@@ -10,14 +10,13 @@ use std::{os::unix::fs::PermissionsExt, path::PathBuf, time::Duration};
 
 use serde_json::Value;
 use sshtrace_tests::{
-    children,
     containerd::{Containerd, CtrContainer, K8S_NAMESPACE},
     docker::{docker_chains, DockerContainer, DockerEngine},
     kill,
     podman::{ApiService, Container, BOOKWORM, IMAGE},
-    privileged, process_tree, run,
+    privileged, run,
     sshd::ssh_client,
-    sshtrace_bin, wait_for, Endpoint, NetNs, Tracer,
+    sshtrace_bin, Endpoint, NetNs, Tracer,
 };
 
 /// A key pair whose public half the containers accept; a second key they do not.
@@ -272,16 +271,7 @@ fn session_killed(tracer: &Tracer, keys: &Keys, netns: &str, listener: u32, port
     .stdout(std::process::Stdio::null())
     .spawn()
     .expect("ssh");
-    let session = wait_for("the session's command", Duration::from_secs(30), || {
-        let session = *children(listener).first()?;
-        process_tree(session)
-            .iter()
-            .any(|&p| {
-                std::fs::read_to_string(format!("/proc/{p}/comm"))
-                    .is_ok_and(|c| c.trim() == "sleep")
-            })
-            .then_some(session)
-    });
+    let session = sshtrace_tests::wait_for_session(listener);
     kill(session, libc::SIGKILL);
     let _ = client.wait();
     let v = tracer.verdict_for(port, |v| v["cause"] == "sshd_killed");
@@ -348,7 +338,7 @@ fn containerd_pod_container_is_named() {
     let keys = Keys::new("containerd");
     let containerd = Containerd::start("pod");
     containerd.import(K8S_NAMESPACE, &BOOKWORM.archive());
-    let (pod_ep, evil_ep) = (Endpoint::new(195), Endpoint::new(196));
+    let (pod_ep, evil_ep) = (Endpoint::new(236), Endpoint::new(237));
     let socket = containerd.socket.display().to_string();
     let tracer = Tracer::start(&[
         "--containerd-socket",

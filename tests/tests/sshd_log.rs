@@ -26,15 +26,7 @@ fn kill_a_login(files: &SshdFiles, ep: Endpoint, listener: u32, tracer: &Tracer)
     )
     .spawn()
     .unwrap();
-    let session = wait_for("the session", Duration::from_secs(30), || {
-        let tree = process_tree(listener);
-        let sleeping = tree.iter().any(|&p| {
-            std::fs::read_to_string(format!("/proc/{p}/comm")).is_ok_and(|c| c.trim() == "sleep")
-        });
-        sleeping
-            .then(|| sshtrace_tests::children(listener).first().copied())
-            .flatten()
-    });
+    let session = sshtrace_tests::wait_for_session(listener);
     kill(session, libc::SIGKILL);
     let _ = client.wait();
     tracer.verdict_for(ep.port(), |v| v["cause"] == "sshd_killed")
