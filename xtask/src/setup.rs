@@ -197,6 +197,10 @@ fn debian_packages() -> Result<()> {
         Command::new("apt-get").args(["update", "-qq"]),
         "apt-get update",
     )?;
+    // Packages of daemons (docker.io, containerd, prometheus) start them where systemd runs
+    // the machine: dockerd would set FORWARD to DROP and add its chains, Prometheus take
+    // :9090. The tests run their own instances; Debian's policy-rc.d stops the packages'.
+    let _no_daemons = NoDaemonStarts::install();
     cmd::run(
         Command::new("apt-get")
             .args(["install", "-y", "-qq", "--no-install-recommends"])
@@ -204,6 +208,32 @@ fn debian_packages() -> Result<()> {
             .env("DEBIAN_FRONTEND", "noninteractive"),
         "apt-get install",
     )
+}
+
+/// `/usr/sbin/policy-rc.d` answering 101 (action forbidden) while packages install, unless the
+/// machine has one of its own; removed on drop.
+struct NoDaemonStarts(Option<&'static str>);
+
+impl NoDaemonStarts {
+    const PATH: &'static str = "/usr/sbin/policy-rc.d";
+
+    fn install() -> Self {
+        use std::os::unix::fs::PermissionsExt;
+        if std::path::Path::new(Self::PATH).exists() {
+            return Self(None);
+        }
+        let written = fs::write(Self::PATH, "#!/bin/sh\nexit 101\n")
+            .and_then(|()| fs::set_permissions(Self::PATH, fs::Permissions::from_mode(0o755)));
+        Self(written.is_ok().then_some(Self::PATH))
+    }
+}
+
+impl Drop for NoDaemonStarts {
+    fn drop(&mut self) {
+        if let Some(path) = self.0 {
+            let _ = fs::remove_file(path);
+        }
+    }
 }
 
 /// Debian suites of the tests' sshd images (tests/src/podman.rs): 13 for OpenSSH 10.0 first,
