@@ -283,6 +283,9 @@ pub struct Verdict {
     pub record_type: &'static str,
     pub ts: String,
     pub host: String,
+    /// `server`: the connection's sshd side is on this host; `client`: its `ssh` is
+    /// (`sshtrace client`).
+    pub side: &'static str,
     pub outcome: Outcome,
     pub cause: Cause,
     pub conn: ConnInfo,

@@ -40,4 +40,6 @@ fn client_aborts_with_a_reset() {
     let v = tracer.verdict_for(ep.port(), |v| v["conn"]["remote_port"] == port);
     assert_eq!(v["cause"], "peer_reset", "{v}");
     assert_eq!(v["outcome"], "reset_received");
+    // The client's own stack sent it: same hop distance, its IP ID sequence continued.
+    assert_eq!(v["details"]["reset_from"], "peer_host", "{v}");
 }

@@ -56,6 +56,7 @@ event_kinds! {
     FirewallDrop = 11 => FirewallDropEvent,
     SelinuxAudited = 12 => SelinuxAuditedEvent,
     SshdOutput = 13 => SshdOutputEvent,
+    ResetFingerprint = 14 => ResetFingerprintEvent,
 }
 
 /// A record type of the ring: it begins with an [`EventHeader`] of its [`EventKind`].
@@ -134,6 +135,40 @@ pub struct ReceiveResetEvent {
     pub endpoints: Endpoints,
 }
 
+/// A reset arrived on a connection of a tracked port that `tcp_probe` sees (established, on
+/// this host's socket): the reset's own headers, what the socket expected, and the peer's
+/// earlier segments.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+#[cfg_attr(feature = "user", derive(bytemuck::AnyBitPattern))]
+pub struct ResetFingerprintEvent {
+    pub header: EventHeader,
+    pub skaddr: u64,
+    pub endpoints: Endpoints,
+    pub peer: PeerSegments,
+    /// The reset's sequence and acknowledgement numbers, and the socket's `rcv_nxt`,
+    /// `snd_una` and `snd_nxt` when it arrived.
+    pub seq: u32,
+    pub ack: u32,
+    pub rcv_nxt: u32,
+    pub snd_una: u32,
+    pub snd_nxt: u32,
+    pub window: u16,
+    /// The reset's IPv4 identification (0 for IPv6).
+    pub ip_id: u16,
+    pub ttl: u8,
+    pub tcp_flags: u8,
+    /// Non-zero: `rcv_nxt`/`snd_*` could not be read (no `tcp_sock` layout).
+    pub socket_unread: u8,
+    /// 4 or 6: the reset's IP version (an IPv6 socket receives IPv4 segments too).
+    pub ip_version: u8,
+    pub _pad: u32,
+}
+
+/// Reset fingerprints sent per connection (a flood of forged resets gets no more); every
+/// reset is counted in [`PeerSegments::resets`].
+pub const FINGERPRINTS_PER_CONNECTION: u32 = 4;
+
 /// `sock:inet_sock_set_state` for TCP.
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
@@ -164,6 +199,29 @@ pub struct SockHistory {
     pub claimed: u32,
     /// The connection, as seen when it was created (zero when it was not seen created).
     pub endpoints: Endpoints,
+    /// What the peer's own segments looked like, the baseline a reset is compared with.
+    pub peer: PeerSegments,
+}
+
+/// The IP headers of the segments a tracked connection received from its peer, as `tcp_probe`
+/// saw them (resets excluded): a box on the path that forges a reset rarely gets these right.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+#[cfg_attr(feature = "user", derive(bytemuck::AnyBitPattern))]
+pub struct PeerSegments {
+    /// When the latest arrived (`bpf_ktime_get_ns`); 0: none seen.
+    pub last_ns: u64,
+    pub count: u32,
+    /// TTL (IPv4) or hop limit (IPv6) of the latest, and the least and most seen.
+    pub ttl_last: u8,
+    pub ttl_min: u8,
+    pub ttl_max: u8,
+    pub _pad: u8,
+    /// IPv4 identification of the latest (0 for IPv6).
+    pub ip_id_last: u16,
+    pub _pad2: u16,
+    /// Resets that arrived so far (they are not in the figures above).
+    pub resets: u32,
 }
 
 pub mod first_fin_by {

@@ -275,6 +275,12 @@ pub struct StructLayout {
     pub mem_cgroup_memory: u16,
     pub page_counter_max: u16,
     pub page_counter_usage: u16,
+    /// `tcp_sock.rcv_nxt`/`snd_una`/`snd_nxt`: where a received reset falls against what the
+    /// socket expects.
+    pub tcp_rcv_nxt: u16,
+    pub tcp_snd_una: u16,
+    pub tcp_snd_nxt: u16,
+    pub _pad_tcp: u16,
 }
 
 /// `avc:selinux_audited`; the three contexts are `__data_loc char[]` fields.
@@ -498,6 +504,10 @@ impl KernelLayout {
             mem_cgroup_memory: ABSENT,
             page_counter_max: ABSENT,
             page_counter_usage: ABSENT,
+            tcp_rcv_nxt: ABSENT,
+            tcp_snd_una: ABSENT,
+            tcp_snd_nxt: ABSENT,
+            _pad_tcp: ABSENT,
         },
     };
 }

@@ -4,6 +4,7 @@ mod accept;
 mod avc;
 mod oom;
 mod process;
+mod segments;
 mod signal;
 mod skb;
 mod sock_state;

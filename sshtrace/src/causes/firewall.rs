@@ -1,5 +1,6 @@
 //! `firewall`: netfilter on this host dropped the connection's segments (`skb:kfree_skb`,
-//! reason NETFILTER_DROP). A REJECT rule drops the segment too, after answering it with a
+//! reason NETFILTER_DROP) — in the network namespace the verdict names: the host's own, a
+//! container's, or a router's or CNI's the segments crossed. A REJECT rule drops the segment too, after answering it with a
 //! reset: seen when the client is on this host (it receives that reset), or told by the
 //! client's retransmissions, which only a silent DROP causes.
 
@@ -11,7 +12,7 @@ use crate::{
     verdict::{Cause, Outcome},
 };
 
-pub fn judge(e: &Ended, _ctx: &Background) -> Option<Finding> {
+pub fn judge(e: &Ended, ctx: &Background) -> Option<Finding> {
     let drops = &e.conn.drops();
     let first = drops.first()?;
     // An orderly close despite a stray drop is not the firewall's doing.
@@ -55,18 +56,22 @@ pub fn judge(e: &Ended, _ctx: &Background) -> Option<Finding> {
         "direction".into(),
         json!(if first.inbound { "inbound" } else { "outbound" }),
     );
+    let netns = e.conn.tuple.netns;
+    details.insert("netns".into(), ctx.netns.describe(netns));
     Some(Finding {
         cause: Cause::Firewall,
         pid: None,
         details,
         evidence: Vec::new(),
         summary: format!(
-            "this host's firewall (netfilter) dropped {what} — {} segment(s); {answer}",
+            "{} dropped {what} — {} segment(s); {answer}",
+            ctx.netns.firewall_of(netns),
             e.conn.drops_total()
         ),
         hint: format!(
-            "find the rule: `iptables -S; ip6tables -S; nft list ruleset` and look for REJECT/DROP \
-             matching port {} or {}; also `fail2ban-client status sshd`",
+            "find the rule: {} and look for REJECT/DROP matching port {} or {}; also \
+             `fail2ban-client status sshd`",
+            ctx.netns.rules_command(netns),
             e.conn.tuple.local.port(),
             e.conn.tuple.remote.ip()
         ),

@@ -10,6 +10,7 @@ mod lsm_denied;
 mod not_listening;
 mod oom_killed;
 mod peer_reset;
+pub mod reset_from;
 pub mod resource_limit;
 mod roles;
 mod socket_killed;
@@ -22,7 +23,7 @@ use serde_json::{Map, Value};
 
 use crate::{
     clock::Clock,
-    enrich::discovery::Snapshot,
+    enrich::{discovery::Snapshot, netns::NetnsNames},
     escape,
     kernel::syscalls::errno_name,
     kernel::{lsm::ActiveLsms, names::KernelNames},
@@ -49,6 +50,8 @@ pub struct Background<'a> {
     pub recent: &'a RecentVerdicts,
     pub clock: &'a Clock,
     pub host: &'a str,
+    /// Where a dropping firewall's network namespace is, by name.
+    pub netns: &'a NetnsNames,
 }
 
 /// A rule's conclusion.
@@ -286,6 +289,7 @@ fn assemble(e: &Ended, finding: Finding, ctx: &Background) -> Verdict {
         record_type: "verdict",
         ts: ctx.clock.rfc3339(ts),
         host: ctx.host.to_owned(),
+        side: "server",
         outcome: e.outcome,
         cause: finding.cause,
         conn: ConnInfo {

@@ -261,6 +261,7 @@ mod tests {
             recent: &crate::trace::state::RecentVerdicts::default(),
             clock: &Clock::epoch(),
             host: "h",
+            netns: &crate::enrich::netns::NetnsNames::default(),
         };
         assert_eq!(max_startups(7, &ctx), "3:50:10");
         assert_eq!(

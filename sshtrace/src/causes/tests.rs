@@ -239,6 +239,7 @@ impl Script {
             recent: &crate::trace::state::RecentVerdicts::default(),
             clock: &clock,
             host: "h",
+            netns: &crate::enrich::netns::NetnsNames::default(),
         };
         settled
             .iter()
@@ -918,6 +919,7 @@ fn stalled_listener(in_kernel: bool) {
         recent: &crate::trace::state::RecentVerdicts::default(),
         clock: &clock,
         host: "h",
+        netns: &crate::enrich::netns::NetnsNames::default(),
     };
     let v = judge_stalled(LISTENER, &[2222], queued, s.ts, &ctx).unwrap();
     assert_eq!(

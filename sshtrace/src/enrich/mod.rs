@@ -9,6 +9,7 @@ pub mod dac;
 pub mod discovery;
 pub mod limits;
 pub mod names;
+pub mod netns;
 pub mod runtime;
 
 use crate::{

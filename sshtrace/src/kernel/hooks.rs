@@ -29,6 +29,9 @@ pub enum HookId {
     /// `tcp_v4_send_reset`/`tcp_v6_send_reset` without a socket: refusals on old kernels.
     RefusalKprobe,
     SocketStates(SockStateWay),
+    /// Segments an established tracked connection receives: the peer's IP headers, and a
+    /// received reset's fingerprint.
+    SegmentsReceived,
 }
 
 /// The ways to see socket state changes, best first.
@@ -222,6 +225,10 @@ pub fn all(refusal_kprobes: bool) -> Vec<Hook> {
         .iter()
         .map(|name| tracepoint(HookId::PathArgument, "syscalls", name).optional());
     let selinux = tracepoint(HookId::SelinuxAudited, "avc", "selinux_audited").optional();
+    let segments = Hook {
+        program: "tp_btf_tcp_probe",
+        ..required(HookId::SegmentsReceived, Attach::BtfTracePoint("tcp_probe")).optional()
+    };
     let kprobes = REFUSAL_KPROBES
         .iter()
         .filter(|_| refusal_kprobes)
@@ -234,7 +241,7 @@ pub fn all(refusal_kprobes: bool) -> Vec<Hook> {
         .copied()
         .chain(failed_syscalls())
         .chain(paths)
-        .chain([selinux])
+        .chain([selinux, segments])
         .chain(kprobes)
         .collect()
 }

@@ -30,6 +30,7 @@ pub fn discover(tracefs: &Path, btf: &KernelBtf) -> Result<KernelLayout> {
     socket_from_fd_members(btf, &mut layout.structs);
     executable_members(btf, &mut layout.structs);
     memory_cgroup_members(btf, &mut layout.structs);
+    tcp_sock_members(btf, &mut layout.structs);
     saved_syscall_registers(btf, &mut layout.syscall);
     Ok(layout)
 }
@@ -333,6 +334,18 @@ fn memory_cgroup_members(btf: &KernelBtf, s: &mut StructLayout) {
         .and_then(|values| values.into_iter().find(|(n, _)| n == "memory_cgrp_id"))
         .and_then(|(_, v)| u16::try_from(v).ok())
         .unwrap_or(ABSENT);
+}
+
+/// Where a received reset's sequence numbers are checked against the socket's.
+fn tcp_sock_members(btf: &KernelBtf, s: &mut StructLayout) {
+    optional_members(
+        btf,
+        [
+            (&mut s.tcp_rcv_nxt, "tcp_sock", "rcv_nxt"),
+            (&mut s.tcp_snd_una, "tcp_sock", "snd_una"),
+            (&mut s.tcp_snd_nxt, "tcp_sock", "snd_nxt"),
+        ],
+    );
 }
 
 /// The address fields in either style the kernel has used for TCP tracepoints.

@@ -20,6 +20,7 @@ pub fn render(record: &Record) -> BytesMut {
         Record::Verdict(v) => {
             fields.add("MESSAGE", v.summary.clone());
             fields.add("SSHTRACE_CAUSE", v.cause.as_str().into());
+            fields.add("SSHTRACE_SIDE", v.side.into());
             fields.add("SSHTRACE_OUTCOME", v.outcome.as_str().into());
             fields.add(
                 "SSHTRACE_LOCAL",
@@ -112,6 +113,7 @@ mod tests {
             record_type: "verdict",
             ts: "2026-11-25T03:15:39.576498000Z".into(),
             host: "h".into(),
+            side: "server",
             outcome: Outcome::ResetSent,
             cause: Cause::SshdKilled,
             conn: ConnInfo {

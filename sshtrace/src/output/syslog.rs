@@ -22,6 +22,7 @@ pub fn render(record: &Record, pid: u32, octet_counting: bool) -> BytesMut {
             let mut params = vec![
                 ("cause", v.cause.as_str().to_owned()),
                 ("outcome", v.outcome.as_str().to_owned()),
+                ("side", v.side.to_owned()),
                 (
                     "local",
                     format!("{}:{}", v.conn.local_addr, v.conn.local_port),

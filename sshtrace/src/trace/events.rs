@@ -9,6 +9,7 @@ use crate::{
     enrich::dac::{DacFacts, KernelCreds},
     enrich::limits::{LimitFacts, TaskRlimits},
     kernel::syscalls::syscall_name,
+    trace::reset_fingerprint::ResetFingerprint,
     trace::sshd_output::{OutputChannel, SshdOutput},
 };
 
@@ -59,6 +60,12 @@ pub enum Kind {
         /// The receiver is a client of a tracked port on this host; `conn` is its own view.
         client_side: bool,
         conn: ConnTuple,
+    },
+    /// A reset arrived on an established connection of a tracked port, with its fingerprint.
+    ResetFingerprint {
+        skaddr: u64,
+        conn: ConnTuple,
+        fingerprint: ResetFingerprint,
     },
     /// Netfilter dropped a segment; `conn.local` is the tracked (sshd) side.
     FirewallDrop {
@@ -202,6 +209,7 @@ pub fn decode(bytes: &[u8]) -> Option<Event> {
         EventKind::Signal => decode_signal(bytes)?,
         EventKind::SyscallError => decode_syscall_error(bytes)?,
         EventKind::OomVictim => decode_oom_victim(bytes)?,
+        EventKind::ResetFingerprint => decode_reset_fingerprint(bytes, header.ts_ns)?,
     };
     Some(Event {
         ts_ns: header.ts_ns,
@@ -234,6 +242,16 @@ fn decode_receive_reset(bytes: &[u8]) -> Option<Kind> {
         skaddr: e.skaddr,
         client_side: e.client_side != 0,
         conn: tuple(&e.endpoints)?,
+    })
+}
+
+/// A received reset's headers beside the peer's earlier segments.
+fn decode_reset_fingerprint(bytes: &[u8], ts_ns: u64) -> Option<Kind> {
+    let e: wire::ResetFingerprintEvent = read(bytes)?;
+    Some(Kind::ResetFingerprint {
+        skaddr: e.skaddr,
+        conn: tuple(&e.endpoints)?,
+        fingerprint: ResetFingerprint::from_wire(&e, ts_ns),
     })
 }
 

@@ -3,6 +3,7 @@
 //! drives it all).
 
 pub mod events;
+pub mod reset_fingerprint;
 pub mod sshd_output;
 pub mod state;
 pub mod tracer;

@@ -22,6 +22,7 @@ use crate::{
     enrich::audit::{self, AuditDenial},
     enrich::discovery::{Discovery, Scope, Snapshot},
     enrich::names::name_container,
+    enrich::netns::NetnsNames,
     enrich::runtime::{ContainerNames, Sockets},
     escape,
     kernel::detach::{Attached, Stopped},
@@ -255,6 +256,7 @@ impl Tracer {
             container_names,
             last_scan: std::time::Instant::now(),
             scan_due: false,
+            netns_names: NetnsNames::default(),
             state: State::new(crate::trace::state::tcp_states(&names)),
             names,
             discovery,
@@ -314,6 +316,8 @@ struct Tracer {
     /// A new sshd began to be followed by the kernel: scan /proc at the next tick for its
     /// addresses and container, rather than at the periodic scan.
     scan_due: bool,
+    /// Network namespaces by name, read again before judging a dropped segment.
+    netns_names: NetnsNames,
 }
 
 /// Where verdicts go: the outputs, the summary and the metrics, as the user asked to see them.
@@ -548,6 +552,13 @@ impl Tracer {
         if stale && self.last_scan.elapsed() >= Duration::from_millis(250) {
             self.rediscover()?;
         }
+        // Names of the namespaces a firewall dropped in: read only when one did.
+        if settled
+            .iter()
+            .any(|(c, _)| !c.drops().is_empty() || !c.path_drops().is_empty())
+        {
+            self.netns_names = NetnsNames::read();
+        }
         // One verdict at a time, from judgement to the outputs: a storm's settled connections
         // never become a batch of verdicts held at once. Each verdict is noted for its source
         // before the next connection is judged: a penalty's drop settles in the same batch as
@@ -581,6 +592,7 @@ impl Tracer {
             recent: &self.state.recent,
             clock: &self.clock,
             host: &self.host,
+            netns: &self.netns_names,
         }
     }
 

@@ -7,6 +7,7 @@ use std::{
 
 use crate::{
     trace::events::{ConnTuple, Task, TCP_ACK, TCP_SYN},
+    trace::reset_fingerprint::ResetFingerprint,
     trace::sshd_output::{DropNote, OutputChannel},
 };
 
@@ -19,6 +20,14 @@ pub struct DroppedSegment {
     pub tcp_flags: u8,
     /// On its way to sshd (else from it).
     pub inbound: bool,
+}
+
+/// A segment of the connection dropped by netfilter in another network namespace of this
+/// host than the connection's own: a box on its path.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PathDrop {
+    pub netns: u32,
+    pub segment: DroppedSegment,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -75,11 +84,16 @@ pub struct Connection {
 #[derive(Clone, Debug, Default, PartialEq)]
 struct Extras {
     resets_received: Vec<u64>,
+    /// Fingerprints of the resets received (the kernel sends a few per connection).
+    reset_fingerprints: Vec<ResetFingerprint>,
     /// Segments netfilter dropped: the first [`KEPT_DROPS`].
     drops: Vec<DroppedSegment>,
     /// Every segment netfilter dropped, those not kept and those the kernel only counted
     /// included.
     drops_total: u64,
+    /// Segments netfilter dropped in another network namespace of this host that the
+    /// connection crosses (a router's or a CNI's): the first [`KEPT_DROPS`].
+    path_drops: Vec<PathDrop>,
     /// Resets a client on this host received for this connection.
     client_resets: Vec<u64>,
     /// The latest log messages its sshd processes wrote (at most [`KEPT_LOG_LINES`]).
@@ -175,6 +189,15 @@ impl Connection {
         self.extras_mut().resets_received.push(ts);
     }
 
+    /// The fingerprints of the resets it received, oldest first.
+    pub fn reset_fingerprints(&self) -> &[ResetFingerprint] {
+        self.extras.as_ref().map_or(&[], |x| &x.reset_fingerprints)
+    }
+
+    pub fn add_reset_fingerprint(&mut self, fingerprint: ResetFingerprint) {
+        self.extras_mut().reset_fingerprints.push(fingerprint);
+    }
+
     pub fn add_client_reset(&mut self, ts: u64) {
         self.extras_mut().client_resets.push(ts);
     }
@@ -217,6 +240,23 @@ impl Connection {
         } else {
             1 + u64::from(suppressed)
         }
+    }
+
+    /// Dropped on its path, in another network namespace; past [`KEPT_DROPS`] only counted
+    /// (the count of those not kept is returned).
+    pub fn add_path_drop(&mut self, drop: PathDrop, suppressed: u32) -> u64 {
+        let x = self.extras_mut();
+        if x.path_drops.len() < KEPT_DROPS {
+            x.path_drops.push(drop);
+            u64::from(suppressed)
+        } else {
+            1 + u64::from(suppressed)
+        }
+    }
+
+    /// Segments dropped on its path (kept ones), oldest first.
+    pub fn path_drops(&self) -> &[PathDrop] {
+        self.extras.as_ref().map_or(&[], |x| &x.path_drops)
     }
 
     /// A reset sent for the connection; one like the last (the same reason and state, the

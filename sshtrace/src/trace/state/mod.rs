@@ -11,8 +11,8 @@ use crate::{
     trace::events::{Event, Kind, SockHistory},
 };
 pub use connections::{
-    Closer, ConnId, Connection, ConnectionTable, DroppedSegment, ListenerNote, LogLine, ResetSent,
-    StrayReset,
+    Closer, ConnId, Connection, ConnectionTable, DroppedSegment, ListenerNote, LogLine, PathDrop,
+    ResetSent, StrayReset,
 };
 pub use processes::{ExitInfo, OomKill, Process, ProcessTable, SignalInfo, SyscallError};
 pub use recent::{Earlier, RecentVerdicts};
@@ -119,6 +119,7 @@ impl State {
             Kind::LsmDenial(_) => self.on_lsm_denial(event),
             Kind::SshdOutput(output) => self.on_sshd_output(event, output),
             Kind::OomVictim { .. } => self.on_oom_victim(event),
+            Kind::ResetFingerprint { .. } => self.on_reset_fingerprint(event),
         }
     }
 

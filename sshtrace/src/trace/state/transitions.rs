@@ -1,8 +1,8 @@
 //! How each kind of event changes what sshtrace knows: one method per event kind.
 
 use super::{
-    apply_history, Closer, DroppedSegment, ExitInfo, OomKill, ResetSent, SignalInfo, State,
-    StrayReset, SyscallError, FIREWALL_SETTLE_NS,
+    apply_history, Closer, DroppedSegment, ExitInfo, OomKill, PathDrop, ResetSent, SignalInfo,
+    State, StrayReset, SyscallError, FIREWALL_SETTLE_NS,
 };
 use super::{ListenerNote, LogLine};
 use crate::{
@@ -130,6 +130,22 @@ impl State {
         c.end(ts);
     }
 
+    /// A received reset's fingerprint: evidence of who sent it. It comes before the reset
+    /// itself (`tcp_probe` runs before TCP checks the segment).
+    pub(super) fn on_reset_fingerprint(&mut self, event: &Event) {
+        let Kind::ResetFingerprint {
+            skaddr,
+            conn,
+            fingerprint,
+        } = &event.kind
+        else {
+            return;
+        };
+        let id = self.conns.by_skaddr_or_open(*skaddr, *conn, event.ts_ns);
+        let c = self.conns.get_mut(id).expect("just looked up");
+        c.add_reset_fingerprint(fingerprint.clone());
+    }
+
     /// A client on this host got a reset: evidence for the server side of its connection.
     pub(super) fn on_client_received_reset(&mut self, event: &Event) {
         let ts = event.ts_ns;
@@ -166,12 +182,26 @@ impl State {
         else {
             return;
         };
-        let c = self.conns.by_tuple_or_orphan(*conn, ts);
         let drop = DroppedSegment {
             ts_ns: ts,
             tcp_flags: *tcp_flags,
             inbound: *inbound,
         };
+        // Dropped in another network namespace of this host than the connection's own (a
+        // router's or a CNI's it crosses): a box on its path, evidence for that connection.
+        if let Some(c) = self
+            .conns
+            .by_tuple_mut(*conn)
+            .filter(|c| c.tuple.netns != conn.netns && c.tuple.netns != 0 && conn.netns != 0)
+        {
+            let path_drop = PathDrop {
+                netns: conn.netns,
+                segment: drop,
+            };
+            self.not_kept.drops += c.add_path_drop(path_drop, *suppressed);
+            return;
+        }
+        let c = self.conns.by_tuple_or_orphan(*conn, ts);
         self.not_kept.drops += c.add_drop(drop, *suppressed);
         if c.skaddr == 0 {
             // No socket will ever close it: a verdict once the client had time to
