@@ -69,6 +69,7 @@ pub(crate) static SETTINGS: Settings = Settings {
     claim_on_accept: 0,
     wakeup_backlog: 256 * 1024,
     follow_sshd_execs: 0,
+    client_mode: 0,
 };
 
 /// Network namespaces (inode) to report TCP events in, with `--container`/`--host-only`.

@@ -25,7 +25,7 @@ pub fn submit_batched<T: WireRecord>(fill: impl FnOnce(&mut T)) {
 /// rest and submits it. Every record is counted as produced; one the full ring buffer has no
 /// room for is counted as lost too, never ignored (produced = read + lost).
 #[inline(always)]
-fn submit_with<T: WireRecord>(wake_now: bool, fill: impl FnOnce(&mut T)) {
+pub fn submit_with<T: WireRecord>(wake_now: bool, fill: impl FnOnce(&mut T)) {
     if stopped() {
         return;
     }

@@ -21,6 +21,10 @@ pub fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         None => trace(cli.trace).map(|()| ExitCode::SUCCESS),
+        Some(Command::Client(mut args)) => {
+            args.client = true;
+            trace(args).map(|()| ExitCode::SUCCESS)
+        }
         Some(Command::Doctor(args)) => doctor::run(&args),
         Some(Command::Completions { shell }) => {
             clap_complete::generate(

@@ -19,6 +19,8 @@ Examples:
   For a log collector or a script:
     sudo sshtrace --json | tee verdicts.jsonl
     sudo sshtrace -o syslog+tcp://127.0.0.1:514 -o tcp://127.0.0.1:9000 -o -
+  On the machine where ssh runs (who refused or reset my session?):
+    sudo sshtrace client
   For Prometheus (scrape http://127.0.0.1:9640/metrics):
     sudo sshtrace --metrics 127.0.0.1:9640 -o journald";
 
@@ -47,6 +49,11 @@ pub enum Command {
     /// configured, config test, host key and file modes, firewall rules, fail2ban bans, limits,
     /// MaxStartups, disk space, LSMs. Exit status 1 when a check fails.
     Doctor(DoctorArgs),
+    /// Run where `ssh` runs: trace the outgoing connections of ssh processes (and scp, sftp,
+    /// rsync over ssh, which run one) and say who refused a connect or reset a session — the
+    /// server's host or a box on the path — and which local process saw it. Same outputs,
+    /// schema (`side: client`) and filters as the server side.
+    Client(TraceArgs),
     /// Print a shell completion script.
     Completions {
         #[arg(value_enum)]
@@ -82,6 +89,10 @@ pub enum Color {
 
 #[derive(Debug, Args)]
 pub struct TraceArgs {
+    /// Set by the `client` subcommand.
+    #[arg(skip)]
+    pub client: bool,
+
     /// Print verdicts as JSON Lines (schema sshtrace/2, see docs/events.md).
     #[arg(long)]
     pub json: bool,

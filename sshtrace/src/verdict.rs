@@ -62,6 +62,8 @@ causes! {
     PeerReset => "peer_reset",
     KernelAbort => "kernel_abort",
     ClosedPreauth => "closed_preauth",
+    ConnectRefused => "connect_refused",
+    ClientAborted => "client_aborted",
     Unknown => "unknown",
 }
 
@@ -118,6 +120,26 @@ impl Role {
             Self::User => "user",
         }
     }
+}
+
+/// `sshtrace client`: the local process that connected.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct ProcessInfo {
+    pub pid: u32,
+    pub comm: String,
+    /// Null once it had exited when sshtrace read it.
+    pub executable: Option<String>,
+    /// Whether the executable is a root-owned regular file named `ssh` (null: not read).
+    pub verified: Option<bool>,
+    pub cmdline: Option<String>,
+    /// The process that ran it: `{pid, cmdline}`.
+    pub parent: Option<ParentInfo>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct ParentInfo {
+    pub pid: u32,
+    pub cmdline: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -290,6 +312,9 @@ pub struct Verdict {
     pub cause: Cause,
     pub conn: ConnInfo,
     pub sshd: Option<SshdInfo>,
+    /// `sshtrace client`: the process that connected (absent on the server side).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub process: Option<ProcessInfo>,
     /// The container sshd runs in; null on the host.
     pub container: Option<Container>,
     /// Cause-specific fields (docs/events.md lists them per cause).

@@ -57,6 +57,7 @@ event_kinds! {
     SelinuxAudited = 12 => SelinuxAuditedEvent,
     SshdOutput = 13 => SshdOutputEvent,
     ResetFingerprint = 14 => ResetFingerprintEvent,
+    ClientConnect = 15 => ClientConnectEvent,
 }
 
 /// A record type of the ring: it begins with an [`EventHeader`] of its [`EventKind`].
@@ -164,6 +165,30 @@ pub struct ResetFingerprintEvent {
     pub ip_version: u8,
     pub _pad: u32,
 }
+
+/// `sshtrace client`: a followed `ssh` connects (the socket's CLOSE → SYN_SENT, in its own
+/// context): what it is, read by the kernel at once.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+#[cfg_attr(feature = "user", derive(bytemuck::AnyBitPattern))]
+pub struct ClientConnectEvent {
+    pub header: EventHeader,
+    pub skaddr: u64,
+    pub parent_tgid: u32,
+    /// Its executable's owner (global uid) and mode, when `exe_known` is non-zero.
+    pub exe_uid: u32,
+    pub exe_mode: u16,
+    pub exe_known: u8,
+    pub _pad: u8,
+    /// Bytes of its command line (NUL-separated arguments) copied into `args`, and how long
+    /// it is.
+    pub args_copied: u32,
+    pub args_len: u64,
+    pub args: [u8; CLIENT_ARGS_LEN],
+}
+
+/// As much of a command line as a record carries: as much as of sshd's output.
+pub const CLIENT_ARGS_LEN: usize = OUTPUT_LEN;
 
 /// Reset fingerprints sent per connection (a flood of forged resets gets no more); every
 /// reset is counted in [`PeerSegments::resets`].

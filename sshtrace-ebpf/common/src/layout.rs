@@ -280,7 +280,12 @@ pub struct StructLayout {
     pub tcp_rcv_nxt: u16,
     pub tcp_snd_una: u16,
     pub tcp_snd_nxt: u16,
-    pub _pad_tcp: u16,
+    /// `sk_buff.data`: where a packet's network header is when the device hands it over.
+    pub skb_data: u16,
+    /// `mm_struct.arg_start`/`arg_end`: a connecting ssh's command line, read by the kernel
+    /// (a refused ssh exits before userspace could read /proc).
+    pub mm_arg_start: u16,
+    pub mm_arg_end: u16,
 }
 
 /// `avc:selinux_audited`; the three contexts are `__data_loc char[]` fields.
@@ -507,7 +512,9 @@ impl KernelLayout {
             tcp_rcv_nxt: ABSENT,
             tcp_snd_una: ABSENT,
             tcp_snd_nxt: ABSENT,
-            _pad_tcp: ABSENT,
+            skb_data: ABSENT,
+            mm_arg_start: ABSENT,
+            mm_arg_end: ABSENT,
         },
     };
 }

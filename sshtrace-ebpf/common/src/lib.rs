@@ -35,7 +35,9 @@ pub mod counter {
     /// Keys added to `RESET_BURSTS` (an LRU map): more than it holds means some were evicted,
     /// perhaps with counts no record carried yet.
     pub const BURST_KEYS_ADDED: u32 = 3;
-    pub const COUNT: u32 = 4;
+    /// `ssh` sockets `sshtrace client` could not follow: its socket map was full.
+    pub const CLIENT_SOCKETS_NOT_FOLLOWED: u32 = 4;
+    pub const COUNT: u32 = 5;
 }
 
 /// What a `RESET_BURSTS` entry counts.
@@ -62,6 +64,15 @@ pub struct BurstKey {
     pub kind: u16,
     pub local_addr: [u8; 16],
     pub remote_addr: [u8; 16],
+}
+
+/// A server of `sshtrace client`'s connections: the key of the baseline its segments left.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ServerKey {
+    pub netns: u32,
+    pub _pad: u32,
+    pub addr: [u8; 16],
 }
 
 /// Value of `RESET_BURSTS`, per CPU.
@@ -100,6 +111,9 @@ pub struct Settings {
     /// Non-zero: a process that executes a root-owned sshd program is followed from that exec,
     /// and the ports its listens and accepts use become tracked (off with `--pid`).
     pub follow_sshd_execs: u32,
+    /// Non-zero: `sshtrace client`: the outgoing connections of `ssh` processes are followed
+    /// instead of sshd's.
+    pub client_mode: u32,
 }
 
 /// The TCP states the kernel-side socket history follows (`enum` values from BTF).
@@ -112,6 +126,7 @@ pub struct TcpStateNumbers {
     pub close: i32,
     pub close_wait: i32,
     pub listen: i32,
+    pub syn_sent: i32,
 }
 
 impl TcpStateNumbers {
@@ -123,6 +138,7 @@ impl TcpStateNumbers {
         close: 7,
         close_wait: 8,
         listen: 10,
+        syn_sent: 2,
     };
 }
 

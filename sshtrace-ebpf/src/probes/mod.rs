@@ -2,6 +2,7 @@
 
 mod accept;
 mod avc;
+mod client;
 mod oom;
 mod process;
 mod segments;

@@ -140,15 +140,15 @@ fn is_sshd_program(comm: &[u64; 2]) -> bool {
 
 /// An executable's owner (global uid) and mode, every field written whether read or not:
 /// 5.10's verifier refuses a read of stack left unwritten (an `Option`'s empty payload).
-struct Executable {
-    known: bool,
-    uid: u32,
-    mode: u16,
+pub(super) struct Executable {
+    pub known: bool,
+    pub uid: u32,
+    pub mode: u16,
 }
 
 /// The current task's executable.
 #[inline(always)]
-fn executable() -> Executable {
+pub(super) fn executable() -> Executable {
     let mut exe = Executable {
         known: false,
         uid: u32::MAX,

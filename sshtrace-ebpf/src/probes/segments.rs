@@ -15,6 +15,7 @@ use sshtrace_common::{
 };
 
 use super::{
+    client::{client_socket, note_server},
     member,
     sock_state::SOCK_HISTORY,
     socket::{sock_endpoints, SockFields, TypedSock},
@@ -48,14 +49,19 @@ struct Headers {
 fn segment_received(sk: &TypedSock, skb: *const u8) -> Result<(), i32> {
     // The port alone first: this runs for every segment an established socket receives.
     let local_port: u16 = sk.read(layout!(structs.skc_num))?;
-    if !port_tracked(local_port) {
+    let client = !port_tracked(local_port) && client_socket(sk.addr());
+    if !port_tracked(local_port) && !client {
         return Ok(());
     }
     let headers = read_headers(skb).ok_or(0)?;
     let history = SOCK_HISTORY.get_ptr_mut(sk.addr());
     if headers.flags & TCP_RST == 0 {
         if let Some(h) = history {
-            note_peer(unsafe { &mut (*h).peer }, &headers);
+            let h = unsafe { &mut *h };
+            note_peer(&mut h.peer, &headers);
+            if client {
+                note_server(h);
+            }
         }
         return Ok(());
     }

@@ -17,6 +17,7 @@ use aya_ebpf::{
 use sshtrace_common::{first_fin_by, Endpoints, SockHistory, SockStateEvent};
 
 use super::{
+    client::{client_mode, client_socket, follow_connect, forget, report_connect},
     field,
     socket::{sock_endpoints, ProbedSock, SockFields, TypedSock},
     tcp::{local_port, read_endpoints},
@@ -26,7 +27,7 @@ use crate::{
         claim_on_accept, netns_tracked, owns_listeners, port_tracked, sk_netns, tcp_states,
         track_port, SETTINGS,
     },
-    record::submit_batched,
+    record::submit_with,
 };
 
 const IPPROTO_TCP: u16 = 6;
@@ -152,6 +153,9 @@ fn sock_state(
     // A listen by sshd on a port not tracked yet tracks it, and is reported like any socket
     // state change on a tracked port (userspace learns where sshd listens from it).
     if !port_tracked(local_port) {
+        if client_mode() {
+            return client_state_change(skaddr, old_state, new_state, endpoints);
+        }
         // Only the listen state is read here: this runs for every socket on the host.
         let listen = unsafe { core::ptr::read_volatile(&raw const SETTINGS.tcp_states.listen) };
         if new_state != listen || !learn_listening_port(local_port) {
@@ -167,7 +171,7 @@ fn sock_state(
         Step::Send(history) => {
             let mut ep = Endpoints::default();
             endpoints.read_into(&mut ep)?;
-            send_state(skaddr, old_state, new_state, &ep, history);
+            send_state(skaddr, old_state, new_state, &ep, history, false);
         }
     }
     Ok(())
@@ -232,7 +236,7 @@ fn begin(skaddr: u64, old_state: i32, new_state: i32, fresh: &mut SockHistory) {
     {
         if fresh.claimed != 0 {
             let ep = fresh.endpoints;
-            send_state(skaddr, old_state, new_state, &ep, Some(fresh));
+            send_state(skaddr, old_state, new_state, &ep, Some(fresh), false);
         }
         return;
     }
@@ -243,7 +247,14 @@ fn begin(skaddr: u64, old_state: i32, new_state: i32, fresh: &mut SockHistory) {
             (*h).established_ns = fresh.established_ns;
             (*h).endpoints = fresh.endpoints;
         }
-        send_state(skaddr, old_state, new_state, &fresh.endpoints, Some(h));
+        send_state(
+            skaddr,
+            old_state,
+            new_state,
+            &fresh.endpoints,
+            Some(h),
+            false,
+        );
     }
 }
 
@@ -256,9 +267,10 @@ fn send_state(
     new_state: i32,
     ep: &Endpoints,
     history: Option<*mut SockHistory>,
+    wake_now: bool,
 ) {
     if netns_tracked(ep.netns) {
-        submit_batched(|e: &mut SockStateEvent| {
+        submit_with(wake_now, |e: &mut SockStateEvent| {
             e.skaddr = skaddr;
             e.old_state = old_state;
             e.new_state = new_state;
@@ -273,6 +285,53 @@ fn send_state(
     if history.is_some() && new_state == tcp_states().close {
         let _ = SOCK_HISTORY.remove(skaddr);
     }
+}
+
+/// `sshtrace client`: every state change of a followed `ssh` socket is sent (a client has a
+/// few connections, not a server's storm), its history kept from the connect to the close.
+#[inline(always)]
+fn client_state_change(
+    skaddr: u64,
+    old_state: i32,
+    new_state: i32,
+    endpoints: &impl EndpointSource,
+) -> Result<(), i32> {
+    let t = tcp_states();
+    let connecting = old_state == t.close && new_state == t.syn_sent;
+    if !connecting && !client_socket(skaddr) {
+        return Ok(());
+    }
+    let mut ep = Endpoints::default();
+    endpoints.read_into(&mut ep)?;
+    if connecting {
+        if !follow_connect(skaddr, ep.remote_port) {
+            return Ok(());
+        }
+        let fresh = unsafe { &mut *NEW_HISTORY.get_ptr_mut(0).ok_or(0)? };
+        *fresh = SockHistory {
+            claimed: 1,
+            endpoints: ep,
+            ..SockHistory::default()
+        };
+        #[allow(clippy::needless_borrows_for_generic_args)]
+        let _ = SOCK_HISTORY.insert(skaddr, &*fresh, 0);
+    }
+    if new_state == t.close {
+        forget(skaddr);
+    }
+    send_state(
+        skaddr,
+        old_state,
+        new_state,
+        &ep,
+        SOCK_HISTORY.get_ptr_mut(skaddr),
+        // Userspace reads the connecting process from /proc: a refused ssh soon exits.
+        connecting,
+    );
+    if connecting {
+        report_connect(skaddr);
+    }
+    Ok(())
 }
 
 /// A socket moved to LISTEN by a process that owns sshd's listeners (in process context:

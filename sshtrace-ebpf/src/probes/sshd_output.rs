@@ -171,7 +171,7 @@ fn send(channel: u32, fd: u64, skaddr: u64, buf: u64, len: u64) {
 /// Copies the first [`OUTPUT_LEN`] bytes at most; returns how many. The size is masked so the
 /// verifier sees its bound.
 #[inline(always)]
-fn copy_user(buf: u64, len: u64, data: &mut [u8; OUTPUT_LEN]) -> u32 {
+pub(super) fn copy_user(buf: u64, len: u64, data: &mut [u8; OUTPUT_LEN]) -> u32 {
     let n = if len >= OUTPUT_LEN as u64 {
         OUTPUT_LEN as u32
     } else {

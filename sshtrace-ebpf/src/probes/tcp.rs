@@ -15,6 +15,7 @@ use sshtrace_common::{
 };
 
 use super::{
+    client::{client_mode, client_socket},
     field,
     sock_state::claim,
     socket::{AF_INET, AF_INET6},
@@ -91,7 +92,9 @@ pub fn tcp_send_reset(ctx: TracePointContext) -> u32 {
 fn try_send_reset(ctx: &TracePointContext) -> Result<(), i32> {
     let l = layout!(send_reset);
     // The port alone first: this runs for every reset on the host.
-    if !port_tracked(local_port(ctx, &l.addr)?) {
+    let tracked = port_tracked(local_port(ctx, &l.addr)?)
+        || (client_mode() && client_socket(field(ctx, l.skaddr)?));
+    if !tracked {
         return Ok(());
     }
     let mut endpoints = read_endpoints(ctx, &l.addr)?;
@@ -201,7 +204,9 @@ fn try_receive_reset(ctx: &TracePointContext) -> Result<(), i32> {
     // A client of a tracked port on this host (its peer's port is tracked) is reported too:
     // the reset a firewall sends reaches the client, not sshd. The ports alone first: this
     // runs for every reset on the host.
-    let client_side = if port_tracked(local_port(ctx, &l.addr)?) {
+    let client_side = if port_tracked(local_port(ctx, &l.addr)?)
+        || (client_mode() && client_socket(field(ctx, l.skaddr)?))
+    {
         0
     } else if port_tracked(remote_port(ctx, &l.addr)?) {
         1

@@ -3,6 +3,7 @@
 //! least specific and assembles the verdict. No evidence, no cause: the fallback is `unknown`
 //! with the raw facts.
 
+mod client_side;
 mod closed_preauth;
 mod firewall;
 mod kernel_abort;
@@ -32,7 +33,8 @@ use crate::{
         Connection, ConnectionTable, Process, ProcessTable, RecentVerdicts, SyscallError,
     },
     verdict::{
-        signal_name, Cause, ConnInfo, Evidence, Outcome, SshdInfo, SshdLogEntry, Verdict, SCHEMA,
+        signal_name, Cause, ConnInfo, Evidence, Outcome, ParentInfo, ProcessInfo, SshdInfo,
+        SshdLogEntry, Verdict, SCHEMA,
     },
 };
 
@@ -132,6 +134,36 @@ pub fn judge(conn: &Connection, tree: &[Process], ctx: &Background) -> Option<Ve
                 .then(|| unexplained(&ended, deaths))
         })?;
     Some(assemble(&ended, finding, ctx))
+}
+
+/// `sshtrace client`: the verdict for a connection of this host's `ssh`, or `None` when it
+/// ended in order.
+pub fn judge_client(conn: &Connection, ctx: &Background) -> Option<Verdict> {
+    let ended = Ended {
+        conn,
+        tree: &[],
+        outcome: outcome(conn),
+    };
+    let finding = client_side::judge(&ended, ctx)?;
+    let mut verdict = assemble(&ended, finding, ctx);
+    verdict.side = "client";
+    verdict.outcome = if conn.established_ts.is_none() && ended.outcome != Outcome::ResetSent {
+        Outcome::Refused
+    } else {
+        ended.outcome
+    };
+    verdict.process = conn.client_process().map(|p| ProcessInfo {
+        pid: p.pid,
+        comm: p.comm.clone(),
+        executable: p.executable.clone(),
+        verified: p.verified,
+        cmdline: p.cmdline.clone(),
+        parent: p
+            .parent
+            .clone()
+            .map(|(pid, cmdline)| ParentInfo { pid, cmdline }),
+    });
+    Some(verdict)
 }
 
 /// A verdict for a listener that cannot accept the connections waiting for it (no
@@ -300,6 +332,7 @@ fn assemble(e: &Ended, finding: Finding, ctx: &Background) -> Verdict {
             netns: (conn.tuple.netns != 0).then_some(conn.tuple.netns),
         },
         sshd,
+        process: None,
         container: container_of(conn, ctx),
         details,
         evidence,

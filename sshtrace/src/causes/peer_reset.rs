@@ -1,11 +1,13 @@
 //! `peer_reset`: a reset arrived from the network and this host had sent none. Its
-//! fingerprint, taken by the kernel, says whether the client's host or a box on the path sent
-//! it ([`reset_from`]).
+//! fingerprint, taken by the kernel, says whether the peer's host or a box on the path sent
+//! it ([`reset_from`]). On the server the peer is the client; in `sshtrace client`, the server.
+
+use std::net::SocketAddr;
 
 use serde_json::{json, Map, Value};
 
 use super::{
-    reset_from::{attribute, decisive, Attribution, ResetFrom},
+    reset_from::{attribute, decisive, Attribution, ResetFrom, Side},
     Background, Ended, Finding,
 };
 use crate::{
@@ -17,31 +19,22 @@ use crate::{
 const IDLE_NOTE_NS: u64 = 1_000_000_000;
 
 pub fn judge(e: &Ended, ctx: &Background) -> Option<Finding> {
+    judge_on(e, ctx, Side::Server)
+}
+
+pub fn judge_on(e: &Ended, ctx: &Background, side: Side) -> Option<Finding> {
     if e.outcome != Outcome::ResetReceived {
         return None;
     }
     let remote = e.conn.tuple.remote;
-    let port = e.conn.tuple.local.port();
-    let fingerprint = decisive(e.conn.reset_fingerprints());
-    let attribution = fingerprint.map(attribute);
-    let mut details = Map::new();
-    let from = attribution
-        .as_ref()
-        .map_or(ResetFrom::Undetermined, |a| a.from);
-    details.insert("reset_from".into(), json!(from.as_str()));
-    if let ResetFrom::Path { hops_closer } = from {
-        details.insert("hops_closer".into(), json!(hops_closer));
-    }
-    if let Some(fp) = fingerprint {
-        add_figures(&mut details, fp);
-    }
-    let why = attribution.as_ref().map_or_else(
-        || "no fingerprint of it was taken (see --probe-report)".to_owned(),
-        |a| a.why.clone(),
-    );
-    details.insert("reset_from_why".into(), json!(why));
-    let idle_ns = fingerprint.and_then(ResetFingerprint::idle_ns);
-    let mut summary = summary(from, &why, remote);
+    let Attributed {
+        from,
+        why,
+        mut details,
+        idle_ns,
+        attribution,
+    } = attributed(e);
+    let mut summary = summary(from, &why, remote, side);
     if let Some(first) = e.conn.path_drops().first() {
         let mut netns = ctx.netns.describe(first.netns);
         netns["segments"] = json!(e.conn.path_drops().len());
@@ -57,68 +50,104 @@ pub fn judge(e: &Ended, ctx: &Background) -> Option<Finding> {
         details,
         evidence: Vec::new(),
         summary,
-        hint: hint(attribution.as_ref(), idle_ns, remote, port),
+        hint: hint(attribution.as_ref(), idle_ns, e, side),
     })
 }
 
-fn summary(from: ResetFrom, why: &str, remote: std::net::SocketAddr) -> String {
+/// Who sent the connection's decisive reset, with the figures behind it.
+pub struct Attributed {
+    pub from: ResetFrom,
+    pub why: String,
+    pub details: Map<String, Value>,
+    pub idle_ns: Option<u64>,
+    pub attribution: Option<Attribution>,
+}
+
+pub fn attributed(e: &Ended) -> Attributed {
+    let fingerprint = decisive(e.conn.reset_fingerprints());
+    let attribution = fingerprint.map(attribute);
+    let from = attribution
+        .as_ref()
+        .map_or(ResetFrom::Undetermined, |a| a.from);
+    let mut details = Map::new();
+    details.insert("reset_from".into(), json!(from.as_str()));
+    if let ResetFrom::Path { hops_closer } = from {
+        details.insert("hops_closer".into(), json!(hops_closer));
+    }
+    if let Some(fp) = fingerprint {
+        add_figures(&mut details, fp);
+    }
+    let why = attribution.as_ref().map_or_else(
+        || "no fingerprint of it was taken (see --probe-report)".to_owned(),
+        |a| a.why.clone(),
+    );
+    details.insert("reset_from_why".into(), json!(why));
+    Attributed {
+        from,
+        why,
+        details,
+        idle_ns: fingerprint.and_then(ResetFingerprint::idle_ns),
+        attribution,
+    }
+}
+
+fn summary(from: ResetFrom, why: &str, remote: SocketAddr, side: Side) -> String {
+    let peer = side.peer();
+    let me = side.me();
     match from {
         ResetFrom::PeerHost => format!(
-            "the client's host {} reset the connection, not this server nor a box on the \
-             path; the reset's fingerprint: {why}",
+            "the {peer}'s host {} reset the connection, not {me} nor a box on the path; the \
+             reset's fingerprint: {why}",
             remote.ip()
         ),
         ResetFrom::Path { hops_closer } => format!(
             "a box on the path reset the connection, {hops_closer} hop(s) closer than the \
-             client {remote} it claimed to come from; the reset's fingerprint: {why}"
+             {peer} {remote} it claimed to come from; the reset's fingerprint: {why}"
         ),
         ResetFrom::Undetermined => format!(
-            "a reset arrived from {remote} and this host had sent none: the client or a box \
-             on the path (NAT, firewall, load balancer) reset the connection, not this server; \
-             the reset's fingerprint does not tell which: {why}"
+            "a reset arrived from {remote} and this host had sent none: the {peer} or a box on \
+             the path (NAT, firewall, load balancer) reset the connection, not {me}; the \
+             reset's fingerprint does not tell which: {why}"
         ),
     }
 }
 
-fn hint(
-    attribution: Option<&Attribution>,
-    idle_ns: Option<u64>,
-    remote: std::net::SocketAddr,
-    port: u16,
-) -> String {
+fn hint(attribution: Option<&Attribution>, idle_ns: Option<u64>, e: &Ended, side: Side) -> String {
+    let remote = e.conn.tuple.remote;
     let capture = format!(
-        "capture with `tcpdump -ni any -v 'tcp port {port} and host {}'` and compare the \
-         reset's TTL and IP ID with the client's packets",
-        remote.ip()
+        "capture with `tcpdump -ni any -v 'tcp port {} and host {}'` and compare the reset's \
+         TTL and IP ID with the {}'s packets",
+        e.conn.tuple.local.port(),
+        remote.ip(),
+        side.peer()
     );
     match attribution.map(|a| a.from) {
-        Some(ResetFrom::PeerHost) => "look at the client: its ssh was killed or aborted, or \
-                                      its kernel or firewall answered for a connection it no \
-                                      longer had (reboot, REJECT); `sshtrace client` there \
-                                      names the process"
-            .to_owned(),
+        Some(ResetFrom::PeerHost) => side.peer_host_hint().to_owned(),
         Some(ResetFrom::Path { hops_closer }) => {
             let idle = match idle_ns {
                 Some(ns) if ns >= IDLE_NOTE_NS => format!(
                     "the connection had been idle {} s before it: a stateful firewall or NAT \
                      on the path whose idle timeout is shorter forgets the flow and resets its \
-                     next segment — set ClientAliveInterval (server) or ServerAliveInterval \
-                     (client) below that timeout; ",
-                    ns / 1_000_000_000
+                     next segment — set {} below that timeout; ",
+                    ns / 1_000_000_000,
+                    side.keepalive()
                 ),
                 _ => String::new(),
             };
             format!(
-                "{idle}find the box {hops_closer} hop(s) from the client's side of the path \
-                 (`traceroute -T -p {port} {}` from here) and its REJECT rule (tcp-reset), \
-                 load balancer or IPS; {capture}",
+                "{idle}find the box {hops_closer} hop(s) from the {}'s side of the path \
+                 (`traceroute -T -p {} {}` from here) and its REJECT rule (tcp-reset), load \
+                 balancer or IPS; {capture}",
+                side.peer(),
+                remote.port(),
                 remote.ip()
             )
         }
         _ => format!(
-            "look at the client and the path: idle timeouts of NAT/firewalls \
-             (ClientAliveInterval keeps sessions alive); {capture}; `sshtrace client` on the \
-             client shows its side"
+            "look at the {} and the path: idle timeouts of NAT/firewalls ({} keeps sessions \
+             alive); {capture}",
+            side.peer(),
+            side.keepalive()
         ),
     }
 }

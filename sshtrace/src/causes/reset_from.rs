@@ -28,6 +28,52 @@ impl ResetFrom {
     }
 }
 
+/// Which end of the connection this host is: the peer is the other.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Side {
+    Server,
+    Client,
+}
+
+impl Side {
+    pub const fn peer(self) -> &'static str {
+        match self {
+            Self::Server => "client",
+            Self::Client => "server",
+        }
+    }
+
+    pub const fn me(self) -> &'static str {
+        match self {
+            Self::Server => "this server",
+            Self::Client => "this client",
+        }
+    }
+
+    /// The keepalive setting of this side first.
+    pub const fn keepalive(self) -> &'static str {
+        match self {
+            Self::Server => "ClientAliveInterval (server) or ServerAliveInterval (client)",
+            Self::Client => "ServerAliveInterval (client) or ClientAliveInterval (server)",
+        }
+    }
+
+    pub const fn peer_host_hint(self) -> &'static str {
+        match self {
+            Self::Server => {
+                "look at the client: its ssh was killed or aborted, or its kernel or firewall \
+                 answered for a connection it no longer had (reboot, REJECT); `sshtrace client` \
+                 there names the process"
+            }
+            Self::Client => {
+                "look at the server: its sshd was killed or aborted the session, or its kernel \
+                 or firewall answered for a connection it no longer had (reboot, REJECT); \
+                 `sshtrace` there says which"
+            }
+        }
+    }
+}
+
 /// The conclusion and the figures that make it, in a phrase.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Attribution {

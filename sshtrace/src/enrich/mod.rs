@@ -4,6 +4,7 @@
 //! the mode bits allowed a refused access (`dac`), and the LSMs' audit records (`audit`).
 
 pub mod audit;
+pub mod client_process;
 pub mod container;
 pub mod dac;
 pub mod discovery;

@@ -32,6 +32,9 @@ pub enum HookId {
     /// Segments an established tracked connection receives: the peer's IP headers, and a
     /// received reset's fingerprint.
     SegmentsReceived,
+    /// `sshtrace client`: a reset refusing a connect, read from the packet (every packet a
+    /// device hands over runs it, so it is attached in client mode only).
+    PacketsReceived,
 }
 
 /// The ways to see socket state changes, best first.
@@ -205,6 +208,17 @@ const REQUIRED: &[Hook] = &[
     tracepoint(HookId::KfreeSkb, "skb", "kfree_skb"),
 ];
 
+fn packets_received() -> Hook {
+    Hook {
+        program: "netif_receive_skb",
+        ..required(
+            HookId::PacketsReceived,
+            Attach::RawTracePoint("netif_receive_skb"),
+        )
+        .optional()
+    }
+}
+
 /// Kernel functions that send a reset without a socket: the last way to see refusals.
 const REFUSAL_KPROBES: [&str; 2] = ["tcp_v4_send_reset", "tcp_v6_send_reset"];
 
@@ -219,8 +233,8 @@ fn failed_syscalls() -> impl Iterator<Item = Hook> {
 
 /// Every hook attached one by one (socket states and sshd's output are attached apart: the
 /// first way that loads): the required ones, failed syscalls, then the optional ones, the
-/// refusal kprobes only when wanted.
-pub fn all(refusal_kprobes: bool) -> Vec<Hook> {
+/// refusal kprobes only when wanted, the per-packet hook only for `sshtrace client`.
+pub fn all(refusal_kprobes: bool, client: bool) -> Vec<Hook> {
     let paths = PATH_SYSCALLS
         .iter()
         .map(|name| tracepoint(HookId::PathArgument, "syscalls", name).optional());
@@ -242,6 +256,7 @@ pub fn all(refusal_kprobes: bool) -> Vec<Hook> {
         .chain(failed_syscalls())
         .chain(paths)
         .chain([selinux, segments])
+        .chain(client.then(packets_received))
         .chain(kprobes)
         .collect()
 }
@@ -256,7 +271,7 @@ mod tests {
             SockStateWay::Btf.hook().label(),
             "tp_btf inet_sock_set_state"
         );
-        let hooks = all(true);
+        let hooks = all(true, false);
         let clone = hooks
             .iter()
             .find(|h| h.id == HookId::FailedSyscall && h.label().ends_with("_clone"))
@@ -272,7 +287,7 @@ mod tests {
 
     #[test]
     fn every_program_attaches_once_but_the_failed_syscalls_one() {
-        let hooks = all(true);
+        let hooks = all(true, false);
         for (i, h) in hooks.iter().enumerate() {
             assert!(!h.program.is_empty(), "{h:?}");
             assert!(

@@ -231,6 +231,7 @@ fn packet_and_netns_members(btf: &KernelBtf, s: &mut StructLayout) {
     s.skb_head = member(btf, "sk_buff", "head").unwrap_or(ABSENT);
     s.skb_transport_header = member(btf, "sk_buff", "transport_header").unwrap_or(ABSENT);
     s.skb_network_header = member(btf, "sk_buff", "network_header").unwrap_or(ABSENT);
+    s.skb_data = member(btf, "sk_buff", "data").unwrap_or(ABSENT);
     // Network namespaces: a socket's through skc_net, a packet's through its device.
     let ns_inum =
         member(btf, "net", "ns").and_then(|ns| Ok(ns + member(btf, "ns_common", "inum")?));
@@ -336,7 +337,8 @@ fn memory_cgroup_members(btf: &KernelBtf, s: &mut StructLayout) {
         .unwrap_or(ABSENT);
 }
 
-/// Where a received reset's sequence numbers are checked against the socket's.
+/// Where a received reset's sequence numbers are checked against the socket's, and where a
+/// connecting ssh's command line is.
 fn tcp_sock_members(btf: &KernelBtf, s: &mut StructLayout) {
     optional_members(
         btf,
@@ -344,6 +346,8 @@ fn tcp_sock_members(btf: &KernelBtf, s: &mut StructLayout) {
             (&mut s.tcp_rcv_nxt, "tcp_sock", "rcv_nxt"),
             (&mut s.tcp_snd_una, "tcp_sock", "snd_una"),
             (&mut s.tcp_snd_nxt, "tcp_sock", "snd_nxt"),
+            (&mut s.mm_arg_start, "mm_struct", "arg_start"),
+            (&mut s.mm_arg_end, "mm_struct", "arg_end"),
         ],
     );
 }

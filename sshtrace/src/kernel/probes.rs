@@ -84,7 +84,9 @@ impl Probes {
             .override_global("SETTINGS", &settings, true)
             .load(OBJECT)
             .context("cannot load the eBPF programs")?;
-        let (attached, skipped) = attach_all(&mut ebpf, &kernel_btf, &layout, refusal_kprobes)?;
+        let client = settings.client_mode != 0;
+        let (attached, skipped) =
+            attach_all(&mut ebpf, &kernel_btf, &layout, refusal_kprobes, client)?;
         let stderr_writes = prepare_stderr_writes(&mut ebpf, &kernel_btf, &attached);
         let mut take = |name: &str| {
             ebpf.take_map(name)
@@ -129,13 +131,14 @@ fn attach_all(
     btf: &Btf,
     layout: &KernelLayout,
     refusal_kprobes: bool,
+    client: bool,
 ) -> Result<(Vec<(HookId, String)>, Skipped)> {
     let debug_skip = DebugSkip::from_env();
     // The raw tracepoint for socket states, the hottest hook, where tp_btf does not load:
     // cheaper, no record is assembled before the program runs. The classic one where BTF
     // does not locate the fields, or with SSHTRACE_RAW_TRACEPOINTS=0.
     let raw = std::env::var_os("SSHTRACE_RAW_TRACEPOINTS").is_none_or(|v| v != "0");
-    let hooks = hooks::all(refusal_kprobes);
+    let hooks = hooks::all(refusal_kprobes, client);
     let sock_state_ways = sock_state_ways(raw && layout.structs.sock_tuple_known());
     let output_ways = output_ways(layout);
     let first_choices: Vec<Hook> = hooks
@@ -544,6 +547,10 @@ impl LossCounters {
     /// Processes the kernel could not follow (its tracked-process map was full).
     pub fn untracked_processes(&self) -> u64 {
         self.sum(counter::UNTRACKED_PROCESSES)
+    }
+
+    pub fn untracked_client_sockets(&self) -> u64 {
+        self.sum(counter::CLIENT_SOCKETS_NOT_FOLLOWED)
     }
 
     /// Keys the kernel added to its map of storm counters.

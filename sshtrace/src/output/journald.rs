@@ -114,6 +114,7 @@ mod tests {
             ts: "2026-11-25T03:15:39.576498000Z".into(),
             host: "h".into(),
             side: "server",
+            process: None,
             outcome: Outcome::ResetSent,
             cause: Cause::SshdKilled,
             conn: ConnInfo {

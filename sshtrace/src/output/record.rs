@@ -5,8 +5,9 @@ use serde::Serialize;
 use crate::verdict::{Verdict, SCHEMA};
 
 #[derive(Clone, Debug, PartialEq)]
+// Records are built once and shared by every output through an Arc: size does not matter.
+#[allow(clippy::large_enum_variant)]
 pub enum Record {
-    // Records are built once and shared by every output through an Arc: size does not matter.
     Verdict(Box<Verdict>),
     Loss(LossRecord),
 }
@@ -33,13 +34,15 @@ pub struct NotKept {
     pub firewall_drops_held_back: u64,
     /// Audit records the kernel could not queue for sshtrace (its buffer full in a storm).
     pub audit_records_lost: u64,
+    /// `ssh` sockets `sshtrace client` could not follow: the kernel's socket map was full.
+    pub untracked_client_sockets: u64,
 }
 
 impl std::fmt::Display for NotKept {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "{} connections evicted, {} processes and {} network namespaces untracked (map full), {} signals, {} LSM denials, {} firewall drops beyond those kept, {} firewall drops held back, {} storm counters evicted, {} audit records lost",
+            "{} connections evicted, {} processes and {} network namespaces untracked (map full), {} signals, {} LSM denials, {} firewall drops beyond those kept, {} firewall drops held back, {} storm counters evicted, {} audit records lost, {} client sockets untracked (map full)",
             self.connections_evicted,
             self.untracked_processes,
             self.untracked_network_namespaces,
@@ -48,7 +51,8 @@ impl std::fmt::Display for NotKept {
             self.firewall_drops,
             self.firewall_drops_held_back,
             self.storm_counters_evicted,
-            self.audit_records_lost
+            self.audit_records_lost,
+            self.untracked_client_sockets
         )
     }
 }

@@ -37,8 +37,9 @@ pub fn of_cause(cause: Cause) -> u8 {
         | Cause::SocketKilled
         | Cause::SshdDropped
         | Cause::KernelAbort
+        | Cause::ConnectRefused
         | Cause::Unknown => WARNING,
-        Cause::PeerReset | Cause::ClosedPreauth => NOTICE,
+        Cause::PeerReset | Cause::ClosedPreauth | Cause::ClientAborted => NOTICE,
     }
 }
 

@@ -35,8 +35,9 @@ fn paint(cause: Cause, color: bool) -> String {
         | Cause::LsmDenied
         | Cause::PermissionDenied
         | Cause::SshdDropped
-        | Cause::NotListening => "33",
-        Cause::PeerReset | Cause::SocketKilled | Cause::KernelAbort => "36",
+        | Cause::NotListening
+        | Cause::ConnectRefused => "33",
+        Cause::PeerReset | Cause::SocketKilled | Cause::KernelAbort | Cause::ClientAborted => "36",
         Cause::ClosedPreauth | Cause::Unknown => "1",
     };
     if color {

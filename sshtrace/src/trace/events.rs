@@ -34,6 +34,17 @@ pub struct ConnTuple {
     pub netns: u32,
 }
 
+impl ConnTuple {
+    /// Whether this is a connect seen before its local port was chosen, and `bound` the same
+    /// connection with it.
+    pub fn bound_as(&self, bound: ConnTuple) -> bool {
+        self.local.port() == 0
+            && self.local.ip() == bound.local.ip()
+            && self.remote == bound.remote
+            && self.netns == bound.netns
+    }
+}
+
 /// The task that was current when a probe ran. Meaningful in process context only.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Task {
@@ -66,6 +77,16 @@ pub enum Kind {
         skaddr: u64,
         conn: ConnTuple,
         fingerprint: ResetFingerprint,
+    },
+    /// `sshtrace client`: what a followed ssh that connects is, read by the kernel.
+    ClientConnect {
+        skaddr: u64,
+        parent_tgid: u32,
+        /// Its executable's owner uid and mode, when the kernel could read them.
+        executable: Option<(u32, u16)>,
+        /// Its arguments joined by spaces, as far as copied; whether more were not.
+        args: String,
+        args_truncated: bool,
     },
     /// Netfilter dropped a segment; `conn.local` is the tracked (sshd) side.
     FirewallDrop {
@@ -210,6 +231,7 @@ pub fn decode(bytes: &[u8]) -> Option<Event> {
         EventKind::SyscallError => decode_syscall_error(bytes)?,
         EventKind::OomVictim => decode_oom_victim(bytes)?,
         EventKind::ResetFingerprint => decode_reset_fingerprint(bytes, header.ts_ns)?,
+        EventKind::ClientConnect => decode_client_connect(bytes)?,
     };
     Some(Event {
         ts_ns: header.ts_ns,
@@ -252,6 +274,25 @@ fn decode_reset_fingerprint(bytes: &[u8], ts_ns: u64) -> Option<Kind> {
         skaddr: e.skaddr,
         conn: tuple(&e.endpoints)?,
         fingerprint: ResetFingerprint::from_wire(&e, ts_ns),
+    })
+}
+
+/// A followed ssh's connect: its executable, parent and command line.
+fn decode_client_connect(bytes: &[u8]) -> Option<Kind> {
+    let e: wire::ClientConnectEvent = read(bytes)?;
+    let copied = (e.args_copied as usize).min(e.args.len());
+    let args = e.args[..copied]
+        .split(|&b| b == 0)
+        .filter(|a| !a.is_empty())
+        .map(String::from_utf8_lossy)
+        .collect::<Vec<_>>()
+        .join(" ");
+    Some(Kind::ClientConnect {
+        skaddr: e.skaddr,
+        parent_tgid: e.parent_tgid,
+        executable: (e.exe_known != 0).then_some((e.exe_uid, e.exe_mode)),
+        args,
+        args_truncated: e.args_len > copied as u64,
     })
 }
 

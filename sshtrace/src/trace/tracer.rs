@@ -33,7 +33,7 @@ use crate::{
     metrics::{Metrics, Totals},
     output::summary::Summary,
     output::{KernelLoss, NotKept, Outputs, Record, SinkSpec},
-    trace::events::{self, Kind},
+    trace::events::{self, Event, Kind},
     trace::state::{Connection, Earlier, Process, State, FIREWALL_SETTLE_NS, SETTLE_NS},
 };
 
@@ -176,7 +176,9 @@ fn kernel_settings(
         claim_on_accept: layout.structs.accepted_socket_known() as u32,
         wakeup_backlog: cli.ring_size / 4,
         // `--pid` names the sshd to trace: no other is followed.
-        follow_sshd_execs: (cli.pids.is_empty() && layout.structs.executable_known()) as u32,
+        follow_sshd_execs: (!cli.client && cli.pids.is_empty() && layout.structs.executable_known())
+            as u32,
+        client_mode: cli.client as u32,
     }
 }
 
@@ -257,6 +259,7 @@ impl Tracer {
             last_scan: std::time::Instant::now(),
             scan_due: false,
             netns_names: NetnsNames::default(),
+            client: cli.client,
             state: State::new(crate::trace::state::tcp_states(&names)),
             names,
             discovery,
@@ -318,6 +321,8 @@ struct Tracer {
     scan_due: bool,
     /// Network namespaces by name, read again before judging a dropped segment.
     netns_names: NetnsNames,
+    /// `sshtrace client`: the connections are this host's ssh clients'.
+    client: bool,
 }
 
 /// Where verdicts go: the outputs, the summary and the metrics, as the user asked to see them.
@@ -457,6 +462,9 @@ impl Tracer {
                         eprintln!("sshtrace: event: {}", escape::text(&format!("{event:?}")));
                     }
                     self.state.apply(&event);
+                    if self.client {
+                        self.read_client_process(&event);
+                    }
                 }
                 None => self.stats.undecodable += 1,
             }
@@ -564,7 +572,12 @@ impl Tracer {
         // before the next connection is judged: a penalty's drop settles in the same batch as
         // the crash that caused it, and must find it.
         for (conn, tree) in settled {
-            let Some(mut verdict) = causes::judge(conn, tree, &self.context()) else {
+            let judged = if self.client {
+                causes::judge_client(conn, &self.context())
+            } else {
+                causes::judge(conn, tree, &self.context())
+            };
+            let Some(mut verdict) = judged else {
                 continue;
             };
             if penalizable(verdict.cause) {
@@ -676,6 +689,7 @@ impl Tracer {
             firewall_drops: n.drops,
             firewall_drops_held_back: held_back_drops,
             audit_records_lost: audit::records_lost(),
+            untracked_client_sockets: self.counters.untracked_client_sockets(),
         }
     }
 
@@ -702,9 +716,28 @@ impl Tracer {
         });
     }
 
+    /// A connect of a followed `ssh`: its executable and command line, while it lives.
+    fn read_client_process(&mut self, event: &Event) {
+        let Kind::ClientConnect { skaddr, .. } = &event.kind else {
+            return;
+        };
+        if let Some(p) = self
+            .state
+            .conns
+            .live_by_skaddr(*skaddr)
+            .and_then(|c| c.client_process_mut())
+        {
+            crate::enrich::client_process::read(p);
+        }
+    }
+
     fn rediscover(&mut self) -> Result<()> {
         self.last_scan = std::time::Instant::now();
         self.scan_due = false;
+        // `sshtrace client` follows ssh, not sshd.
+        if self.client {
+            return Ok(());
+        }
         let Some(snapshot) = self.discovery.scan() else {
             return Ok(());
         };

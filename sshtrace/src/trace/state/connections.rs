@@ -102,6 +102,32 @@ struct Extras {
     sshd_log_not_kept: u64,
     /// What the listener wrote on it before closing it, as the kernel copied it.
     listener_note: Option<ListenerNote>,
+    /// `sshtrace client`: the process that connected.
+    client_process: Option<ClientProcess>,
+}
+
+/// The local process behind a connect (`sshtrace client`): the kernel's pid and name, and
+/// what /proc showed of it when the connect was read (`None` once it had exited).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ClientProcess {
+    pub pid: u32,
+    pub comm: String,
+    pub executable: Option<String>,
+    /// Its executable is a root-owned regular file named `ssh`: the name alone is not trusted.
+    pub verified: Option<bool>,
+    pub cmdline: Option<String>,
+    /// The process that ran it (`scp`, `rsync`, a shell): pid, and command line when read.
+    pub parent: Option<(u32, Option<String>)>,
+}
+
+impl ClientProcess {
+    pub fn seen(task: &Task) -> Self {
+        Self {
+            pid: task.pid,
+            comm: task.comm.clone(),
+            ..Self::default()
+        }
+    }
 }
 
 /// How many of a connection's sshd log messages are kept: the last ones say why it ended.
@@ -187,6 +213,18 @@ impl Connection {
 
     pub fn add_received_reset(&mut self, ts: u64) {
         self.extras_mut().resets_received.push(ts);
+    }
+
+    pub fn client_process(&self) -> Option<&ClientProcess> {
+        self.extras.as_ref()?.client_process.as_ref()
+    }
+
+    pub fn client_process_mut(&mut self) -> Option<&mut ClientProcess> {
+        self.extras.as_mut()?.client_process.as_mut()
+    }
+
+    pub fn set_client_process(&mut self, process: ClientProcess) {
+        self.extras_mut().client_process = Some(process);
     }
 
     /// The fingerprints of the resets it received, oldest first.
@@ -357,8 +395,39 @@ impl ConnectionTable {
     pub fn by_skaddr_or_open(&mut self, skaddr: u64, tuple: ConnTuple, ts: u64) -> ConnId {
         match self.by_skaddr.get(&skaddr) {
             Some(&id) if self.conns.get(&id).is_some_and(|c| c.tuple == tuple) => id,
+            Some(&id) if self.conns.get(&id).is_some_and(|c| c.tuple.bound_as(tuple)) => {
+                self.rebind(id, tuple);
+                id
+            }
             _ => self.open(skaddr, tuple, ts),
         }
+    }
+
+    /// A connect's local port, chosen after its first record (CLOSE → SYN_SENT), is known.
+    fn rebind(&mut self, id: ConnId, tuple: ConnTuple) {
+        let Some(c) = self.conns.get_mut(&id) else {
+            return;
+        };
+        let before = (c.tuple.local, c.tuple.remote);
+        c.tuple = tuple;
+        if self.by_addrs.get(&before) == Some(&id) {
+            self.by_addrs.remove(&before);
+        }
+        self.by_addrs.insert((tuple.local, tuple.remote), id);
+    }
+
+    /// The connect not yet established that a packet addressed to `tuple` answers, its local
+    /// port perhaps not yet known.
+    pub fn connecting_mut(&mut self, tuple: ConnTuple) -> Option<&mut Connection> {
+        let unbound = SocketAddr::new(tuple.local.ip(), 0);
+        let id = self
+            .by_addrs
+            .get(&(tuple.local, tuple.remote))
+            .or_else(|| self.by_addrs.get(&(unbound, tuple.remote)))?;
+        self.conns
+            .get_mut(id)
+            .map(Box::as_mut)
+            .filter(|c| c.established_ts.is_none() && c.tuple.netns == tuple.netns)
     }
 
     /// A reset sent with no connection socket (by the stack, or by the listener), answering a

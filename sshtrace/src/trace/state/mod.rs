@@ -11,8 +11,8 @@ use crate::{
     trace::events::{Event, Kind, SockHistory},
 };
 pub use connections::{
-    Closer, ConnId, Connection, ConnectionTable, DroppedSegment, ListenerNote, LogLine, PathDrop,
-    ResetSent, StrayReset,
+    ClientProcess, Closer, ConnId, Connection, ConnectionTable, DroppedSegment, ListenerNote,
+    LogLine, PathDrop, ResetSent, StrayReset,
 };
 pub use processes::{ExitInfo, OomKill, Process, ProcessTable, SignalInfo, SyscallError};
 pub use recent::{Earlier, RecentVerdicts};
@@ -42,6 +42,7 @@ pub fn tcp_states(names: &KernelNames) -> TcpStates {
         close: value("TCP_CLOSE", known.close),
         close_wait: value("TCP_CLOSE_WAIT", known.close_wait),
         listen: value("TCP_LISTEN", known.listen),
+        syn_sent: value("TCP_SYN_SENT", known.syn_sent),
     }
 }
 
@@ -68,7 +69,7 @@ pub struct State {
     pub refusals_waiting: bool,
     /// The latest verdict per client address.
     pub recent: RecentVerdicts,
-    states: TcpStates,
+    pub states: TcpStates,
 }
 
 /// What a tenant could grow without bound, counted instead of kept: signals to a process and
@@ -120,6 +121,7 @@ impl State {
             Kind::SshdOutput(output) => self.on_sshd_output(event, output),
             Kind::OomVictim { .. } => self.on_oom_victim(event),
             Kind::ResetFingerprint { .. } => self.on_reset_fingerprint(event),
+            Kind::ClientConnect { .. } => self.on_client_connect(event),
         }
     }
 

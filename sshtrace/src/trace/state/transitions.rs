@@ -4,7 +4,7 @@ use super::{
     apply_history, Closer, DroppedSegment, ExitInfo, OomKill, PathDrop, ResetSent, SignalInfo,
     State, StrayReset, SyscallError, FIREWALL_SETTLE_NS,
 };
-use super::{ListenerNote, LogLine};
+use super::{ClientProcess, ListenerNote, LogLine};
 use crate::{
     trace::events::{ConnTuple, Event, Kind, TCP_SYN},
     trace::sshd_output::{OutputChannel, SshdOutput},
@@ -38,7 +38,10 @@ impl State {
         }
         // A connection's first record: its creation, or (the kernel noting creation
         // only) its establishment.
-        let id = if *new_state == s.syn_recv
+        // A connect (`sshtrace client`), in the connecting process's context.
+        let connecting = *old_state == s.close && *new_state == s.syn_sent;
+        let id = if connecting
+            || *new_state == s.syn_recv
             || (*old_state == s.syn_recv && *new_state == s.established)
         {
             self.conns.open(*skaddr, *conn, ts)
@@ -46,6 +49,9 @@ impl State {
             self.conns.by_skaddr_or_open(*skaddr, *conn, ts)
         };
         let c = self.conns.get_mut(id).expect("just looked up");
+        if connecting {
+            c.set_client_process(ClientProcess::seen(&event.task));
+        }
         apply_history(c, history);
         if *new_state == s.established {
             c.established_ts.get_or_insert(ts);
@@ -141,9 +147,49 @@ impl State {
         else {
             return;
         };
+        if *skaddr == 0 {
+            // Read from the packet (`sshtrace client`): it answers a connect, else it is one
+            // `tcp_probe` fingerprints from the socket.
+            if let Some(c) = self.conns.connecting_mut(*conn) {
+                c.add_reset_fingerprint(fingerprint.clone());
+            }
+            return;
+        }
         let id = self.conns.by_skaddr_or_open(*skaddr, *conn, event.ts_ns);
         let c = self.conns.get_mut(id).expect("just looked up");
         c.add_reset_fingerprint(fingerprint.clone());
+    }
+
+    /// What the ssh behind a connect is (`sshtrace client`), as the kernel read it at once.
+    pub(super) fn on_client_connect(&mut self, event: &Event) {
+        let Kind::ClientConnect {
+            skaddr,
+            parent_tgid,
+            executable,
+            args,
+            args_truncated,
+        } = &event.kind
+        else {
+            return;
+        };
+        let Some(p) = self
+            .conns
+            .live_by_skaddr(*skaddr)
+            .and_then(|c| c.client_process_mut())
+        else {
+            return;
+        };
+        if let Some((uid, mode)) = executable {
+            // The kernel follows the name `ssh`: any program can take it.
+            p.verified = Some(*uid == 0 && mode & 0o170000 == 0o100000 && mode & 0o022 == 0);
+        }
+        if !args.is_empty() {
+            let more = if *args_truncated { " …" } else { "" };
+            p.cmdline = Some(format!("{args}{more}"));
+        }
+        if *parent_tgid > 1 {
+            p.parent = Some((*parent_tgid, None));
+        }
     }
 
     /// A client on this host got a reset: evidence for the server side of its connection.
