@@ -62,6 +62,7 @@ pub enum Need {
     GroupExit,
     LandlockDenials,
     SelinuxDenials,
+    ResetFingerprints,
 }
 
 /// One kind of evidence: how it is collected here, or what is lost without it.
@@ -108,6 +109,7 @@ impl Plan {
             group_exit(layout),
             landlock_denials(landlock_audit),
             selinux_denials(layout),
+            reset_fingerprints(),
         ];
         Self {
             no_socket_resets,
@@ -135,6 +137,20 @@ impl Plan {
     /// The way sshd's output is seen, the hooks that attached for it.
     pub fn sshd_output_through(&mut self, way: OutputWay) {
         self.capability(Need::SshdOutput).source = Some(way.description().into());
+    }
+
+    /// Received resets are fingerprinted: `packets` too, for refused connects (`sshtrace
+    /// client`).
+    pub fn reset_fingerprints_through(&mut self, packets: bool) {
+        self.capability(Need::ResetFingerprints).source = Some(
+            if packets {
+                "tp_btf tcp_probe (established connections) and net:netif_receive_skb (refused \
+                 connects)"
+            } else {
+                "tp_btf tcp_probe (established connections)"
+            }
+            .into(),
+        );
     }
 
     fn capability(&mut self, need: Need) -> &mut Capability {
@@ -215,6 +231,20 @@ fn socket_states() -> Capability {
         source: None,
         ways: SOCK_STATE_WAYS,
         without: "sshtrace cannot start",
+    }
+}
+
+fn reset_fingerprints() -> Capability {
+    Capability {
+        need: Need::ResetFingerprints,
+        evidence: "who sent a received reset (its TTL and IP ID against the peer's segments)",
+        // Known once attached: see `reset_fingerprints_through`.
+        source: None,
+        ways: &[
+            "tp_btf tcp_probe",
+            "raw_tracepoint netif_receive_skb (sshtrace client)",
+        ],
+        without: "peer_reset and connect_refused say reset_from: undetermined",
     }
 }
 
@@ -379,6 +409,7 @@ mod tests {
         );
         plan.socket_states_through(SockStateWay::Raw);
         plan.sshd_output_through(OutputWay::Syscalls);
+        plan.reset_fingerprints_through(false);
         assert_eq!(plan.no_socket_resets, NoSocketResets::DroppedSegment(2));
         let missing: Vec<&str> = plan.missing().map(|c| c.evidence).collect();
         assert_eq!(missing, ["why the stack sent a reset (enum sk_rst_reason)"]);
@@ -390,6 +421,7 @@ mod tests {
         let mut plan = Plan::new(&KernelLayout::ABSENT, &names(&[]), false);
         plan.socket_states_through(SockStateWay::Classic);
         plan.sshd_output_through(OutputWay::Syscalls);
+        plan.reset_fingerprints_through(false);
         assert_eq!(plan.no_socket_resets, NoSocketResets::Unavailable);
         assert!(plan.wants_refusal_kprobes());
         let report = plan.probe_report(

@@ -44,6 +44,10 @@ impl Probes {
             .any(|(id, _)| *id == HookId::RefusalKprobe)
     }
 
+    pub fn attached_hook(&self, hook: HookId) -> bool {
+        self.attached.iter().any(|(id, _)| *id == hook)
+    }
+
     /// How socket state changes are seen: the way that attached.
     pub fn socket_states_way(&self) -> Option<SockStateWay> {
         self.attached.iter().find_map(|(id, _)| match id {

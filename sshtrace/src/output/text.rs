@@ -49,18 +49,31 @@ fn paint(cause: Cause, color: bool) -> String {
 
 fn verdict(v: &Verdict, verbose: bool, color: bool) -> String {
     let mut line = String::with_capacity(256);
+    // Always client -> server: on the client side, this host's end is the client.
+    let (local, remote) = (
+        format!("{}:{}", v.conn.local_addr, v.conn.local_port),
+        format!("{}:{}", v.conn.remote_addr, v.conn.remote_port),
+    );
+    let (client, server) = if v.side == "client" {
+        (local, remote)
+    } else {
+        (remote, local)
+    };
     let _ = write!(
         line,
-        "{} {}:{} -> {}:{} {} {}: {}",
+        "{} {client} -> {server} {} {}: {}",
         time(&v.ts),
-        v.conn.remote_addr,
-        v.conn.remote_port,
-        v.conn.local_addr,
-        v.conn.local_port,
         v.outcome.as_str(),
         paint(v.cause, color),
         escape::text(&v.summary)
     );
+    if let Some(p) = &v.process {
+        let _ = write!(line, " [{} pid {}", escape::text(&p.comm), p.pid);
+        if let Some(cmdline) = &p.cmdline {
+            let _ = write!(line, ": {}", escape::text(cmdline));
+        }
+        line.push(']');
+    }
     if let Some(sshd) = &v.sshd {
         let _ = write!(line, " [sshd pid {}", sshd.pid);
         if let Some(listener) = sshd.listener_pid.filter(|&l| l != sshd.pid) {

@@ -29,7 +29,7 @@ use crate::{
     kernel::lsm::ActiveLsms,
     kernel::plan::Plan,
     kernel::probes::{KernelFilters, LossCounters, Probes, SkippedRuns},
-    kernel::{btf::KernelBtf, layout, names::KernelNames},
+    kernel::{btf::KernelBtf, hooks::HookId, layout, names::KernelNames},
     metrics::{Metrics, Totals},
     output::summary::Summary,
     output::{KernelLoss, NotKept, Outputs, Record, SinkSpec},
@@ -93,6 +93,9 @@ pub async fn run(
     }
     if let Some(way) = probes.sshd_output_way() {
         plan.sshd_output_through(way);
+    }
+    if probes.attached_hook(HookId::SegmentsReceived) {
+        plan.reset_fingerprints_through(probes.attached_hook(HookId::PacketsReceived));
     }
     if cli.probe_report {
         print_probe_report(&plan, &probes);
