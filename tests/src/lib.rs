@@ -261,6 +261,25 @@ impl Drop for KillOnDrop {
     }
 }
 
+/// A login's session processes (the per-connection sshd and the command it runs), killed when
+/// the test ends: a reset ends the sshd, and leaves its command running, orphaned.
+pub struct SessionOnDrop(Vec<u32>);
+
+impl SessionOnDrop {
+    /// Waits until the login running `sleep` under the sshd `listener` has its session.
+    pub fn wait(listener: u32) -> Self {
+        Self(process_tree(wait_for_session(listener)))
+    }
+}
+
+impl Drop for SessionOnDrop {
+    fn drop(&mut self) {
+        for &pid in &self.0 {
+            kill(pid, libc::SIGKILL);
+        }
+    }
+}
+
 pub fn kill(pid: u32, signal: i32) {
     // SAFETY: sending a signal has no memory-safety preconditions.
     unsafe { libc::kill(pid as i32, signal) };

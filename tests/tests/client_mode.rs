@@ -10,7 +10,7 @@ use std::{io::Read, process::Stdio, time::Duration};
 use sshtrace_tests::{
     kill,
     path::{connections, rejected, unread, RoutedPath, Toward},
-    privileged, wait_for, KillOnDrop, Sshd, Tracer,
+    privileged, wait_for, KillOnDrop, SessionOnDrop, Sshd, Tracer,
 };
 
 /// The path, sshtrace in client mode, then sshd in the server namespace.
@@ -115,7 +115,7 @@ fn router_reset_mid_session_is_from_the_path() {
             .spawn()
             .unwrap(),
     );
-    sshd.wait_for_session();
+    let _session = SessionOnDrop::wait(sshd.pid());
     path.router_rejects(0, sshd.endpoint.port(), Toward::Server);
     let status = wait_for("the client to end", Duration::from_secs(15), || {
         client.0.try_wait().unwrap()

@@ -10,17 +10,16 @@ use std::{io::Read, net::TcpStream, process::Stdio, time::Duration};
 
 use sshtrace_tests::{
     path::{connections, rejected, RoutedPath, Toward},
-    patient, privileged, wait_for, KillOnDrop, NetNs, Sshd, Tracer,
+    patient, privileged, wait_for, KillOnDrop, NetNs, SessionOnDrop, Sshd, Tracer,
 };
 
 /// sshd sends a keepalive after a second of silence: the server has something to send.
 const SERVER_SENDS: &str = "ClientAliveInterval 1";
 
 /// A logged-in session (`sleep`) from the client namespace, idle.
-fn session(sshd: &Sshd) -> KillOnDrop {
+fn session(sshd: &Sshd) -> (KillOnDrop, SessionOnDrop) {
     let client = KillOnDrop(sshd.ssh_command("sleep 60").spawn().unwrap());
-    sshd.wait_for_session();
-    client
+    (client, SessionOnDrop::wait(sshd.pid()))
 }
 
 /// Waits until the REJECT rules of `ns` answered a segment.
@@ -44,7 +43,7 @@ fn router_reject_mid_session(name: &str, n: u8, routers: usize, r: usize, hops_c
     let ep = path.server_endpoint();
     let tracer = Tracer::start(&["--port", &ep.port().to_string()]);
     let sshd = Sshd::start(name, ep, path.sshd_options(&[SERVER_SENDS]));
-    let _client = session(&sshd);
+    let _session = session(&sshd);
     path.router_rejects(r, ep.port(), Toward::Client);
     wait_until_rejected(&path.routers[r]);
 
@@ -87,7 +86,7 @@ fn conntrack_forgetting_an_idle_session_is_from_the_path() {
     let tracer = Tracer::start(&["--port", &ep.port().to_string()]);
     let keepalive = format!("ClientAliveInterval {}", 2 * forget_after);
     let sshd = Sshd::start("rst-conntrack", ep, path.sshd_options(&[&keepalive]));
-    let _client = session(&sshd);
+    let _session = session(&sshd);
     wait_until_rejected(&path.routers[0]);
 
     let v = server_verdict(&tracer, ep.port());
@@ -151,7 +150,7 @@ fn reset_behind_ttl_rewriting_nat_is_undetermined() {
     let ep = path.server_endpoint();
     let tracer = Tracer::start(&["--port", &ep.port().to_string()]);
     let sshd = Sshd::start("rst-nat", ep, path.sshd_options(&[SERVER_SENDS]));
-    let _client = session(&sshd);
+    let _session = session(&sshd);
     path.router_rejects(0, ep.port(), Toward::Client);
     wait_until_rejected(&path.routers[0]);
 
@@ -190,7 +189,7 @@ fn server_firewall_mid_session_names_its_namespace() {
             .spawn()
             .unwrap(),
     );
-    sshd.wait_for_session();
+    let _session = SessionOnDrop::wait(sshd.pid());
     path.server_rejects(ep.port(), false);
     let status = wait_for("the client to end", Duration::from_secs(15), || {
         client.0.try_wait().unwrap()
