@@ -13,6 +13,7 @@ pub mod hostile;
 pub mod journald;
 pub mod kernel;
 pub mod openssh;
+pub mod path;
 pub mod podman;
 pub mod prometheus;
 pub mod sandbox;
@@ -29,6 +30,7 @@ use std::{
 };
 
 pub use openssh::OpenSsh;
+pub use path::{RoutedPath, Toward};
 pub use sandbox::{AuditOn, Cgroup, Link, NetNs, User};
 pub use socket_activation::{Activation, SocketActivated};
 pub use sshd::{Sshd, SshdFiles, SshdOptions};
@@ -241,6 +243,41 @@ pub fn evidence<'a>(verdict: &'a serde_json::Value, event: &str) -> &'a serde_js
         .as_array()
         .and_then(|all| all.iter().find(|e| e["event"] == event))
         .unwrap_or_else(|| panic!("no {event} evidence in {verdict:#}"))
+}
+
+/// A child process (an `ssh` client) killed and reaped when the test ends, also on failure.
+pub struct KillOnDrop(pub std::process::Child);
+
+impl KillOnDrop {
+    pub fn pid(&self) -> u32 {
+        self.0.id()
+    }
+}
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A login's session processes (the per-connection sshd and the command it runs), killed when
+/// the test ends: a reset ends the sshd, and leaves its command running, orphaned.
+pub struct SessionOnDrop(Vec<u32>);
+
+impl SessionOnDrop {
+    /// Waits until the login running `sleep` under the sshd `listener` has its session.
+    pub fn wait(listener: u32) -> Self {
+        Self(process_tree(wait_for_session(listener)))
+    }
+}
+
+impl Drop for SessionOnDrop {
+    fn drop(&mut self) {
+        for &pid in &self.0 {
+            kill(pid, libc::SIGKILL);
+        }
+    }
 }
 
 pub fn kill(pid: u32, signal: i32) {

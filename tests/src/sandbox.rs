@@ -148,6 +148,25 @@ impl NetNs {
         );
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
+
+    /// Runs `work` on a thread of its own inside the namespace, so that the sockets it opens
+    /// are the namespace's, and returns what it returned.
+    pub fn run_in<T: Send>(&self, work: impl FnOnce() -> T + Send) -> T {
+        use std::os::fd::AsRawFd;
+        let ns = fs::File::open(format!("/run/netns/{}", self.name))
+            .unwrap_or_else(|e| panic!("open netns {}: {e}", self.name));
+        thread::scope(|scope| {
+            scope
+                .spawn(|| {
+                    // SAFETY: setns on a namespace file we opened; it changes only this thread.
+                    let entered = unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) };
+                    assert_eq!(entered, 0, "setns {}", self.name);
+                    work()
+                })
+                .join()
+                .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+        })
+    }
 }
 
 /// Two namespaces joined by a veth pair: `a` has 10.254.N.1/30, `b` 10.254.N.2/30.

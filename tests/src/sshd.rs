@@ -258,6 +258,15 @@ impl Sshd {
         ssh_client(netns, user, &addr, port, identity, command)
     }
 
+    /// Like [`Self::ssh_command`], with extra `-o` options for the client (`ServerAliveInterval=1`).
+    pub fn ssh_command_with_options(&self, options: &[&str], command: &str) -> Command {
+        let (netns, addr) = (self.client_netns.as_deref(), self.endpoint.addr());
+        let (port, identity) = (self.endpoint.port(), self.path("client_key"));
+        let mut ssh = ssh_client_options(netns, "root", &addr, port, &identity, options);
+        ssh.arg(command);
+        ssh
+    }
+
     pub fn ssh(&self, command: &str) -> Output {
         run(&mut self.ssh_command(command))
     }
@@ -353,7 +362,24 @@ pub fn ssh_client(
     identity: &Path,
     command: &str,
 ) -> Command {
+    let mut ssh = ssh_client_options(netns, user, addr, port, identity, &[]);
+    ssh.arg(command);
+    ssh
+}
+
+/// [`ssh_client`] up to its command, with `-o OPTION` for each of `options`.
+fn ssh_client_options(
+    netns: Option<&str>,
+    user: &str,
+    addr: &str,
+    port: u16,
+    identity: &Path,
+    options: &[&str],
+) -> Command {
     let mut ssh = in_netns(netns, "ssh");
+    for option in options {
+        ssh.args(["-o", option]);
+    }
     ssh.args(["-F", "/dev/null", "-i"])
         .arg(identity)
         .args([
@@ -373,7 +399,6 @@ pub fn ssh_client(
         ])
         .arg(port.to_string())
         .arg(format!("{user}@{addr}"))
-        .arg(command)
         .stdin(Stdio::null());
     ssh
 }

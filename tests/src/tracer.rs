@@ -26,6 +26,14 @@ impl Tracer {
         Self::spawn(true, args)
     }
 
+    /// Starts `sshtrace client --json ARGS`: the client side, verdicts about this host's own
+    /// `ssh` clients.
+    pub fn start_client(args: &[&str]) -> Self {
+        let mut command = Command::new(sshtrace_bin());
+        command.args(["client", "--json"]).args(args);
+        Self::spawn_command(command, true)
+    }
+
     /// Starts sshtrace with the human view on standard output.
     pub fn start_text(args: &[&str]) -> Self {
         Self::spawn(false, args)
@@ -122,6 +130,22 @@ impl Tracer {
                     "no matching verdict on port {port} within {deadline:?}; got {:#?}",
                     self.verdicts(port)
                 );
+            }
+            thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Waits for the first JSON record that satisfies `matches`, whatever its port (a client's
+    /// verdict is about its own ephemeral port); on time-out, fails with every record.
+    pub fn record_where(&self, what: &str, matches: impl Fn(&Value) -> bool) -> Value {
+        let start = std::time::Instant::now();
+        let deadline = patient(Duration::from_secs(15));
+        loop {
+            if let Some(v) = self.records().into_iter().find(|v| matches(v)) {
+                return v;
+            }
+            if start.elapsed() > deadline {
+                panic!("no {what} within {deadline:?}; got {:#?}", self.records());
             }
             thread::sleep(Duration::from_millis(50));
         }

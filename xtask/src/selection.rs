@@ -223,6 +223,16 @@ pub const SELECTION: &[Entry] = &[
         "the static binary, the .deb and its systemd unit in Podman containers booted with systemd",
     ),
     entry(
+        "reset_from",
+        Guest::HostOnly,
+        "who sent a received reset, through routed namespaces (router REJECT, conntrack, NAT): the reset's hooks run in peer_reset",
+    ),
+    entry(
+        "client_mode",
+        Guest::HostOnly,
+        "sshtrace client: this host's own ssh refused or reset through routed namespaces",
+    ),
+    entry(
         "penalties",
         Guest::HostOnly,
         "OpenSSH 10's PerSourcePenalties and MaxStartups drops, in a Podman container: the listener's close, as in sshd_dropped",
