@@ -9,7 +9,7 @@
 use aya_ebpf::{
     helpers::{bpf_get_current_comm, bpf_get_current_task, bpf_probe_read_kernel},
     macros::{map, raw_tracepoint},
-    maps::{Array, HashMap, LruHashMap},
+    maps::{Array, LruHashMap},
     programs::RawTracePointContext,
 };
 use sshtrace_common::{
@@ -28,9 +28,14 @@ use crate::{
     record::{submit, submit_batched},
 };
 
-/// The sockets of followed `ssh` processes, by address.
+/// The sockets of followed `ssh` processes, by address: [`LIVE`], or [`CLOSED`] — kept after
+/// the close, whose reset (data unread) the kernel sends after moving the socket to CLOSE,
+/// until the address serves another socket. An LRU: closed entries nobody reuses go first.
 #[map]
-static CLIENT_SOCKS: HashMap<u64, u8> = HashMap::with_max_entries(4096, 0);
+static CLIENT_SOCKS: LruHashMap<u64, u8> = LruHashMap::with_max_entries(8192, 0);
+
+const LIVE: u8 = 1;
+const CLOSED: u8 = 2;
 
 /// Server ports the followed clients connected to: a received packet's source port decides
 /// first in the per-packet hook.
@@ -48,10 +53,24 @@ pub fn client_mode() -> bool {
     unsafe { core::ptr::read_volatile(&raw const SETTINGS.client_mode) != 0 }
 }
 
-/// Whether the socket at `skaddr` is a followed client's.
+/// Whether the socket at `skaddr` is a followed client's (live, or just closed).
 #[inline(always)]
 pub fn client_socket(skaddr: u64) -> bool {
     client_mode() && unsafe { CLIENT_SOCKS.get(skaddr) }.is_some()
+}
+
+/// A state change other than a connect: whether it is a followed client socket's. A closed
+/// one's address serving a new socket is forgotten.
+#[inline(always)]
+pub fn live_client_socket(skaddr: u64) -> bool {
+    match unsafe { CLIENT_SOCKS.get(skaddr) } {
+        Some(&LIVE) => true,
+        Some(_) => {
+            let _ = CLIENT_SOCKS.remove(skaddr);
+            false
+        }
+        None => false,
+    }
 }
 
 /// At a connect: follows the socket when the connecting task is `ssh`.
@@ -61,9 +80,11 @@ pub fn follow_connect(skaddr: u64, remote_port: u16) -> bool {
         return false;
     };
     if comm[..4] != *b"ssh\0" {
+        // Another program's connect on a closed client socket's address.
+        let _ = CLIENT_SOCKS.remove(skaddr);
         return false;
     }
-    if CLIENT_SOCKS.insert(skaddr, 1, 0).is_err() {
+    if CLIENT_SOCKS.insert(skaddr, LIVE, 0).is_err() {
         count(counter::CLIENT_SOCKETS_NOT_FOLLOWED);
         return false;
     }
@@ -102,9 +123,10 @@ pub fn report_connect(skaddr: u64) {
     });
 }
 
+/// At the close: kept as [`CLOSED`] for the reset that may follow it.
 #[inline(always)]
-pub fn forget(skaddr: u64) {
-    let _ = CLIENT_SOCKS.remove(skaddr);
+pub fn closed(skaddr: u64) {
+    let _ = CLIENT_SOCKS.insert(skaddr, CLOSED, 0);
 }
 
 /// Notes the server's segments as the baseline of its next connections (the first of each

@@ -17,7 +17,7 @@ use aya_ebpf::{
 use sshtrace_common::{first_fin_by, Endpoints, SockHistory, SockStateEvent};
 
 use super::{
-    client::{client_mode, client_socket, follow_connect, forget, report_connect},
+    client::{client_mode, closed, follow_connect, live_client_socket, report_connect},
     field,
     socket::{sock_endpoints, ProbedSock, SockFields, TypedSock},
     tcp::{local_port, read_endpoints},
@@ -298,7 +298,7 @@ fn client_state_change(
 ) -> Result<(), i32> {
     let t = tcp_states();
     let connecting = old_state == t.close && new_state == t.syn_sent;
-    if !connecting && !client_socket(skaddr) {
+    if !connecting && !live_client_socket(skaddr) {
         return Ok(());
     }
     let mut ep = Endpoints::default();
@@ -317,7 +317,7 @@ fn client_state_change(
         let _ = SOCK_HISTORY.insert(skaddr, &*fresh, 0);
     }
     if new_state == t.close {
-        forget(skaddr);
+        closed(skaddr);
     }
     send_state(
         skaddr,

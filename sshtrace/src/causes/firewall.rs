@@ -15,8 +15,10 @@ use crate::{
 pub fn judge(e: &Ended, ctx: &Background) -> Option<Finding> {
     let drops = &e.conn.drops();
     let first = drops.first()?;
-    // An orderly close despite a stray drop is not the firewall's doing.
-    if e.conn.skaddr != 0 && e.outcome == Outcome::Closed {
+    // An orderly close despite a stray drop is not the firewall's doing; a close whose FIN the
+    // client never acknowledged while its segments were being dropped is.
+    let cut_off = e.conn.fin_unacknowledged && drops.iter().any(|d| d.inbound);
+    if e.conn.skaddr != 0 && e.outcome == Outcome::Closed && !cut_off {
         return None;
     }
     let retransmitted = drops

@@ -68,6 +68,9 @@ pub struct Connection {
     pub closed_ts: Option<u64>,
     /// Which side sent the first FIN of an orderly close.
     pub closed_first_by: Option<Closer>,
+    /// It closed from FIN_WAIT1: the peer never acknowledged this host's FIN (the socket gave
+    /// up retransmitting it, orphaned).
+    pub fin_unacknowledged: bool,
     /// Waited on top of `SETTLE_NS` before judging.
     pub extra_settle_ns: u64,
     /// Judged as soon as it has ended: a refused connection attempt, which no later event
@@ -165,6 +168,7 @@ impl Connection {
             resets_sent: Vec::new(),
             closed_ts: None,
             closed_first_by: None,
+            fin_unacknowledged: false,
             extra_settle_ns: 0,
             settle_at_once: false,
             end_ts: None,

@@ -64,6 +64,7 @@ impl State {
             }
         }
         if *new_state == s.close {
+            c.fin_unacknowledged = *old_state == s.fin_wait1;
             c.closed_ts.get_or_insert(ts);
             c.end(ts);
         }
