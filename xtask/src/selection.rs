@@ -225,12 +225,12 @@ pub const SELECTION: &[Entry] = &[
     entry(
         "reset_from",
         Guest::HostOnly,
-        "who sent a received reset, through routed namespaces (router REJECT, conntrack, NAT): the reset's hooks run in peer_reset",
+        "who sent a received reset, through routed namespaces (router REJECT, conntrack, NAT): mostly waits for timeouts; its hook, tp_btf tcp_probe, runs in peer_reset and client_mode",
     ),
     entry(
         "client_mode",
-        Guest::HostOnly,
-        "sshtrace client: this host's own ssh refused or reset through routed namespaces",
+        Guest::All,
+        "sshtrace client: tp_btf tcp_probe and net:netif_receive_skb read the resets of this host's own ssh, refused or reset through routed namespaces",
     ),
     entry(
         "penalties",
