@@ -11,7 +11,7 @@ use super::{
     Background, Ended, Finding,
 };
 use crate::{
-    trace::reset_fingerprint::ResetFingerprint,
+    trace::{events::TCP_ACK, reset_fingerprint::ResetFingerprint},
     verdict::{Cause, Outcome},
 };
 
@@ -126,10 +126,11 @@ fn hint(attribution: Option<&Attribution>, idle_ns: Option<u64>, e: &Ended, side
         Some(ResetFrom::Path { hops_closer }) => {
             let idle = match idle_ns {
                 Some(ns) if ns >= IDLE_NOTE_NS => format!(
-                    "the connection had been idle {} s before it: a stateful firewall or NAT \
-                     on the path whose idle timeout is shorter forgets the flow and resets its \
-                     next segment — set {} below that timeout; ",
+                    "it came after {} s without a segment from the {}: if a stateful firewall \
+                     or NAT on the path has a shorter idle timeout, it forgot the flow and \
+                     reset its next segment — set {} below that timeout; else ",
                     ns / 1_000_000_000,
+                    side.peer(),
                     side.keepalive()
                 ),
                 _ => String::new(),
@@ -159,7 +160,8 @@ fn add_figures(details: &mut Map<String, Value>, fp: &ResetFingerprint) {
     rst.insert("ip_id".into(), json!(fp.ip_id));
     rst.insert("window".into(), json!(fp.window));
     rst.insert("seq_offset".into(), json!(fp.seq_offset()));
-    if let Some(x) = fp.expected {
+    // A reset without ACK (a REJECT answering a segment that had one) carries no ack number.
+    if let Some(x) = fp.expected.filter(|_| fp.tcp_flags & TCP_ACK != 0) {
         rst.insert(
             "ack_offset".into(),
             json!(fp.ack.wrapping_sub(x.snd_una) as i32),

@@ -150,8 +150,9 @@ pub fn attribute(fp: &ResetFingerprint) -> Attribution {
         return Attribution {
             from: ResetFrom::Path { hops_closer },
             why: format!(
-                "its TTL {ttl} against the peer's segments' {theirs}: sent {hops_closer} \
-                 hop(s) closer than the peer"
+                "its TTL {ttl} against the peer's segments' {theirs}, from the same starting \
+                 TTL ({})",
+                initial_ttl(ttl)
             ),
         };
     }
