@@ -105,8 +105,9 @@ struct Extras {
     sshd_log_not_kept: u64,
     /// What the listener wrote on it before closing it, as the kernel copied it.
     listener_note: Option<ListenerNote>,
-    /// `sshtrace client`: the process that connected.
-    client_process: Option<ClientProcess>,
+    /// `sshtrace client`: the process that connected (boxed: a server's storm of connections
+    /// with evidence never has one).
+    client_process: Option<Box<ClientProcess>>,
 }
 
 /// The local process behind a connect (`sshtrace client`): the kernel's pid and name, and
@@ -220,15 +221,15 @@ impl Connection {
     }
 
     pub fn client_process(&self) -> Option<&ClientProcess> {
-        self.extras.as_ref()?.client_process.as_ref()
+        self.extras.as_ref()?.client_process.as_deref()
     }
 
     pub fn client_process_mut(&mut self) -> Option<&mut ClientProcess> {
-        self.extras.as_mut()?.client_process.as_mut()
+        self.extras.as_mut()?.client_process.as_deref_mut()
     }
 
     pub fn set_client_process(&mut self, process: ClientProcess) {
-        self.extras_mut().client_process = Some(process);
+        self.extras_mut().client_process = Some(Box::new(process));
     }
 
     /// The fingerprints of the resets it received, oldest first.
