@@ -113,15 +113,18 @@ pub struct TraceArgs {
     pub metrics: Option<String>,
 
     /// Trace this TCP port whether or not anything listens on it (repeatable). Without it,
-    /// the ports of every running sshd and of its configuration are traced.
+    /// the ports of every running sshd and of its configuration are traced. With `client`:
+    /// only connections to this server port.
     #[arg(long = "port", value_name = "PORT", value_parser = clap::value_parser!(u16).range(1..))]
     pub ports: Vec<u16>,
 
-    /// Trace only this listening sshd and its connections (repeatable).
+    /// Trace only this listening sshd and its connections (repeatable). With `client`: only
+    /// this ssh process, or those it ran.
     #[arg(long = "pid", value_name = "PID")]
     pub pids: Vec<u32>,
 
     /// Only verdicts for clients in this address or network (repeatable), e.g. 203.0.113.0/24.
+    /// With `client`: the servers'.
     #[arg(long = "client", value_name = "ADDR[/PREFIX]", value_parser = parse_network)]
     pub clients: Vec<Network>,
 

@@ -171,3 +171,39 @@ fn client_killed_with_unread_data_aborted() {
     let v = client_verdict(&tracer, client.pid());
     assert_eq!(v["cause"], "client_aborted", "{v:#}");
 }
+
+/// The server side's filters mean the other end in client mode: `--port` the server's port,
+/// `--pid` the ssh process (or what ran it). A refused ssh on loopback, seen by one sshtrace
+/// without filters, one filtering it in and one filtering it out.
+#[test]
+fn filters_name_the_server_port_and_the_ssh_process() {
+    if !privileged("filters_name_the_server_port_and_the_ssh_process") {
+        return;
+    }
+    // Nothing listens on 127.0.0.219:22219 (no other test uses 219).
+    let (addr, port) = ("127.0.0.219", 22219u16);
+    let all = Tracer::start_client(&[]);
+    let same_port = Tracer::start_client(&["--port", &port.to_string()]);
+    let mut other_port = Tracer::start_client(&["--port", "2"]);
+    let out = std::process::Command::new("ssh")
+        .args(["-o", "BatchMode=yes", "-p", &port.to_string(), addr, "true"])
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("Connection refused"),
+        "{out:?}"
+    );
+    let refused = |v: &serde_json::Value| {
+        v["cause"] == "connect_refused" && v["conn"]["remote_port"] == port
+    };
+    let v = all.record_where("the refusal, unfiltered", refused);
+    assert_eq!(v["side"], "client", "{v:#}");
+    same_port.record_where("the refusal, --port of the server", refused);
+    // Both saw it: the one filtering it out has judged it too, and shows nothing of it.
+    other_port.stop();
+    assert!(
+        !other_port.records().iter().any(refused),
+        "{:?}",
+        other_port.records()
+    );
+}

@@ -284,6 +284,16 @@ impl Tracer {
                     stdout_is_output,
                     clients: cli.clients.clone(),
                     causes: cli.causes.clone(),
+                    client_ports: if cli.client {
+                        cli.ports.clone()
+                    } else {
+                        Vec::new()
+                    },
+                    client_pids: if cli.client {
+                        cli.pids.clone()
+                    } else {
+                        Vec::new()
+                    },
                 },
             },
             clock,
@@ -350,7 +360,7 @@ impl Publisher {
                 .is_ok_and(|ip| self.view.clients.iter().any(|n| n.contains(ip)));
         let cause_ok = self.view.causes.is_empty()
             || self.view.causes.iter().any(|c| c == verdict.cause.as_str());
-        if !(client_ok && cause_ok) {
+        if !(client_ok && cause_ok && self.view.client_side_wanted(&verdict)) {
             return;
         }
         self.verdicts += 1;
@@ -369,6 +379,25 @@ struct View {
     stdout_is_output: bool,
     clients: Vec<Network>,
     causes: Vec<String>,
+    /// `sshtrace client`: `--port` and `--pid` name the servers' ports and the ssh processes
+    /// (or what ran them) to report; on the server side they choose what the kernel tracks.
+    client_ports: Vec<u16>,
+    client_pids: Vec<u32>,
+}
+
+impl View {
+    fn client_side_wanted(&self, v: &crate::verdict::Verdict) -> bool {
+        let port_ok =
+            self.client_ports.is_empty() || self.client_ports.contains(&v.conn.remote_port);
+        let pid_ok = self.client_pids.is_empty()
+            || v.process.as_ref().is_some_and(|p| {
+                self.client_pids.contains(&p.pid)
+                    || p.parent
+                        .as_ref()
+                        .is_some_and(|q| self.client_pids.contains(&q.pid))
+            });
+        port_ok && pid_ok
+    }
 }
 
 #[derive(Default)]
