@@ -193,9 +193,8 @@ fn filters_name_the_server_port_and_the_ssh_process() {
         String::from_utf8_lossy(&out.stderr).contains("Connection refused"),
         "{out:?}"
     );
-    let refused = |v: &serde_json::Value| {
-        v["cause"] == "connect_refused" && v["conn"]["remote_port"] == port
-    };
+    let refused =
+        |v: &serde_json::Value| v["cause"] == "connect_refused" && v["conn"]["remote_port"] == port;
     let v = all.record_where("the refusal, unfiltered", refused);
     assert_eq!(v["side"], "client", "{v:#}");
     same_port.record_where("the refusal, --port of the server", refused);

@@ -72,19 +72,23 @@ impl Drop for Keys {
 
 /// Traces `port` once the container's sshd is tracked, logs in with the refused key from
 /// `netns` (the host when `None`) to 127.0.0.1, and returns the verdict.
-fn refused_and_traced(
-    keys: &Keys,
-    api: &ApiService,
-    c: &Container,
-    netns: Option<&str>,
-    port: u16,
-) -> Value {
-    let tracer = Tracer::start(&[
+/// sshtrace on `port`, asking the test's API service for container names.
+fn tracer_asking(api: &ApiService, port: u16) -> Tracer {
+    Tracer::start(&[
         "--runtime-socket",
         &api.socket.display().to_string(),
         "--port",
         &port.to_string(),
-    ]);
+    ])
+}
+
+fn refused_and_traced(
+    tracer: &Tracer,
+    keys: &Keys,
+    c: &Container,
+    netns: Option<&str>,
+    port: u16,
+) -> Value {
     tracer.wait_stderr("the container's sshd", |l| l.contains(&c.id[..12]));
     keys.refused_login(netns, "127.0.0.1", port);
     tracer.verdict_for(port, |v| v["cause"] == "closed_preauth")
@@ -173,7 +177,8 @@ fn host_network_container() {
         &keys.authorized(),
         ep.port(),
     );
-    let v = refused_and_traced(&keys, &api, &c, None, ep.port());
+    let tracer = tracer_asking(&api, ep.port());
+    let v = refused_and_traced(&tracer, &keys, &c, None, ep.port());
     assert_names(&v, &c);
 }
 
@@ -193,9 +198,49 @@ fn container_in_a_namespace_the_test_made() {
         &keys.authorized(),
         ep.port(),
     );
-    let v = refused_and_traced(&keys, &api, &c, Some(&ns.name), ep.port());
+    let tracer = tracer_asking(&api, ep.port());
+    let v = refused_and_traced(&tracer, &keys, &c, Some(&ns.name), ep.port());
     assert_names(&v, &c);
     assert_eq!(v["conn"]["local_addr"], "127.0.0.1");
+
+    // The container's own firewall refuses the next login: the verdict names its namespace
+    // and container, not "this host's firewall".
+    ns.exec(&[
+        "iptables",
+        "-A",
+        "INPUT",
+        "-p",
+        "tcp",
+        "--dport",
+        &ep.port().to_string(),
+        "-j",
+        "REJECT",
+        "--reject-with",
+        "tcp-reset",
+    ]);
+    let out = run(&mut ssh_client(
+        Some(&ns.name),
+        "root",
+        "127.0.0.1",
+        ep.port(),
+        &keys.accepted(),
+        "true",
+    ));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("Connection refused"),
+        "{out:?}"
+    );
+    let v = tracer.verdict_for(ep.port(), |v| v["cause"] == "firewall");
+    let netns = &v["details"]["netns"];
+    assert_eq!(netns["name"], ns.name.as_str(), "{v:#}");
+    assert_eq!(netns["container"]["id"], c.id.as_str(), "{v:#}");
+    assert!(
+        !v["summary"]
+            .as_str()
+            .unwrap()
+            .contains("this host's firewall"),
+        "{v:#}"
+    );
 }
 
 /// sshtrace itself in a privileged container with the host's pid and network namespaces (the

@@ -3,11 +3,18 @@
 //! /run/netns (podman's, CNI plugins' and an operator's own). Read before judging, never on
 //! the event path; a namespace without a name is shown by its inode.
 
-use std::{collections::BTreeMap, os::unix::fs::MetadataExt};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    os::unix::fs::MetadataExt,
+};
 
 use serde_json::{json, Value};
 
+use super::container::{self, Container};
+
 const NAMED_NETNS_DIR: &str = "/run/netns";
+/// At most this many processes are looked at for the container of a namespace.
+const MAX_PROCESSES: usize = 65536;
 /// At most this many names are read: a host with more is still served, the rest by inode.
 const MAX_NAMES: usize = 4096;
 
@@ -16,7 +23,15 @@ pub struct NetnsNames {
     /// The inode of the namespace sshtrace runs in.
     pub host: Option<u32>,
     pub named: BTreeMap<u32, String>,
+    /// The container a namespace belongs to, found through a process in it.
+    pub containers: BTreeMap<u32, Container>,
+    /// Namespaces already looked for (with a container or not): a flood of drops in one
+    /// walks /proc once.
+    searched: BTreeSet<u32>,
 }
+
+/// Namespaces remembered as searched before the memory is started afresh.
+const MAX_SEARCHED: usize = 1024;
 
 impl NetnsNames {
     pub fn read() -> Self {
@@ -43,7 +58,52 @@ impl NetnsNames {
                 }
             }
         }
-        Self { host, named }
+        Self {
+            host,
+            named,
+            ..Self::default()
+        }
+    }
+
+    /// The names read again (a namespace may have come or gone); what was found of
+    /// containers is kept.
+    pub fn refresh(&mut self) {
+        let fresh = Self::read();
+        self.host = fresh.host;
+        self.named = fresh.named;
+        if self.searched.len() > MAX_SEARCHED {
+            self.searched.clear();
+            self.containers.clear();
+        }
+    }
+
+    /// The containers of the namespaces in `wanted` (other than the host's): one walk of /proc
+    /// for all of them, to the first process in each.
+    pub fn find_containers(&mut self, wanted: impl IntoIterator<Item = u32>) {
+        let mut missing: BTreeSet<u32> = wanted
+            .into_iter()
+            .filter(|&inode| !self.is_host(inode) && !self.searched.contains(&inode))
+            .collect();
+        self.searched.extend(missing.iter().copied());
+        let Ok(dir) = std::fs::read_dir("/proc") else {
+            return;
+        };
+        for entry in dir.flatten().take(MAX_PROCESSES) {
+            if missing.is_empty() {
+                return;
+            }
+            let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse().ok()) else {
+                continue;
+            };
+            let Some(inode) = container::netns_of(pid).and_then(|n| u32::try_from(n).ok()) else {
+                continue;
+            };
+            if missing.remove(&inode) {
+                if let Some(c) = container::of_process(pid) {
+                    self.containers.insert(inode, c);
+                }
+            }
+        }
     }
 
     /// Whether `inode` is this host's own namespace (or unknown: 0, taken as the host's).
@@ -57,6 +117,10 @@ impl NetnsNames {
             "inode": (inode != 0).then_some(inode),
             "name": self.named.get(&inode),
             "host": self.is_host(inode),
+            "container": self.containers.get(&inode).map(|c| json!({
+                "id": c.id,
+                "runtime": c.runtime,
+            })),
         })
     }
 
@@ -65,10 +129,24 @@ impl NetnsNames {
         if self.is_host(inode) {
             return "this host's firewall (netfilter)".into();
         }
+        let container = self
+            .containers
+            .get(&inode)
+            .map(|c| {
+                format!(
+                    ", container {} ({})",
+                    c.id.chars().take(12).collect::<String>(),
+                    c.runtime
+                )
+            })
+            .unwrap_or_default();
         match self.named.get(&inode) {
             Some(name) => format!(
-                "the firewall (netfilter) of network namespace \"{name}\" (inode {inode}) on \
-                 this host"
+                "the firewall (netfilter) of network namespace \"{name}\" (inode {inode}{container}) \
+                 on this host"
+            ),
+            None if !container.is_empty() => format!(
+                "the firewall (netfilter) of network namespace {inode}{container} on this host"
             ),
             None => format!(
                 "the firewall (netfilter) of network namespace {inode} on this host (unnamed: a \

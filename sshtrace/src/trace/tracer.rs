@@ -592,12 +592,18 @@ impl Tracer {
         if stale && self.last_scan.elapsed() >= Duration::from_millis(250) {
             self.rediscover()?;
         }
-        // Names of the namespaces a firewall dropped in: read only when one did.
-        if settled
+        // Names and containers of the namespaces a firewall dropped in: read only when one did.
+        let dropped_in: Vec<u32> = settled
             .iter()
-            .any(|(c, _)| !c.drops().is_empty() || !c.path_drops().is_empty())
-        {
-            self.netns_names = NetnsNames::read();
+            .flat_map(|(c, _)| {
+                let own = (!c.drops().is_empty()).then_some(c.tuple.netns);
+                own.into_iter()
+                    .chain(c.path_drops().iter().map(|d| d.netns))
+            })
+            .collect();
+        if !dropped_in.is_empty() {
+            self.netns_names.refresh();
+            self.netns_names.find_containers(dropped_in);
         }
         // One verdict at a time, from judgement to the outputs: a storm's settled connections
         // never become a batch of verdicts held at once. Each verdict is noted for its source
