@@ -169,3 +169,41 @@ impl NetnsNames {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn names() -> NetnsNames {
+        let mut n = NetnsNames {
+            host: Some(1),
+            ..NetnsNames::default()
+        };
+        n.named.insert(7, "router".into());
+        n.containers.insert(
+            9,
+            Container {
+                id: "3f2c9a0b1d2e4f5a".into(),
+                runtime: "podman",
+                ..Container::default()
+            },
+        );
+        n
+    }
+
+    #[test]
+    fn the_host_a_named_namespace_and_a_containers_are_told_apart() {
+        let n = names();
+        assert_eq!(n.firewall_of(1), "this host's firewall (netfilter)");
+        assert_eq!(n.firewall_of(0), "this host's firewall (netfilter)");
+        assert!(n
+            .firewall_of(7)
+            .contains("network namespace \"router\" (inode 7)"));
+        assert!(n.firewall_of(9).contains("container 3f2c9a0b1d2e (podman)"));
+        assert!(n.firewall_of(11).contains("unnamed"));
+        assert!(n.rules_command(7).starts_with("`ip netns exec router "));
+        let d = n.describe(9);
+        assert_eq!(d["container"]["id"], "3f2c9a0b1d2e4f5a");
+        assert_eq!(d["host"], false);
+    }
+}
