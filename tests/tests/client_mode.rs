@@ -258,6 +258,9 @@ fn server_host_reset_mid_session_is_from_the_peer_host() {
 }
 
 /// ssh killed (SIGKILL) with data it has not read: its own kernel resets the connection.
+/// A running ssh reads all the server may send before its channel window is spent (2 MiB)
+/// into its own buffers, leaving the socket empty; a stopped one (SIGSTOP, a suspended ssh)
+/// reads nothing, so the server starts streaming only once ssh is stopped.
 #[test]
 fn client_killed_with_unread_data_aborted() {
     if !privileged("client_killed_with_unread_data_aborted") {
@@ -265,14 +268,20 @@ fn client_killed_with_unread_data_aborted() {
     }
     let (path, tracer, sshd) = client_side("cl-killed", 207);
     let port = sshd.endpoint.port();
-    // ssh's standard output is a pipe nobody reads: once it is full, ssh stops reading and
-    // the server's output waits in the socket.
+    let go = sshd.path("go");
+    let stream_on_go = format!(
+        "while [ ! -e {} ]; do sleep 0.1; done; cat /dev/zero",
+        go.display()
+    );
     let client = KillOnDrop(
-        sshd.ssh_command("cat /dev/zero")
-            .stdout(Stdio::piped())
+        sshd.ssh_command(&stream_on_go)
+            .stdout(Stdio::null())
             .spawn()
             .unwrap(),
     );
+    let _session = SessionOnDrop::wait(sshd.pid());
+    kill(client.pid(), libc::SIGSTOP);
+    std::fs::write(&go, "").unwrap();
     wait_for("data unread by ssh", Duration::from_secs(15), || {
         (unread(&path.client, port) > 0).then_some(())
     });
@@ -286,6 +295,7 @@ fn client_killed_with_unread_data_aborted() {
 
     let v = client_verdict(&tracer, client.pid());
     assert_eq!(v["cause"], "client_aborted", "{v:#}");
+    assert_eq!(v["details"]["reason"], "TCP_ABORT_ON_CLOSE", "{v:#}");
 }
 
 /// The server side's filters mean the other end in client mode: `--port` the server's port,
