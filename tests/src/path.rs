@@ -155,9 +155,10 @@ impl RoutedPath {
         );
     }
 
-    /// Router `r` sets the TTL of everything it forwards or sends (its resets too) to 64 and
-    /// masquerades the client toward the server: the server sees every segment, the client's
-    /// and the router's own, with the same TTL, from the router's address.
+    /// Router `r` sets the TTL of everything it forwards or sends (its resets too), both ways,
+    /// to 64 and masquerades the client toward the server: the server sees every segment, the
+    /// client's and the router's own, with the same TTL, from the router's address; the client
+    /// sees the server's segments and the router's alike, with TTL 64.
     pub fn router_rewrites_ttl_behind_nat(&self, r: usize) {
         let router = &self.routers[r];
         exec_line(

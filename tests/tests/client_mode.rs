@@ -1,7 +1,9 @@
 //! `sshtrace client`: who reset this host's own `ssh` client. The real ssh runs in the `client`
-//! namespace of a routed path (`client` — `r1` — `server`, tests/src/path.rs) to a real sshd
-//! in `server`; sshtrace runs on the host in client mode. Refusals by the router and by the
-//! server host, a router's reset mid-session, and the client killed with data unread. A
+//! namespace of a routed path (`client` — `r1` [— `r2`] — `server`, tests/src/path.rs) to a
+//! real sshd in `server`; sshtrace runs on the host in client mode. The cases of reset_from.rs
+//! seen from the other end: refusals by a router and by the server host, resets mid-session by
+//! a router's REJECT, by a conntrack table that forgot the idle session, by the server host's
+//! own firewall, behind a NAT that rewrites TTLs; and the client killed with data unread. A
 //! refusal is told apart by comparing it with what the path looked like on an earlier
 //! successful connection to the same address (the baseline); without one nothing decides.
 
@@ -10,12 +12,17 @@ use std::{io::Read, process::Stdio, time::Duration};
 use sshtrace_tests::{
     kill,
     path::{connections, rejected, unread, RoutedPath, Toward},
-    privileged, wait_for, KillOnDrop, SessionOnDrop, Sshd, Tracer,
+    patient, privileged, wait_for, KillOnDrop, SessionOnDrop, Sshd, Tracer,
 };
 
-/// The path, sshtrace in client mode, then sshd in the server namespace.
+/// The path through one router, sshtrace in client mode, then sshd in the server namespace.
 fn client_side(name: &str, n: u8) -> (RoutedPath, Tracer, Sshd) {
-    let path = RoutedPath::new(name, n, 1);
+    client_side_of(RoutedPath::new(name, n, 1), name)
+}
+
+/// sshtrace in client mode, then sshd in `path`'s server namespace (the path made and its
+/// middleboxes set up before either starts).
+fn client_side_of(path: RoutedPath, name: &str) -> (RoutedPath, Tracer, Sshd) {
     let tracer = Tracer::start_client(&[]);
     let sshd = Sshd::start(name, path.server_endpoint(), path.sshd_options(&[]));
     (path, tracer, sshd)
@@ -53,27 +60,47 @@ fn client_verdict(tracer: &Tracer, pid: u32) -> serde_json::Value {
     v
 }
 
-fn router_refusal(name: &str, n: u8, with_baseline: bool) -> serde_json::Value {
-    let (path, tracer, sshd) = client_side(name, n);
+/// Router `r` of a path through `routers` routers refuses the SYN; the client's verdict.
+fn router_refusal(
+    name: &str,
+    n: u8,
+    (routers, r): (usize, usize),
+    with_baseline: bool,
+) -> serde_json::Value {
+    let (path, tracer, sshd) = client_side_of(RoutedPath::new(name, n, routers), name);
     if with_baseline {
         baseline(&sshd);
     }
-    path.router_rejects_syn(0, sshd.endpoint.port());
+    path.router_rejects_syn(r, sshd.endpoint.port());
     let pid = refused_client(&sshd);
-    assert!(rejected(&path.routers[0]) > 0);
+    assert!(rejected(&path.routers[r]) > 0);
 
     let v = client_verdict(&tracer, pid);
     assert_eq!(v["cause"], "connect_refused", "{v:#}");
     v
 }
 
+/// The server's segments arrive one hop down (63), r1's reset with the TTL it started with.
 #[test]
 fn router_refusal_after_a_baseline_is_from_the_path() {
     if !privileged("router_refusal_after_a_baseline_is_from_the_path") {
         return;
     }
-    let v = router_refusal("cl-router", 203, true);
+    let v = router_refusal("cl-router", 203, (1, 0), true);
     assert_eq!(v["details"]["reset_from"], "path", "{v:#}");
+    assert_eq!(v["details"]["hops_closer"], 1, "{v:#}");
+}
+
+/// r2, next to the server, refuses: the server's segments pass r2 and r1 (TTL 62), r2's reset
+/// r1 only (63): one hop closer than the server.
+#[test]
+fn refusal_by_the_router_next_to_the_server_is_one_hop_closer() {
+    if !privileged("refusal_by_the_router_next_to_the_server_is_one_hop_closer") {
+        return;
+    }
+    let v = router_refusal("cl-router2", 208, (2, 1), true);
+    assert_eq!(v["details"]["reset_from"], "path", "{v:#}");
+    assert_eq!(v["details"]["hops_closer"], 1, "{v:#}");
 }
 
 #[test]
@@ -81,7 +108,7 @@ fn router_refusal_without_a_baseline_is_undetermined() {
     if !privileged("router_refusal_without_a_baseline_is_undetermined") {
         return;
     }
-    let v = router_refusal("cl-nobase", 204, false);
+    let v = router_refusal("cl-nobase", 204, (1, 0), false);
     assert_eq!(v["details"]["reset_from"], "undetermined", "{v:#}");
 }
 
@@ -101,22 +128,21 @@ fn server_host_refusal_after_a_baseline_is_from_the_peer_host() {
     assert_eq!(v["details"]["reset_from"], "peer_host", "{v:#}");
 }
 
-/// r1 starts rejecting the client's segments mid-session: the client's keepalive is answered
-/// with r1's reset, one hop nearer than the server.
-#[test]
-fn router_reset_mid_session_is_from_the_path() {
-    if !privileged("router_reset_mid_session_is_from_the_path") {
-        return;
-    }
-    let (path, tracer, sshd) = client_side("cl-midsession", 206);
-    let mut client = KillOnDrop(
-        sshd.ssh_command_with_options(&["ServerAliveInterval=1"], "sleep 60")
+/// A logged-in ssh (`sleep`) with the client options `options`, its standard error piped; and
+/// its session's processes on the server.
+fn session(sshd: &Sshd, options: &[&str]) -> (KillOnDrop, SessionOnDrop) {
+    let client = KillOnDrop(
+        sshd.ssh_command_with_options(options, "sleep 60")
             .stderr(Stdio::piped())
             .spawn()
             .unwrap(),
     );
-    let _session = SessionOnDrop::wait(sshd.pid());
-    path.router_rejects(0, sshd.endpoint.port(), Toward::Server);
+    (client, SessionOnDrop::wait(sshd.pid()))
+}
+
+/// Waits until the session's ssh ends, and checks that a reset ended it: read first,
+/// "Connection reset by peer"; written first, "Broken pipe".
+fn wait_until_reset(client: &mut KillOnDrop) {
     let status = wait_for("the client to end", Duration::from_secs(15), || {
         client.0.try_wait().unwrap()
     });
@@ -133,15 +159,108 @@ fn router_reset_mid_session_is_from_the_path() {
         stderr.contains("reset by peer") || stderr.contains("Broken pipe"),
         "{stderr}"
     );
+}
+
+/// The verdict about a session's ssh a reset ended.
+fn reset_verdict(tracer: &Tracer, client: &KillOnDrop) -> serde_json::Value {
+    let v = client_verdict(tracer, client.pid());
+    assert_eq!(v["cause"], "peer_reset", "{v:#}");
+    v
+}
+
+/// r1 starts rejecting the client's segments mid-session: the client's keepalive is answered
+/// with r1's reset, one hop nearer than the server.
+#[test]
+fn router_reset_mid_session_is_from_the_path() {
+    if !privileged("router_reset_mid_session_is_from_the_path") {
+        return;
+    }
+    let (path, tracer, sshd) = client_side("cl-midsession", 206);
+    let (mut client, _session) = session(&sshd, &["ServerAliveInterval=1"]);
+    path.router_rejects(0, sshd.endpoint.port(), Toward::Server);
+    wait_until_reset(&mut client);
     assert!(rejected(&path.routers[0]) > 0);
 
-    let v = client_verdict(&tracer, client.pid());
-    assert_eq!(v["cause"], "peer_reset", "{v:#}");
+    let v = reset_verdict(&tracer, &client);
     assert_eq!(v["details"]["reset_from"], "path", "{v:#}");
     assert_eq!(v["details"]["hops_closer"], 1, "{v:#}");
 }
 
+/// r1's conntrack forgets the idle session; the client's keepalive after the timeout is
+/// INVALID there and answered with r1's reset. The server stays silent (no ClientAlive).
+#[test]
+fn conntrack_forgetting_an_idle_session_is_from_the_path() {
+    if !privileged("conntrack_forgetting_an_idle_session_is_from_the_path") {
+        return;
+    }
+    let path = RoutedPath::new("cl-conntrack", 209, 1);
+    // Stretched with the other deadlines under emulation, where a login's segments can be
+    // seconds apart.
+    let forget_after = patient(Duration::from_secs(2)).as_secs();
+    path.router_forgets_idle_flows(0, forget_after);
+    let (path, tracer, sshd) = client_side_of(path, "cl-conntrack");
+    let keepalive = format!("ServerAliveInterval={}", 2 * forget_after);
+    let (mut client, _session) = session(&sshd, &[&keepalive]);
+    wait_until_reset(&mut client);
+    assert!(rejected(&path.routers[0]) > 0);
+
+    let v = reset_verdict(&tracer, &client);
+    assert_eq!(v["details"]["reset_from"], "path", "{v:#}");
+    assert_eq!(v["details"]["hops_closer"], 1, "{v:#}");
+    let idle = v["details"]["idle_s"].as_f64();
+    assert!(idle.is_some_and(|s| s >= forget_after as f64), "{v:#}");
+    assert!(
+        v["hint"]
+            .as_str()
+            .unwrap_or("")
+            .contains("ServerAliveInterval"),
+        "{v:#}"
+    );
+}
+
+/// Behind r1's NAT, which sets the TTL of everything it forwards and sends to 64, r1's reset
+/// mid-session looks like the server's own segments: nothing decides who sent it.
+#[test]
+fn reset_behind_ttl_rewriting_nat_is_undetermined() {
+    if !privileged("reset_behind_ttl_rewriting_nat_is_undetermined") {
+        return;
+    }
+    let path = RoutedPath::new("cl-nat", 248, 1);
+    path.router_rewrites_ttl_behind_nat(0);
+    let (path, tracer, sshd) = client_side_of(path, "cl-nat");
+    let (mut client, _session) = session(&sshd, &["ServerAliveInterval=1"]);
+    path.router_rejects(0, sshd.endpoint.port(), Toward::Server);
+    wait_until_reset(&mut client);
+    assert!(rejected(&path.routers[0]) > 0);
+
+    let v = reset_verdict(&tracer, &client);
+    // What the client saw: the server's segments and r1's reset alike, TTL 64.
+    assert_eq!(v["details"]["peer"]["ttl"], 64, "{v:#}");
+    assert_eq!(v["details"]["rst"]["ttl"], 64, "{v:#}");
+    assert_eq!(v["details"]["reset_from"], "undetermined", "{v:#}");
+}
+
+/// The server host's own INPUT REJECT mid-session: the client's keepalive is answered by the
+/// server's kernel, from the server's distance.
+#[test]
+fn server_host_reset_mid_session_is_from_the_peer_host() {
+    if !privileged("server_host_reset_mid_session_is_from_the_peer_host") {
+        return;
+    }
+    let (path, tracer, sshd) = client_side("cl-serverrst", 249);
+    let (mut client, _session) = session(&sshd, &["ServerAliveInterval=1"]);
+    path.server_rejects(sshd.endpoint.port(), false);
+    wait_until_reset(&mut client);
+    assert!(rejected(&path.server) > 0);
+
+    let v = reset_verdict(&tracer, &client);
+    assert_eq!(v["details"]["reset_from"], "peer_host", "{v:#}");
+}
+
 /// ssh killed (SIGKILL) with data it has not read: its own kernel resets the connection.
+/// A running ssh reads all the server may send before its channel window is spent (2 MiB)
+/// into its own buffers, leaving the socket empty; a stopped one (SIGSTOP, a suspended ssh)
+/// reads nothing, so the server starts streaming only once ssh is stopped.
 #[test]
 fn client_killed_with_unread_data_aborted() {
     if !privileged("client_killed_with_unread_data_aborted") {
@@ -149,14 +268,20 @@ fn client_killed_with_unread_data_aborted() {
     }
     let (path, tracer, sshd) = client_side("cl-killed", 207);
     let port = sshd.endpoint.port();
-    // ssh's standard output is a pipe nobody reads: once it is full, ssh stops reading and
-    // the server's output waits in the socket.
+    let go = sshd.path("go");
+    let stream_on_go = format!(
+        "while [ ! -e {} ]; do sleep 0.1; done; cat /dev/zero",
+        go.display()
+    );
     let client = KillOnDrop(
-        sshd.ssh_command("cat /dev/zero")
-            .stdout(Stdio::piped())
+        sshd.ssh_command(&stream_on_go)
+            .stdout(Stdio::null())
             .spawn()
             .unwrap(),
     );
+    let _session = SessionOnDrop::wait(sshd.pid());
+    kill(client.pid(), libc::SIGSTOP);
+    std::fs::write(&go, "").unwrap();
     wait_for("data unread by ssh", Duration::from_secs(15), || {
         (unread(&path.client, port) > 0).then_some(())
     });
@@ -170,6 +295,7 @@ fn client_killed_with_unread_data_aborted() {
 
     let v = client_verdict(&tracer, client.pid());
     assert_eq!(v["cause"], "client_aborted", "{v:#}");
+    assert_eq!(v["details"]["reason"], "TCP_ABORT_ON_CLOSE", "{v:#}");
 }
 
 /// The server side's filters mean the other end in client mode: `--port` the server's port,
