@@ -142,17 +142,19 @@ impl RoutedPath {
     /// the timeout applies to a flow from its next segment.
     pub fn router_forgets_idle_flows(&self, r: usize, seconds: u64) {
         let router = &self.routers[r];
-        exec_line(
-            router,
-            &format!("sysctl -qw net.netfilter.nf_conntrack_tcp_timeout_established={seconds}"),
-        );
-        exec_line(router, "sysctl -qw net.netfilter.nf_conntrack_tcp_loose=0");
+        // The rule first: it loads conntrack where nothing has yet (a fresh VM guest), and
+        // with it the namespace's sysctls.
         exec_line(
             router,
             &format!(
                 "iptables -A FORWARD -m conntrack --ctstate INVALID -p tcp {REJECT_WITH_RESET}"
             ),
         );
+        exec_line(
+            router,
+            &format!("sysctl -qw net.netfilter.nf_conntrack_tcp_timeout_established={seconds}"),
+        );
+        exec_line(router, "sysctl -qw net.netfilter.nf_conntrack_tcp_loose=0");
     }
 
     /// Router `r` sets the TTL of everything it forwards or sends (its resets too), both ways,
