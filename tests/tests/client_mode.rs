@@ -310,7 +310,8 @@ fn client_killed_with_unread_data_aborted() {
 
 /// The server side's filters mean the other end in client mode: `--port` the server's port,
 /// `--pid` the ssh process (or what ran it). A refused ssh on loopback, seen by one sshtrace
-/// without filters, one filtering it in and one filtering it out.
+/// without filters, one filtering it in and one filtering it out; then a refused scp, whose
+/// ssh is followed and named with its parent.
 #[test]
 fn filters_name_the_server_port_and_the_ssh_process() {
     if !privileged("filters_name_the_server_port_and_the_ssh_process") {
@@ -334,6 +335,21 @@ fn filters_name_the_server_port_and_the_ssh_process() {
     let v = all.record_where("the refusal, unfiltered", refused);
     assert_eq!(v["side"], "client", "{v:#}");
     same_port.record_where("the refusal, --port of the server", refused);
+    // scp runs ssh: the verdict names the ssh and, as its parent, the scp.
+    let out = std::process::Command::new("scp")
+        .args(["-o", "BatchMode=yes", "-P", &port.to_string()])
+        .arg(format!("{addr}:/nothing"))
+        .arg("/dev/null")
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "{out:?}");
+    let v = all.record_where("scp's refusal", |v| {
+        refused(v)
+            && v["process"]["parent"]["cmdline"]
+                .as_str()
+                .is_some_and(|c| c.starts_with("scp "))
+    });
+    assert_eq!(v["process"]["comm"], "ssh", "{v:#}");
     // Both saw it: the one filtering it out has judged it too, and shows nothing of it.
     other_port.stop();
     assert!(

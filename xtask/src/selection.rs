@@ -229,7 +229,17 @@ pub const SELECTION: &[Entry] = &[
     ),
     entry(
         "client_mode",
-        Guest::All,
+        Guest::Except(
+            &[
+                "router_refusal_without_a_baseline_is_undetermined",
+                "server_host_refusal_after_a_baseline_is_from_the_peer_host",
+                "refusal_by_the_router_next_to_the_server_is_one_hop_closer",
+                "conntrack_forgetting_an_idle_session_is_from_the_path",
+                "reset_behind_ttl_rewriting_nat_is_undetermined",
+                "server_host_reset_mid_session_is_from_the_peer_host",
+            ],
+            "the same hooks as the refusal, mid-session and kill cases that run there, with other middleboxes: the comparison is userspace's (TCG makes their timeouts minutes)",
+        ),
         "sshtrace client: tp_btf tcp_probe and net:netif_receive_skb read the resets of this host's own ssh, refused or reset through routed namespaces",
     ),
     entry(
