@@ -220,3 +220,14 @@ pub fn connections(ns: &NetNs, port: u16) -> usize {
         .lines()
         .count()
 }
+
+/// A reset the path sent after the session was idle: from a box 1 hop closer than the peer, at
+/// least `forget_after` seconds after the peer's last segment, and a hint naming `keepalive`.
+pub fn assert_idle_flow_reset(v: &serde_json::Value, forget_after: u64, keepalive: &str) {
+    assert_eq!(v["details"]["reset_from"], "path", "{v:#}");
+    assert_eq!(v["details"]["hops_closer"], 1, "{v:#}");
+    let idle = v["details"]["idle_s"].as_f64();
+    assert!(idle.is_some_and(|s| s >= forget_after as f64), "{v:#}");
+    let hint = v["hint"].as_str().unwrap_or("");
+    assert!(hint.contains(keepalive), "{v:#}");
+}

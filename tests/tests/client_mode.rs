@@ -12,7 +12,7 @@ use std::{io::Read, process::Stdio, time::Duration};
 use sshtrace_tests::{
     kernel::{self, Evidence},
     kill,
-    path::{connections, rejected, unread, RoutedPath, Toward},
+    path::{assert_idle_flow_reset, connections, rejected, unread, RoutedPath, Toward},
     patient, privileged, wait_for, KillOnDrop, SessionOnDrop, Sshd, Tracer,
 };
 
@@ -206,17 +206,7 @@ fn conntrack_forgetting_an_idle_session_is_from_the_path() {
     assert!(rejected(&path.routers[0]) > 0);
 
     let v = reset_verdict(&tracer, &client);
-    assert_eq!(v["details"]["reset_from"], "path", "{v:#}");
-    assert_eq!(v["details"]["hops_closer"], 1, "{v:#}");
-    let idle = v["details"]["idle_s"].as_f64();
-    assert!(idle.is_some_and(|s| s >= forget_after as f64), "{v:#}");
-    assert!(
-        v["hint"]
-            .as_str()
-            .unwrap_or("")
-            .contains("ServerAliveInterval"),
-        "{v:#}"
-    );
+    assert_idle_flow_reset(&v, forget_after, "ServerAliveInterval");
 }
 
 /// Behind r1's NAT, which sets the TTL of everything it forwards and sends to 64, r1's reset

@@ -9,7 +9,7 @@
 use std::{io::Read, net::TcpStream, process::Stdio, time::Duration};
 
 use sshtrace_tests::{
-    path::{connections, rejected, RoutedPath, Toward},
+    path::{assert_idle_flow_reset, connections, rejected, RoutedPath, Toward},
     patient, privileged, wait_for, KillOnDrop, NetNs, SessionOnDrop, Sshd, Tracer,
 };
 
@@ -92,16 +92,7 @@ fn conntrack_forgetting_an_idle_session_is_from_the_path() {
     let v = server_verdict(&tracer, ep.port());
     assert_eq!(v["cause"], "peer_reset", "{v:#}");
     assert_eq!(v["outcome"], "reset_received", "{v:#}");
-    assert_eq!(v["details"]["reset_from"], "path", "{v:#}");
-    let idle = v["details"]["idle_s"].as_f64();
-    assert!(idle.is_some_and(|s| s >= forget_after as f64), "{v:#}");
-    assert!(
-        v["hint"]
-            .as_str()
-            .unwrap_or("")
-            .contains("ClientAliveInterval"),
-        "{v:#}"
-    );
+    assert_idle_flow_reset(&v, forget_after, "ClientAliveInterval");
 }
 
 /// A client in the client namespace reads the banner and aborts (SO_LINGER 0): the reset
