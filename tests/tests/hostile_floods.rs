@@ -331,7 +331,6 @@ fn storms_from_100000_addresses() {
             "{summary}"
         );
     }
-    let _ = std::fs::remove_dir_all(dir);
 }
 
 /// Connections from `addresses` distinct addresses to a plain listener on a tracked port.
@@ -367,10 +366,25 @@ fn connection_storm(to: Endpoint, addresses: u32) {
     acceptor.join().unwrap();
 }
 
-fn tempfile_dir(name: &str) -> std::path::PathBuf {
+/// A directory of the test's own, removed on drop (the storm's file is megabytes).
+struct TempDir(std::path::PathBuf);
+
+impl TempDir {
+    fn join(&self, name: &str) -> std::path::PathBuf {
+        self.0.join(name)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn tempfile_dir(name: &str) -> TempDir {
     let dir = std::env::temp_dir().join(format!("sshtrace-test-{name}-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    dir
+    TempDir(dir)
 }
 
 fn cause_count(summary: &Value, cause: &str) -> u64 {
