@@ -353,6 +353,16 @@ fn upgrade_restarts_it(host: &Booted) {
         "MainPID {before} → {after}"
     );
     assert_eq!(show(host, "ActiveState"), "active");
+    // Type=exec: active once started, not once attached. A stop before the programs are
+    // attached ends it before it has anything to say; this test wants each run's exit line.
+    wait_for(
+        "the upgraded sshtrace.service to attach",
+        Duration::from_secs(30),
+        || {
+            let attached = unit_log(host).matches("sshtrace: attached").count();
+            (attached >= 2).then_some(())
+        },
+    );
 }
 
 /// A property of sshtrace.service.
