@@ -231,3 +231,27 @@ pub fn assert_idle_flow_reset(v: &serde_json::Value, forget_after: u64, keepaliv
     let hint = v["hint"].as_str().unwrap_or("");
     assert!(hint.contains(keepalive), "{v:#}");
 }
+
+/// Waits until the session's ssh ends, and checks that a reset ended it: read first,
+/// "Connection reset by peer"; written first, "Broken pipe".
+pub fn wait_until_reset(client: &mut crate::KillOnDrop) {
+    let status = crate::wait_for(
+        "the client to end",
+        std::time::Duration::from_secs(15),
+        || client.0.try_wait().unwrap(),
+    );
+    let mut stderr = String::new();
+    use std::io::Read as _;
+    client
+        .0
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
+    assert_eq!(status.code(), Some(255), "{stderr}");
+    assert!(
+        stderr.contains("reset by peer") || stderr.contains("Broken pipe"),
+        "{stderr}"
+    );
+}

@@ -7,12 +7,14 @@
 //! refusal is told apart by comparing it with what the path looked like on an earlier
 //! successful connection to the same address (the baseline); without one nothing decides.
 
-use std::{io::Read, process::Stdio, time::Duration};
+use std::{process::Stdio, time::Duration};
 
 use sshtrace_tests::{
     kernel::{self, Evidence},
     kill,
-    path::{assert_idle_flow_reset, connections, rejected, unread, RoutedPath, Toward},
+    path::{
+        assert_idle_flow_reset, connections, rejected, unread, wait_until_reset, RoutedPath, Toward,
+    },
     patient, privileged, wait_for, KillOnDrop, SessionOnDrop, Sshd, Tracer,
 };
 
@@ -139,27 +141,6 @@ fn session(sshd: &Sshd, options: &[&str]) -> (KillOnDrop, SessionOnDrop) {
             .unwrap(),
     );
     (client, SessionOnDrop::wait(sshd.pid()))
-}
-
-/// Waits until the session's ssh ends, and checks that a reset ended it: read first,
-/// "Connection reset by peer"; written first, "Broken pipe".
-fn wait_until_reset(client: &mut KillOnDrop) {
-    let status = wait_for("the client to end", Duration::from_secs(15), || {
-        client.0.try_wait().unwrap()
-    });
-    let mut stderr = String::new();
-    client
-        .0
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut stderr)
-        .unwrap();
-    assert_eq!(status.code(), Some(255), "{stderr}");
-    assert!(
-        stderr.contains("reset by peer") || stderr.contains("Broken pipe"),
-        "{stderr}"
-    );
 }
 
 /// The verdict about a session's ssh a reset ended.

@@ -49,8 +49,9 @@ struct Headers {
 fn segment_received(sk: &TypedSock, skb: *const u8) -> Result<(), i32> {
     // The port alone first: this runs for every segment an established socket receives.
     let local_port: u16 = sk.read(layout!(structs.skc_num))?;
-    let client = !port_tracked(local_port) && client_socket(sk.addr());
-    if !port_tracked(local_port) && !client {
+    let on_tracked_port = port_tracked(local_port);
+    let client = !on_tracked_port && client_socket(sk.addr());
+    if !on_tracked_port && !client {
         return Ok(());
     }
     let headers = read_headers(skb).ok_or(0)?;
