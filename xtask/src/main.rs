@@ -53,6 +53,10 @@ enum Task {
         /// Only the memory measurement (four storms back to back).
         #[arg(long)]
         memory_only: bool,
+        /// Only the costs: the kernel's accounting of the tracked and untracked storms, and
+        /// the rest of the host's slowdowns (for iterating on the programs; writes no file).
+        #[arg(long, conflicts_with = "memory_only")]
+        costs_only: bool,
     },
     /// Set up, check formatting and lints, build and run every test: unit tests and the
     /// real-sshd integration suite on this kernel, then the kernel-dependent integration tests
@@ -124,6 +128,7 @@ fn run(task: Task) -> Result<()> {
             storm_seconds,
             rounds,
             memory_only,
+            costs_only,
         } => {
             setup::run()?;
             let binary = build(true)?;
@@ -132,6 +137,7 @@ fn run(task: Task) -> Result<()> {
                 storm_seconds,
                 rounds: rounds.max(1),
                 memory_only,
+                costs_only,
             };
             bench::run(&binary, &options)
         }

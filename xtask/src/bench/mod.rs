@@ -27,6 +27,8 @@ pub struct Options {
     pub rounds: usize,
     /// Only the memory section (for iterating on memory; prints, writes no results file).
     pub memory_only: bool,
+    /// Only the programs' costs and the rest of the host's slowdowns (prints, writes no file).
+    pub costs_only: bool,
 }
 
 pub fn run(binary: &Path, opts: &Options) -> Result<()> {
@@ -35,6 +37,11 @@ pub fn run(binary: &Path, opts: &Options) -> Result<()> {
     let mut report = String::new();
     if opts.memory_only {
         memory_section(binary, opts, &mut report)?;
+        print!("{report}");
+        return Ok(());
+    }
+    if opts.costs_only {
+        costs_section(binary, d, opts.rounds, &mut report)?;
         print!("{report}");
         return Ok(());
     }
@@ -67,6 +74,29 @@ pub fn run(binary: &Path, opts: &Options) -> Result<()> {
         "xtask bench: written to {}",
         dir.join("results.md").display()
     );
+    Ok(())
+}
+
+/// The kernel's accounting of sshtrace's programs in the tracked storm, then section 2.
+fn costs_section(binary: &Path, d: Duration, rounds: usize, report: &mut String) -> Result<()> {
+    eprintln!("xtask bench: programs' cost in the tracked storm");
+    let tracked = Comparison::measure(
+        binary,
+        Workload::TrackedStorm,
+        &[Kind::None, Kind::Sshtrace],
+        d,
+        1,
+    )?;
+    if let Some(cost) = tracked.cost(Kind::Sshtrace) {
+        let _ = writeln!(
+            report,
+            "tracked-port storm: {:.0} ns per connection, counted ({:.2} runs)",
+            cost.ns_per_unit, cost.runs_per_unit
+        );
+        write_by_program(report, cost, "tracked connection");
+    }
+    eprintln!("xtask bench: what the rest of the host pays, {rounds} rounds");
+    RestOfHost::measure(binary, d, rounds)?.write(report, rounds);
     Ok(())
 }
 
