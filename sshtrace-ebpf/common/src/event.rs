@@ -265,6 +265,7 @@ pub struct AcceptEvent {
     pub header: EventHeader,
     /// The new fd, or -errno.
     pub ret: i64,
+    /// -1 where the entry is not hooked (the accepted socket is followed instead).
     pub listen_fd: i32,
     /// Bytes of `peer` that were read (0 when the caller passed no address buffer).
     pub peer_len: u32,

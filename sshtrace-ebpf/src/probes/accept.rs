@@ -1,7 +1,8 @@
 //! `accept`/`accept4` in tracked processes: the failed ones reported as any failed syscall, the
-//! successful ones here. The peer address is read at exit, in the accepting process, so each
-//! accepted connection gets its owner from process context. The accepted socket is followed
-//! from the new fd, and its connection claimed (see `sock_state`).
+//! successful ones here, at exit, in the accepting process, so each accepted connection gets
+//! its owner from process context. The accepted socket is followed from the new fd, and its
+//! connection claimed (see `sock_state`). Only where the fd cannot be followed does the entry
+//! keep the peer's address for the exit.
 
 use aya_ebpf::{
     helpers::{bpf_get_current_pid_tgid, bpf_get_current_task, bpf_probe_read_user_buf},
@@ -55,16 +56,27 @@ fn try_enter(ctx: &TracePointContext) -> Result<(), i32> {
 #[inline(always)]
 fn try_exit(ctx: &TracePointContext) -> Result<(), i32> {
     let pid_tgid = bpf_get_current_pid_tgid();
-    let Some(&[peer, fd]) = (unsafe { ACCEPT_ARGS.get(pid_tgid) }) else {
-        return Ok(());
+    // Where the accepted fd leads to its socket, the socket tells the peer and the entry is
+    // not hooked at all (every accept on the host would run it); elsewhere the entry saved
+    // the arguments of a tracked process's accept.
+    let (peer, fd) = if claim_on_accept() {
+        if !pid_tracked((pid_tgid >> 32) as u32) {
+            return Ok(());
+        }
+        (0, u64::MAX)
+    } else {
+        let Some(&[peer, fd]) = (unsafe { ACCEPT_ARGS.get(pid_tgid) }) else {
+            return Ok(());
+        };
+        let _ = ACCEPT_ARGS.remove(pid_tgid);
+        (peer, fd)
     };
-    let _ = ACCEPT_ARGS.remove(pid_tgid);
     let ret: i64 = field(ctx, layout!(syscall.ret))?;
     // Failures are reported, rate-limited, as any failed syscall (here, not by a second
     // program on this exit: every accept on the host would run both).
     if ret < 0 {
         let nr = field::<i32>(ctx, layout!(syscall.exit_nr))?;
-        return syscall_failed(ret, || Ok(i64::from(nr)));
+        return syscall_failed(ret, || Ok(i64::from(nr)), |_, _| 0);
     }
     let skaddr = accepted_socket(ret as u32).unwrap_or(0);
     // Claim the connection: from now on its close is reported, and this record reports it.

@@ -1,11 +1,16 @@
 //! Failed system calls of tracked processes (EMFILE on accept, EAGAIN on clone, ENOENT on a
-//! host key, …), with the path argument of failed opens, stats, accesses and execs. Bursts of the same failure (a listener
-//! spinning on accept with EMFILE) are counted here and sent at most every 100 ms per key.
+//! host key, …), with the path argument of failed opens, stats, accesses and execs. Bursts of
+//! the same failure (a listener spinning on accept with EMFILE) are counted here and sent at
+//! most every 100 ms per key.
+//!
+//! The path is read at the exit, from the task's saved registers (`bpf_task_pt_regs`, 5.15+):
+//! no entry is hooked, so that the other syscalls of the host stay off the tracepoint's way.
+//! Where that helper is missing, the entry of each call that takes a path saves it.
 
 use aya_ebpf::{
     helpers::{
-        bpf_get_current_pid_tgid, bpf_get_current_task, bpf_ktime_get_ns, bpf_probe_read_kernel,
-        bpf_probe_read_user_str_bytes,
+        bpf_get_current_pid_tgid, bpf_get_current_task, bpf_get_current_task_btf, bpf_ktime_get_ns,
+        bpf_probe_read_kernel, bpf_probe_read_user_str_bytes, bpf_task_pt_regs,
     },
     macros::{map, tracepoint},
     maps::{LruHashMap, LruPerCpuHashMap},
@@ -71,6 +76,61 @@ path_programs! {
     sys_enter_execve => 10,
 }
 
+/// One exit program per entry of `PATH_EXIT_PROGRAMS`, each reading its call's path argument
+/// from the saved registers.
+macro_rules! path_exit_programs {
+    ($($name:ident => $index:expr),* $(,)?) => {$(
+        #[tracepoint]
+        pub fn $name(ctx: TracePointContext) -> u32 {
+            let l = layout!(syscall);
+            if let Ok(ret) = field::<i64>(&ctx, l.ret) {
+                let nr = || field::<i32>(&ctx, l.exit_nr).map(i64::from);
+                let _ = syscall_failed(ret, nr, |_, _| path_in_registers($index));
+            }
+            0
+        }
+    )*};
+}
+
+path_exit_programs! {
+    sys_exit_open_path => 0,
+    sys_exit_openat_path => 1,
+    sys_exit_openat2_path => 2,
+    sys_exit_newstat_path => 3,
+    sys_exit_newlstat_path => 4,
+    sys_exit_newfstatat_path => 5,
+    sys_exit_statx_path => 6,
+    sys_exit_access_path => 7,
+    sys_exit_faccessat_path => 8,
+    sys_exit_faccessat2_path => 9,
+    sys_exit_execve_path => 10,
+}
+
+/// The path argument of the current task's syscall (entry `index` of `PATH_SYSCALLS`), from
+/// its saved registers: a failed call left them as they were at its entry.
+#[inline(always)]
+fn path_in_registers(index: usize) -> u64 {
+    let at = layout!(syscall.path_regs)[index];
+    let regs = unsafe { bpf_task_pt_regs(bpf_get_current_task_btf()) } as *const u8;
+    member::<u64>(regs, at).unwrap_or(0)
+}
+
+/// The path the entry saved for the current task's call `nr`, taken out of the map.
+#[inline(always)]
+fn saved_path(pid_tgid: u64, nr: i64) -> u64 {
+    match unsafe { OPEN_ARGS.get(pid_tgid) }.copied() {
+        Some([path_nr, path]) => {
+            let _ = OPEN_ARGS.remove(pid_tgid);
+            if path_nr == nr as u64 {
+                path
+            } else {
+                0
+            }
+        }
+        None => 0,
+    }
+}
+
 fn save_path(ctx: &TracePointContext, offset: u16) -> Result<(), i32> {
     let pid_tgid = bpf_get_current_pid_tgid();
     if !pid_tracked((pid_tgid >> 32) as u32) {
@@ -87,20 +147,28 @@ const EACCES: i64 = 13;
 const KERNEL_RESTART_MIN: i64 = 512;
 const KERNEL_RESTART_MAX: i64 = 516;
 
-/// The exit of each of `FAILURE_SYSCALLS`: one program attached to every one of them, so that
-/// only those calls pay for it (every `sys_exit_*` record has the same layout).
+/// The exit of each of `FAILURE_SYSCALLS` (but the path programs' ones): one program attached
+/// to every one of them, so that only those calls pay for it (every `sys_exit_*` record has
+/// the same layout). Where the path programs do not load, it serves their calls too, with the
+/// path their entries saved.
 #[tracepoint]
 pub fn sys_exit_failed(ctx: TracePointContext) -> u32 {
     let l = layout!(syscall);
     if let Ok(ret) = field::<i64>(&ctx, l.ret) {
-        let _ = syscall_failed(ret, || field::<i32>(&ctx, l.exit_nr).map(i64::from));
+        let nr = || field::<i32>(&ctx, l.exit_nr).map(i64::from);
+        let _ = syscall_failed(ret, nr, saved_path);
     }
     0
 }
 
-/// A syscall's return in the current task: reported when it is an error of a followed process.
+/// A syscall's return in the current task: reported when it is an error of a followed process,
+/// with the path `path(pid_tgid, nr)` finds (0 for none).
 #[inline(always)]
-pub(super) fn syscall_failed(ret: i64, nr: impl FnOnce() -> Result<i64, i32>) -> Result<(), i32> {
+pub(super) fn syscall_failed(
+    ret: i64,
+    nr: impl FnOnce() -> Result<i64, i32>,
+    path: impl FnOnce(u64, i64) -> u64,
+) -> Result<(), i32> {
     // The cheap test first: this runs for every call of these syscalls on the host.
     if !(-MAX_ERRNO..0).contains(&ret) || (-KERNEL_RESTART_MAX..=-KERNEL_RESTART_MIN).contains(&ret)
     {
@@ -112,17 +180,7 @@ pub(super) fn syscall_failed(ret: i64, nr: impl FnOnce() -> Result<i64, i32>) ->
         return Ok(());
     }
     let nr: i64 = nr()?;
-    let path = match unsafe { OPEN_ARGS.get(pid_tgid) }.copied() {
-        Some([path_nr, path]) => {
-            let _ = OPEN_ARGS.remove(pid_tgid);
-            if path_nr == nr as u64 {
-                path
-            } else {
-                0
-            }
-        }
-        None => 0,
-    };
+    let path = path(pid_tgid, nr);
     let key = BurstKey {
         tgid,
         nr: nr as i32,

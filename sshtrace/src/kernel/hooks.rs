@@ -2,7 +2,7 @@
 //! attaches, whether sshtrace can run without it, and the [`HookId`] the loader, the plan and
 //! the tracer name it by (never by its text).
 
-use sshtrace_common::{FAILURE_SYSCALLS, PATH_SYSCALLS};
+use sshtrace_common::{FAILURE_SYSCALLS, PATH_EXIT_PROGRAMS, PATH_SYSCALLS};
 
 /// What a hook is for, for the code that asks whether it attached.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -19,7 +19,7 @@ pub enum HookId {
     /// A failed call of one of `FAILURE_SYSCALLS`.
     FailedSyscall,
     /// The path argument of a failed open, stat, access or exec.
-    PathArgument,
+    PathArgument(PathWay),
     SelinuxAudited,
     /// What sshd writes: its log, a dropped client's note.
     SshdOutput(OutputWay),
@@ -90,6 +90,63 @@ pub enum OutputWay {
     SocketSends,
     /// `sys_enter_write` and `sys_enter_sendto`: every write(2) and sendto(2) on the host.
     Syscalls,
+}
+
+/// Where a failed call's path argument is read, best first.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PathWay {
+    /// At the exit, from the task's saved registers (`bpf_task_pt_regs`, 5.15+): no entry is
+    /// hooked.
+    SavedRegisters,
+    /// Saved at the entry of each call that takes a path: every open, stat, access and exec
+    /// on the host runs a program there.
+    Entries,
+}
+
+impl PathWay {
+    /// How `--probe-report` names it.
+    pub const fn description(self) -> &'static str {
+        match self {
+            Self::SavedRegisters => {
+                "at the exit, from the saved registers (bpf_task_pt_regs; no syscall entry hooked)"
+            }
+            Self::Entries => {
+                "saved at each call's entry (tracepoints syscalls:sys_enter_open*, *stat*, \
+                 *access*, execve: every such call on the host runs a program)"
+            }
+        }
+    }
+
+    /// Its hooks, all to attach: the exits of the calls that take a path, and the entries
+    /// where the exit cannot read it.
+    pub fn hooks(self) -> Vec<Hook> {
+        let id = HookId::PathArgument(self);
+        let exits = PATH_SYSCALLS.iter().zip(PATH_EXIT_PROGRAMS);
+        match self {
+            Self::SavedRegisters => exits
+                .map(|(_, program)| Hook {
+                    program,
+                    ..tracepoint(id, "syscalls", exit_of(program)).optional()
+                })
+                .collect(),
+            Self::Entries => exits
+                .map(|(_, program)| Hook {
+                    program: "sys_exit_failed",
+                    ..tracepoint(HookId::FailedSyscall, "syscalls", exit_of(program)).optional()
+                })
+                .chain(
+                    PATH_SYSCALLS
+                        .iter()
+                        .map(|name| tracepoint(id, "syscalls", name).optional()),
+                )
+                .collect(),
+        }
+    }
+}
+
+/// The exit tracepoint a path program attaches to: its name without `_path`.
+fn exit_of(program: &'static str) -> &'static str {
+    program.strip_suffix("_path").unwrap_or(program)
 }
 
 impl OutputWay {
@@ -200,12 +257,17 @@ const REQUIRED: &[Hook] = &[
     tracepoint(HookId::ProcessExec, "sched", "sched_process_exec"),
     tracepoint(HookId::ProcessExit, "sched", "sched_process_exit"),
     tracepoint(HookId::SignalGenerate, "signal", "signal_generate"),
-    tracepoint(HookId::Accept, "syscalls", "sys_enter_accept"),
     tracepoint(HookId::Accept, "syscalls", "sys_exit_accept"),
-    tracepoint(HookId::Accept, "syscalls", "sys_enter_accept4"),
     tracepoint(HookId::Accept, "syscalls", "sys_exit_accept4"),
     tracepoint(HookId::OomVictim, "oom", "mark_victim"),
     tracepoint(HookId::KfreeSkb, "skb", "kfree_skb"),
+];
+
+/// The entries of accept, where the exit cannot follow the new fd to its socket: they keep the
+/// peer's address for it.
+const ACCEPT_ENTRIES: [Hook; 2] = [
+    tracepoint(HookId::Accept, "syscalls", "sys_enter_accept"),
+    tracepoint(HookId::Accept, "syscalls", "sys_enter_accept4"),
 ];
 
 fn packets_received() -> Hook {
@@ -223,21 +285,33 @@ fn packets_received() -> Hook {
 const REFUSAL_KPROBES: [&str; 2] = ["tcp_v4_send_reset", "tcp_v6_send_reset"];
 
 /// Failed syscalls: one program on the exit of each syscall that matters (optional: not every
-/// architecture has them all).
+/// architecture has them all), but the ones that take a path (see [`PathWay`]).
 fn failed_syscalls() -> impl Iterator<Item = Hook> {
-    FAILURE_SYSCALLS.iter().map(|name| Hook {
-        program: "sys_exit_failed",
-        ..tracepoint(HookId::FailedSyscall, "syscalls", name).optional()
-    })
+    FAILURE_SYSCALLS
+        .iter()
+        .filter(|name| !PATH_EXIT_PROGRAMS.iter().any(|p| exit_of(p) == **name))
+        .map(|name| Hook {
+            program: "sys_exit_failed",
+            ..tracepoint(HookId::FailedSyscall, "syscalls", name).optional()
+        })
 }
 
-/// Every hook attached one by one (socket states and sshd's output are attached apart: the
-/// first way that loads): the required ones, failed syscalls, then the optional ones, the
-/// refusal kprobes only when wanted, the per-packet hook only for `sshtrace client`.
-pub fn all(refusal_kprobes: bool, client: bool) -> Vec<Hook> {
-    let paths = PATH_SYSCALLS
-        .iter()
-        .map(|name| tracepoint(HookId::PathArgument, "syscalls", name).optional());
+/// What to attach besides the hooks every run has.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Wanted {
+    /// The kprobes that see refusals where no tracepoint does.
+    pub refusal_kprobes: bool,
+    /// `sshtrace client`: the per-packet hook.
+    pub client: bool,
+    /// The entries of accept: the exit cannot follow the new fd to its socket.
+    pub accept_entries: bool,
+}
+
+/// Every hook attached one by one (socket states, sshd's output and the path arguments are
+/// attached apart: the first way that loads): the required ones, failed syscalls, then the
+/// optional ones, the refusal kprobes only when wanted, the per-packet hook only for
+/// `sshtrace client`.
+pub fn all(wanted: Wanted) -> Vec<Hook> {
     let selinux = tracepoint(HookId::SelinuxAudited, "avc", "selinux_audited").optional();
     let segments = Hook {
         program: "tp_btf_tcp_probe",
@@ -245,7 +319,7 @@ pub fn all(refusal_kprobes: bool, client: bool) -> Vec<Hook> {
     };
     let kprobes = REFUSAL_KPROBES
         .iter()
-        .filter(|_| refusal_kprobes)
+        .filter(|_| wanted.refusal_kprobes)
         .map(|function| Hook {
             program: function,
             ..required(HookId::RefusalKprobe, Attach::KProbe(function)).optional()
@@ -253,10 +327,10 @@ pub fn all(refusal_kprobes: bool, client: bool) -> Vec<Hook> {
     REQUIRED
         .iter()
         .copied()
+        .chain(ACCEPT_ENTRIES.into_iter().filter(|_| wanted.accept_entries))
         .chain(failed_syscalls())
-        .chain(paths)
         .chain([selinux, segments])
-        .chain(client.then(packets_received))
+        .chain(wanted.client.then(packets_received))
         .chain(kprobes)
         .collect()
 }
@@ -271,7 +345,10 @@ mod tests {
             SockStateWay::Btf.hook().label(),
             "tp_btf inet_sock_set_state"
         );
-        let hooks = all(true, false);
+        let hooks = all(Wanted {
+            refusal_kprobes: true,
+            ..Wanted::default()
+        });
         let clone = hooks
             .iter()
             .find(|h| h.id == HookId::FailedSyscall && h.label().ends_with("_clone"))
@@ -287,7 +364,12 @@ mod tests {
 
     #[test]
     fn every_program_attaches_once_but_the_failed_syscalls_one() {
-        let hooks = all(true, false);
+        let mut hooks = all(Wanted {
+            refusal_kprobes: true,
+            client: true,
+            accept_entries: true,
+        });
+        hooks.extend(PathWay::SavedRegisters.hooks());
         for (i, h) in hooks.iter().enumerate() {
             assert!(!h.program.is_empty(), "{h:?}");
             assert!(
@@ -296,5 +378,28 @@ mod tests {
                 "{h:?}"
             );
         }
+    }
+
+    #[test]
+    fn each_path_way_attaches_every_failure_exit_once() {
+        for way in [PathWay::SavedRegisters, PathWay::Entries] {
+            let mut exits: Vec<&str> = failed_syscalls()
+                .chain(way.hooks())
+                .filter_map(|h| match h.attach {
+                    Attach::TracePoint(_, name) if name.starts_with("sys_exit_") => Some(name),
+                    _ => None,
+                })
+                .collect();
+            exits.sort_unstable();
+            let mut expected = FAILURE_SYSCALLS.to_vec();
+            expected.sort_unstable();
+            assert_eq!(exits, expected, "{way:?}");
+        }
+        let entries = PathWay::SavedRegisters
+            .hooks()
+            .into_iter()
+            .filter(|h| h.label().contains("sys_enter_"))
+            .count();
+        assert_eq!(entries, 0);
     }
 }

@@ -126,9 +126,10 @@ fn sshd_write_fields(tracefs: &Path, l: &mut SyscallLayout) {
     }
 }
 
-/// The syscall a socket send happens in, from the task's saved registers: x86-64 keeps the
-/// number in `orig_ax` and the arguments in `di`, `si`, `dx`; arm64 in `syscallno` and
-/// `regs[0..3]`. Any one unknown leaves sshd's output to the syscall tracepoints.
+/// The syscall a socket send happens in, and a failed call's path, from the task's saved
+/// registers: x86-64 keeps the number in `orig_ax` and the arguments in `di`, `si`, `dx`;
+/// arm64 in `syscallno` and `regs[0..3]`. Any one unknown leaves sshd's output and the paths
+/// to the syscalls' entries.
 fn saved_syscall_registers(btf: &KernelBtf, l: &mut SyscallLayout) {
     let x86 = ["orig_ax", "di", "si", "dx"].map(|m| member(btf, "pt_regs", m).ok());
     let found = if let [Some(nr), Some(a0), Some(a1), Some(a2)] = x86 {
@@ -141,13 +142,35 @@ fn saved_syscall_registers(btf: &KernelBtf, l: &mut SyscallLayout) {
             _ => None,
         }
     };
-    let numbers = (
+    let Some((nr, args)) = found else {
+        return;
+    };
+    (l.regs_nr, l.regs_args) = (nr, args);
+    if let (Some(write), Some(sendto)) = (
         super::syscalls::number_of("write"),
         super::syscalls::number_of("sendto"),
-    );
-    if let (Some((nr, args)), (Some(write), Some(sendto))) = (found, numbers) {
-        (l.regs_nr, l.regs_args) = (nr, args);
+    ) {
         (l.write_nr, l.sendto_nr) = (write, sendto);
+    }
+    path_registers(l);
+}
+
+/// Where each path syscall's `filename` lies among the saved registers: its place among the
+/// entry record's arguments, 8 bytes each from the first aligned offset after `__syscall_nr`
+/// (`struct syscall_trace_enter`). Only the first three arguments are known.
+fn path_registers(l: &mut SyscallLayout) {
+    if l.enter_nr == ABSENT {
+        return;
+    }
+    let first_arg = (l.enter_nr + 4).next_multiple_of(8);
+    for (slot, &offset) in l.path_regs.iter_mut().zip(&l.path_arg) {
+        let index = offset
+            .checked_sub(first_arg)
+            .filter(|d| offset != ABSENT && d % 8 == 0)
+            .map(|d| usize::from(d / 8));
+        *slot = index
+            .and_then(|i| l.regs_args.get(i).copied())
+            .unwrap_or(ABSENT);
     }
 }
 

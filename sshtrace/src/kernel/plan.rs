@@ -9,7 +9,7 @@ use std::fmt::Write as _;
 use sshtrace_common::{KernelLayout, ABSENT};
 
 use crate::{
-    kernel::hooks::{OutputWay, SockStateWay},
+    kernel::hooks::{OutputWay, PathWay, SockStateWay},
     kernel::names::KernelNames,
 };
 
@@ -25,6 +25,10 @@ const SOCK_STATE_WAYS: &[&str] = &[
 const OUTPUT_WAYS: &[&str] = &[
     OutputWay::SocketSends.description(),
     OutputWay::Syscalls.description(),
+];
+const PATH_WAYS: &[&str] = &[
+    PathWay::SavedRegisters.description(),
+    PathWay::Entries.description(),
 ];
 
 /// How resets sent without a socket (a connection to a port nothing listens on) are seen.
@@ -55,6 +59,7 @@ impl NoSocketResets {
 pub enum Need {
     SocketStates,
     SshdOutput,
+    FailedCallPaths,
     NoSocketResets,
     ResetReasons,
     FirewallDrops,
@@ -102,6 +107,7 @@ impl Plan {
         let capabilities = vec![
             socket_states(),
             sshd_output(),
+            failed_call_paths(),
             refusals(no_socket_resets),
             reset_reasons(layout),
             firewall_drops(netfilter),
@@ -137,6 +143,11 @@ impl Plan {
     /// The way sshd's output is seen, the hooks that attached for it.
     pub fn sshd_output_through(&mut self, way: OutputWay) {
         self.capability(Need::SshdOutput).source = Some(way.description().into());
+    }
+
+    /// The way a failed call's path is read, the hooks that attached for it.
+    pub fn failed_call_paths_through(&mut self, way: PathWay) {
+        self.capability(Need::FailedCallPaths).source = Some(way.description().into());
     }
 
     /// Received resets are fingerprinted: `packets` too, for refused connects (`sshtrace
@@ -257,6 +268,18 @@ fn sshd_output() -> Capability {
         ways: OUTPUT_WAYS,
         without: "verdicts carry no sshd_log, and a drop's reason (MaxStartups or a \
                   PerSourcePenalties penalty) is told only by sshd_config's figures",
+    }
+}
+
+fn failed_call_paths() -> Capability {
+    Capability {
+        need: Need::FailedCallPaths,
+        evidence: "the path of a failed open, stat, access or exec",
+        // Known once attached: see `failed_call_paths_through`.
+        source: None,
+        ways: PATH_WAYS,
+        without: "a failed call of sshd's is reported without the file it was about (which \
+                  host key, which authorized_keys)",
     }
 }
 
@@ -409,6 +432,7 @@ mod tests {
         );
         plan.socket_states_through(SockStateWay::Raw);
         plan.sshd_output_through(OutputWay::Syscalls);
+        plan.failed_call_paths_through(PathWay::SavedRegisters);
         plan.reset_fingerprints_through(false);
         assert_eq!(plan.no_socket_resets, NoSocketResets::DroppedSegment(2));
         let missing: Vec<&str> = plan.missing().map(|c| c.evidence).collect();
@@ -421,6 +445,7 @@ mod tests {
         let mut plan = Plan::new(&KernelLayout::ABSENT, &names(&[]), false);
         plan.socket_states_through(SockStateWay::Classic);
         plan.sshd_output_through(OutputWay::Syscalls);
+        plan.failed_call_paths_through(PathWay::Entries);
         plan.reset_fingerprints_through(false);
         assert_eq!(plan.no_socket_resets, NoSocketResets::Unavailable);
         assert!(plan.wants_refusal_kprobes());

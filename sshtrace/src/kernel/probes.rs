@@ -15,7 +15,7 @@ use sshtrace_common::{
 
 use crate::{
     kernel::detach::Attached,
-    kernel::hooks::{self, Attach, Hook, HookId, OutputWay, SockStateWay},
+    kernel::hooks::{self, Attach, Hook, HookId, OutputWay, PathWay, SockStateWay},
 };
 
 /// The object built by `build.rs` from `sshtrace-ebpf`.
@@ -60,6 +60,14 @@ impl Probes {
     pub fn sshd_output_way(&self) -> Option<OutputWay> {
         self.attached.iter().find_map(|(id, _)| match id {
             HookId::SshdOutput(way) => Some(*way),
+            _ => None,
+        })
+    }
+
+    /// How a failed call's path is read: the way that attached.
+    pub fn path_way(&self) -> Option<PathWay> {
+        self.attached.iter().find_map(|(id, _)| match id {
+            HookId::PathArgument(way) => Some(*way),
             _ => None,
         })
     }
@@ -142,13 +150,19 @@ fn attach_all(
     // cheaper, no record is assembled before the program runs. The classic one where BTF
     // does not locate the fields, or with SSHTRACE_RAW_TRACEPOINTS=0.
     let raw = std::env::var_os("SSHTRACE_RAW_TRACEPOINTS").is_none_or(|v| v != "0");
-    let hooks = hooks::all(refusal_kprobes, client);
+    let hooks = hooks::all(hooks::Wanted {
+        refusal_kprobes,
+        client,
+        accept_entries: !layout.structs.accepted_socket_known(),
+    });
     let sock_state_ways = sock_state_ways(raw && layout.structs.sock_tuple_known());
     let output_ways = output_ways(layout);
+    let path_ways = path_ways(layout);
     let first_choices: Vec<Hook> = hooks
         .iter()
         .chain(&sock_state_ways[..1])
         .chain(&output_ways[0])
+        .chain(&path_ways[0])
         .filter(|h| !debug_skip.names(h))
         .copied()
         .collect();
@@ -165,14 +179,27 @@ fn attach_all(
             Err(err) => return Err(err),
         }
     }
-    attached.extend(attach_output(
-        ebpf,
-        btf,
-        &output_ways,
-        &debug_skip,
-        &mut skipped,
-    ));
+    for ways in [&output_ways, &path_ways] {
+        let way = attach_first_way(ebpf, btf, ways, &debug_skip, &mut skipped);
+        attached.extend(way);
+    }
     Ok((attached, skipped))
+}
+
+/// The ways to read a failed call's path this kernel may have, best first: the saved
+/// registers where their layout is known, else the entries.
+fn path_ways(layout: &KernelLayout) -> Vec<Vec<Hook>> {
+    let s = &layout.syscall;
+    let registers_known = s
+        .path_arg
+        .iter()
+        .zip(s.path_regs)
+        .all(|(&arg, regs)| arg == sshtrace_common::ABSENT || regs != sshtrace_common::ABSENT);
+    [PathWay::SavedRegisters, PathWay::Entries]
+        .into_iter()
+        .filter(|way| registers_known || *way == PathWay::Entries)
+        .map(PathWay::hooks)
+        .collect()
 }
 
 /// The ways to see sshd's output this kernel may have, best first: socket sends where the
@@ -190,9 +217,10 @@ fn output_ways(layout: &KernelLayout) -> Vec<Vec<Hook>> {
         .collect()
 }
 
-/// Attaches the first way to see sshd's output whose hooks all attach (the ones before it
-/// noted in `skipped`); none at all leaves that evidence out, reported.
-fn attach_output(
+/// Attaches the first of `ways` (to see sshd's output, to read paths) of which any hook
+/// attaches (the ones before it noted in `skipped`); none at all leaves that evidence out,
+/// reported.
+fn attach_first_way(
     ebpf: &mut Ebpf,
     btf: &Btf,
     ways: &[Vec<Hook>],

@@ -94,6 +94,9 @@ pub async fn run(
     if let Some(way) = probes.sshd_output_way() {
         plan.sshd_output_through(way);
     }
+    if let Some(way) = probes.path_way() {
+        plan.failed_call_paths_through(way);
+    }
     if probes.attached_hook(HookId::SegmentsReceived) {
         plan.reset_fingerprints_through(probes.attached_hook(HookId::PacketsReceived));
     }
