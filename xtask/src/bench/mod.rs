@@ -85,13 +85,15 @@ fn costs_section(binary: &Path, d: Duration, rounds: usize, report: &mut String)
         Workload::TrackedStorm,
         &[Kind::None, Kind::Sshtrace],
         d,
-        1,
+        rounds,
     )?;
     if let Some(cost) = tracked.cost(Kind::Sshtrace) {
+        let s = tracked.slowdown(Kind::Sshtrace);
         let _ = writeln!(
             report,
-            "tracked-port storm: {:.0} ns per connection, counted ({:.2} runs)",
-            cost.ns_per_unit, cost.runs_per_unit
+            "tracked-port storm: {:.0} ns per connection, counted ({:.2} runs); slowdown {:.1} % \
+             [{:.1}, {:.1}] over {rounds} rounds",
+            cost.ns_per_unit, cost.runs_per_unit, s.median, s.min, s.max
         );
         write_by_program(report, cost, "tracked connection");
     }
