@@ -48,6 +48,10 @@ pub enum Workload {
     /// One-byte writes and reads on a pipe, one process per CPU, none of them sshd: the
     /// syscall hooks' cost to the rest of the host.
     SmallSyscalls,
+    /// Opens and stats, one process per CPU, none of them sshd: calls whose exits sshtrace
+    /// hooks (a failed open or stat of sshd's is evidence), the way a build or a backup
+    /// makes them.
+    FileLookups,
 }
 
 impl Workload {
@@ -57,6 +61,7 @@ impl Workload {
             Self::TrackedStorm => orderly(ORDERLY, d),
             Self::UntrackedStorm => orderly(UNTRACKED, d),
             Self::SmallSyscalls => Ok(small_syscalls(d)),
+            Self::FileLookups => Ok(file_lookups(d)),
         }
     }
 }
@@ -140,6 +145,16 @@ pub fn small_syscalls(d: Duration) -> u64 {
             let mut byte = [0u8; 1];
             (&*writer).write_all(b"x").is_ok() && (&*reader).read_exact(&mut byte).is_ok()
         })
+    })
+}
+
+/// A file opened and closed, and a path that does not exist looked up (a failed stat), per
+/// unit done in `d`, one thread per CPU.
+pub fn file_lookups(d: Duration) -> u64 {
+    const PRESENT: &str = "/etc/hostname";
+    const MISSING: &str = "/etc/sshtrace-bench-no-such-file";
+    clients(num_cpus(), d, || {
+        std::fs::File::open(PRESENT).is_ok() && std::fs::metadata(MISSING).is_err()
     })
 }
 

@@ -190,6 +190,7 @@ fn write_by_program(report: &mut String, cost: &compare::KernelCost, unit: &str)
 struct RestOfHost {
     untracked: Comparison,
     syscalls: Comparison,
+    lookups: Comparison,
     /// ns each program run spends being counted.
     counting_ns: f64,
 }
@@ -200,6 +201,7 @@ impl RestOfHost {
         Ok(Self {
             untracked: Comparison::measure(binary, Workload::UntrackedStorm, &pair, d, rounds)?,
             syscalls: Comparison::measure(binary, Workload::SmallSyscalls, &pair, d, rounds)?,
+            lookups: Comparison::measure(binary, Workload::FileLookups, &pair, d, rounds)?,
             counting_ns: counting_overhead(d)?,
         })
     }
@@ -209,8 +211,8 @@ impl RestOfHost {
             report,
             "\n## 2. What the rest of the host pays\n\n\
              sshtrace tracks port {} only; the workloads are other services: the same storm on \
-             port {}, and one-byte writes and reads on a pipe (one process per CPU, none of \
-             them sshd). {rounds} rounds, none and sshtrace in a rotated order. Counting adds \
+             port {}, one-byte writes and reads on a pipe, and opens and failed stats (one \
+             process per CPU each, none of them sshd). {rounds} rounds, none and sshtrace in a rotated order. Counting adds \
              {:.0} ns to each program run (an empty bpftrace program's run time on socket \
              state changes during the untracked storm); \"net\" subtracts it.\n\n\
              | workload | per second, untraced (median) | slowdown: median [min, max] | BPF time per unit, counted | net of counting | program runs per unit |\n|---|---|---|---|---|---|",
@@ -221,6 +223,10 @@ impl RestOfHost {
         for (name, c) in [
             ("untracked-port storm (per connection)", &self.untracked),
             ("small writes and reads (per write+read)", &self.syscalls),
+            (
+                "opens and failed stats (per open+close+stat)",
+                &self.lookups,
+            ),
         ] {
             let s = c.slowdown(Kind::Sshtrace);
             let (counted, net, runs) = match c.cost(Kind::Sshtrace) {
@@ -242,6 +248,9 @@ impl RestOfHost {
         }
         if let Some(cost) = self.untracked.cost(Kind::Sshtrace) {
             write_by_program(report, cost, "untracked connection");
+        }
+        if let Some(cost) = self.lookups.cost(Kind::Sshtrace) {
+            write_by_program(report, cost, "open+close+stat");
         }
     }
 }
@@ -363,7 +372,8 @@ fn target_rows(opts: &Options, m: &Measured) -> Vec<(&'static str, String, bool)
         c.cost(Kind::Sshtrace)
             .map_or(f64::INFINITY, |k| k.net_ns_per_unit(m.rest.counting_ns))
     };
-    let (tracked, untracked, syscalls) = (&m.storm, &m.rest.untracked, &m.rest.syscalls);
+    let (tracked, untracked) = (&m.storm, &m.rest.untracked);
+    let (syscalls, lookups) = (&m.rest.syscalls, &m.rest.lookups);
     vec![
         (
             "tracked-port storm: ≤ 1,000 ns of BPF time per connection, counting included",
@@ -393,6 +403,11 @@ fn target_rows(opts: &Options, m: &Measured) -> Vec<(&'static str, String, bool)
             "small writes and reads: < 1 % slowdown",
             slowdown(syscalls),
             median(syscalls) < 1.0,
+        ),
+        (
+            "opens and failed stats (hooked exits): < 1 % slowdown",
+            slowdown(lookups),
+            median(lookups) < 1.0,
         ),
         (
             "no lost records in the reset storms",
