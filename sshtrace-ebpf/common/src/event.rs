@@ -218,7 +218,8 @@ pub struct SockHistory {
     /// SYN_RECV → ESTABLISHED (`bpf_ktime_get_ns`): the handshake's last ACK, which also
     /// created the full socket; 0 when not seen (e.g. before sshtrace started).
     pub established_ns: u64,
-    /// Who sent the first FIN of an orderly close ([`first_fin_by`]).
+    /// Who sent the first FIN of an orderly close ([`first_fin_by`]): set at the close, from
+    /// the state the socket closes from.
     pub first_fin_by: u32,
     /// Non-zero once the connection matters to a verdict (see `Settings::claim_on_accept`).
     pub claimed: u32,
@@ -251,9 +252,9 @@ pub struct PeerSegments {
 
 pub mod first_fin_by {
     pub const UNKNOWN: u32 = 0;
-    /// ESTABLISHED → FIN_WAIT1: this host (sshd) closed first.
+    /// Closed from FIN_WAIT1, FIN_WAIT2 or CLOSING: this host (sshd) sent the first FIN.
     pub const LOCAL: u32 = 1;
-    /// ESTABLISHED → CLOSE_WAIT: the peer closed first.
+    /// Closed from CLOSE_WAIT or LAST_ACK: the peer sent the first FIN.
     pub const PEER: u32 = 2;
 }
 

@@ -127,6 +127,9 @@ pub struct TcpStateNumbers {
     pub close_wait: i32,
     pub listen: i32,
     pub syn_sent: i32,
+    pub fin_wait2: i32,
+    pub closing: i32,
+    pub last_ack: i32,
 }
 
 impl TcpStateNumbers {
@@ -139,6 +142,9 @@ impl TcpStateNumbers {
         close_wait: 8,
         listen: 10,
         syn_sent: 2,
+        fin_wait2: 5,
+        closing: 11,
+        last_ack: 9,
     };
 }
 

@@ -183,11 +183,11 @@ fn step(skaddr: u64, old: i32, new: i32) -> Result<Step, i32> {
     // Decided before any lookup, as most state changes on a busy port are these: the full
     // socket's first change (LISTEN → SYN_RECV, when the handshake's last ACK creates it; its
     // client address is not yet copied) is followed at once, in the same softirq, by
-    // ESTABLISHED, where its history begins; after the first FIN only the close matters
-    // (FIN_WAIT2, CLOSING, LAST_ACK tell nothing more).
-    if (old == t.listen && new == t.syn_recv)
-        || ((old == t.fin_wait1 || old == t.close_wait) && new != t.close)
-    {
+    // ESTABLISHED, where its history begins; a FIN and what follows it tell nothing the
+    // close does not (the state a socket closes from says who sent the first FIN).
+    let fin_or_after =
+        old == t.fin_wait1 || old == t.close_wait || new == t.fin_wait1 || new == t.close_wait;
+    if (old == t.listen && new == t.syn_recv) || (fin_or_after && new != t.close) {
         return Ok(Step::Done);
     }
     if old == t.syn_recv && new == t.established {
@@ -203,22 +203,26 @@ fn step(skaddr: u64, old: i32, new: i32) -> Result<Step, i32> {
     let Some(ptr) = SOCK_HISTORY.get_ptr_mut(skaddr) else {
         return Ok(Step::Send(None));
     };
-    let h = unsafe { &mut *ptr };
-    if old == t.established && (new == t.fin_wait1 || new == t.close_wait) {
-        h.first_fin_by = if new == t.fin_wait1 {
-            first_fin_by::LOCAL
-        } else {
-            first_fin_by::PEER
-        };
-        return Ok(Step::Done);
-    }
-    if h.claimed == 0 {
+    if unsafe { (*ptr).claimed } == 0 {
         if new == t.close {
             let _ = SOCK_HISTORY.remove(skaddr);
         }
         return Ok(Step::Done);
     }
     Ok(Step::Send(Some(ptr)))
+}
+
+/// Who sent the first FIN of a connection closing from `old` (`first_fin_by`).
+#[inline(always)]
+fn first_fin_by_closing_from(old: i32) -> u32 {
+    let t = tcp_states();
+    if old == t.fin_wait1 || old == t.fin_wait2 || old == t.closing {
+        first_fin_by::LOCAL
+    } else if old == t.close_wait || old == t.last_ack {
+        first_fin_by::PEER
+    } else {
+        first_fin_by::UNKNOWN
+    }
 }
 
 /// Keeps the history of a connection just established in a tracked network namespace; without
@@ -279,6 +283,9 @@ fn send_state(
                 // Copied in place: the history does not fit on the BPF stack twice.
                 Some(h) => unsafe { core::ptr::copy_nonoverlapping(h, &mut e.history, 1) },
                 None => e.history.claimed = 1,
+            }
+            if new_state == tcp_states().close {
+                e.history.first_fin_by = first_fin_by_closing_from(old_state);
             }
         });
     }

@@ -441,17 +441,15 @@ pub fn program_types() -> Vec<(&'static str, String)> {
 pub struct UnclaimedConnections(HashMap<MapData, u64, SockHistory>);
 
 impl UnclaimedConnections {
-    /// Established connections on `ports` that no tracked process has accepted and that are
-    /// not closing: a listener's queue. Read only when a listener fails to accept.
+    /// Established connections on `ports` that no tracked process has accepted: a listener's
+    /// queue (a client that gave up waiting has its connection there still, half closed).
+    /// Read only when a listener fails to accept.
     pub fn queued(&self, ports: &[u16]) -> Vec<(u64, SockHistory)> {
         self.0
             .iter()
             .filter_map(Result::ok)
             .filter(|(_, h)| {
-                h.claimed == 0
-                    && h.established_ns != 0
-                    && h.first_fin_by == sshtrace_common::first_fin_by::UNKNOWN
-                    && ports.contains(&h.endpoints.local_port)
+                h.claimed == 0 && h.established_ns != 0 && ports.contains(&h.endpoints.local_port)
             })
             .collect()
     }

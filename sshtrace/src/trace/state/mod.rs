@@ -43,6 +43,9 @@ pub fn tcp_states(names: &KernelNames) -> TcpStates {
         close_wait: value("TCP_CLOSE_WAIT", known.close_wait),
         listen: value("TCP_LISTEN", known.listen),
         syn_sent: value("TCP_SYN_SENT", known.syn_sent),
+        fin_wait2: value("TCP_FIN_WAIT2", known.fin_wait2),
+        closing: value("TCP_CLOSING", known.closing),
+        last_ack: value("TCP_LAST_ACK", known.last_ack),
     }
 }
 
