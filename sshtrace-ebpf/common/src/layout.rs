@@ -21,22 +21,6 @@ pub const PATH_SYSCALLS: [&str; 11] = [
     "sys_enter_execve",
 ];
 
-/// The exit programs that read a failed call's path from the task's saved registers, one per
-/// entry of [`PATH_SYSCALLS`] in that order; each attaches to the exit its name begins with.
-pub const PATH_EXIT_PROGRAMS: [&str; 11] = [
-    "sys_exit_open_path",
-    "sys_exit_openat_path",
-    "sys_exit_openat2_path",
-    "sys_exit_newstat_path",
-    "sys_exit_newlstat_path",
-    "sys_exit_newfstatat_path",
-    "sys_exit_statx_path",
-    "sys_exit_access_path",
-    "sys_exit_faccessat_path",
-    "sys_exit_faccessat2_path",
-    "sys_exit_execve_path",
-];
-
 /// `syscalls:sys_exit_*` tracepoints whose failures (in a followed process) are reported: the
 /// calls sshd's failures involve — descriptors, processes, credentials, paths, sockets and
 /// memory. One exit per call, not `raw_syscalls:sys_exit`: a program on every syscall of the
@@ -180,8 +164,10 @@ pub struct SyscallLayout {
     pub exit_nr: u16,
     /// The `filename` argument of each of [`PATH_SYSCALLS`], in that order.
     pub path_arg: [u16; PATH_SYSCALLS.len()],
-    /// The same argument in the task's saved registers (one of `regs_args`), for the exit
-    /// programs that read it there.
+    /// The numbers of those calls on this architecture (not offsets), and where their
+    /// argument lies in the task's saved registers (one of `regs_args`), for the exit program
+    /// that reads it there.
+    pub path_nr: [u16; PATH_SYSCALLS.len()],
     pub path_regs: [u16; PATH_SYSCALLS.len()],
     /// `__syscall_nr` of the `sys_enter_*` records.
     pub enter_nr: u16,
@@ -436,6 +422,7 @@ impl KernelLayout {
             ret: ABSENT,
             exit_nr: ABSENT,
             path_arg: [ABSENT; PATH_SYSCALLS.len()],
+            path_nr: [ABSENT; PATH_SYSCALLS.len()],
             path_regs: [ABSENT; PATH_SYSCALLS.len()],
             enter_nr: ABSENT,
             write_fd: ABSENT,

@@ -76,41 +76,20 @@ path_programs! {
     sys_enter_execve => 10,
 }
 
-/// One exit program per entry of `PATH_EXIT_PROGRAMS`, each reading its call's path argument
-/// from the saved registers.
-macro_rules! path_exit_programs {
-    ($($name:ident => $index:expr),* $(,)?) => {$(
-        #[tracepoint]
-        pub fn $name(ctx: TracePointContext) -> u32 {
-            let l = layout!(syscall);
-            if let Ok(ret) = field::<i64>(&ctx, l.ret) {
-                let nr = || field::<i32>(&ctx, l.exit_nr).map(i64::from);
-                let _ = syscall_failed(ret, nr, |_, _| path_in_registers($index));
-            }
-            0
-        }
-    )*};
-}
-
-path_exit_programs! {
-    sys_exit_open_path => 0,
-    sys_exit_openat_path => 1,
-    sys_exit_openat2_path => 2,
-    sys_exit_newstat_path => 3,
-    sys_exit_newlstat_path => 4,
-    sys_exit_newfstatat_path => 5,
-    sys_exit_statx_path => 6,
-    sys_exit_access_path => 7,
-    sys_exit_faccessat_path => 8,
-    sys_exit_faccessat2_path => 9,
-    sys_exit_execve_path => 10,
-}
-
-/// The path argument of the current task's syscall (entry `index` of `PATH_SYSCALLS`), from
-/// its saved registers: a failed call left them as they were at its entry.
+/// The path argument of the current task's call `nr` (0 for a call that takes none), from its
+/// saved registers: a failed call left them as they were at its entry.
 #[inline(always)]
-fn path_in_registers(index: usize) -> u64 {
-    let at = layout!(syscall.path_regs)[index];
+fn path_in_registers(nr: i64) -> u64 {
+    let l = layout!(syscall);
+    let mut at = ABSENT;
+    for i in 0..l.path_nr.len() {
+        if i64::from(l.path_nr[i]) == nr {
+            at = l.path_regs[i];
+        }
+    }
+    if at == ABSENT {
+        return 0;
+    }
     let regs = unsafe { bpf_task_pt_regs(bpf_get_current_task_btf()) } as *const u8;
     member::<u64>(regs, at).unwrap_or(0)
 }
@@ -147,12 +126,23 @@ const EACCES: i64 = 13;
 const KERNEL_RESTART_MIN: i64 = 512;
 const KERNEL_RESTART_MAX: i64 = 516;
 
-/// The exit of each of `FAILURE_SYSCALLS` (but the path programs' ones): one program attached
-/// to every one of them, so that only those calls pay for it (every `sys_exit_*` record has
-/// the same layout). Where the path programs do not load, it serves their calls too, with the
-/// path their entries saved.
+/// The exit of each of `FAILURE_SYSCALLS`: one program attached to every one of them, so that
+/// only those calls pay for it (every `sys_exit_*` record has the same layout); a path read
+/// from the saved registers.
 #[tracepoint]
 pub fn sys_exit_failed(ctx: TracePointContext) -> u32 {
+    let l = layout!(syscall);
+    if let Ok(ret) = field::<i64>(&ctx, l.ret) {
+        let nr = || field::<i32>(&ctx, l.exit_nr).map(i64::from);
+        let _ = syscall_failed(ret, nr, |_, nr| path_in_registers(nr));
+    }
+    0
+}
+
+/// The same where `bpf_task_pt_regs` is missing (before 5.15): the path is the one the call's
+/// entry saved.
+#[tracepoint]
+pub fn sys_exit_failed_saved_path(ctx: TracePointContext) -> u32 {
     let l = layout!(syscall);
     if let Ok(ret) = field::<i64>(&ctx, l.ret) {
         let nr = || field::<i32>(&ctx, l.exit_nr).map(i64::from);

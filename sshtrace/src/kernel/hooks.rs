@@ -2,7 +2,7 @@
 //! attaches, whether sshtrace can run without it, and the [`HookId`] the loader, the plan and
 //! the tracer name it by (never by its text).
 
-use sshtrace_common::{FAILURE_SYSCALLS, PATH_EXIT_PROGRAMS, PATH_SYSCALLS};
+use sshtrace_common::{FAILURE_SYSCALLS, PATH_SYSCALLS};
 
 /// What a hook is for, for the code that asks whether it attached.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -16,10 +16,10 @@ pub enum HookId {
     Accept,
     OomVictim,
     KfreeSkb,
-    /// A failed call of one of `FAILURE_SYSCALLS`.
-    FailedSyscall,
-    /// The path argument of a failed open, stat, access or exec.
-    PathArgument(PathWay),
+    /// A failed call of one of `FAILURE_SYSCALLS`, its path argument read the way given.
+    FailedSyscall(PathWay),
+    /// The path argument of an open, stat, access or exec, saved at its entry.
+    PathArgument,
     SelinuxAudited,
     /// What sshd writes: its log, a dropped client's note.
     SshdOutput(OutputWay),
@@ -117,36 +117,23 @@ impl PathWay {
         }
     }
 
-    /// Its hooks, all to attach: the exits of the calls that take a path, and the entries
-    /// where the exit cannot read it.
+    /// Its hooks, all to attach: the exit of each of `FAILURE_SYSCALLS` (optional: not every
+    /// architecture has them all), and the entries where the exit cannot read the path.
     pub fn hooks(self) -> Vec<Hook> {
-        let id = HookId::PathArgument(self);
-        let exits = PATH_SYSCALLS.iter().zip(PATH_EXIT_PROGRAMS);
-        match self {
-            Self::SavedRegisters => exits
-                .map(|(_, program)| Hook {
-                    program,
-                    ..tracepoint(id, "syscalls", exit_of(program)).optional()
-                })
-                .collect(),
-            Self::Entries => exits
-                .map(|(_, program)| Hook {
-                    program: "sys_exit_failed",
-                    ..tracepoint(HookId::FailedSyscall, "syscalls", exit_of(program)).optional()
-                })
-                .chain(
-                    PATH_SYSCALLS
-                        .iter()
-                        .map(|name| tracepoint(id, "syscalls", name).optional()),
-                )
-                .collect(),
-        }
+        let program = match self {
+            Self::SavedRegisters => "sys_exit_failed",
+            Self::Entries => "sys_exit_failed_saved_path",
+        };
+        let exits = FAILURE_SYSCALLS.iter().map(|name| Hook {
+            program,
+            ..tracepoint(HookId::FailedSyscall(self), "syscalls", name).optional()
+        });
+        let entries = PATH_SYSCALLS
+            .iter()
+            .filter(|_| self == Self::Entries)
+            .map(|name| tracepoint(HookId::PathArgument, "syscalls", name).optional());
+        exits.chain(entries).collect()
     }
-}
-
-/// The exit tracepoint a path program attaches to: its name without `_path`.
-fn exit_of(program: &'static str) -> &'static str {
-    program.strip_suffix("_path").unwrap_or(program)
 }
 
 impl OutputWay {
@@ -284,18 +271,6 @@ fn packets_received() -> Hook {
 /// Kernel functions that send a reset without a socket: the last way to see refusals.
 const REFUSAL_KPROBES: [&str; 2] = ["tcp_v4_send_reset", "tcp_v6_send_reset"];
 
-/// Failed syscalls: one program on the exit of each syscall that matters (optional: not every
-/// architecture has them all), but the ones that take a path (see [`PathWay`]).
-fn failed_syscalls() -> impl Iterator<Item = Hook> {
-    FAILURE_SYSCALLS
-        .iter()
-        .filter(|name| !PATH_EXIT_PROGRAMS.iter().any(|p| exit_of(p) == **name))
-        .map(|name| Hook {
-            program: "sys_exit_failed",
-            ..tracepoint(HookId::FailedSyscall, "syscalls", name).optional()
-        })
-}
-
 /// What to attach besides the hooks every run has.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Wanted {
@@ -307,10 +282,9 @@ pub struct Wanted {
     pub accept_entries: bool,
 }
 
-/// Every hook attached one by one (socket states, sshd's output and the path arguments are
-/// attached apart: the first way that loads): the required ones, failed syscalls, then the
-/// optional ones, the refusal kprobes only when wanted, the per-packet hook only for
-/// `sshtrace client`.
+/// Every hook attached one by one (socket states, sshd's output and failed syscalls are
+/// attached apart: the first way that loads): the required ones, then the optional ones, the
+/// refusal kprobes only when wanted, the per-packet hook only for `sshtrace client`.
 pub fn all(wanted: Wanted) -> Vec<Hook> {
     let selinux = tracepoint(HookId::SelinuxAudited, "avc", "selinux_audited").optional();
     let segments = Hook {
@@ -328,7 +302,6 @@ pub fn all(wanted: Wanted) -> Vec<Hook> {
         .iter()
         .copied()
         .chain(ACCEPT_ENTRIES.into_iter().filter(|_| wanted.accept_entries))
-        .chain(failed_syscalls())
         .chain([selinux, segments])
         .chain(wanted.client.then(packets_received))
         .chain(kprobes)
@@ -345,61 +318,60 @@ mod tests {
             SockStateWay::Btf.hook().label(),
             "tp_btf inet_sock_set_state"
         );
-        let hooks = all(Wanted {
-            refusal_kprobes: true,
-            ..Wanted::default()
-        });
-        let clone = hooks
-            .iter()
-            .find(|h| h.id == HookId::FailedSyscall && h.label().ends_with("_clone"))
+        let clone = PathWay::SavedRegisters
+            .hooks()
+            .into_iter()
+            .find(|h| h.label().ends_with("_clone"))
             .unwrap();
         assert_eq!(clone.label(), "tracepoint syscalls:sys_exit_clone");
-        let kprobe = hooks
-            .into_iter()
-            .find(|h| h.id == HookId::RefusalKprobe)
-            .unwrap();
+        let kprobe = all(Wanted {
+            refusal_kprobes: true,
+            ..Wanted::default()
+        })
+        .into_iter()
+        .find(|h| h.id == HookId::RefusalKprobe)
+        .unwrap();
         assert_eq!(kprobe.label(), "kprobe tcp_v4_send_reset");
         assert!(!kprobe.required);
     }
 
     #[test]
     fn every_program_attaches_once_but_the_failed_syscalls_one() {
-        let mut hooks = all(Wanted {
-            refusal_kprobes: true,
-            client: true,
-            accept_entries: true,
-        });
-        hooks.extend(PathWay::SavedRegisters.hooks());
-        for (i, h) in hooks.iter().enumerate() {
-            assert!(!h.program.is_empty(), "{h:?}");
-            assert!(
-                h.id == HookId::FailedSyscall
-                    || hooks[i + 1..].iter().all(|o| o.program != h.program),
-                "{h:?}"
-            );
+        for way in [PathWay::SavedRegisters, PathWay::Entries] {
+            let mut hooks = all(Wanted {
+                refusal_kprobes: true,
+                client: true,
+                accept_entries: true,
+            });
+            hooks.extend(way.hooks());
+            for (i, h) in hooks.iter().enumerate() {
+                assert!(!h.program.is_empty(), "{h:?}");
+                assert!(
+                    matches!(h.id, HookId::FailedSyscall(_))
+                        || hooks[i + 1..].iter().all(|o| o.program != h.program),
+                    "{h:?}"
+                );
+            }
         }
     }
 
     #[test]
-    fn each_path_way_attaches_every_failure_exit_once() {
+    fn only_the_entries_way_hooks_syscall_entries() {
+        let entries = |way: PathWay| {
+            way.hooks()
+                .iter()
+                .filter(|h| h.label().contains("sys_enter_"))
+                .count()
+        };
+        assert_eq!(entries(PathWay::SavedRegisters), 0);
+        assert_eq!(entries(PathWay::Entries), PATH_SYSCALLS.len());
         for way in [PathWay::SavedRegisters, PathWay::Entries] {
-            let mut exits: Vec<&str> = failed_syscalls()
-                .chain(way.hooks())
-                .filter_map(|h| match h.attach {
-                    Attach::TracePoint(_, name) if name.starts_with("sys_exit_") => Some(name),
-                    _ => None,
-                })
-                .collect();
-            exits.sort_unstable();
-            let mut expected = FAILURE_SYSCALLS.to_vec();
-            expected.sort_unstable();
-            assert_eq!(exits, expected, "{way:?}");
+            let exits = way
+                .hooks()
+                .iter()
+                .filter(|h| h.label().contains("sys_exit_"))
+                .count();
+            assert_eq!(exits, FAILURE_SYSCALLS.len(), "{way:?}");
         }
-        let entries = PathWay::SavedRegisters
-            .hooks()
-            .into_iter()
-            .filter(|h| h.label().contains("sys_enter_"))
-            .count();
-        assert_eq!(entries, 0);
     }
 }

@@ -155,22 +155,28 @@ fn saved_syscall_registers(btf: &KernelBtf, l: &mut SyscallLayout) {
     path_registers(l);
 }
 
-/// Where each path syscall's `filename` lies among the saved registers: its place among the
-/// entry record's arguments, 8 bytes each from the first aligned offset after `__syscall_nr`
-/// (`struct syscall_trace_enter`). Only the first three arguments are known.
+/// Each path syscall's number, and where its `filename` lies among the saved registers: its
+/// place among the entry record's arguments, 8 bytes each from the first aligned offset after
+/// `__syscall_nr` (`struct syscall_trace_enter`). Only the first three arguments are known; a
+/// call missing from the numbers table leaves the paths to the entries (see `path_ways`).
 fn path_registers(l: &mut SyscallLayout) {
     if l.enter_nr == ABSENT {
         return;
     }
     let first_arg = (l.enter_nr + 4).next_multiple_of(8);
-    for (slot, &offset) in l.path_regs.iter_mut().zip(&l.path_arg) {
+    for (i, name) in PATH_SYSCALLS.iter().enumerate() {
+        let offset = l.path_arg[i];
         let index = offset
             .checked_sub(first_arg)
             .filter(|d| offset != ABSENT && d % 8 == 0)
             .map(|d| usize::from(d / 8));
-        *slot = index
-            .and_then(|i| l.regs_args.get(i).copied())
-            .unwrap_or(ABSENT);
+        let call = name.trim_start_matches("sys_enter_");
+        // The table names stat(2) and lstat(2) as userspace does, not `newstat`.
+        let nr = super::syscalls::number_of(call)
+            .or_else(|| super::syscalls::number_of(call.strip_prefix("new")?));
+        if let (Some(i_arg), Some(nr)) = (index.and_then(|i| l.regs_args.get(i)), nr) {
+            (l.path_nr[i], l.path_regs[i]) = (nr, *i_arg);
+        }
     }
 }
 

@@ -67,7 +67,7 @@ impl Probes {
     /// How a failed call's path is read: the way that attached.
     pub fn path_way(&self) -> Option<PathWay> {
         self.attached.iter().find_map(|(id, _)| match id {
-            HookId::PathArgument(way) => Some(*way),
+            HookId::FailedSyscall(way) => Some(*way),
             _ => None,
         })
     }
