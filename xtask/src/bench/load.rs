@@ -19,6 +19,8 @@ use anyhow::Result;
 pub const ORDERLY: &str = "127.0.0.77:22777";
 /// The same storm on a port sshtrace does not track: what every other service pays.
 pub const UNTRACKED: &str = "127.0.0.77:22781";
+/// Long-lived connections streaming to a port sshtrace does not track.
+pub const UNTRACKED_STREAM: &str = "127.0.0.77:22782";
 /// Nothing listens here: every connection is refused with a RST.
 pub const CLOSED: &str = "127.0.0.77:22778";
 /// The server accepts and aborts (SO_LINGER 0): a RST on every accepted socket.
@@ -52,6 +54,9 @@ pub enum Workload {
     /// hooks (a failed open or stat of sshd's is evidence), the way a build or a backup
     /// makes them.
     FileLookups,
+    /// 1 KiB writes on long-lived connections to a port sshtrace does not track, one per CPU:
+    /// every segment an established socket receives (data and ACKs) passes `tcp_probe`.
+    UntrackedStream,
 }
 
 impl Workload {
@@ -62,6 +67,7 @@ impl Workload {
             Self::UntrackedStorm => orderly(UNTRACKED, d),
             Self::SmallSyscalls => Ok(small_syscalls(d)),
             Self::FileLookups => Ok(file_lookups(d)),
+            Self::UntrackedStream => untracked_stream(d),
         }
     }
 }
@@ -156,6 +162,53 @@ pub fn file_lookups(d: Duration) -> u64 {
     clients(num_cpus(), d, || {
         std::fs::File::open(PRESENT).is_ok() && std::fs::metadata(MISSING).is_err()
     })
+}
+
+/// 1 KiB writes done in `d` on one connection per CPU to [`UNTRACKED_STREAM`], each read to
+/// its end by a server thread.
+pub fn untracked_stream(d: Duration) -> Result<u64> {
+    const CHUNK: usize = 1024;
+    let listener = TcpListener::bind(UNTRACKED_STREAM)?;
+    let n = num_cpus();
+    let readers = thread::spawn(move || {
+        let readers: Vec<_> = listener
+            .incoming()
+            .take(n)
+            .filter_map(Result::ok)
+            .map(|mut conn| {
+                thread::spawn(move || {
+                    let mut buf = [0u8; 64 * 1024];
+                    while conn.read(&mut buf).is_ok_and(|got| got > 0) {}
+                })
+            })
+            .collect();
+        for r in readers {
+            let _ = r.join();
+        }
+    });
+    let target: SocketAddr = UNTRACKED_STREAM.parse()?;
+    let streams = (0..n)
+        .map(|_| {
+            let s = TcpStream::connect(target)?;
+            s.set_nodelay(true)?;
+            Ok(std::sync::Mutex::new(s))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let streams = Arc::new(streams);
+    let next = Arc::new(AtomicU64::new(0));
+    let count = clients(n, d, move || {
+        // Each thread takes its own connection on its first call and keeps it.
+        thread_local!(static MINE: std::cell::Cell<Option<usize>> = const { std::cell::Cell::new(None) });
+        let i = MINE.with(|m| {
+            *m.get()
+                .get_or_insert_with(|| next.fetch_add(1, Ordering::Relaxed) as usize)
+        });
+        let mut stream = streams[i % streams.len()].lock().expect("a stream");
+        stream.write_all(&[0u8; CHUNK]).is_ok()
+    });
+    // The connections closed with the clients' closure: each reader sees its end.
+    let _ = readers.join();
+    Ok(count)
 }
 
 /// `n` threads calling `attempt` in a loop for `d`; the number of attempts that counted.

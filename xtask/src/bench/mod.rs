@@ -191,6 +191,7 @@ struct RestOfHost {
     untracked: Comparison,
     syscalls: Comparison,
     lookups: Comparison,
+    stream: Comparison,
     /// ns each program run spends being counted.
     counting_ns: f64,
 }
@@ -202,6 +203,7 @@ impl RestOfHost {
             untracked: Comparison::measure(binary, Workload::UntrackedStorm, &pair, d, rounds)?,
             syscalls: Comparison::measure(binary, Workload::SmallSyscalls, &pair, d, rounds)?,
             lookups: Comparison::measure(binary, Workload::FileLookups, &pair, d, rounds)?,
+            stream: Comparison::measure(binary, Workload::UntrackedStream, &pair, d, rounds)?,
             counting_ns: counting_overhead(d)?,
         })
     }
@@ -211,13 +213,15 @@ impl RestOfHost {
             report,
             "\n## 2. What the rest of the host pays\n\n\
              sshtrace tracks port {} only; the workloads are other services: the same storm on \
-             port {}, one-byte writes and reads on a pipe, and opens and failed stats (one \
-             process per CPU each, none of them sshd). {rounds} rounds, none and sshtrace in a rotated order. Counting adds \
+             port {}, one-byte writes and reads on a pipe, opens and failed stats, and 1 KiB \
+             writes streamed to port {} (one process or connection per CPU each, none of \
+             them sshd). {rounds} rounds, none and sshtrace in a rotated order. Counting adds \
              {:.0} ns to each program run (an empty bpftrace program's run time on socket \
              state changes during the untracked storm); \"net\" subtracts it.\n\n\
              | workload | per second, untraced (median) | slowdown: median [min, max] | BPF time per unit, counted | net of counting | program runs per unit |\n|---|---|---|---|---|---|",
             port(load::ORDERLY),
             port(load::UNTRACKED),
+            port(load::UNTRACKED_STREAM),
             self.counting_ns
         );
         for (name, c) in [
@@ -226,6 +230,10 @@ impl RestOfHost {
             (
                 "opens and failed stats (per open+close+stat)",
                 &self.lookups,
+            ),
+            (
+                "stream to an untracked port (per 1 KiB write)",
+                &self.stream,
             ),
         ] {
             let s = c.slowdown(Kind::Sshtrace);
@@ -251,6 +259,9 @@ impl RestOfHost {
         }
         if let Some(cost) = self.lookups.cost(Kind::Sshtrace) {
             write_by_program(report, cost, "open+close+stat");
+        }
+        if let Some(cost) = self.stream.cost(Kind::Sshtrace) {
+            write_by_program(report, cost, "1 KiB write");
         }
     }
 }
