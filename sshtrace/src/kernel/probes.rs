@@ -229,13 +229,21 @@ fn attach_first_way(
 ) -> Vec<(HookId, String)> {
     for way in ways {
         let mut attached = Vec::new();
+        // A program the verifier refused is not loaded again for each of its tracepoints (the
+        // failed-syscall program has 40): one note says why.
+        let mut refused: Vec<&str> = Vec::new();
         for hook in way {
-            if debug_skip.leaves_out(hook, skipped) {
+            if refused.contains(&hook.program) || debug_skip.leaves_out(hook, skipped) {
                 continue;
             }
             match attach(ebpf, btf, hook) {
                 Ok(label) => attached.push((hook.id, label)),
-                Err(err) => skipped.push(format!("{} ({err:#})", hook.program)),
+                Err(err) => {
+                    if ebpf.program(hook.program).is_some_and(|p| p.fd().is_err()) {
+                        refused.push(hook.program);
+                    }
+                    skipped.push(format!("{} ({err:#})", hook.program));
+                }
             }
         }
         if !attached.is_empty() {
